@@ -1,0 +1,3 @@
+"""edgekit: take an ONNX model from a laptop to thousands of edge devices, safely."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,92 @@
+"""edgekit's exception tree (central side). The root lives in ``edgekit_agent.errors``.
+
+    EdgekitError                          1
+    ├── ConfigError                       2   bad flag/setting/config field
+    ├── TemporaryError                    75  retry may succeed
+    ├── ModelError                        10  model file problems
+    │   ├── ModelNotFoundError            11
+    │   ├── InvalidModelError             12  not ONNX, truncated, fails the checker
+    │   └── MissingExternalDataError      13
+    ├── DataError                         14  calibration / eval / label data does not fit the model
+    ├── QuantizationError                 15  every candidate failed to build
+    ├── OutputError                       16  cannot write the output path
+    ├── ImageError                        20  model image / registry (see edgekit.image)
+    ├── KubeError                         40  Kubernetes (see edgekit.kube)
+    ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
+    └── RolloutError                      60  rollout engine
+
+Areas add subclasses here, with exit codes inside their range, so ``edgekit --help`` can list
+them all and the CLI maps each to its own exit status.
+"""
+
+from __future__ import annotations
+
+from edgekit_agent.errors import ConfigError, EdgekitError, TemporaryError
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EdgekitError",
+    "ImageError",
+    "InvalidModelError",
+    "KubeError",
+    "MissingExternalDataError",
+    "ModelError",
+    "ModelNotFoundError",
+    "OutputError",
+    "QuantizationError",
+    "RolloutError",
+    "TelemetryError",
+    "TemporaryError",
+]
+
+
+# --- models and optimization (10-19) ---------------------------------------------------------
+class ModelError(EdgekitError):
+    exit_code = 10
+
+
+class ModelNotFoundError(ModelError):
+    exit_code = 11
+
+
+class InvalidModelError(ModelError):
+    exit_code = 12
+
+
+class MissingExternalDataError(ModelError):
+    exit_code = 13
+
+
+class DataError(EdgekitError):
+    """Calibration, eval or label data that does not fit the model."""
+
+    exit_code = 14
+
+
+class QuantizationError(EdgekitError):
+    exit_code = 15
+
+
+class OutputError(EdgekitError):
+    exit_code = 16
+
+
+# --- model images and registries (20-29) -----------------------------------------------------
+class ImageError(EdgekitError):
+    exit_code = 20
+
+
+# --- Kubernetes (40-49) ----------------------------------------------------------------------
+class KubeError(EdgekitError):
+    exit_code = 40
+
+
+# --- telemetry (50-59) -----------------------------------------------------------------------
+class TelemetryError(EdgekitError):
+    exit_code = 50
+
+
+# --- rollouts (60-69) ------------------------------------------------------------------------
+class RolloutError(EdgekitError):
+    exit_code = 60

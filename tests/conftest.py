@@ -1,0 +1,7 @@
+"""Shared fixtures. Each area's service fixtures live in tests/fixtures/ and are plugged in here."""
+
+from __future__ import annotations
+
+pytest_plugins = [
+    "tests.fixtures.models",
+]
