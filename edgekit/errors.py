@@ -10,7 +10,17 @@
     ├── DataError                         14  calibration / eval / label data does not fit the model
     ├── QuantizationError                 15  every candidate failed to build
     ├── OutputError                       16  cannot write the output path
-    ├── ImageError                        20  model image / registry (see edgekit.image)
+    ├── ImageError                        20  model image / registry (defined in edgekit_agent.errors,
+    │   │                                       the device reads images too)
+    │   ├── RegistryUnavailableError      21  down, persistent 5xx, dropped connections
+    │   ├── RegistryAuthError             22  credentials refused
+    │   ├── ImageNotFoundError            23  repository / tag / blob missing
+    │   ├── DigestMismatchError           24  tampered or truncated content
+    │   ├── SignatureInvalidError         25  wrong key or signature names another image
+    │   ├── SignatureMissingError         26  unsigned image where a signature is required
+    │   ├── ImageLayoutError              27  corrupt OCI layout folder / manifest
+    │   ├── ImageReferenceError           28  unparsable image reference
+    │   └── SigningKeyError               29  unreadable key, wrong password
     ├── KubeError                         40  Kubernetes (see edgekit.kube)
     ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
     └── RolloutError                      60  rollout engine
@@ -21,13 +31,31 @@ them all and the CLI maps each to its own exit status.
 
 from __future__ import annotations
 
-from edgekit_agent.errors import ConfigError, EdgekitError, TemporaryError
+from edgekit_agent.errors import (
+    ConfigError,
+    DigestMismatchError,
+    EdgekitError,
+    ImageError,
+    ImageLayoutError,
+    ImageNotFoundError,
+    ImageReferenceError,
+    RegistryAuthError,
+    RegistryUnavailableError,
+    SignatureInvalidError,
+    SignatureMissingError,
+    SigningKeyError,
+    TemporaryError,
+)
 
 __all__ = [
     "ConfigError",
     "DataError",
+    "DigestMismatchError",
     "EdgekitError",
     "ImageError",
+    "ImageLayoutError",
+    "ImageNotFoundError",
+    "ImageReferenceError",
     "InvalidModelError",
     "KubeError",
     "MissingExternalDataError",
@@ -35,7 +63,12 @@ __all__ = [
     "ModelNotFoundError",
     "OutputError",
     "QuantizationError",
+    "RegistryAuthError",
+    "RegistryUnavailableError",
     "RolloutError",
+    "SignatureInvalidError",
+    "SignatureMissingError",
+    "SigningKeyError",
     "TelemetryError",
     "TemporaryError",
 ]
@@ -72,9 +105,7 @@ class OutputError(EdgekitError):
     exit_code = 16
 
 
-# --- model images and registries (20-29) -----------------------------------------------------
-class ImageError(EdgekitError):
-    exit_code = 20
+# --- model images and registries (20-29): imported above from edgekit_agent.errors ----------
 
 
 # --- Kubernetes (40-49) ----------------------------------------------------------------------
