@@ -23,7 +23,17 @@
     │   └── SigningKeyError               29  unreadable key, wrong password
     ├── KubeError                         40  Kubernetes (see edgekit.kube)
     ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
-    └── RolloutError                      60  rollout engine
+    └── RolloutError                      60  rollout engine; a command that does not fit the state
+        ├── UnknownGroupError             61  the device group does not exist
+        ├── EmptyGroupError               62  the device group has no nodes
+        ├── DigestRequiredError           63  image reference without a resolvable digest
+        ├── SignatureRequiredError        64  no valid signature while one is required
+        ├── RolloutInProgressError        65  a rollout already runs on this app/group,
+        │   └── EngineConflictError       65  or another engine holds this rollout
+        ├── InvalidWavesError             66  waves that do not parse or do not add up
+        ├── ThresholdRangeError           67  a gate threshold or duration out of range
+        ├── RolloutNotFoundError          68  no such EdgeRollout
+        └── RolledBackError               69  the rollout ended rolled back (a gate failed or aborted)
 
 Areas add subclasses here, with exit codes inside their range, so ``edgekit --help`` can list
 them all and the CLI maps each to its own exit status.
@@ -65,7 +75,17 @@ __all__ = [
     "QuantizationError",
     "RegistryAuthError",
     "RegistryUnavailableError",
+    "DigestRequiredError",
+    "EmptyGroupError",
+    "EngineConflictError",
+    "InvalidWavesError",
+    "RolledBackError",
     "RolloutError",
+    "RolloutInProgressError",
+    "RolloutNotFoundError",
+    "SignatureRequiredError",
+    "ThresholdRangeError",
+    "UnknownGroupError",
     "SignatureInvalidError",
     "SignatureMissingError",
     "SigningKeyError",
@@ -121,3 +141,47 @@ class TelemetryError(EdgekitError):
 # --- rollouts (60-69) ------------------------------------------------------------------------
 class RolloutError(EdgekitError):
     exit_code = 60
+
+
+class UnknownGroupError(RolloutError):
+    exit_code = 61
+
+
+class EmptyGroupError(RolloutError):
+    exit_code = 62
+
+
+class DigestRequiredError(RolloutError):
+    exit_code = 63
+
+
+class SignatureRequiredError(RolloutError):
+    exit_code = 64
+
+
+class RolloutInProgressError(RolloutError):
+    """Another rollout of the same app runs on the same group."""
+
+    exit_code = 65
+
+
+class EngineConflictError(RolloutInProgressError):
+    """Another engine holds this rollout's lease (same exit code: someone else is at work)."""
+
+
+class InvalidWavesError(RolloutError):
+    exit_code = 66
+
+
+class ThresholdRangeError(RolloutError):
+    exit_code = 67
+
+
+class RolloutNotFoundError(RolloutError):
+    exit_code = 68
+
+
+class RolledBackError(RolloutError):
+    """The rollout finished rolled back; scripts see a failure."""
+
+    exit_code = 69
