@@ -1,0 +1,221 @@
+"""Build the Go programs of the test control plane once, and find them afterwards.
+
+No prebuilt Kubernetes binaries can be downloaded, so etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy.
+Each component has a small wrapper module under ``edgekit/testenv/go/<component>/`` whose
+committed ``go.mod``/``go.sum`` pin the exact version; the binaries land in
+``~/.cache/edgekit/<component>-<version>/`` and are reused while the pinned modules are unchanged.
+
+    python -m edgekit.testenv.gobuild            # build what is missing (scripts/build-go-tools)
+    python -m edgekit.testenv.gobuild --status   # show where each binary is, build nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import ConfigError, EdgekitError
+
+GO_DIR = Path(__file__).parent / "go"
+_STAMP = ".edgekit-build"
+
+
+class GoBuildError(EdgekitError):
+    """The Go toolchain is missing or a build failed."""
+
+    exit_code = 71
+
+
+def cache_root() -> Path:
+    """``$EDGEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgekit``, else ``~/.cache/edgekit``."""
+    if env := os.environ.get("EDGEKIT_CACHE_DIR"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgekit"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One wrapper module and the programs built from it."""
+
+    name: str
+    module: str  # the pinned upstream module, its version read from go.mod
+    packages: tuple[str, ...]  # Go packages to build; binary name = last path element
+    binaries: tuple[str, ...]
+
+    @property
+    def module_dir(self) -> Path:
+        return GO_DIR / self.name
+
+    @property
+    def version(self) -> str:
+        text = (self.module_dir / "go.mod").read_text()
+        match = re.search(rf"^\s*(?:require\s+)?{re.escape(self.module)}\s+(v\S+)", text, re.M)
+        if not match:
+            raise ConfigError(f"{self.module_dir / 'go.mod'} does not pin {self.module}")
+        return match.group(1)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for fname in ("go.mod", "go.sum"):
+            digest.update((self.module_dir / fname).read_bytes())
+        return digest.hexdigest()[:16]
+
+    @property
+    def out_dir(self) -> Path:
+        return cache_root() / f"{self.name}-{self.version}"
+
+    def ldflags(self) -> str:
+        version = self.version
+        flags = ["-s", "-w"]
+        if self.name == "k8s":
+            major, minor = version.lstrip("v").split(".")[:2]
+            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+                flags += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor={major}",
+                          f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean",
+                          f"-X {pkg}.buildDate=1970-01-01T00:00:00Z"]
+        elif self.name == "etcd":
+            flags.append(f"-X go.etcd.io/etcd/api/v3/version.GitSHA={version}")
+        elif self.name == "kwok":
+            flags.append(f"-X sigs.k8s.io/kwok/pkg/consts.Version={version.lstrip('v')}")
+        return " ".join(flags)
+
+    def is_built(self) -> bool:
+        out = self.out_dir
+        stamp = out / _STAMP
+        if not stamp.is_file() or stamp.read_text().strip() != self.fingerprint:
+            return False
+        return all(os.access(out / b, os.X_OK) for b in self.binaries)
+
+
+COMPONENTS: dict[str, Component] = {
+    "etcd": Component("etcd", "go.etcd.io/etcd/server/v3", ("go.etcd.io/etcd/server/v3",), ("etcd",)),
+    "k8s": Component(
+        "k8s", "k8s.io/kubernetes",
+        tuple(f"k8s.io/kubernetes/cmd/{b}" for b in
+              ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")),
+        ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
+    ),
+    "kwok": Component("kwok", "sigs.k8s.io/kwok", ("sigs.k8s.io/kwok/cmd/kwok",), ("kwok",)),
+}
+
+BINARY_COMPONENT = {b: c for c in COMPONENTS.values() for b in c.binaries}
+
+
+def binary(name: str) -> Path:
+    """Path of a built program (``etcd``, ``kube-apiserver``, ``kubectl``, ``kwok``, ...).
+
+    Raises GoBuildError with the command to run when it has not been built yet.
+    """
+    try:
+        comp = BINARY_COMPONENT[name]
+    except KeyError:
+        raise ConfigError(f"unknown test binary {name!r}") from None
+    if env := os.environ.get(f"EDGEKIT_{name.upper().replace('-', '_')}_BIN"):
+        return Path(env)
+    if not comp.is_built():
+        raise GoBuildError(f"{name} {comp.version} is not built in {comp.out_dir}",
+                           hint="run scripts/build-go-tools (first build takes 10-30 minutes)")
+    return comp.out_dir / name
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _go() -> str:
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if not go:
+        raise GoBuildError("the go command is not installed",
+                           hint="install Go >= 1.26 (https://go.dev/doc/install) and put it on PATH")
+    return go
+
+
+def build(comp: Component, *, jobs: int = 2, say: Callable[[str], None] = print) -> Path:
+    """Build one component unless its binaries for the pinned version already exist."""
+    with _lock(cache_root() / f".{comp.name}.lock"):
+        if comp.is_built():
+            say(f"==> {comp.name} {comp.version}: cached in {comp.out_dir}")
+            return comp.out_dir
+        out, tmp = comp.out_dir, comp.out_dir.with_name(comp.out_dir.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        log = cache_root() / "logs" / f"build-{comp.name}-{comp.version}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CGO_ENABLED="0", GOTOOLCHAIN="local", GOFLAGS="-mod=readonly -buildvcs=false")
+        # Debian/Ubuntu-style `nice` keeps the machine responsive during the long first build.
+        argv = ["nice", "-n", "10", _go(), "build", "-trimpath", "-p", str(jobs),
+                "-ldflags", comp.ldflags()]
+        if len(comp.packages) == 1:
+            argv += ["-o", str(tmp / comp.binaries[0]), comp.packages[0]]
+        else:
+            argv += ["-o", str(tmp) + "/", *comp.packages]
+        say(f"==> building {comp.name} {comp.version} ({', '.join(comp.binaries)}) into {out}; "
+            f"the first build takes a while (k8s: 10-30 min on 2 cores), log: {log}")
+        start = time.monotonic()
+        with open(log, "wb") as handle:
+            proc = subprocess.Popen(argv, cwd=comp.module_dir, env=env, stdout=handle,
+                                    stderr=subprocess.STDOUT)
+            last = start
+            while proc.poll() is None:
+                time.sleep(1)
+                if time.monotonic() - last >= 60:
+                    last = time.monotonic()
+                    say(f"    ... still building {comp.name} ({last - start:.0f}s)")
+        if proc.returncode != 0:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise GoBuildError(f"building {comp.name} {comp.version} failed (exit {proc.returncode}); "
+                               f"log {log}:\n{tail}")
+        (tmp / _STAMP).write_text(comp.fingerprint + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        say(f"==> built {comp.name} {comp.version} in {time.monotonic() - start:.0f}s")
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="build-go-tools", description=__doc__.split("\n\n")[0])
+    parser.add_argument("components", nargs="*", metavar="COMPONENT",
+                        help=f"components to build: {', '.join(COMPONENTS)} (default: all)")
+    parser.add_argument("--status", action="store_true", help="only show what is built")
+    parser.add_argument("-p", "--jobs", type=int, default=2, help="parallel Go compile jobs (default 2)")
+    args = parser.parse_args(argv)
+    names = args.components or list(COMPONENTS)
+    if unknown := [n for n in names if n not in COMPONENTS]:
+        parser.error(f"unknown component(s): {', '.join(unknown)}")
+    try:
+        for name in names:
+            comp = COMPONENTS[name]
+            if args.status:
+                state = "built" if comp.is_built() else "missing"
+                print(f"{name:6} {comp.version:9} {state:8} {comp.out_dir}")
+            else:
+                build(comp, jobs=args.jobs, say=lambda m: print(m, flush=True))
+    except EdgekitError as exc:
+        print(f"build-go-tools: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
