@@ -22,6 +22,15 @@
     │   ├── ImageReferenceError           28  unparsable image reference
     │   └── SigningKeyError               29  unreadable key, wrong password
     ├── KubeError                         40  Kubernetes (see edgekit.kube)
+    │   ├── KubeUnavailableError          41  API server unreachable (also a TemporaryError)
+    │   ├── KubeAuthError                 42  credentials refused/expired
+    │   ├── KubeForbiddenError            43  RBAC forbidden
+    │   ├── KubeNotFoundError             44  object / kind / namespace missing
+    │   ├── KubeConflictError             45  field manager conflict
+    │   ├── KubeInvalidError              46  object rejected as invalid
+    │   ├── GroupNotFoundError            47  device group matches no node
+    │   ├── SelectorError                 48  label selector does not parse
+    │   └── UnpinnedImageError            49  image reference without digest (--require-digest)
     ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
     └── RolloutError                      60  rollout engine; a command that does not fit the state
         ├── UnknownGroupError             61  the device group does not exist
@@ -61,13 +70,24 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DigestMismatchError",
+    "DigestRequiredError",
     "EdgekitError",
+    "EmptyGroupError",
+    "EngineConflictError",
+    "GroupNotFoundError",
     "ImageError",
     "ImageLayoutError",
     "ImageNotFoundError",
     "ImageReferenceError",
     "InvalidModelError",
+    "InvalidWavesError",
+    "KubeAuthError",
+    "KubeConflictError",
     "KubeError",
+    "KubeForbiddenError",
+    "KubeInvalidError",
+    "KubeNotFoundError",
+    "KubeUnavailableError",
     "MissingExternalDataError",
     "ModelError",
     "ModelNotFoundError",
@@ -75,22 +95,20 @@ __all__ = [
     "QuantizationError",
     "RegistryAuthError",
     "RegistryUnavailableError",
-    "DigestRequiredError",
-    "EmptyGroupError",
-    "EngineConflictError",
-    "InvalidWavesError",
     "RolledBackError",
     "RolloutError",
     "RolloutInProgressError",
     "RolloutNotFoundError",
-    "SignatureRequiredError",
-    "ThresholdRangeError",
-    "UnknownGroupError",
+    "SelectorError",
     "SignatureInvalidError",
     "SignatureMissingError",
+    "SignatureRequiredError",
     "SigningKeyError",
     "TelemetryError",
     "TemporaryError",
+    "ThresholdRangeError",
+    "UnknownGroupError",
+    "UnpinnedImageError",
 ]
 
 
@@ -130,7 +148,63 @@ class OutputError(EdgekitError):
 
 # --- Kubernetes (40-49) ----------------------------------------------------------------------
 class KubeError(EdgekitError):
+    """Any other failure talking to the Kubernetes API (unexpected status)."""
+
     exit_code = 40
+
+
+class KubeUnavailableError(KubeError, TemporaryError):
+    """The API server cannot be reached (refused, timed out, TLS failure, 5xx)."""
+
+    exit_code = 41
+
+
+class KubeAuthError(KubeError):
+    """The API server refused the credentials (401: expired or unknown token/certificate)."""
+
+    exit_code = 42
+
+
+class KubeForbiddenError(KubeError):
+    """RBAC forbids the request (403)."""
+
+    exit_code = 43
+
+
+class KubeNotFoundError(KubeError):
+    """An object, namespace or API kind (e.g. the EdgeRollout CRD) does not exist (404)."""
+
+    exit_code = 44
+
+
+class KubeConflictError(KubeError):
+    """Another field manager owns a field edgekit would change, or the object changed meanwhile (409)."""
+
+    exit_code = 45
+
+
+class KubeInvalidError(KubeError):
+    """The API server rejected an object as invalid (400/422)."""
+
+    exit_code = 46
+
+
+class GroupNotFoundError(KubeError):
+    """A device group matches no node."""
+
+    exit_code = 47
+
+
+class SelectorError(KubeError):
+    """A label selector does not parse."""
+
+    exit_code = 48
+
+
+class UnpinnedImageError(KubeError):
+    """An image reference has no digest where one is required (render --require-digest)."""
+
+    exit_code = 49
 
 
 # --- telemetry (50-59) -----------------------------------------------------------------------
