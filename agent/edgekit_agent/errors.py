@@ -15,6 +15,14 @@
     │   └── SigningKeyError           29
     ├── ModelMetadataError        exit 38  model folder: edgekit.json missing or malformed
     │   └── ModelIntegrityError       39   model.onnx / probe.npz do not match edgekit.json
+    ├── AgentError                exit 30  the on-device agent
+    │   ├── ModelRejectedError        31   verified, but cannot be served here
+    │   ├── ProbeFailedError          32   golden probe outputs out of tolerance
+    │   ├── InferenceRequestError     33   malformed inference request (carries the HTTP status)
+    │   ├── ModelNotReadyError        34   no model loaded, or probe failing
+    │   ├── BrokerError               35   MQTT broker unreachable (also a TemporaryError)
+    │   ├── BrokerAuthError           36   broker refused credentials or denied a topic
+    │   └── SpoolError                37   telemetry spool cannot be opened or written
     └── (area trees in edgekit.errors and edgekit_agent.*)
 
 Every subclass carries ``exit_code`` so that a CLI maps an error to a distinct exit status
@@ -138,3 +146,65 @@ class ModelIntegrityError(ModelMetadataError):
     """model.onnx or probe.npz does not match the sha256/size recorded in edgekit.json."""
 
     exit_code = 39
+
+
+# --- the agent (30-37) ---------------------------------------------------------------------------
+class AgentError(EdgekitError):
+    """The on-device agent failed at something it was asked to do."""
+
+    exit_code = 30
+
+
+class ModelRejectedError(AgentError):
+    """A model folder verified but cannot be served here (onnxruntime refuses it, runtime too old,
+    no signature record although a public key is configured)."""
+
+    exit_code = 31
+
+
+class ProbeFailedError(AgentError):
+    """The golden probe's outputs differ from the packaged ones beyond tolerance."""
+
+    exit_code = 32
+
+
+class InferenceRequestError(AgentError):
+    """An inference request is malformed or does not fit the model; ``status`` is the HTTP code."""
+
+    exit_code = 33
+
+    def __init__(self, message: str, *, status: int = 400, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class ModelNotReadyError(AgentError):
+    """No model is loaded, or its golden probe is failing."""
+
+    exit_code = 34
+
+
+class BrokerError(AgentError, TemporaryError):
+    """The MQTT broker cannot be reached or dropped us; ``rc`` keeps paho's reason code."""
+
+    exit_code = 35
+
+    def __init__(self, message: str, *, rc: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.rc = rc
+
+
+class BrokerAuthError(AgentError):
+    """The broker refused our credentials or denied publishing to a topic (not worth fast retries)."""
+
+    exit_code = 36
+
+    def __init__(self, message: str, *, rc: object = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.rc = rc
+
+
+class SpoolError(AgentError):
+    """The on-disk telemetry spool cannot be opened or written."""
+
+    exit_code = 37
