@@ -91,6 +91,8 @@ class Component:
             flags.append(f"-X go.etcd.io/etcd/api/v3/version.GitSHA={version}")
         elif self.name == "kwok":
             flags.append(f"-X sigs.k8s.io/kwok/pkg/consts.Version={version.lstrip('v')}")
+        elif self.name == "cosign":
+            flags.append(f"-X sigs.k8s.io/release-utils/version.gitVersion={version}")
         return " ".join(flags)
 
     def is_built(self) -> bool:
@@ -110,6 +112,9 @@ COMPONENTS: dict[str, Component] = {
         ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"),
     ),
     "kwok": Component("kwok", "sigs.k8s.io/kwok", ("sigs.k8s.io/kwok/cmd/kwok",), ("kwok",)),
+    # For the model-image signature interop tests (edgekit signs, cosign verifies, and back).
+    "cosign": Component("cosign", "github.com/sigstore/cosign/v2",
+                        ("github.com/sigstore/cosign/v2/cmd/cosign",), ("cosign",)),
 }
 
 BINARY_COMPONENT = {b: c for c in COMPONENTS.values() for b in c.binaries}
