@@ -80,8 +80,9 @@ def _convert(field: str, value: Any, tp: Any) -> Any:
         try:
             return tp(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"expected {'an integer' if tp is int else 'a number'}, got {value!r}",
-                              field=field) from exc
+            raise ConfigError(
+                f"expected {'an integer' if tp is int else 'a number'}, got {value!r}", field=field
+            ) from exc
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"expected a string, got {type(value).__name__}", field=field)
@@ -91,8 +92,11 @@ def _convert(field: str, value: Any, tp: Any) -> Any:
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"expected a list, got {value!r}", field=field)
         inner = args[0] if args else str
-        return tuple(_convert(field, item.strip() if isinstance(item, str) else item, inner)
-                     for item in items if not (isinstance(item, str) and not item.strip()))
+        return tuple(
+            _convert(field, item.strip() if isinstance(item, str) else item, inner)
+            for item in items
+            if not (isinstance(item, str) and not item.strip())
+        )
     return value
 
 

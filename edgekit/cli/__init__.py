@@ -7,7 +7,6 @@ errors (``EdgekitError``) become one line on stderr and the error's own exit cod
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any
 
 import click
@@ -57,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

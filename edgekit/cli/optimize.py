@@ -1,7 +1,385 @@
-"""CLI commands of this area (registered by edgekit.cli)."""
+"""``edgekit inspect``, ``bench`` and ``quantize``."""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgekit.cli._output import console, emit_json, output_option
+from edgekit.errors import ConfigError
+from edgekit.optimize.benchmarking import bench_models
+from edgekit.optimize.datasets import ImagePreprocessing, parse_floats
+from edgekit.optimize.inspecting import inspect_model
+from edgekit.optimize.quantizing import CandidateResult, QuantizeReport, QuantizeSettings, quantize, report_path
+from edgekit.optimize.shapes import parse_input_shapes
+
+input_shape_option = click.option(
+    "--input-shape",
+    "input_shapes",
+    multiple=True,
+    metavar="NAME=D1,D2,...",
+    help="Fix an input's shape (symbolic dims such as batch or image size). Repeatable.",
+)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(path_type=Path))
+@output_option
+def inspect_cmd(model: Path, output: str) -> None:
+    """Show what an ONNX model takes and gives, how big it is and whether it is quantized.
+
+    \b
+    Examples:
+      edgekit inspect models/digits/digits.onnx
+      edgekit inspect model.onnx --output json | jq .inputs
+    """
+    info = inspect_model(model)
+    if output == "json":
+        emit_json(info.to_dict())
+        return
+    con = console()
+    con.print(f"[bold]{info.path}[/]  {_size(info.size_bytes)}, {info.parameters:,} parameters, {info.nodes} nodes")
+    con.print(
+        f"IR {info.ir_version}, opset {info.opset}"
+        + (
+            f" ({', '.join(f'{d} {v}' for d, v in info.opsets.items() if d != 'ai.onnx')})"
+            if len(info.opsets) > 1
+            else ""
+        )
+        + f", producer {info.producer or '?'}, quantization: {info.quantization}"
+    )
+    if info.external_data:
+        con.print(f"external data: {', '.join(info.external_data)}")
+    table = Table(title="inputs and outputs", title_justify="left")
+    for col in ("", "name", "dtype", "shape"):
+        table.add_column(col)
+    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            table.add_row(kind, t.name, t.dtype, t.shape_text())
+    con.print(table)
+    ops = Table(title="operators", title_justify="left")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in info.op_histogram.items():
+        ops.add_row(op, str(n))
+    con.print(ops)
+
+
+@click.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per model.")
+@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="intra-op threads.")
+@click.option(
+    "--batch", default=1, show_default=True, type=click.IntRange(1), help="Batch size for a symbolic batch dim."
+)
+@input_shape_option
+@click.option("--data", type=click.Path(path_type=Path), help="Inputs from .npz/.npy/images instead of random.")
+@click.option("--spinning/--no-spinning", default=None, help="onnxruntime thread spinning (default: its own).")
+@output_option
+def bench_cmd(
+    models: tuple[Path, ...],
+    runs: int,
+    warmup: int,
+    threads: int,
+    batch: int,
+    input_shapes: tuple[str, ...],
+    data: Path | None,
+    spinning: bool | None,
+    output: str,
+) -> None:
+    """Measure latency (p50/p95/p99) and throughput; several models are timed interleaved on the
+    same inputs and compared with the first.
+
+    \b
+    Examples:
+      edgekit bench model.onnx
+      edgekit bench model.onnx model.int8.onnx --threads 2 --runs 500
+      edgekit bench det.onnx --input-shape x=1,3,640,640
+    """
+    shapes = parse_input_shapes(input_shapes)
+    con = console(stderr=True)
+    with Progress(
+        TextColumn("timing"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} runs"),
+        console=con,
+        transient=True,
+        disable=not con.is_terminal,
+    ) as bar:
+        task = bar.add_task("bench", total=runs)
+        stats = bench_models(
+            [str(m) for m in models],
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            batch=batch,
+            shapes=shapes,
+            data=str(data) if data else None,
+            spinning=spinning,
+            on_progress=lambda done: bar.update(task, completed=done),
+        )
+    rows = []
+    for path, st in zip(models, stats, strict=True):
+        rows.append(
+            {
+                "model": str(path),
+                **st.to_dict(),
+                "ratio_p50": st.p50_ms / stats[0].p50_ms,
+                "size_bytes": path.stat().st_size,
+            }
+        )
+    if output == "json":
+        emit_json({"threads": threads, "batch": batch, "results": rows})
+        return
+    table = Table(title=f"latency, {threads} thread(s), batch {batch}, {runs} runs", title_justify="left")
+    for col in ("model", "p50 ms", "p95 ms", "p99 ms", "samples/s", "size", "p50 vs first"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        table.add_row(
+            r["model"],
+            f"{r['p50_ms']:.3f}",
+            f"{r['p95_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['throughput']:.0f}",
+            _size(r["size_bytes"]),
+            f"{r['ratio_p50']:.2f}x",
+        )
+    console().print(table)
+
+
+class _CliProgress:
+    def __init__(self, enabled: bool) -> None:
+        self.con = console(stderr=True)
+        self.live = enabled and self.con.is_terminal
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TimeElapsedColumn(),
+            console=self.con,
+            transient=True,
+            disable=not self.live,
+        )
+        self.task = self.bar.add_task("starting", total=None)
+        self.enabled = enabled
+
+    def __enter__(self) -> _CliProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def stage(self, text: str) -> None:
+        if self.live:
+            self.bar.update(self.task, description=text)
+        elif self.enabled:
+            self.con.print(f"… {text}")
+
+    def candidate(self, index: int, total: int, name: str) -> None:
+        if self.live:
+            self.bar.update(
+                self.task, description=f"candidate {index}/{total}: {name}", total=total, completed=index - 1
+            )
+        elif self.enabled:
+            self.con.print(f"… candidate {index}/{total}: {name}")
+
+    def result(self, result: CandidateResult) -> None:
+        if self.enabled:
+            self.con.print(
+                f"  {result.recipe.name}: {result.verdict}" + (f" ({result.reason})" if result.reason else "")
+            )
+
+
+def _report_table(report: QuantizeReport) -> Table:
+    table = Table(
+        title=f"candidates ({report.metric}, budget: {report.budget}, {report.threads} thread(s))", title_justify="left"
+    )
+    for col in ("candidate", "size", "latency vs FP32", report.metric, "cosine", "verdict", "s"):
+        table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+    table.add_row(
+        "FP32 baseline",
+        _size(report.baseline["size_bytes"]),
+        f"{report.baseline['latency_p50_ms']:.3f} ms",
+        f"{report.baseline['score']:.4g}",
+        "1",
+        "",
+        "",
+    )
+    styles = {
+        "chosen": "bold green",
+        "in budget": "green",
+        "over budget": "red",
+        "slower": "yellow",
+        "failed": "red",
+        "skipped": "dim",
+    }
+    for c in report.candidates:
+        f = c.fidelity
+        table.add_row(
+            c.recipe.name,
+            _size(c.size_bytes),
+            f"{c.latency_ratio:.2f}x" if c.latency_ratio is not None else "-",
+            f"{f.score:.4g}" if f else "-",
+            f"{f.cosine:.4f}" if f else "-",
+            f"[{styles.get(c.verdict, '')}]{c.verdict}[/]",
+            f"{c.seconds:.1f}",
+        )
+    return table
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
+@click.option("--method", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["qdq", "qoperator"]), default="qdq", show_default=True)
+@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default: try both).")
+@click.option("--calibration", help="Calibration data: .npz/.npy, a folder of them or of images, or 'synthetic'.")
+@click.option("--eval", "eval_data", help="Eval data held apart from calibration (same forms).")
+@click.option("--labels", type=click.Path(path_type=Path), help="True labels of the eval data, one per line.")
+@click.option("--metric", help="accuracy | top1 | cosine | max-abs | MODULE:FUNCTION (default: from the data).")
+@click.option("--max-drop", help="Budget: '1%' = at most 1 point below FP32; '0.99' = a limit on the score.")
+@input_shape_option
+@click.option("--exclude-nodes", default="", help="Comma-separated node names kept in FP32.")
+@click.option(
+    "--activation-type",
+    type=click.Choice(["uint8", "int8"]),
+    default="uint8",
+    show_default=True,
+    help="uint8 (U8S8) is fastest on x86 without VNNI; try int8 (S8S8) on arm64.",
+)
+@click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: try both on conv nets).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Threads for latency timing.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed for synthetic data.")
+@click.option("--budget-time", help="Cap on the search, e.g. 10m or 300s.")
+@click.option("--no-mixed-precision", is_flag=True, help="Do not retry with sensitive nodes in FP32.")
+@click.option("--image-size", help="Image folders: resize to HxW (default: the model's input size).")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
+@click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
+@click.option("--scale", default=1 / 255, show_default="1/255", type=float, help="Images: pixel multiplier.")
+@click.option("--mean", default="0", show_default=True, help="Images: per-channel mean, after scaling.")
+@click.option("--std", default="1", show_default=True, help="Images: per-channel std, after scaling.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@output_option
+def quantize_cmd(
+    model: Path,
+    out: Path,
+    method: str,
+    fmt: str,
+    per_channel: bool | None,
+    calibration: str | None,
+    eval_data: str | None,
+    labels: Path | None,
+    metric: str | None,
+    max_drop: str | None,
+    input_shapes: tuple[str, ...],
+    exclude_nodes: str,
+    activation_type: str,
+    reduce_range: bool | None,
+    threads: int,
+    seed: int,
+    budget_time: str | None,
+    no_mixed_precision: bool,
+    image_size: str | None,
+    layout: str,
+    color: str,
+    scale: float,
+    mean: str,
+    std: str,
+    quiet: bool,
+    output: str,
+) -> None:
+    """Quantize to INT8: the fastest model inside an accuracy budget, or FP32 with the reason.
+
+    --method auto tries static QDQ (per-tensor/per-channel, MinMax/Percentile/Entropy calibration,
+    reduce-range) and dynamic MatMul/Gemm quantization, scores each on eval data held apart from
+    calibration data, times each against FP32 interleaved, keeps the most sensitive nodes in FP32
+    when a recipe misses the budget, and never returns a model slower than FP32. Writes OUT and
+    OUT.report.json.
+
+    \b
+    Images in --calibration/--eval folders become tensors by: RGB/BGR/GRAY, resize to the input
+    size (or --image-size), (pixel * --scale - --mean) / --std per channel, --layout NCHW/NHWC.
+
+    \b
+    Examples:
+      edgekit quantize models/digits/digits.onnx -o digits.int8.onnx \\
+          --calibration models/digits/calib.npz --eval models/digits/eval.npz \\
+          --labels models/digits/eval_labels.txt --max-drop 1%
+      edgekit quantize det.onnx -o det.int8.onnx --calibration imgs/ --input-shape x=1,3,640,640 \\
+          --metric edgekit.optimize.task_metrics:text_mask_iou --max-drop 0.95 --budget-time 10m
+    """
+    size = None
+    if image_size:
+        try:
+            h, _, w = image_size.lower().partition("x")
+            size = (int(h), int(w))
+        except ValueError as exc:
+            raise ConfigError(f"expected HxW, got {image_size!r}", field="--image-size") from exc
+    settings = QuantizeSettings(
+        method=method,  # type: ignore[arg-type]
+        format=fmt,  # type: ignore[arg-type]
+        per_channel=per_channel,
+        calibration=calibration,
+        eval=eval_data,
+        labels=str(labels) if labels else None,
+        metric=metric,
+        max_drop=max_drop,
+        input_shapes=parse_input_shapes(input_shapes),
+        exclude_nodes=tuple(n.strip() for n in exclude_nodes.split(",") if n.strip()),
+        activation_type=activation_type,  # type: ignore[arg-type]
+        reduce_range=reduce_range,
+        threads=threads,
+        seed=seed,
+        budget_time=parse_duration(budget_time) if budget_time else None,
+        preprocessing=ImagePreprocessing(
+            size=size,
+            layout=layout,  # type: ignore[arg-type]
+            color=color,  # type: ignore[arg-type]
+            scale=scale,
+            mean=parse_floats(mean, "--mean"),
+            std=parse_floats(std, "--std"),
+        ),
+        mixed_precision=not no_mixed_precision,
+    )
+    with _CliProgress(enabled=not quiet and output != "json") as progress:
+        report = quantize(model, out, settings, progress)
+    if output == "json":
+        emit_json(report.to_dict())
+        return
+    con = console()
+    for w in report.warnings:
+        console(stderr=True).print(f"[bold yellow]warning:[/] {w}")
+    con.print(_report_table(report))
+    chosen = report.chosen_result
+    verdict = "[bold green]INT8[/]" if chosen else "[bold yellow]FP32 kept[/]"
+    con.print(f"{verdict} → {report.output}: {report.reason}")
+    con.print(f"report: {report_path(Path(report.output))}  ({report.seconds:.0f} s)")
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError as exc:
+        raise ConfigError(f"expected a duration like 90s, 10m or 1h, got {text!r}", field="--budget-time") from exc
+    if value <= 0:
+        raise ConfigError("must be positive", field="--budget-time")
+    return value
+
+
+COMMANDS: list[click.Command] = [inspect_cmd, bench_cmd, quantize_cmd]

@@ -43,8 +43,15 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
 class ManagedProcess:
     """One service process, its log file, and a clean stop."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, *,
-                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -56,9 +63,15 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         try:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
         except OSError as exc:
             raise ServiceError(f"cannot start {self.name}: {exc}") from exc
         finally:
@@ -84,8 +97,9 @@ class ManagedProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
-                raise ServiceError(f"{self.name} exited with {self.proc.returncode if self.proc else '?'}: "
-                                   f"{self.log_tail(5)}")
+                raise ServiceError(
+                    f"{self.name} exited with {self.proc.returncode if self.proc else '?'}: {self.log_tail(5)}"
+                )
             with contextlib.suppress(Exception):
                 if check():
                     return

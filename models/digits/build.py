@@ -44,7 +44,7 @@ def im2col(x: np.ndarray) -> np.ndarray:
     cols = np.empty((n, c, 3, 3, h, w), dtype=x.dtype)
     for i in range(3):
         for j in range(3):
-            cols[:, :, i, j] = p[:, :, i:i + h, j:j + w]
+            cols[:, :, i, j] = p[:, :, i : i + h, j : j + w]
     return cols.transpose(0, 4, 5, 1, 2, 3).reshape(n * h * w, c * 9)
 
 
@@ -54,7 +54,7 @@ def col2im(cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     p = np.zeros((n, c, h + 2, w + 2), dtype=cols.dtype)
     for i in range(3):
         for j in range(3):
-            p[:, :, i:i + h, j:j + w] += cols[:, :, i, j]
+            p[:, :, i : i + h, j : j + w] += cols[:, :, i, j]
     return p[:, :, 1:-1, 1:-1]
 
 
@@ -63,7 +63,9 @@ class Net:
         c1, c2, c3 = CHANNELS
         self.params: dict[str, np.ndarray] = {}
         for name, (cout, cin) in {"conv1": (c1, 1), "conv2": (c2, c1), "conv3": (c3, c2)}.items():
-            self.params[f"{name}.w"] = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(np.float32)
+            self.params[f"{name}.w"] = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (cin * 9))).astype(
+                np.float32
+            )
             self.params[f"{name}.b"] = np.zeros(cout, np.float32)
         self.params["fc.w"] = (rng.standard_normal((10, c3)) * np.sqrt(1 / c3)).astype(np.float32)
         self.params["fc.b"] = np.zeros(10, np.float32)
@@ -109,8 +111,9 @@ class Net:
         self._conv_back("conv1", dz1, cache["cols1"], cache["x"].shape, grads)
         return grads
 
-    def _conv_back(self, name: str, dz: np.ndarray, cols: np.ndarray, in_shape: tuple[int, ...],
-                   grads: dict[str, np.ndarray]) -> np.ndarray:
+    def _conv_back(
+        self, name: str, dz: np.ndarray, cols: np.ndarray, in_shape: tuple[int, ...], grads: dict[str, np.ndarray]
+    ) -> np.ndarray:
         w = self.params[f"{name}.w"]
         dz2d = dz.transpose(0, 2, 3, 1).reshape(-1, w.shape[0])
         grads[f"{name}.w"] = (dz2d.T @ cols).reshape(w.shape)
@@ -127,7 +130,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int) -> Net:
     for epoch in range(epochs):
         order = rng.permutation(len(x))
         for start in range(0, len(x), 32):
-            idx = order[start:start + 32]
+            idx = order[start : start + 32]
             logits, cache = net.forward(x[idx])
             prob = np.exp(logits - logits.max(1, keepdims=True))
             prob /= prob.sum(1, keepdims=True)
@@ -138,7 +141,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int) -> Net:
             for k, g in grads.items():
                 m[k] = b1 * m[k] + (1 - b1) * g
                 v[k] = b2 * v[k] + (1 - b2) * g * g
-                mhat, vhat = m[k] / (1 - b1 ** step), v[k] / (1 - b2 ** step)
+                mhat, vhat = m[k] / (1 - b1**step), v[k] / (1 - b2**step)
                 net.params[k] -= (lr * mhat / (np.sqrt(vhat) + 1e-8)).astype(np.float32)
         if epoch == epochs * 2 // 3:
             lr /= 5
@@ -150,25 +153,37 @@ def export(net: Net, path: Path) -> None:
     inits = [numpy_helper.from_array(v.astype(np.float32), name=k) for k, v in p.items()]
     inits[-2] = numpy_helper.from_array(p["fc.w"].T.copy(), name="fc.w")  # Gemm B as [in, out]
     nodes = [
-        helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node(
+            "Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+        ),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], name="conv2", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node(
+            "Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], name="conv2", pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+        ),
         helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
         helper.make_node("MaxPool", ["r2"], ["p2"], name="pool2", kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["p2", "conv3.w", "conv3.b"], ["c3"], name="conv3", pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node(
+            "Conv", ["p2", "conv3.w", "conv3.b"], ["c3"], name="conv3", pads=[1, 1, 1, 1], kernel_shape=[3, 3]
+        ),
         helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
         helper.make_node("GlobalAveragePool", ["r3"], ["gap"], name="gap"),
         helper.make_node("Flatten", ["gap"], ["flat"], name="flatten", axis=1),
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "digits_cnn",
+        nodes,
+        "digits_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-models",
-                              producer_version="1", doc_string="Digits CNN trained on scikit-learn's digits data set.")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="edgekit-models",
+        producer_version="1",
+        doc_string="Digits CNN trained on scikit-learn's digits data set.",
+    )
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     path.write_bytes(model.SerializeToString())
@@ -188,7 +203,9 @@ def main() -> None:
     (args.out / "eval_labels.txt").write_text("".join(f"{int(v)}\n" for v in splits["eval"][1]))
     logits, _ = net.forward(splits["eval"][0])
     acc = float((logits.argmax(1) == splits["eval"][1]).mean())
-    print(f"digits CNN: eval accuracy {acc:.4f} on {len(splits['eval'][1])} held-out images -> {args.out / 'digits.onnx'}")
+    print(
+        f"digits CNN: eval accuracy {acc:.4f} on {len(splits['eval'][1])} held-out images -> {args.out / 'digits.onnx'}"
+    )
 
 
 if __name__ == "__main__":

@@ -74,13 +74,29 @@ class Event(_Common):
 
 
 def _common(device: str, group: str, session: str, seq: int, ts: float, model: ModelRef | None) -> dict[str, Any]:
-    return {"v": SCHEMA_VERSION, "device": device, "group": group, "session": session,
-            "seq": seq, "ts": ts, "model": model}
+    return {
+        "v": SCHEMA_VERSION,
+        "device": device,
+        "group": group,
+        "session": session,
+        "seq": seq,
+        "ts": ts,
+        "model": model,
+    }
 
 
-def status_payload(*, device: str, group: str, session: str, seq: int, ts: float,
-                   model: ModelRef | None, state: Literal["online", "offline"],
-                   agent_version: str, ready: bool | None = None) -> Status:
+def status_payload(
+    *,
+    device: str,
+    group: str,
+    session: str,
+    seq: int,
+    ts: float,
+    model: ModelRef | None,
+    state: Literal["online", "offline"],
+    agent_version: str,
+    ready: bool | None = None,
+) -> Status:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
     payload.update(state=state, agent_version=agent_version)
     if ready is not None:
@@ -88,19 +104,50 @@ def status_payload(*, device: str, group: str, session: str, seq: int, ts: float
     return payload  # type: ignore[return-value]
 
 
-def health_payload(*, device: str, group: str, session: str, seq: int, ts: float,
-                   model: ModelRef | None, window_s: float, inferences: int, errors: int,
-                   latency_ms: LatencyMs, probe: ProbeState, rss_mb: float, cpu_pct: float,
-                   replayed: bool = False) -> Health:
+def health_payload(
+    *,
+    device: str,
+    group: str,
+    session: str,
+    seq: int,
+    ts: float,
+    model: ModelRef | None,
+    window_s: float,
+    inferences: int,
+    errors: int,
+    latency_ms: LatencyMs,
+    probe: ProbeState,
+    rss_mb: float,
+    cpu_pct: float,
+    replayed: bool = False,
+) -> Health:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
-    payload.update(window_s=window_s, inferences=inferences, errors=errors, latency_ms=latency_ms,
-                   probe=probe, rss_mb=rss_mb, cpu_pct=cpu_pct, replayed=replayed)
+    payload.update(
+        window_s=window_s,
+        inferences=inferences,
+        errors=errors,
+        latency_ms=latency_ms,
+        probe=probe,
+        rss_mb=rss_mb,
+        cpu_pct=cpu_pct,
+        replayed=replayed,
+    )
     return payload  # type: ignore[return-value]
 
 
-def event_payload(*, device: str, group: str, session: str, seq: int, ts: float,
-                  model: ModelRef | None, kind: str, detail: str,
-                  data: dict[str, Any] | None = None, replayed: bool = False) -> Event:
+def event_payload(
+    *,
+    device: str,
+    group: str,
+    session: str,
+    seq: int,
+    ts: float,
+    model: ModelRef | None,
+    kind: str,
+    detail: str,
+    data: dict[str, Any] | None = None,
+    replayed: bool = False,
+) -> Event:
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event kind {kind!r}")
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)

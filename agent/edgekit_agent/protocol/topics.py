@@ -36,8 +36,9 @@ def device_topic(root: str, group: str, device: str, kind: Kind) -> str:
     return f"{root.rstrip('/')}/{check_segment('group', group)}/{check_segment('device', device)}/{kind}"
 
 
-def subscription(root: str = DEFAULT_ROOT, group: str | None = None, kind: str = "+",
-                 shared_group: str | None = None) -> str:
+def subscription(
+    root: str = DEFAULT_ROOT, group: str | None = None, kind: str = "+", shared_group: str | None = None
+) -> str:
     """A subscription filter; ``shared_group`` makes it an MQTT 5 shared subscription."""
     topic = f"{root.rstrip('/')}/{group or '+'}/+/{kind}"
     return f"$share/{shared_group}/{topic}" if shared_group else topic
@@ -48,7 +49,7 @@ def parse_topic(topic: str, root: str = DEFAULT_ROOT) -> TopicParts | None:
     prefix = root.rstrip("/") + "/"
     if not topic.startswith(prefix):
         return None
-    rest = topic[len(prefix):].split("/")
+    rest = topic[len(prefix) :].split("/")
     if len(rest) != 3 or rest[2] not in KINDS or not rest[0] or not rest[1]:
         return None
     return TopicParts(root.rstrip("/"), rest[0], rest[1], rest[2])

@@ -1,0 +1,1 @@
+"""Model optimization: inspect, benchmark and quantize ONNX models under an accuracy budget."""

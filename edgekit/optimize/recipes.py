@@ -1,0 +1,95 @@
+"""Quantization recipes: what a candidate is, and which ones ``--method auto`` tries, in order.
+
+Pure data and decisions; building a recipe is ``building.build_candidate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+Method = Literal["dynamic", "static"]
+Calibration = Literal["minmax", "entropy", "percentile"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: Method
+    format: Literal["qdq", "qoperator"] = "qdq"
+    per_channel: bool = True
+    calibration: Calibration = "minmax"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    reduce_range: bool = False
+    keep_tail_fp32: bool = True
+    op_types: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = field(default=())
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        if self.method == "dynamic":
+            base = f"dynamic {'/'.join(self.op_types) or 'all'} {'per-channel' if self.per_channel else 'per-tensor'}"
+        else:
+            act = "U8" if self.activation_type == "uint8" else "S8"
+            base = (
+                f"static {self.format.upper()} {act}S8 {'per-channel' if self.per_channel else 'per-tensor'} "
+                f"{self.calibration}"
+            )
+            if self.reduce_range:
+                base += " reduce-range"
+        if self.exclude:
+            base += f" +{len(self.exclude)} FP32 nodes"
+        return base
+
+    def with_exclusions(self, nodes: tuple[str, ...], note: str) -> Recipe:
+        return replace(self, exclude=tuple(dict.fromkeys(self.exclude + nodes)), note=note)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["name"] = self.name
+        data["op_types"] = list(self.op_types)
+        data["exclude"] = list(self.exclude)
+        return data
+
+
+def auto_recipes(
+    *,
+    has_matmul: bool,
+    has_conv: bool,
+    fmt: Literal["qdq", "qoperator"] = "qdq",
+    per_channel: bool | None = None,
+    activation_type: Literal["uint8", "int8"] = "uint8",
+    reduce_range: bool | None = None,
+    method: str = "auto",
+) -> list[Recipe]:
+    """Candidates in the order worth trying on a CPU: the usually-fastest recipe first, so a time
+    budget cuts off the long shots rather than the likely winner."""
+    recipes: list[Recipe] = []
+    channels = [True, False] if per_channel is None else [per_channel]
+    ranges = [False] if reduce_range is None else [reduce_range]
+    if method in ("auto", "static"):
+        for cal in ("minmax", "percentile", "entropy"):
+            for pc in channels:
+                for rr in ranges:
+                    recipes.append(Recipe("static", fmt, pc, cal, activation_type, "int8", rr))
+        if reduce_range is None and has_conv:
+            # Measured: reduce_range helps conv nets on CPUs without VNNI (less int16 saturation).
+            recipes.insert(2, Recipe("static", fmt, True, "minmax", activation_type, "int8", True))
+    if method in ("auto", "dynamic") and (has_matmul or method == "dynamic"):
+        # Dynamic quantization only for MatMul/Gemm: ConvInteger has no fast x86 kernel.
+        for pc in channels:
+            recipes.append(
+                Recipe(
+                    "dynamic",
+                    "qoperator",
+                    pc,
+                    "minmax",
+                    "uint8",
+                    "int8",
+                    False,
+                    False,
+                    op_types=("MatMul", "Gemm") if has_conv or method == "auto" else (),
+                )
+            )
+    return recipes
