@@ -10,7 +10,8 @@ Order of judgement (first match wins):
 3. still baking            -> hold
 4. too few devices report the new digest -> hold; at the wave timeout roll back (policy
    ``fail``) or leave the silent devices out and judge the rest (policy ``skip``). Devices known
-   offline (last will) are left out at once under ``skip``.                 (``reporting``)
+   offline (last will) are left out at once under ``skip``, silent ones after the silence
+   deadline (default: the wave timeout).                                    (``reporting``)
 5. manual promotion wanted and not given -> hold                            (``promotion``)
 6. otherwise advance.
 """
@@ -55,12 +56,12 @@ class TelemetryFigures:
     offline: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        return _drop_none({
             "expected": self.expected, "reported": self.reported, "onDigest": self.on_digest,
             "offDigest": self.off_digest, "inferences": self.inferences, "errors": self.errors,
             "errorRate": self.error_rate, "p50Ms": self.p50_ms, "p95Ms": self.p95_ms, "p99Ms": self.p99_ms,
             "probeFailures": self.probe_failures, "silent": list(self.silent), "offline": list(self.offline),
-        }
+        })
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TelemetryFigures:
@@ -70,6 +71,11 @@ class TelemetryFigures:
                    error_rate=d.get("errorRate"), p50_ms=d.get("p50Ms"), p95_ms=d.get("p95Ms"),
                    p99_ms=d.get("p99Ms"), probe_failures=int(d.get("probeFailures", 0)),
                    silent=tuple(d.get("silent", ())), offline=tuple(d.get("offline", ())))
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    # Server-side apply reads an explicit null as "remove": leave unset figures out.
+    return {k: v for k, v in d.items() if v is not None}
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -114,7 +120,7 @@ class Baseline:
     devices: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"p95Ms": self.p95_ms, "errorRate": self.error_rate, "devices": self.devices}
+        return _drop_none({"p95Ms": self.p95_ms, "errorRate": self.error_rate, "devices": self.devices})
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> Baseline | None:
@@ -139,8 +145,8 @@ class GateFigure:
     text: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"gate": self.gate, "value": self.value, "threshold": self.threshold, "ok": self.ok,
-                "text": self.text}
+        return _drop_none({"gate": self.gate, "value": self.value, "threshold": self.threshold, "ok": self.ok,
+                           "text": self.text})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GateFigure:
@@ -159,8 +165,8 @@ class Verdict:
         return next((f for f in self.figures if f.gate == gate), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"decision": self.decision, "reason": self.reason, "gate": self.gate,
-                "figures": [f.to_json() for f in self.figures], "skipped": list(self.skipped)}
+        return _drop_none({"decision": self.decision, "reason": self.reason, "gate": self.gate,
+                           "figures": [f.to_json() for f in self.figures], "skipped": list(self.skipped)})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Verdict:
@@ -224,7 +230,7 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
     skipped: set[str] = set()
     if policy.offline_policy == "skip":
         skipped |= set(tele.offline)
-        if timed_out:
+        if elapsed.since_move_s >= policy.silence_after_s:
             skipped |= set(tele.silent)
     figs = gate_figures(policy, kube, tele, baseline, skipped)
     by_gate = {f.gate: f for f in figs}

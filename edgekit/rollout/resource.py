@@ -2,8 +2,14 @@
 
 The engine keeps every piece of its state here, written before it acts, so any process can pick a
 rollout up: the frozen wave plan (nodes per wave and the revision each node came from), each
-wave's step, baseline, last verdict with its figures, the lease of the engine running it, and a
-history of what happened. Times are kept as RFC 3339 strings in the JSON and as Unix seconds here.
+wave's step, baseline, last verdict with its figures, and a history of what happened. Times are
+RFC 3339 strings in the JSON and Unix seconds here. (Which engine holds a rollout is a
+``coordination.k8s.io`` Lease beside it, see ``edgekit.rollout.leasing``.)
+
+The JSON follows the CRD of ``edgekit.kube.install``: its typed fields as they are (``verdict`` of a
+wave is the decision word), everything else where the schema keeps unknown fields (wave items,
+history items, ``spec.gates``). Operator requests that are not spec — abort, promote a wave — and
+the image to undo to are annotations, so a command never rewrites the spec it did not write.
 
 Rollout phases::
 
@@ -38,7 +44,6 @@ PLURAL = "edgerollouts"
 
 LABEL_APP = "edgekit.io/app"
 LABEL_GROUP = "edgekit.io/group"
-LABEL_ACTIVE = "edgekit.io/active"
 
 PENDING, PROGRESSING, PAUSED = "Pending", "Progressing", "Paused"
 ROLLING_BACK, ROLLED_BACK, SUCCEEDED = "RollingBack", "RolledBack", "Succeeded"
@@ -92,37 +97,52 @@ class ImageRef:
         return cls(d["image"], d.get("digest", ""), d["revision"])
 
 
+ANN_ABORT = "edgekit.io/abort"              # value: why (set by ``edgekit rollout abort``)
+ANN_PROMOTE = "edgekit.io/promote"          # value: the wave index to promote
+ANN_PREVIOUS = "edgekit.io/previous-image"  # image@digest most of the group ran before
+ANN_UNDO_OF = "edgekit.io/undo-of"          # the rollout an ``undo`` reverses
+
+
 @dataclass
 class RolloutSpec:
     app: str
     group: str
     target: ImageRef
     strategy: Strategy
-    namespace: str = "edgekit-system"
-    previous: ImageRef | None = None   # the revision most of the group ran before (for undo)
+    profile: str = "k3s"                 # spec.target: k3s | kubeedge | openyurt
+    previous: ImageRef | None = None     # the revision most of the group ran before (for undo)
     paused: bool = False
-    abort: bool = False
-    promote: int = 0                    # bumped by ``edgekit rollout promote``
+    abort: str | None = None             # annotations, see above
+    promote: int | None = None
     undo_of: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none({
-            "app": self.app, "group": self.group, "namespace": self.namespace,
-            "image": self.target.image, "digest": self.target.digest, "revision": self.target.revision,
-            "previous": self.previous.to_json() if self.previous else None,
-            "strategy": self.strategy.to_json(), "paused": self.paused, "abort": self.abort,
-            "promote": self.promote, "undoOf": self.undo_of,
+            "app": self.app, "group": self.group, "image": self.target.image,
+            "revision": self.target.revision, "target": self.profile,
+            **self.strategy.to_json(), "paused": self.paused,
+        })
+
+    def annotations(self) -> dict[str, str]:
+        return _drop_none({
+            ANN_ABORT: self.abort, ANN_PROMOTE: None if self.promote is None else str(self.promote),
+            ANN_PREVIOUS: f"{self.previous.image}" if self.previous else None, ANN_UNDO_OF: self.undo_of,
         })
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> RolloutSpec:
+    def from_json(cls, d: dict[str, Any], annotations: dict[str, str] | None = None) -> RolloutSpec:
+        ann = annotations or {}
+        image = d["image"]
+        previous = ann.get(ANN_PREVIOUS)
+        promote = ann.get(ANN_PROMOTE)
         return cls(
-            app=d["app"], group=d["group"], namespace=d.get("namespace", "edgekit-system"),
-            target=ImageRef(d["image"], d.get("digest", ""), d["revision"]),
-            previous=ImageRef.from_json(d.get("previous")),
-            strategy=Strategy.from_json(d.get("strategy") or {}),
-            paused=bool(d.get("paused", False)), abort=bool(d.get("abort", False)),
-            promote=int(d.get("promote", 0)), undo_of=d.get("undoOf"),
+            app=d["app"], group=d["group"], profile=d.get("target", "k3s"),
+            target=ImageRef(image, digest_of(image), d.get("revision") or revision_for(digest_of(image))),
+            previous=ImageRef(previous, digest_of(previous), revision_for(digest_of(previous))) if previous else None,
+            strategy=Strategy.from_json(d),
+            paused=bool(d.get("paused", False)), abort=ann.get(ANN_ABORT) or None,
+            promote=int(promote) if promote and promote.lstrip("-").isdigit() else None,
+            undo_of=ann.get(ANN_UNDO_OF),
         )
 
 
@@ -148,14 +168,16 @@ class WaveStatus:
         by_rev: dict[str, list[str]] = {}
         for node in self.nodes:
             by_rev.setdefault(self.from_revisions.get(node) or "", []).append(node)
+        finished = self.verdict_at if self.phase in (W_PASSED, W_FAILED) else None
         return _drop_none({
             "index": self.index, "target": self.target, "phase": self.phase, "nodes": list(self.nodes),
-            "from": by_rev, "zones": self.zones or None, "movedAt": to_time(self.moved_at),
+            "from": by_rev, "zones": self.zones or None, "startedAt": to_time(self.moved_at),
             "readyAt": to_time(self.ready_at), "ready": self.ready, "promoted": self.promoted or None,
             "baseline": self.baseline.to_json() if self.baseline else None,
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
-            "verdict": self.verdict.to_json() if self.verdict else None,
-            "verdictAt": to_time(self.verdict_at),
+            "verdict": self.verdict.decision if self.verdict else None,
+            "verdictDetail": self.verdict.to_json() if self.verdict else None,
+            "verdictAt": to_time(self.verdict_at), "finishedAt": to_time(finished),
         })
 
     @classmethod
@@ -167,11 +189,11 @@ class WaveStatus:
         return cls(
             index=int(d["index"]), target=str(d.get("target", "")), nodes=list(d.get("nodes", ())),
             from_revisions=from_revisions, phase=d.get("phase", W_PENDING), zones=dict(d.get("zones") or {}),
-            moved_at=from_time(d.get("movedAt")), ready_at=from_time(d.get("readyAt")),
+            moved_at=from_time(d.get("startedAt")), ready_at=from_time(d.get("readyAt")),
             ready=int(d.get("ready", 0)), promoted=bool(d.get("promoted", False)),
             baseline=Baseline.from_json(d.get("baseline")),
             telemetry=TelemetryFigures.from_json(d["telemetry"]) if d.get("telemetry") else None,
-            verdict=Verdict.from_json(d["verdict"]) if d.get("verdict") else None,
+            verdict=Verdict.from_json(d["verdictDetail"]) if d.get("verdictDetail") else None,
             verdict_at=from_time(d.get("verdictAt")),
         )
 
@@ -192,25 +214,12 @@ class HistoryEntry:
         return cls(from_time(d["at"]) or 0.0, d["event"], d.get("message", ""), d.get("wave"))
 
 
-@dataclass
-class Owner:
-    """The engine that holds the rollout: a lease renewed with every status write."""
-
-    holder: str
-    renewed_at: float
-    lease_s: float
-
-    def expired(self, now: float) -> bool:
-        return now > self.renewed_at + self.lease_s
-
-    def to_json(self) -> dict[str, Any]:
-        return {"holder": self.holder, "renewedAt": to_time(self.renewed_at), "leaseSeconds": self.lease_s}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> Owner | None:
-        if not d or not d.get("holder"):
-            return None
-        return cls(d["holder"], from_time(d.get("renewedAt")) or 0.0, float(d.get("leaseSeconds", 15)))
+# History events the engine and the benchmark read back.
+EV_PLANNED, EV_WAVE, EV_READY, EV_VERDICT, EV_PASSED = "planned", "wave-started", "pods-ready", "verdict", "wave-passed"
+EV_PAUSED, EV_RESUMED, EV_PROMOTED, EV_ABORTED = "paused", "resumed", "promoted", "abort-requested"
+EV_ROLLBACK, EV_RELABELLED, EV_CLEANED, EV_FINISHED = "rollback-started", "relabelled-back", "cleaned-up", "finished"
+EV_ENGINE = "engine"
+HISTORY_LIMIT = 200
 
 
 @dataclass
@@ -218,30 +227,42 @@ class RolloutStatus:
     phase: str = PENDING
     current_wave: int = 0
     message: str = ""
+    revision: str | None = None
+    previous_revision: str | None = None
     waves: list[WaveStatus] = field(default_factory=list)
-    owner: Owner | None = None
     started_at: float | None = None
-    finished_at: float | None = None
-    promotes_seen: int = 0
-    rollback_reason: str | None = None
-    rollback_gate: str | None = None
-    rollback_started_at: float | None = None
-    relabelled_back_at: float | None = None
+    updated_at: float | None = None
     history: list[HistoryEntry] = field(default_factory=list)
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def moved_nodes(self) -> list[str]:
         return [n for w in self.waves if w.phase != W_PENDING for n in w.nodes]
 
+    def event_time(self, event: str) -> float | None:
+        """When ``event`` last happened (from the history)."""
+        return next((h.at for h in reversed(self.history) if h.event == event), None)
+
+    @property
+    def finished_at(self) -> float | None:
+        return self.event_time(EV_FINISHED) if self.phase in TERMINAL_PHASES else None
+
+    def condition(self, kind: str) -> dict[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == kind), None)
+
+    def set_condition(self, kind: str, status: bool, reason: str, message: str, at: float) -> None:
+        self.conditions = [c for c in self.conditions if c.get("type") != kind]
+        self.conditions.append({"type": kind, "status": "True" if status else "False",
+                                "reason": reason, "message": message[:1000], "lastTransitionTime": to_time(at)})
+
     def to_json(self) -> dict[str, Any]:
         return _drop_none({
             "phase": self.phase, "currentWave": self.current_wave, "message": self.message,
-            "waves": [w.to_json() for w in self.waves], "owner": self.owner.to_json() if self.owner else None,
-            "startedAt": to_time(self.started_at), "finishedAt": to_time(self.finished_at),
-            "promotesSeen": self.promotes_seen, "rollbackReason": self.rollback_reason,
-            "rollbackGate": self.rollback_gate, "rollbackStartedAt": to_time(self.rollback_started_at),
-            "relabelledBackAt": to_time(self.relabelled_back_at),
-            "history": [h.to_json() for h in self.history],
+            "revision": self.revision, "previousRevision": self.previous_revision,
+            "waves": [w.to_json() for w in self.waves],
+            "startedAt": to_time(self.started_at), "updatedAt": to_time(self.updated_at),
+            "history": [h.to_json() for h in self.history[-HISTORY_LIMIT:]],
+            "conditions": self.conditions or None,
         })
 
     @classmethod
@@ -249,13 +270,12 @@ class RolloutStatus:
         d = d or {}
         return cls(
             phase=d.get("phase", PENDING), current_wave=int(d.get("currentWave", 0)),
-            message=d.get("message", ""), waves=[WaveStatus.from_json(w) for w in d.get("waves", ())],
-            owner=Owner.from_json(d.get("owner")), started_at=from_time(d.get("startedAt")),
-            finished_at=from_time(d.get("finishedAt")), promotes_seen=int(d.get("promotesSeen", 0)),
-            rollback_reason=d.get("rollbackReason"), rollback_gate=d.get("rollbackGate"),
-            rollback_started_at=from_time(d.get("rollbackStartedAt")),
-            relabelled_back_at=from_time(d.get("relabelledBackAt")),
+            message=d.get("message", ""), revision=d.get("revision"),
+            previous_revision=d.get("previousRevision"),
+            waves=[WaveStatus.from_json(w) for w in d.get("waves", ())],
+            started_at=from_time(d.get("startedAt")), updated_at=from_time(d.get("updatedAt")),
             history=[HistoryEntry.from_json(h) for h in d.get("history", ())],
+            conditions=list(d.get("conditions") or ()),
         )
 
 
@@ -273,11 +293,12 @@ class EdgeRollout:
         return self.status.phase in ACTIVE_PHASES
 
     def labels(self) -> dict[str, str]:
-        return {LABEL_APP: self.spec.app, LABEL_GROUP: label_safe(self.spec.group),
-                LABEL_ACTIVE: "true" if self.active else "false"}
+        return {LABEL_APP: self.spec.app, LABEL_GROUP: label_safe(self.spec.group)}
 
     def to_json(self, *, with_status: bool = True) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace, "labels": self.labels()}
+        if annotations := self.spec.annotations():
+            meta["annotations"] = annotations
         if self.resource_version:
             meta["resourceVersion"] = self.resource_version
         obj: dict[str, Any] = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta,
@@ -291,7 +312,7 @@ class EdgeRollout:
         meta = obj.get("metadata") or {}
         return cls(
             name=meta["name"], namespace=meta.get("namespace", "default"),
-            spec=RolloutSpec.from_json(obj.get("spec") or {}),
+            spec=RolloutSpec.from_json(obj.get("spec") or {}, meta.get("annotations")),
             status=RolloutStatus.from_json(obj.get("status")),
             resource_version=meta.get("resourceVersion"),
             created_at=from_time(meta.get("creationTimestamp")),
@@ -315,6 +336,11 @@ def rollout_name(app: str, group: str, sequence: int) -> str:
     """``<app>-<group>-<n>``: the n-th rollout of an app on a group. Two pushes racing for the
     same n collide on the name, and the API server refuses the second."""
     return f"{label_safe(app, 40)}-{label_safe(group, 40)}-{sequence}"[:253]
+
+
+def digest_of(image: str) -> str:
+    """``sha256:…`` of an ``image@sha256:…`` reference ('' when it is not pinned)."""
+    return image.rsplit("@", 1)[1] if "@" in image else ""
 
 
 def revision_for(digest: str) -> str:

@@ -56,6 +56,7 @@ class GatePolicy:
     offline_policy: OfflinePolicy = "fail"
     wave_timeout_s: float = 600.0
     fail_fast: bool = True
+    silence_deadline_s: float | None = None  # skip silent devices after this (policy skip); None: timeout
 
     def active_gates(self) -> list[str]:
         """Human names of the gates that apply, for plans and status views."""
@@ -68,19 +69,29 @@ class GatePolicy:
             gates.append(f"p95 regression ≤ {fmt_percent(self.max_p95_regression)}")
         if self.probe_must_pass:
             gates.append("golden probe passes")
-        gates.append(f"silent devices: {self.offline_policy} after {fmt_duration(self.wave_timeout_s)}")
+        if self.offline_policy == "skip":
+            gates.append(f"silent devices skipped after {fmt_duration(self.silence_after_s)}")
+        else:
+            gates.append("silent devices count as failing")
+        gates.append(f"hold at most {fmt_duration(self.wave_timeout_s)}")
         return gates
 
+    @property
+    def silence_after_s(self) -> float:
+        return self.wave_timeout_s if self.silence_deadline_s is None else self.silence_deadline_s
+
     def to_json(self) -> dict[str, Any]:
-        # A gate that is off is left out (no nulls: server-side apply reads null as "remove").
+        """The ``spec.gates`` form of the EdgeRollout CRD. A gate that is off is left out (no
+        nulls: server-side apply reads null as "remove")."""
         return _drop_none({
             "maxErrorRate": self.max_error_rate,
-            "maxP95Ms": self.max_p95_ms,
+            "maxP95LatencyMs": self.max_p95_ms,
             "maxP95Regression": self.max_p95_regression,
             "minReporting": self.min_reporting,
-            "probeMustPass": self.probe_must_pass,
+            "probe": self.probe_must_pass,
             "offlinePolicy": self.offline_policy,
-            "waveTimeoutSeconds": self.wave_timeout_s,
+            "silenceDeadline": None if self.silence_deadline_s is None else spec_duration(self.silence_deadline_s),
+            "holdTimeout": spec_duration(self.wave_timeout_s),
             "failFast": self.fail_fast,
         })
 
@@ -88,14 +99,16 @@ class GatePolicy:
     def from_json(cls, data: dict[str, Any]) -> GatePolicy:
         """The resource form: a threshold gate that is absent is off."""
         d = cls()
+        silence = data.get("silenceDeadline")
         return cls(
             max_error_rate=_opt_float(data.get("maxErrorRate")),
-            max_p95_ms=_opt_float(data.get("maxP95Ms")),
+            max_p95_ms=_opt_float(data.get("maxP95LatencyMs")),
             max_p95_regression=_opt_float(data.get("maxP95Regression")),
             min_reporting=float(data.get("minReporting", d.min_reporting)),
-            probe_must_pass=bool(data.get("probeMustPass", d.probe_must_pass)),
+            probe_must_pass=bool(data.get("probe", d.probe_must_pass)),
             offline_policy=data.get("offlinePolicy", d.offline_policy),
-            wave_timeout_s=float(data.get("waveTimeoutSeconds", d.wave_timeout_s)),
+            wave_timeout_s=parse_duration(data.get("holdTimeout", d.wave_timeout_s), flag="holdTimeout"),
+            silence_deadline_s=None if silence is None else parse_duration(silence, flag="silenceDeadline"),
             fail_fast=bool(data.get("failFast", d.fail_fast)),
         )
 
@@ -112,26 +125,31 @@ class Strategy:
     baseline_s: float = 30.0
 
     def to_json(self) -> dict[str, Any]:
+        """The strategy's part of the EdgeRollout spec (``waves``, ``bakeTime``, ``spreadBy``,
+        ``gates``). Manual promotion and the baseline window ride in ``gates`` (it keeps unknown
+        fields)."""
+        gates = self.gates.to_json()
+        gates["manualPromotion"] = not self.auto_promote
+        gates["baselineWindow"] = spec_duration(self.baseline_s)
         return _drop_none({
-            "waves": [str(w) for w in self.waves],
-            "bakeSeconds": self.bake_s,
+            "waves": [int(w.amount) if not w.percent else str(w) for w in self.waves],
+            "bakeTime": spec_duration(self.bake_s),
             "spreadBy": self.spread_by,
-            "autoPromote": self.auto_promote,
-            "baselineSeconds": self.baseline_s,
-            "gates": self.gates.to_json(),
+            "gates": gates,
         })
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Strategy:
         d = cls()
         waves = data.get("waves")
+        gates = data.get("gates") or {}
         return validate_strategy(cls(
             waves=parse_waves(",".join(str(w) for w in waves)) if waves else d.waves,
-            bake_s=float(data.get("bakeSeconds", d.bake_s)),
+            bake_s=parse_duration(data.get("bakeTime", d.bake_s), flag="bakeTime"),
             spread_by=data.get("spreadBy") or None,
-            gates=GatePolicy.from_json(data.get("gates") or {}),
-            auto_promote=bool(data.get("autoPromote", d.auto_promote)),
-            baseline_s=float(data.get("baselineSeconds", d.baseline_s)),
+            gates=GatePolicy.from_json(gates),
+            auto_promote=not bool(gates.get("manualPromotion", False)),
+            baseline_s=parse_duration(gates.get("baselineWindow", d.baseline_s), flag="baselineWindow"),
         ))
 
 
@@ -234,6 +252,9 @@ def validate_strategy(strategy: Strategy) -> Strategy:
             f"{fmt_duration(strategy.bake_s)}", hint="the gate is judged after the bake, before the timeout")
     if not strategy.waves:
         raise InvalidWavesError("--waves is empty")
+    if g.silence_deadline_s is not None and not 0 <= g.silence_deadline_s <= g.wave_timeout_s:
+        raise ThresholdRangeError(f"--silence-deadline {fmt_duration(g.silence_deadline_s)} must be within "
+                                  f"--wave-timeout {fmt_duration(g.wave_timeout_s)}")
     if strategy.spread_by is not None and not strategy.spread_by.strip():
         raise ThresholdRangeError("--spread-by needs a node label key")
     return strategy
@@ -254,6 +275,7 @@ def build_strategy(
     auto_promote: bool = True,
     baseline: str | float | None = None,
     fail_fast: bool = True,
+    silence_deadline: str | float | None = None,
 ) -> Strategy:
     """Build and validate a strategy from flag strings (the CLI's one entry point)."""
     if offline_policy not in OFFLINE_POLICIES:
@@ -275,6 +297,8 @@ def build_strategy(
         offline_policy=offline_policy,
         wave_timeout_s=parse_duration(wave_timeout, flag="--wave-timeout"),
         fail_fast=fail_fast,
+        silence_deadline_s=None if silence_deadline is None else parse_duration(
+            silence_deadline, flag="--silence-deadline"),
     )
     baseline_s = parse_duration(baseline, flag="--baseline") if baseline is not None else min(max(bake_s, 5.0), 60.0)
     return validate_strategy(Strategy(parse_waves(waves), bake_s, spread_by or None, gates, auto_promote,
@@ -303,6 +327,13 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def spec_duration(seconds: float) -> str:
+    """Seconds in the CRD's duration syntax (``90s``, ``1.5s``, ``250ms``)."""
+    if seconds and seconds < 1:
+        return f"{_fmt_number(round(seconds * 1000, 3))}ms"
+    return f"{_fmt_number(round(seconds, 3))}s"
 
 
 def _fmt_number(value: float) -> str:
