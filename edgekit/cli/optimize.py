@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -51,7 +52,9 @@ def inspect_cmd(model: Path, output: str) -> None:
         emit_json(info.to_dict())
         return
     con = console()
-    con.print(f"[bold]{info.path}[/]  {_size(info.size_bytes)}, {info.parameters:,} parameters, {info.nodes} nodes")
+    con.print(
+        f"[bold]{escape(info.path)}[/]  {_size(info.size_bytes)}, {info.parameters:,} parameters, {info.nodes} nodes"
+    )
     con.print(
         f"IR {info.ir_version}, opset {info.opset}"
         + (
@@ -68,7 +71,7 @@ def inspect_cmd(model: Path, output: str) -> None:
         table.add_column(col)
     for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
         for t in tensors:
-            table.add_row(kind, t.name, t.dtype, t.shape_text())
+            table.add_row(kind, escape(t.name), t.dtype, escape(t.shape_text()))
     con.print(table)
     ops = Table(title="operators", title_justify="left")
     ops.add_column("op")
@@ -150,7 +153,7 @@ def bench_cmd(
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         table.add_row(
-            r["model"],
+            escape(r["model"]),
             f"{r['p50_ms']:.3f}",
             f"{r['p95_ms']:.3f}",
             f"{r['p99_ms']:.3f}",
@@ -230,7 +233,7 @@ def _report_table(report: QuantizeReport) -> Table:
     for c in report.candidates:
         f = c.fidelity
         table.add_row(
-            c.recipe.name,
+            escape(c.recipe.name),
             _size(c.size_bytes),
             f"{c.latency_ratio:.2f}x" if c.latency_ratio is not None else "-",
             f"{f.score:.4g}" if f else "-",

@@ -142,7 +142,9 @@ def inspect_model(path: str | os.PathLike[str], model: onnx.ModelProto | None = 
     nodes = _count_ops(model.graph, ops)
     params = 0
     init_bytes = 0
-    for t in model.graph.initializer:
+    # Some exporters (Paddle) store weights as Constant nodes rather than initializers.
+    constants = [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for t in [*model.graph.initializer, *constants]:
         n = int(np.prod(t.dims)) if len(t.dims) else 1
         params += n
         with contextlib.suppress(KeyError, TypeError, ValueError):

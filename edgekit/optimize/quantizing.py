@@ -63,8 +63,8 @@ class QuantizeSettings:
     seed: int = 0
     budget_time: float | None = None
     preprocessing: ImagePreprocessing = field(default_factory=ImagePreprocessing)
-    calibration_samples: int = 64
-    eval_samples: int = 200
+    calibration_samples: int = 128
+    eval_samples: int = 1000
     mixed_precision: bool = True
 
 

@@ -89,7 +89,7 @@ def auto_recipes(
                     "int8",
                     False,
                     False,
-                    op_types=("MatMul", "Gemm") if has_conv or method == "auto" else (),
+                    op_types=("MatMul", "Gemm") if method == "auto" else (),
                 )
             )
     return recipes
