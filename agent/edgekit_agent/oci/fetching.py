@@ -1,0 +1,176 @@
+"""``fetch_image``: get a model image onto the device as a verified model folder.
+
+Order matters: the signature is checked on the top-level digest before any layer is
+downloaded; the platform manifest, config and layer are each checked against the digests
+that name them; the model folder is unpacked next to ``dest`` and checked with
+``verify_model_dir``; only then does it replace ``dest`` (a rename). On any failure ``dest``
+is left as it was and the temporary files are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform as _platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.errors import ConfigError, ImageLayoutError, ImageNotFoundError
+from edgekit_agent.modelmeta import METADATA_FILE, ModelMetadata, verify_model_dir
+from edgekit_agent.oci.mediatypes import GZIP_LAYER_TYPES, check_descriptor, parse_json_object
+from edgekit_agent.oci.registry import Manifest, RegistryOptions
+from edgekit_agent.oci.signatures import SignatureReport, verify_image_signatures
+from edgekit_agent.oci.sources import ImageSource, manifest_kind, open_source
+from edgekit_agent.oci.unpacking import unpack_model_layer
+
+__all__ = ["FetchResult", "ResolvedImage", "current_platform", "fetch_image", "resolve_image"]
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+         "armv7l": "arm", "armv6l": "arm", "riscv64": "riscv64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def current_platform() -> str:
+    """``linux/<arch>`` of this machine in OCI terms (``linux/amd64``, ``linux/arm64``, …)."""
+    machine = _platform.machine().lower()
+    return f"linux/{_ARCH.get(machine, machine)}"
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image resolved down to one platform's manifest, config and model layer descriptor."""
+
+    digest: str  # the top-level digest (index, or the manifest when there is no index)
+    top: Manifest
+    manifest: Manifest
+    config: dict[str, Any]
+    config_digest: str
+    layer: dict[str, Any]
+    platform: str
+    platforms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    reference: str
+    digest: str  # telemetry's model.digest: the image (index) digest
+    manifest_digest: str
+    layer_digest: str
+    platform: str
+    path: Path
+    metadata: ModelMetadata
+    signature: SignatureReport | None
+
+
+def _platform_of(desc: dict[str, Any]) -> str:
+    plat = desc.get("platform") or {}
+    if not isinstance(plat, dict):
+        return "?"
+    text = f"{plat.get('os', '?')}/{plat.get('architecture', '?')}"
+    return text + (f"/{plat['variant']}" if plat.get("variant") else "")
+
+
+def resolve_image(source: ImageSource, *, platform: str | None = None, top: Manifest | None = None) -> ResolvedImage:
+    """Resolve a source to the manifest of ``platform`` (default: this machine) and its model layer."""
+    want = platform or current_platform()
+    top = top or source.resolve()
+    kind = manifest_kind(top)
+    platforms: tuple[str, ...]
+    if kind == "index":
+        entries = top.json().get("manifests")
+        if not isinstance(entries, list) or not entries:
+            raise ImageLayoutError(f"image index {top.digest[:19]}… of {source.description} lists no manifests")
+        descs = [check_descriptor(d, "index entry") for d in entries]
+        platforms = tuple(_platform_of(d) for d in descs)
+        chosen = [d for d in descs if _platform_of(d) == want or _platform_of(d).startswith(want + "/")]
+        if not chosen:
+            raise ImageNotFoundError(f"{source.description} has no {want} image (it has: {', '.join(platforms)})")
+        manifest = source.manifest(chosen[0]["digest"])
+    else:
+        manifest, platforms = top, ()
+    body = manifest.json()
+    config_desc = check_descriptor(body.get("config"), "manifest config")
+    config = parse_json_object(source.blob(config_desc["digest"]), "image config")
+    if kind == "manifest":
+        plat = f"{config.get('os', '?')}/{config.get('architecture', '?')}"
+        platforms = (plat,)
+        if platform and plat != want:
+            raise ImageNotFoundError(f"{source.description} is a {plat} image, not {want}")
+        want = plat
+    layers = body.get("layers")
+    if not isinstance(layers, list):
+        raise ImageLayoutError(f"manifest {manifest.digest[:19]}… has no layers list")
+    model_layers = [check_descriptor(layer, "layer") for layer in layers
+                    if isinstance(layer, dict) and layer.get("mediaType") in GZIP_LAYER_TYPES]
+    if len(model_layers) != 1 or len(layers) != 1:
+        raise ImageLayoutError(f"{source.description} is not an edgekit model image: expected one gzip "
+                               f"tar layer, found {len(layers)} layer(s)")
+    return ResolvedImage(digest=top.digest, top=top, manifest=manifest, config=config,
+                         config_digest=config_desc["digest"], layer=model_layers[0], platform=want,
+                         platforms=platforms)
+
+
+def _replace_dir(new: Path, dest: Path) -> None:
+    if dest.exists():
+        if not dest.is_dir():
+            raise ConfigError(f"{dest} exists and is not a folder", field="dest")
+        if any(dest.iterdir()) and not (dest / METADATA_FILE).exists():
+            raise ConfigError(f"{dest} is not empty and is not a model folder; refusing to replace it",
+                              field="dest")
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.rename(dest, old / "x")
+        try:
+            os.rename(new, dest)
+        except OSError:
+            os.rename(old / "x", dest)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(new, dest)
+
+
+def fetch_image(ref: str, dest: str | os.PathLike[str], *, public_key: Any = None,
+                require_signature: bool = False, options: RegistryOptions | None = None,
+                platform: str | None = None, on_bytes: Callable[[int], None] | None = None,
+                max_model_bytes: int | None = None, source: ImageSource | None = None) -> FetchResult:
+    """Download, verify and unpack model image ``ref`` (registry reference or layout folder) into ``dest``.
+
+    ``public_key`` (PEM path/bytes): the image's cosign signature must verify with it.
+    ``require_signature`` without a key is a configuration error.
+    """
+    if require_signature and public_key is None:
+        raise ConfigError("a signature is required but no public key was given", field="public_key")
+    dest = Path(dest)
+    src = source or open_source(ref, options)
+    try:
+        top = src.resolve()
+        report = verify_image_signatures(src, top.digest, public_key) if public_key is not None else None
+        image = resolve_image(src, platform=platform, top=top)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        try:
+            layer_file = work / "layer.tar.gz"
+            src.fetch_blob(image.layer["digest"], layer_file, size=image.layer["size"], on_bytes=on_bytes)
+            folder = work / "model"
+            folder.mkdir()
+            diff_id = unpack_model_layer(layer_file, folder, max_bytes=max_model_bytes)
+            diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
+            if diff_ids and diff_ids[0] != diff_id:
+                raise ImageLayoutError(f"model layer of {src.description} unpacks to {diff_id[:19]}…, "
+                                       f"its config says {str(diff_ids[0])[:19]}…")
+            layer_file.unlink()
+            metadata = verify_model_dir(folder)
+            _replace_dir(folder, dest)
+        finally:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(work)
+        return FetchResult(reference=ref, digest=image.digest, manifest_digest=image.manifest.digest,
+                           layer_digest=image.layer["digest"], platform=image.platform, path=dest,
+                           metadata=metadata, signature=report)
+    finally:
+        if source is None:
+            src.close()

@@ -1,0 +1,614 @@
+"""A small OCI distribution API client on the standard library (so it runs on a device).
+
+What it does, and why each part is here:
+
+- one keep-alive HTTP(S) connection per client, 1 MiB socket writes (``http.client``'s default
+  8 KiB block size halves upload throughput);
+- TLS with the system trust store, a custom CA file, or ``insecure`` (no verification; plain
+  HTTP is tried when the server does not speak TLS, also for loopback registries);
+- auth: the ``WWW-Authenticate`` challenge of ``/v2/`` decides between HTTP basic and bearer
+  tokens (fetched per scope from the realm, with basic credentials when we have them);
+- retries with exponential backoff (and ``Retry-After``) on 429/5xx answers and on connection
+  resets, refusals and timeouts; once they are used up, ``RegistryUnavailableError``;
+- blob downloads that resume with ``Range`` after a dropped connection, and verify the digest.
+
+Registry answers map onto the image error family: 401/403 -> ``RegistryAuthError``,
+404 -> ``ImageNotFoundError``, content that does not hash right -> ``DigestMismatchError``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import ipaddress
+import json
+import os
+import random
+import socket
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from edgekit_agent import __version__
+from edgekit_agent.errors import (
+    DigestMismatchError,
+    ImageError,
+    ImageLayoutError,
+    ImageNotFoundError,
+    RegistryAuthError,
+    RegistryUnavailableError,
+)
+from edgekit_agent.oci.credentials import Credentials, load_docker_credentials, parse_challenge
+from edgekit_agent.oci.mediatypes import ACCEPT, check_digest, verify_bytes
+
+__all__ = ["BodySource", "Manifest", "RegistryClient", "RegistryOptions", "Response"]
+
+_BLOCK = 1 << 20
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_MAX_MANIFEST = 4 << 20
+_TRANSIENT = (OSError, http.client.HTTPException)
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach registries. ``insecure`` skips TLS verification and allows plain HTTP."""
+
+    insecure: bool = False
+    ca_file: str | None = None
+    credentials: Credentials | None = None
+    docker_config: str | None = None
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    timeout: float = 60.0
+    plain_http: bool | None = None  # None: HTTPS, falling back to HTTP for insecure/loopback hosts
+    user_agent: str = f"edgekit/{__version__}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest or index as the registry stored it (the bytes are what the digest names)."""
+
+    data: bytes
+    media_type: str
+    digest: str
+
+    def json(self) -> dict[str, Any]:
+        from edgekit_agent.oci.mediatypes import parse_json_object
+
+        return parse_json_object(self.data, f"manifest {self.digest}")
+
+
+class BodySource(Protocol):
+    """A request body that can be sent again after a retry."""
+
+    length: int
+
+    def open(self) -> IO[bytes]: ...
+
+
+@dataclass
+class Response:
+    status: int
+    reason: str
+    headers: http.client.HTTPMessage
+    raw: http.client.HTTPResponse
+    url: str
+
+    def read(self) -> bytes:
+        try:
+            return self.raw.read()
+        finally:
+            self.raw.close()
+
+    def json(self) -> Any:
+        data = self.read()
+        try:
+            return json.loads(data) if data else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") or "]:" in host else host.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _registry_message(body: Any) -> str:
+    """The first error of a distribution API error body, as ``CODE: message``."""
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        err = body["errors"][0]
+        if isinstance(err, dict):
+            code, msg = err.get("code", ""), err.get("message", "")
+            return f"{code}: {msg}".strip(": ")
+    return ""
+
+
+class _ProgressReader:
+    """A file wrapper that reports bytes as ``http.client`` reads them."""
+
+    def __init__(self, fh: IO[bytes], limit: int, on_bytes: Callable[[int], None] | None) -> None:
+        self._fh, self._left, self._on_bytes = fh, limit, on_bytes
+
+    def read(self, n: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._fh.read(n)
+        self._left -= len(data)
+        if self._on_bytes and data:
+            self._on_bytes(len(data))
+        return data
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass
+class FileSlice:
+    """``length`` bytes of ``path`` from ``offset``: an upload body that can be re-sent."""
+
+    path: Path
+    offset: int
+    length: int
+    on_bytes: Callable[[int], None] | None = None
+    _sent: int = field(default=0, init=False)
+
+    def open(self) -> IO[bytes]:
+        fh = open(self.path, "rb")  # noqa: SIM115 - closed by the request
+        fh.seek(self.offset)
+        if self.on_bytes and self._sent:
+            self.on_bytes(-self._sent)  # a retry sends the slice again
+        self._sent = self.length
+
+        return _ProgressReader(fh, self.length, self.on_bytes)  # type: ignore[return-value]
+
+
+class RegistryClient:
+    """Talks to one registry (``host[:port]``)."""
+
+    def __init__(self, registry: str, options: RegistryOptions | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.registry = registry
+        self.options = options or RegistryOptions()
+        self._sleep = sleep
+        self._scheme: str | None = "http" if self.options.plain_http else None
+        self._conn: http.client.HTTPConnection | None = None
+        self._challenge: tuple[str, dict[str, str]] | None = None
+        self._pinged = False
+        self._tokens: dict[tuple[str, ...], str] = {}
+        creds = self.options.credentials
+        if creds is None:
+            creds = load_docker_credentials(registry, self.options.docker_config)
+        self.credentials = creds
+        self.requests = 0  # HTTP requests sent (tests and benchmarks read it)
+
+    # --- connections ---------------------------------------------------------------------------
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self.options.insecure:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        try:
+            return ssl.create_default_context(cafile=self.options.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ImageError(f"cannot load CA file {self.options.ca_file}: {exc}") from exc
+
+    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        timeout = self.options.timeout
+        if scheme == "https":
+            return http.client.HTTPSConnection(netloc, timeout=timeout, context=self._ssl_context(),
+                                               blocksize=_BLOCK)
+        return http.client.HTTPConnection(netloc, timeout=timeout, blocksize=_BLOCK)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            self._conn = self._connect(self._scheme or "https", self.registry)
+        return self._conn
+
+    def drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def close(self) -> None:
+        self.drop_connection()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"{self._scheme or 'https'}://{self.registry}"
+
+    # --- retries -------------------------------------------------------------------------------
+    def backoff(self, attempt: int, retry_after: str | None = None) -> float:
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                return min(float(retry_after), self.options.max_backoff)
+        delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
+        return delay * random.uniform(0.8, 1.2)
+
+    def _unreachable(self, exc: BaseException, tries: int) -> RegistryUnavailableError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        if isinstance(exc, TimeoutError | socket.timeout):
+            reason = "timed out"
+        return RegistryUnavailableError(
+            f"cannot reach registry {self.registry}: {reason} (after {tries} tries)",
+            hint="is the registry running and the address right?")
+
+    # --- the ping and auth ---------------------------------------------------------------------
+    def _ping(self) -> None:
+        """``GET /v2/``: pick the scheme, learn the auth challenge."""
+        if self._pinged:
+            return
+        allow_http = self.options.plain_http is not False and (self.options.insecure or _is_loopback(self.registry))
+        if self._scheme is None:
+            self._scheme = "https"
+        last: BaseException | None = None
+        tries = attempt = 0
+        while attempt <= self.options.retries:
+            tries += 1
+            try:
+                resp = self._send_once("GET", "/v2/", {})
+                status, body = resp.status, resp.read()
+            except ssl.SSLCertVerificationError as exc:
+                self.drop_connection()
+                raise ImageError(f"TLS verification of registry {self.registry} failed: {exc.verify_message}",
+                                 hint="pass --ca-file with the registry's CA, or --insecure") from exc
+            except ssl.SSLError as exc:
+                self.drop_connection()
+                if allow_http and self._scheme == "https":
+                    self._scheme = "http"  # a plain-HTTP registry answered the TLS hello
+                    continue
+                raise ImageError(f"TLS handshake with registry {self.registry} failed: {exc.reason or exc}",
+                                 hint="for a plain-HTTP registry pass --insecure") from exc
+            except _TRANSIENT as exc:
+                self.drop_connection()
+                last = exc
+            else:
+                if status not in _RETRY_STATUS:
+                    if status == 401:
+                        header = resp.headers.get("WWW-Authenticate", "")
+                        self._challenge = parse_challenge(header) if header else ("basic", {})
+                    elif status != 200:
+                        raise ImageError(f"{self.base_url}/v2/ answered {status}: not an OCI registry? "
+                                         f"{_registry_message(_safe_json(body))}".strip())
+                    self._pinged = True
+                    return
+                last = RegistryUnavailableError(f"registry {self.registry} answered {status} to GET /v2/")
+            if attempt < self.options.retries:
+                self._sleep(self.backoff(attempt))
+            attempt += 1
+        if isinstance(last, RegistryUnavailableError):
+            raise RegistryUnavailableError(f"{last.message} (after {tries} tries)",
+                                           hint="the registry keeps failing; try again later")
+        assert last is not None
+        raise self._unreachable(last, tries)
+
+    def _basic(self) -> str | None:
+        if self.credentials is None:
+            return None
+        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+    def _token(self, scopes: tuple[str, ...], *, refresh: bool = False) -> str | None:
+        assert self._challenge is not None
+        if not refresh and scopes in self._tokens:
+            return self._tokens[scopes]
+        params = self._challenge[1]
+        realm = params.get("realm")
+        if not realm:
+            raise RegistryAuthError(f"registry {self.registry} asks for a bearer token without a realm")
+        query = [("service", params["service"])] if params.get("service") else []
+        query += [("scope", s) for s in scopes]
+        url = urllib.parse.urlsplit(realm)
+        path = url.path + ("?" + url.query + "&" if url.query else "?") + urllib.parse.urlencode(query)
+        headers = {"Authorization": basic} if (basic := self._basic()) else {}
+        conn = self._connect(url.scheme or "https", url.netloc)
+        try:
+            for attempt in range(self.options.retries + 1):
+                try:
+                    self.requests += 1
+                    conn.request("GET", path, headers={**headers, "User-Agent": self.options.user_agent})
+                    resp = conn.getresponse()
+                    status, body = resp.status, resp.read()
+                except _TRANSIENT as exc:
+                    conn.close()
+                    if attempt == self.options.retries:
+                        raise RegistryUnavailableError(f"cannot reach token service {url.netloc}: {exc}") from exc
+                    self._sleep(self.backoff(attempt))
+                    continue
+                if status in _RETRY_STATUS and attempt < self.options.retries:
+                    self._sleep(self.backoff(attempt))
+                    continue
+                break
+        finally:
+            conn.close()
+        if status in (401, 403):
+            who = f"user {self.credentials.username!r}" if self.credentials else "anonymous access"
+            raise RegistryAuthError(f"token service of {self.registry} refused {who}",
+                                    hint="check --username/--password-stdin or docker login")
+        if status != 200:
+            raise RegistryAuthError(f"token service of {self.registry} answered {status}")
+        data = _safe_json(body)
+        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RegistryAuthError(f"token service of {self.registry} sent no token")
+        self._tokens[scopes] = token
+        return token
+
+    def _authorization(self, scopes: tuple[str, ...], *, refresh: bool = False) -> str | None:
+        if self._challenge is None:
+            return None
+        scheme = self._challenge[0]
+        if scheme == "bearer":
+            token = self._token(scopes, refresh=refresh)
+            return f"Bearer {token}" if token else None
+        return self._basic()
+
+    # --- requests ------------------------------------------------------------------------------
+    def _send_once(self, method: str, url: str, headers: dict[str, str],
+                   body: bytes | BodySource | None = None) -> Response:
+        conn = self._connection()
+        headers = {"User-Agent": self.options.user_agent, **headers}
+        payload: Any = None
+        if isinstance(body, bytes):
+            payload = body
+            headers["Content-Length"] = str(len(body))
+        elif body is not None:
+            payload = body.open()
+            headers["Content-Length"] = str(body.length)
+        elif method in ("PUT", "POST", "PATCH"):
+            headers["Content-Length"] = "0"
+        self.requests += 1
+        try:
+            conn.request(method, url, body=payload, headers=headers)
+            raw = conn.getresponse()
+        finally:
+            if payload is not None and not isinstance(payload, bytes):
+                payload.close()
+        return Response(raw.status, raw.reason, raw.headers, raw, url)
+
+    def request(self, method: str, path: str, *, repository: str | None = None,
+                actions: Iterable[str] = ("pull",), extra_scopes: Iterable[str] = (),
+                headers: dict[str, str] | None = None, body: bytes | BodySource | None = None,
+                expect: Iterable[int] = (200,), what: str = "", stream: bool = False) -> Response:
+        """Send one API request with auth, redirects and retries; map failures to image errors.
+
+        ``path`` is ``/v2/...`` or an absolute URL the registry gave us (upload locations).
+        With ``stream``, the caller reads and closes the response body.
+        """
+        self._ping()
+        scopes = tuple(extra_scopes)
+        if repository:
+            scopes = (f"repository:{repository}:{','.join(actions)}", *scopes)
+        expect = tuple(expect)
+        what = what or f"{method} {path}"
+        reauthed = False
+        attempt = 0
+        tries = 0
+        while True:
+            tries += 1
+            hdrs = dict(headers or {})
+            auth = self._authorization(scopes, refresh=reauthed)
+            if auth:
+                hdrs["Authorization"] = auth
+            url = self._relative(path)
+            try:
+                resp = self._send_once(method, url, hdrs, body)
+                if method in ("GET", "HEAD") and resp.status in (301, 302, 303, 307, 308):
+                    resp = self._follow(method, resp, hdrs)
+            except ssl.SSLCertVerificationError as exc:
+                self.drop_connection()
+                raise ImageError(f"TLS verification of registry {self.registry} failed: {exc.verify_message}",
+                                 hint="pass --ca-file with the registry's CA, or --insecure") from exc
+            except _TRANSIENT as exc:
+                self.drop_connection()
+                if attempt >= self.options.retries:
+                    raise self._unreachable(exc, tries) from exc
+                self._sleep(self.backoff(attempt))
+                attempt += 1
+                continue
+            if resp.status == 401 and not reauthed:
+                header = resp.headers.get("WWW-Authenticate")
+                resp.read()
+                if header:
+                    self._challenge = parse_challenge(header)
+                reauthed = True
+                continue
+            if resp.status in _RETRY_STATUS and resp.status not in expect:
+                resp.read()
+                if attempt >= self.options.retries:
+                    raise RegistryUnavailableError(
+                        f"registry {self.registry} answered {resp.status} {resp.reason} to {what} "
+                        f"(after {tries} tries)", hint="the registry keeps failing; try again later")
+                self._sleep(self.backoff(attempt, resp.headers.get("Retry-After")))
+                attempt += 1
+                continue
+            if resp.status not in expect:
+                self._raise_for(resp, what)
+            if not stream and method == "HEAD":
+                resp.read()
+            return resp
+
+    def _relative(self, path: str) -> str:
+        if path.startswith("/"):
+            return path
+        url = urllib.parse.urlsplit(path)
+        if url.netloc and url.netloc != self.registry:
+            raise ImageError(f"registry {self.registry} sent an upload location on another host: {url.netloc}")
+        return urllib.parse.urlunsplit(("", "", url.path, url.query, ""))
+
+    def _follow(self, method: str, resp: Response, headers: dict[str, str]) -> Response:
+        for _ in range(5):
+            location = resp.headers.get("Location")
+            resp.read()
+            if not location:
+                raise ImageError(f"registry {self.registry} redirected without a location")
+            target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{self.base_url}{resp.url}", location))
+            rel = urllib.parse.urlunsplit(("", "", target.path, target.query, ""))
+            if target.netloc == self.registry and target.scheme == (self._scheme or "https"):
+                resp = self._send_once(method, rel, headers)
+            else:  # storage backends (S3 and the like) must not see our registry credentials
+                conn = self._connect(target.scheme, target.netloc)
+                hdrs = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+                hdrs["User-Agent"] = self.options.user_agent
+                self.requests += 1
+                conn.request(method, rel, headers=hdrs)
+                raw = conn.getresponse()
+                resp = Response(raw.status, raw.reason, raw.headers, raw, urllib.parse.urlunsplit(target))
+            if resp.status not in (301, 302, 303, 307, 308):
+                return resp
+        raise ImageError(f"registry {self.registry}: too many redirects")
+
+    def _raise_for(self, resp: Response, what: str) -> None:
+        body = resp.json()
+        msg = _registry_message(body)
+        detail = f": {msg}" if msg else ""
+        if resp.status == 401:
+            if self.credentials is None:
+                raise RegistryAuthError(f"registry {self.registry} needs credentials for {what}",
+                                        hint="pass --username/--password-stdin or docker login")
+            raise RegistryAuthError(f"registry {self.registry} refused the credentials of user "
+                                    f"{self.credentials.username!r} for {what}",
+                                    hint="check --username/--password-stdin or docker login")
+        if resp.status == 403:
+            raise RegistryAuthError(f"registry {self.registry} denied {what}{detail}")
+        if resp.status == 404:
+            raise ImageNotFoundError(f"{what} not found in {self.registry}{detail}")
+        raise ImageError(f"registry {self.registry} answered {resp.status} {resp.reason} to {what}{detail}")
+
+    # --- reading -------------------------------------------------------------------------------
+    def get_manifest(self, repository: str, reference: str, *, accept: str = ACCEPT) -> Manifest:
+        """The manifest or index ``reference`` (tag or digest) names, checked against its digest."""
+        what = f"{self.registry}/{repository}:{reference}" if ":" not in reference else \
+            f"{self.registry}/{repository}@{reference}"
+        resp = self.request("GET", f"/v2/{repository}/manifests/{reference}", repository=repository,
+                            headers={"Accept": accept}, what=f"manifest {what}", stream=True)
+        length = resp.raw.length
+        if length is not None and length > _MAX_MANIFEST:
+            resp.close()
+            raise ImageLayoutError(f"manifest {what} is larger than {_MAX_MANIFEST} bytes")
+        data = resp.read()
+        from edgekit_agent.oci.mediatypes import sha256_digest
+
+        digest = sha256_digest(data)
+        if reference.startswith("sha256:"):
+            verify_bytes(data, reference, f"manifest {what}")
+        media_type = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            media_type = json.loads(data).get("mediaType") or media_type
+        return Manifest(data=data, media_type=media_type, digest=digest)
+
+    def manifest_exists(self, repository: str, reference: str) -> str | None:
+        """The digest of manifest ``reference`` when it exists, else None (HEAD, no body)."""
+        resp = self.request("HEAD", f"/v2/{repository}/manifests/{reference}", repository=repository,
+                            headers={"Accept": ACCEPT}, expect=(200, 404), what=f"manifest {reference}")
+        if resp.status == 404:
+            return None
+        return resp.headers.get("Docker-Content-Digest") or ""
+
+    def blob_exists(self, repository: str, digest: str, *, actions: Iterable[str] = ("pull",)) -> bool:
+        resp = self.request("HEAD", f"/v2/{repository}/blobs/{digest}", repository=repository,
+                            actions=actions, expect=(200, 404), what=f"blob {digest}")
+        return resp.status == 200
+
+    def get_blob(self, repository: str, digest: str, *, max_size: int = 16 << 20) -> bytes:
+        """A small blob (config, signature payload) in memory, checked against its digest."""
+        check_digest(digest)
+        resp = self.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository,
+                            what=f"blob {digest[:19]}… of {repository}", stream=True)
+        if resp.raw.length is not None and resp.raw.length > max_size:
+            resp.close()
+            raise ImageLayoutError(f"blob {digest} is larger than {max_size} bytes")
+        return verify_bytes(resp.read(), digest, f"blob {digest[:19]}… of {repository}")
+
+    def download_blob(self, repository: str, digest: str, dest: Path, *, size: int | None = None,
+                      on_bytes: Callable[[int], None] | None = None) -> None:
+        """Stream a blob into ``dest``, resuming with ``Range`` after a dropped connection.
+
+        The finished file must hash to ``digest`` (and have ``size`` bytes when given), else
+        ``DigestMismatchError`` and ``dest`` is removed.
+        """
+        check_digest(digest)
+        what = f"blob {digest[:19]}… of {repository}"
+        hasher = hashlib.sha256()
+        written = 0
+        failures = 0
+        try:
+            with open(dest, "wb") as out:
+                while True:
+                    headers = {"Range": f"bytes={written}-"} if written else {}
+                    resp = self.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository,
+                                        headers=headers, expect=(200, 206), what=what, stream=True)
+                    if written and resp.status == 200:  # the server ignored Range: start over
+                        out.seek(0)
+                        out.truncate()
+                        hasher = hashlib.sha256()
+                        if on_bytes:
+                            on_bytes(-written)
+                        written = 0
+                    try:
+                        while True:
+                            chunk = resp.raw.read(_BLOCK)
+                            if not chunk:
+                                break
+                            out.write(chunk)
+                            hasher.update(chunk)
+                            written += len(chunk)
+                            if on_bytes:
+                                on_bytes(len(chunk))
+                            if size is not None and written > size:
+                                raise DigestMismatchError(f"{what} is longer than its {size} bytes",
+                                                          hint="the content was tampered with")
+                        truncated = bool(resp.raw.length)  # bytes announced but never received
+                        resp.close()
+                        if truncated or (size is not None and written < size):
+                            raise ConnectionResetError("connection closed mid-blob")
+                        break
+                    except _TRANSIENT as exc:
+                        self.drop_connection()
+                        failures += 1
+                        if failures > self.options.retries:
+                            raise RegistryUnavailableError(
+                                f"download of {what} keeps failing at byte {written}: {exc} "
+                                f"(after {failures} tries)") from exc
+                        self._sleep(self.backoff(failures - 1))
+            actual = "sha256:" + hasher.hexdigest()
+            if actual != digest:
+                raise DigestMismatchError(f"{what} hashes to {actual[:19]}…",
+                                          hint="the blob in the registry was tampered with or corrupted")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+
+
+def _safe_json(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
