@@ -32,6 +32,13 @@
     │   ├── SelectorError                 48  label selector does not parse
     │   └── UnpinnedImageError            49  image reference without digest (--require-digest)
     ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
+    │   ├── BrokerUnreachableError        51  no broker answered (also a TemporaryError)
+    │   ├── TelemetryAuthError            52  broker refused our credentials
+    │   ├── TelemetryTLSError             53  TLS handshake / certificate / TLS files
+    │   ├── SubscriptionDeniedError       54  broker refused the subscription (ACL)
+    │   ├── BrokerProtocolError           55  no MQTT version in common, broken session
+    │   ├── ExporterBindError             56  cannot listen on the exporter address
+    │   └── NoTelemetryError              57  nothing (of the asked group) received in time
     └── RolloutError                      60  rollout engine; a command that does not fit the state
         ├── UnknownGroupError             61  the device group does not exist
         ├── EmptyGroupError               62  the device group has no nodes
@@ -67,6 +74,8 @@ from edgekit_agent.errors import (
 )
 
 __all__ = [
+    "BrokerProtocolError",
+    "BrokerUnreachableError",
     "ConfigError",
     "DataError",
     "DigestMismatchError",
@@ -74,6 +83,7 @@ __all__ = [
     "EdgekitError",
     "EmptyGroupError",
     "EngineConflictError",
+    "ExporterBindError",
     "GroupNotFoundError",
     "ImageError",
     "ImageLayoutError",
@@ -91,6 +101,7 @@ __all__ = [
     "MissingExternalDataError",
     "ModelError",
     "ModelNotFoundError",
+    "NoTelemetryError",
     "OutputError",
     "QuantizationError",
     "RegistryAuthError",
@@ -104,7 +115,10 @@ __all__ = [
     "SignatureMissingError",
     "SignatureRequiredError",
     "SigningKeyError",
+    "SubscriptionDeniedError",
+    "TelemetryAuthError",
     "TelemetryError",
+    "TelemetryTLSError",
     "TemporaryError",
     "ThresholdRangeError",
     "UnknownGroupError",
@@ -210,6 +224,48 @@ class UnpinnedImageError(KubeError):
 # --- telemetry (50-59) -----------------------------------------------------------------------
 class TelemetryError(EdgekitError):
     exit_code = 50
+
+
+class BrokerUnreachableError(TelemetryError, TemporaryError):
+    """No configured MQTT broker accepted a connection (refused, unresolvable, timed out)."""
+
+    exit_code = 51
+
+
+class TelemetryAuthError(TelemetryError):
+    """The broker refused our username/password or client certificate."""
+
+    exit_code = 52
+
+
+class TelemetryTLSError(TelemetryError):
+    """TLS failed: handshake, certificate verification, or unreadable CA/cert/key files."""
+
+    exit_code = 53
+
+
+class SubscriptionDeniedError(TelemetryError):
+    """The broker refused to subscribe us to the telemetry topics (ACL)."""
+
+    exit_code = 54
+
+
+class BrokerProtocolError(TelemetryError):
+    """The broker and we share no MQTT version, or it broke the protocol."""
+
+    exit_code = 55
+
+
+class ExporterBindError(TelemetryError):
+    """The Prometheus exporter cannot listen on the requested address."""
+
+    exit_code = 56
+
+
+class NoTelemetryError(TelemetryError):
+    """Nothing (of the requested group) was received in the time we waited."""
+
+    exit_code = 57
 
 
 # --- rollouts (60-69) ------------------------------------------------------------------------
