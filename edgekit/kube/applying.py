@@ -16,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from edgekit.errors import KubeError, KubeInvalidError, KubeNotFoundError, KubeUnavailableError
 from edgekit.kube.client import KubeClient
 from edgekit.kube.resources import Resource, resource_for
+from edgekit.kube.yamlio import dump
 
 __all__ = [
     "FIELD_MANAGER",
@@ -115,7 +114,7 @@ def _normalized(obj: Mapping[str, Any] | None) -> str:
     if not annotations:
         meta.pop("annotations", None)
     data.pop("status", None)  # owned by controllers, not by what edgekit applies
-    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
+    return dump(data, sort_keys=True)
 
 
 def _diff(live: Mapping[str, Any] | None, desired: Mapping[str, Any], ref: str) -> str:

@@ -178,11 +178,10 @@ class KubeClient:
         _method, url, headers, _body, _post = self.api.param_serialize(
             method=method, resource_path=url_path, header_params=headers, auth_settings=["BearerToken"])
         self.log.add(method, path)
-        data: bytes | str | None = None
-        if body is not None:
-            data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        if isinstance(body, (str, bytes)):  # the REST layer serialises JSON/YAML bodies itself
+            body = json.loads(body)
         with translating(self.server):
-            response = self.api.call_api(method, url, header_params=headers, body=data,
+            response = self.api.call_api(method, url, header_params=headers, body=body,
                                          _request_timeout=timeout or self.timeout)
             raw = response.read()
         if response.status >= 400:

@@ -1,0 +1,363 @@
+"""Manifests for one revision of an app on one device group: pure functions from settings to objects.
+
+For app ``A`` at revision ``R`` on group ``G``:
+
+- DaemonSet ``A-R``: pods only on nodes labelled ``rollout.edgekit.io/A=R`` *and* in ``G``; the
+  rollout engine moves nodes between revisions by relabelling them. The pod runs
+  ``edgekit-agent serve`` with probes on the agent's OIP endpoints (``/v2/health/live``,
+  ``/v2/health/ready``, port ``http`` 8080), non-root, read-only root filesystem, no capabilities.
+- The model: a Kubernetes image volume (the model image itself, mounted at ``/model``), or an init
+  container ``edgekit-agent fetch <ref@digest> --to /model`` for clusters without image volumes
+  (KubeEdge's edgecore, Kubernetes < 1.35).
+- ConfigMap ``A-R`` (the agent's ``config.json``), ServiceAccount ``A`` (no API token), and Service
+  ``A`` with ``internalTrafficPolicy: Local`` so device applications reach the agent on their own
+  node only.
+- Accelerators (``nvidia.com/gpu`` ...): request the device-plugin resource, schedule only on nodes
+  that have it, and run the matching onnxruntime execution provider with CPU as fallback.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edgekit.errors import ConfigError, ImageReferenceError, UnpinnedImageError
+from edgekit.kube import names
+from edgekit.kube.groups import DeviceGroup
+from edgekit.kube.selectors import to_match_expressions
+
+__all__ = [
+    "ACCELERATORS",
+    "TARGETS",
+    "Accelerator",
+    "ImageRef",
+    "RenderSettings",
+    "Target",
+    "parse_image",
+    "render",
+    "revision_for",
+]
+
+AGENT_PORT = 8080
+AGENT_CONFIG_DIR = "/etc/edgekit-agent"
+MODEL_DIR = "/model"
+DEFAULT_AGENT_IMAGE = "edgekit/edgekit-agent:0.1.0"
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+_REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    repository: str  # registry/host[:port]/path
+    tag: str | None
+    digest: str | None
+
+    def __str__(self) -> str:
+        return self.repository + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
+
+    @property
+    def pinned(self) -> str:
+        """``repository@digest`` (what nodes pull), or the reference as given when it has no digest."""
+        return f"{self.repository}@{self.digest}" if self.digest else str(self)
+
+
+def parse_image(ref: str) -> ImageRef:
+    """``host[:port]/path[:tag][@sha256:<64 hex>]`` -> ImageRef (ImageReferenceError if malformed)."""
+    text = ref.strip()
+    name, _, digest = text.partition("@")
+    if digest and not _DIGEST.match(digest):
+        raise ImageReferenceError(f"image reference {ref!r} has a malformed digest (want sha256:<64 hex>)")
+    tag = None
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+        if not _TAG.match(tag):
+            raise ImageReferenceError(f"image reference {ref!r} has an invalid tag {tag!r}")
+    if not name or not _REPO.match(name):
+        raise ImageReferenceError(f"{ref!r} is not an image reference (host/path[:tag][@sha256:...])")
+    return ImageRef(name, tag, digest or None)
+
+
+def revision_for(image: ImageRef) -> str:
+    """Revision name: the first 12 hex digits of the digest, else the tag made label-safe."""
+    if image.digest:
+        return image.digest.split(":", 1)[1][:12]
+    slug = re.sub(r"[^a-z0-9-]+", "-", (image.tag or "latest").lower()).strip("-")[:22].strip("-")
+    return slug or "latest"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    resource: str  # device-plugin resource name
+    node_label: tuple[str, str]  # label that nodes with the device carry
+    providers: tuple[str, ...]  # onnxruntime execution providers, CPU appended as fallback
+
+
+ACCELERATORS: dict[str, Accelerator] = {
+    "nvidia.com/gpu": Accelerator("nvidia.com/gpu", ("nvidia.com/gpu.present", "true"),
+                                  ("CUDAExecutionProvider",)),
+    "gpu.intel.com/i915": Accelerator("gpu.intel.com/i915", ("intel.feature.node.kubernetes.io/gpu", "true"),
+                                      ("OpenVINOExecutionProvider",)),
+    "amd.com/gpu": Accelerator("amd.com/gpu", ("edgekit.io/accelerator", "amd.com_gpu"),
+                               ("MIGraphXExecutionProvider",)),
+}
+
+
+def accelerator_for(resource: str, provider: str | None = None) -> Accelerator:
+    if resource in ACCELERATORS and not provider:
+        return ACCELERATORS[resource]
+    known = ACCELERATORS.get(resource)
+    if not known and not provider:
+        raise ConfigError(f"unknown accelerator {resource!r}: name its execution provider too "
+                          f"(known: {', '.join(ACCELERATORS)})", field="accelerator")
+    label = known.node_label if known else ("edgekit.io/accelerator", resource.replace("/", "_"))
+    return Accelerator(resource, label, (provider,) if provider else known.providers)  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Per-platform scheduling: which nodes are edge nodes, what to tolerate, how the model arrives."""
+
+    name: str
+    model_source: Literal["image-volume", "init-container"]
+    node_terms: tuple[dict[str, Any], ...] = ()  # extra matchExpressions
+    tolerations: tuple[dict[str, Any], ...] = ()
+
+
+TARGETS: dict[str, Target] = {
+    "k3s": Target("k3s", "image-volume"),
+    # edgecore has no image volumes; edge nodes carry node-role.kubernetes.io/edge (and often its taint)
+    "kubeedge": Target(
+        "kubeedge", "init-container",
+        node_terms=({"key": names.KUBEEDGE_EDGE_LABEL, "operator": "Exists"},),
+        tolerations=({"key": names.KUBEEDGE_EDGE_LABEL, "operator": "Exists", "effect": "NoSchedule"},),
+    ),
+    "openyurt": Target(
+        "openyurt", "image-volume",
+        node_terms=({"key": names.OPENYURT_EDGE_LABEL, "operator": "In", "values": ["true"]},),
+        # keep pods through cloud-edge disconnects (node autonomy): never evict for unreachable
+        tolerations=({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that decides the manifests of one revision (defaults fit a small ARM device)."""
+
+    app: str
+    image: str
+    group: DeviceGroup
+    target: str = "k3s"
+    namespace: str = names.DEFAULT_NAMESPACE
+    revision: str | None = None
+    agent_image: str = DEFAULT_AGENT_IMAGE
+    model_source: Literal["auto", "image-volume", "init-container"] = "auto"
+    require_digest: bool = False
+    accelerator: str | None = None
+    accelerator_provider: str | None = None
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    cpu_limit: str | None = "1"
+    memory_limit: str = "512Mi"
+    broker_url: str | None = None  # default: the fleet-manifests broker in ``namespace``
+    mqtt_auth: Literal["node-cert", "none"] = "node-cert"
+    device_credentials_dir: str = "/etc/edgekit/device"  # on the node: tls.crt/tls.key with CN=<node>
+    public_key_configmap: str | None = None  # cosign public key (key ``cosign.pub``) to verify images
+    telemetry_interval: float = 10.0
+    extra_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names.check_app_name(self.app)
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r} (k3s, kubeedge, openyurt)", field="target")
+        if self.revision is not None:
+            names.check_revision(self.revision)
+        if self.model_source not in ("auto", "image-volume", "init-container"):
+            raise ConfigError(f"unknown model source {self.model_source!r}", field="model_source")
+
+
+def _group_name(group: DeviceGroup) -> str:
+    """The group as the agent reports it (one MQTT topic level)."""
+    if group.kind != "selector":
+        return group.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", group.name).strip("-")[:63] or "selector"
+
+
+def _labels(app: str, revision: str) -> dict[str, str]:
+    return {**names.AGENT_NAME_LABELS, "app.kubernetes.io/instance": app, "app.kubernetes.io/version": revision,
+            **names.MANAGED_BY_LABELS, names.APP_LABEL: app, names.REVISION_LABEL: revision}
+
+
+def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "group": _group_name(s.group),
+        "model_dir": MODEL_DIR,
+        "broker_url": s.broker_url or f"mqtts://edgekit-mqtt.{s.namespace}.svc:8883",
+        "interval": s.telemetry_interval,
+        "spool_dir": "/var/lib/edgekit-agent/spool",
+        "listen_host": "0.0.0.0",  # kubelet probes reach the pod IP
+        "listen_port": AGENT_PORT,
+    }
+    if image.digest:
+        config["image"] = image.pinned
+    if accel:
+        config["execution_providers"] = [*accel.providers, "CPUExecutionProvider"]
+    if (s.broker_url or "mqtts://").startswith("mqtts://"):
+        config["mqtt_ca_file"] = f"{AGENT_CONFIG_DIR}/mqtt-ca/ca.crt"
+    if s.mqtt_auth == "node-cert":
+        config["mqtt_cert_file"] = "/etc/edgekit-agent/device/tls.crt"
+        config["mqtt_key_file"] = "/etc/edgekit-agent/device/tls.key"
+    if s.public_key_configmap:
+        config["public_key"] = f"{AGENT_CONFIG_DIR}/keys/cosign.pub"
+    config.update(s.extra_config)
+    return config
+
+
+def render(s: RenderSettings) -> list[dict[str, Any]]:
+    """ServiceAccount, ConfigMap, Service and DaemonSet for one revision, in apply order."""
+    image = parse_image(s.image)
+    if s.require_digest and not image.digest:
+        raise UnpinnedImageError(f"image {s.image!r} has no digest",
+                                 hint="pin it as repository@sha256:<digest> (see `edgekit push`)")
+    revision = s.revision or revision_for(image)
+    target = TARGETS[s.target]
+    source = target.model_source if s.model_source == "auto" else s.model_source
+    accel = accelerator_for(s.accelerator, s.accelerator_provider) if s.accelerator else None
+    app, ns = s.app, s.namespace
+    name = f"{app}-{revision}"
+    labels = _labels(app, revision)
+    selector_labels = {names.APP_LABEL: app, names.REVISION_LABEL: revision}
+    annotations = {names.IMAGE_ANNOTATION: image.pinned, names.TARGET_ANNOTATION: target.name,
+                   "edgekit.io/group": s.group.spec}
+
+    # Scheduling: the revision label plus the group (equality terms as nodeSelector, the rest as affinity).
+    node_selector = {names.rollout_label(app): revision, names.OS_LABEL: "linux"}
+    expressions: list[dict[str, Any]] = []
+    for req in s.group.requirements:
+        if req.op == "=" and req.key not in node_selector:
+            node_selector[req.key] = req.values[0]
+        else:
+            expressions.extend(to_match_expressions((req,)))
+    expressions.extend(dict(t) for t in target.node_terms)
+    if accel:
+        expressions.append({"key": accel.node_label[0], "operator": "In", "values": [accel.node_label[1]]})
+
+    resources: dict[str, dict[str, str]] = {
+        "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
+        "limits": {"memory": s.memory_limit, **({"cpu": s.cpu_limit} if s.cpu_limit else {})},
+    }
+    if accel:
+        resources["limits"][accel.resource] = "1"
+        resources["requests"][accel.resource] = "1"
+
+    mounts: list[dict[str, Any]] = [
+        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "config", "mountPath": AGENT_CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "state", "mountPath": "/var/lib/edgekit-agent"},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    if (s.broker_url or "mqtts://").startswith("mqtts://"):
+        mounts.append({"name": "mqtt-ca", "mountPath": f"{AGENT_CONFIG_DIR}/mqtt-ca", "readOnly": True})
+        volumes.append({"name": "mqtt-ca", "configMap": {"name": "edgekit-mqtt-ca", "optional": True}})
+    if s.mqtt_auth == "node-cert":
+        mounts.append({"name": "device", "mountPath": f"{AGENT_CONFIG_DIR}/device", "readOnly": True})
+        volumes.append({"name": "device", "hostPath": {"path": s.device_credentials_dir,
+                                                        "type": "DirectoryOrCreate"}})
+    if s.public_key_configmap:
+        mounts.append({"name": "keys", "mountPath": f"{AGENT_CONFIG_DIR}/keys", "readOnly": True})
+        volumes.append({"name": "keys", "configMap": {"name": s.public_key_configmap}})
+
+    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                "capabilities": {"drop": ["ALL"]}}
+    env = [
+        {"name": "EDGEKIT_AGENT_DEVICE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "EDGEKIT_AGENT_GROUP", "value": _group_name(s.group)},
+    ]
+    init_containers: list[dict[str, Any]] = []
+    if source == "image-volume":
+        volumes.insert(0, {"name": "model", "image": {"reference": image.pinned, "pullPolicy": "IfNotPresent"}})
+    else:
+        volumes.insert(0, {"name": "model", "emptyDir": {"sizeLimit": "1Gi"}})
+        fetch = ["edgekit-agent", "fetch", image.pinned, "--to", MODEL_DIR]
+        if s.public_key_configmap:
+            fetch += ["--public-key", f"{AGENT_CONFIG_DIR}/keys/cosign.pub"]
+        if not image.digest:
+            fetch.append("--allow-tag")
+        init_containers.append({
+            "name": "fetch-model", "image": s.agent_image, "imagePullPolicy": "IfNotPresent",
+            "command": fetch,
+            "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR},
+                             *[m for m in mounts if m["name"] in ("config", "keys", "tmp")]],
+            "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request},
+                          "limits": {"memory": s.memory_limit}},
+            "securityContext": security,
+        })
+
+    probe = {"httpGet": {"path": "/v2/health/live", "port": "http"}}
+    container = {
+        "name": "agent",
+        "image": s.agent_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["edgekit-agent", "serve", "--config", f"{AGENT_CONFIG_DIR}/config.json"],
+        "ports": [{"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"}],
+        "env": env,
+        "startupProbe": {**probe, "periodSeconds": 2, "failureThreshold": 90},
+        "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+        "resources": resources,
+        "securityContext": security,
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": app,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "nodeSelector": node_selector,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if expressions:
+        pod_spec["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": expressions}]}}}
+    if target.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in target.tolerations]
+
+    config = _agent_config(s, image, accel)
+    meta: dict[str, Any] = {"namespace": ns, "labels": labels}
+    return copy.deepcopy([  # no shared sub-objects: callers may edit, YAML needs no anchors
+        {"apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
+         "metadata": {"name": app, "namespace": ns, "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, **meta},
+         "data": {"config.json": json.dumps(config, indent=2, sort_keys=True) + "\n"}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": app, "namespace": ns, "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}},
+         "spec": {"selector": {names.APP_LABEL: app}, "internalTrafficPolicy": "Local",
+                  "ports": [{"name": "http", "port": AGENT_PORT, "targetPort": "http", "protocol": "TCP"}]}},
+        {"apiVersion": "apps/v1", "kind": "DaemonSet",
+         "metadata": {"name": name, **meta, "annotations": annotations},
+         "spec": {
+             "selector": {"matchLabels": selector_labels},
+             "revisionHistoryLimit": 2,
+             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
+             "template": {"metadata": {"labels": labels, "annotations": {names.IMAGE_ANNOTATION: image.pinned}},
+                          "spec": pod_spec},
+         }},
+    ])
