@@ -5,4 +5,5 @@ from __future__ import annotations
 pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.mqtt",
+    "tests.fixtures.kube",
 ]
