@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.mqtt",
     "tests.fixtures.kube",
+    "tests.fixtures.agent",
 ]

@@ -1,19 +1,90 @@
-"""``edgekit-agent`` command line (argparse: the device needs no click)."""
+"""``edgekit-agent`` command line (argparse: the device needs no click).
+
+    edgekit-agent serve --config /etc/edgekit-agent/config.json
+    edgekit-agent check-config --config config.json
+    edgekit-agent fetch registry.local/models/digits@sha256:... --to /model --public-key cosign.pub
+
+Settings come from the config file < ``EDGEKIT_AGENT_*`` environment < flags. Errors print one
+line, ``edgekit-agent: error: ...``, and exit with the error's code (2 for a bad setting).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
 
 from edgekit_agent import __version__
 from edgekit_agent.errors import EdgekitError
 
+# flag -> setting, for the few settings worth a flag (everything else: file or environment)
+_FLAGS = {
+    "--device": "device", "--group": "group", "--model-dir": "model_dir", "--broker-url": "broker_url",
+    "--listen-host": "listen_host", "--listen-port": "listen_port", "--spool-dir": "spool_dir",
+    "--log-level": "log_level",
+}
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="PATH", help="JSON (or YAML) settings file")
+    for flag, name in _FLAGS.items():
+        p.add_argument(flag, dest=name, metavar=name.upper(), default=None, help=f"override setting {name}")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgekit-agent", description="edgekit's on-device daemon.")
+    parser = argparse.ArgumentParser(
+        prog="edgekit-agent", description="edgekit's on-device daemon: verified model loading, local "
+        "inference API, golden probes, MQTT health telemetry with store-and-forward.")
     parser.add_argument("--version", action="version", version=f"edgekit-agent {__version__}")
-    parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the agent", description="Load the model folder, serve the "
+                           "inference API and report health until SIGTERM.")
+    _add_settings_flags(serve)
+
+    check = sub.add_parser("check-config", help="validate settings and print them",
+                           description="Load settings (file < env < flags), check referenced files exist, "
+                           "print the result as JSON. Exit 2 naming the first bad field.")
+    _add_settings_flags(check)
+
+    fetch = sub.add_parser("fetch", help="fetch a model image into a folder (init container)",
+                           description="Fetch an OCI model image by digest, verify its layer digest and "
+                           "(with --public-key) its signature, and unpack the model folder into DIR.")
+    fetch.add_argument("ref", metavar="REF", help="image reference, pinned by digest (repo@sha256:...)")
+    fetch.add_argument("--to", dest="dest", required=True, metavar="DIR", help="model folder to create")
+    fetch.add_argument("--public-key", metavar="PEM", default=None,
+                       help="cosign public key; the image must carry a signature it verifies")
+    fetch.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
+    fetch.add_argument("--ca-file", metavar="PEM", default=None, help="CA bundle for the registry")
+    fetch.add_argument("--allow-tag", action="store_true", help="accept a reference without a digest")
     return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from edgekit_agent.settings import load_settings
+
+    overrides = {name: getattr(args, name) for name in _FLAGS.values()}
+    settings = load_settings(args.config, overrides=overrides)
+    settings.check_files()
+    return settings
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from edgekit_agent.errors import ConfigError
+    from edgekit_agent.loading import fetch_model
+    from edgekit_agent.oci.sources import is_layout_path
+
+    if "@sha256:" not in args.ref and not args.allow_tag and not is_layout_path(args.ref):
+        raise ConfigError(f"{args.ref!r} is not pinned by digest (use REF@sha256:... or --allow-tag)", field="REF")
+    from edgekit_agent.oci import RegistryOptions
+
+    options = RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
+    provenance = fetch_model(args.ref, args.dest, public_key=args.public_key, options=options)
+    print(json.dumps({"image": provenance.image, "digest": provenance.digest,
+                      "layer_digest": provenance.layer_digest, "dest": args.dest,
+                      "signature_verified": provenance.key_sha256 is not None}))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        if args.command == "check-config":
+            settings = _settings(args)
+            print(json.dumps(settings.redacted(), indent=2))
+            return 0
+        if args.command == "serve":
+            from edgekit_agent.daemon import configure_logging, serve
+
+            settings = _settings(args)
+            configure_logging(settings.log_level)
+            return serve(settings)
+        if args.command == "fetch":
+            return _fetch(args)
     except EdgekitError as exc:
         print(f"edgekit-agent: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

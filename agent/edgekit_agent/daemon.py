@@ -1,0 +1,86 @@
+"""``edgekit-agent serve``: wire the core, the spool + MQTT publisher and the HTTP API together.
+
+Start order: the HTTP API first (liveness answers while a big model loads), then telemetry (so the
+load events are spooled), then the model (fetched first when ``image`` is set and the folder is
+empty), then the tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
+window, an ``agent_stopping`` event, the spool drained, a retained ``offline`` status and a clean
+DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that refused our login.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from edgekit_agent.core import AgentCore
+from edgekit_agent.errors import AgentError, EdgekitError
+from edgekit_agent.loading import fetch_model
+from edgekit_agent.modelmeta import METADATA_FILE
+from edgekit_agent.publishing import MqttPublisher
+from edgekit_agent.serving import InferenceServer
+from edgekit_agent.settings import AgentSettings
+
+log = logging.getLogger("edgekit_agent")
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s edgekit-agent: %(message)s"))
+    root = logging.getLogger("edgekit_agent")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit status."""
+    settings.check_files()
+    stop = stop or threading.Event()
+    core = AgentCore(settings)
+    try:
+        server = InferenceServer(core).start()
+    except OSError as exc:
+        raise AgentError(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {exc.strerror}",
+                         hint="set listen_port to a free port") from exc
+    log.info("listening on %s (session %s, device %s, group %s)", server.url, core.session, settings.device,
+             settings.group)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        if isinstance(core.outbox, MqttPublisher):
+            log.info("SIGHUP: retrying the broker connection")
+            core.outbox.retry()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hup)
+    try:
+        core.start_telemetry()
+        folder = Path(settings.model_dir)
+        if settings.image and not (folder / METADATA_FILE).exists():
+            try:
+                log.info("fetching %s into %s", settings.image, folder)
+                fetch_model(settings.image, folder, public_key=settings.public_key,
+                            options=settings.registry_options())
+            except EdgekitError as exc:
+                core.reject(folder, exc)
+        if core.rejected is None:
+            core.load(folder)
+        period = min(0.25, settings.interval / 4)
+        while not stop.wait(period):
+            core.tick()
+    finally:
+        log.info("shutting down")
+        try:
+            core.shutdown()
+        finally:
+            server.stop()
+    return 0

@@ -1,0 +1,194 @@
+"""Verified model loading: nothing reaches onnxruntime before the folder checks out.
+
+Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
+``model_rejected`` event and a not-ready state):
+
+1. ``verify_model_dir``: ``edgekit.json`` parses, ``model.onnx`` and ``probe.npz`` hash to what it
+   records (a corrupt or swapped file fails here).
+2. Provenance: a folder fetched by ``edgekit-agent fetch`` carries ``.edgekit-image.json``
+   (image reference, digest, layer digest, id of the key that verified its signature). A
+   configured ``image`` digest must match it; a configured public key must be the one that
+   verified it. A folder without a record (an image volume) is accepted as is without a key.
+   With a key it must be tied to a signed image: the agent verifies the signature of the
+   configured ``image`` digest at the registry, follows the digest-checked chain index ->
+   platform manifest -> config, and requires the metadata recorded in the config
+   (``io.edgekit.metadata``) to name the same model and probe hashes as the folder. Without an
+   ``image`` setting, a keyed agent refuses an unrecorded folder.
+3. The runtime requirement (minimum onnxruntime), the probe file, then the session, whose inputs
+   and outputs must match the metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.errors import ModelRejectedError
+from edgekit_agent.modelmeta import ModelMetadata, verify_model_dir
+from edgekit_agent.probing import Probe, check_probe_fits, load_probe
+from edgekit_agent.protocol.payloads import ModelRef
+from edgekit_agent.runtime import Session, check_runtime_version, create_session
+
+PROVENANCE_FILE = ".edgekit-image.json"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What ``edgekit-agent fetch`` knew when it wrote the folder."""
+
+    image: str
+    digest: str
+    layer_digest: str | None
+    key_sha256: str | None  # id of the public key that verified the signature (``key_fingerprint``)
+
+    def to_json(self) -> str:
+        return json.dumps({"image": self.image, "digest": self.digest, "layer_digest": self.layer_digest,
+                           "signature": {"key_sha256": self.key_sha256} if self.key_sha256 else None,
+                           "fetched": time.time()}, indent=2) + "\n"
+
+
+def key_fingerprint(public_key: str | os.PathLike[str]) -> str:
+    """The id ``edgekit_agent.oci`` gives a public key (also what ``SignatureReport.key_id`` holds)."""
+    from edgekit_agent.oci import key_fingerprint as kid
+    from edgekit_agent.oci import load_public_key
+
+    return kid(load_public_key(public_key))
+
+
+def read_provenance(model_dir: Path) -> Provenance | None:
+    path = model_dir / PROVENANCE_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        sig = data.get("signature") or {}
+        return Provenance(str(data["image"]), str(data["digest"]), data.get("layer_digest"),
+                          sig.get("key_sha256"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelRejectedError(f"{path} is unreadable: {exc}") from exc
+
+
+def write_provenance(model_dir: Path, provenance: Provenance) -> None:
+    tmp = model_dir / (PROVENANCE_FILE + ".tmp")
+    tmp.write_text(provenance.to_json(), encoding="utf-8")
+    os.replace(tmp, model_dir / PROVENANCE_FILE)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model with its session; share one between many agent cores (fleet simulator)."""
+
+    name: str
+    meta: ModelMetadata
+    session: Session
+    probe: Probe
+    digest: str
+    directory: Path
+    provenance: Provenance | None
+
+    @property
+    def ref(self) -> ModelRef:
+        return {"name": self.name, "version": self.meta.version, "digest": self.digest}
+
+
+def describe_folder(model_dir: Path, image: str | None = None) -> ModelRef | None:
+    """A best-effort ModelRef for events about a folder that failed to load."""
+    try:
+        from edgekit_agent.modelmeta import load_metadata
+
+        meta = load_metadata(model_dir)
+    except Exception:
+        return None
+    digest = image.rsplit("@", 1)[1] if image and "@sha256:" in image else f"sha256:{meta.model.sha256}"
+    return {"name": meta.name, "version": meta.version, "digest": digest}
+
+
+def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, public_key: str | None = None,
+               providers: tuple[str, ...] = (), intra_op_threads: int = 0, name: str | None = None,
+               registry_options: Any = None) -> LoadedModel:
+    """Verify ``model_dir`` and build its session. Raises on anything that does not check out."""
+    root = Path(model_dir)
+    meta = verify_model_dir(root)
+    provenance = read_provenance(root)
+    digest = f"sha256:{meta.model.sha256}"
+    if provenance is not None:
+        digest = provenance.digest
+    if image is not None:
+        want = image.rsplit("@", 1)[1]
+        if provenance is not None and provenance.digest != want:
+            raise ModelRejectedError(f"{root} holds image {provenance.digest}, the agent is configured for {want}",
+                                     hint="fetch the configured image again")
+        digest = want
+    if public_key is not None:
+        fingerprint = key_fingerprint(public_key)
+        if provenance is None or provenance.key_sha256 is None:
+            if image is None:
+                raise ModelRejectedError(f"{root} has no verified signature record and a public key is configured",
+                                         hint="fetch the image with `edgekit-agent fetch REF --to DIR "
+                                              "--public-key KEY`, or set image to its pinned reference")
+            provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
+        elif provenance.key_sha256 != fingerprint:
+            raise ModelRejectedError(f"{root} was verified with key {provenance.key_sha256}, not with "
+                                     f"{public_key} ({fingerprint})")
+    check_runtime_version(meta.runtime.min_onnxruntime)
+    probe = load_probe(root / meta.probe.path, rtol=meta.probe.rtol, atol=meta.probe.atol)
+    session = create_session(str(root / meta.model.path), providers=providers or meta.runtime.execution_providers,
+                             intra_op_threads=intra_op_threads)
+    _check_io(meta, session)
+    check_probe_fits(probe, session)
+    return LoadedModel(name or meta.name, meta, session, probe, digest, root, provenance)
+
+
+def _check_io(meta: ModelMetadata, session: Session) -> None:
+    for what, declared, actual in (("input", meta.inputs, session.inputs), ("output", meta.outputs, session.outputs)):
+        d = {t.name: t.dtype for t in declared}
+        a = {t.name: str(t.dtype) for t in actual}
+        if set(d) != set(a):
+            raise ModelRejectedError(f"edgekit.json {what}s {sorted(d)} differ from the model's {sorted(a)}")
+        for tname, dtype in d.items():
+            if a[tname] != dtype and not (dtype == "string" and a[tname] == "object"):
+                raise ModelRejectedError(f"edgekit.json says {what} {tname} is {dtype}, the model has {a[tname]}")
+
+
+def verify_folder_signature(root: Path, meta: ModelMetadata, image: str, public_key: str, *,
+                            options: Any = None) -> Provenance:
+    """Tie an unrecorded folder (an image volume) to the signed image ``image``; see the module doc."""
+    from edgekit_agent.oci import open_source, resolve_image, verify_image_signatures
+    from edgekit_agent.oci.mediatypes import LABEL_METADATA
+
+    digest = image.rsplit("@", 1)[1]
+    source = open_source(image, options)
+    try:
+        report = verify_image_signatures(source, digest, public_key)
+        resolved = resolve_image(source)
+    finally:
+        source.close()
+    if resolved.digest != digest:
+        raise ModelRejectedError(f"{image} resolved to {resolved.digest}, not the pinned digest")
+    labels = (resolved.config.get("config") or {}).get("Labels") or {}
+    try:
+        recorded = json.loads(labels[LABEL_METADATA])
+        want_model, want_probe = recorded["model"]["sha256"], recorded["probe"]["sha256"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelRejectedError(f"{image} does not record its model metadata ({LABEL_METADATA})") from exc
+    if (want_model, want_probe) != (meta.model.sha256, meta.probe.sha256):
+        raise ModelRejectedError(f"{root} does not hold the signed image {digest[:19]}…: model/probe hashes differ",
+                                 hint="the mounted folder is another model than the configured image")
+    return Provenance(image=image, digest=digest, layer_digest=str(resolved.layer.get("digest")),
+                      key_sha256=report.key_id)
+
+
+def fetch_model(image: str, dest: str | os.PathLike[str], *, public_key: str | None = None,
+                options: Any = None) -> Provenance:
+    """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image`` and record its provenance."""
+    from edgekit_agent.oci import fetch_image
+
+    result = fetch_image(image, Path(dest), public_key=public_key, options=options)
+    provenance = Provenance(image=image, digest=result.digest, layer_digest=result.layer_digest,
+                            key_sha256=result.signature.key_id if result.signature is not None else None)
+    write_provenance(Path(dest), provenance)
+    return provenance

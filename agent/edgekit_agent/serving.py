@@ -1,0 +1,410 @@
+"""Local inference API: the Open Inference Protocol (KServe v2) REST subset, plus ``/metrics``.
+
+    GET  /v2/health/live                 200 while the process runs
+    GET  /v2/health/ready                200 when a model is loaded and its probe passes, else 503
+    GET  /v2                             server metadata (extensions: binary_tensor_data)
+    GET  /v2/models/{name}[/versions/v]  model metadata; ``/ready`` suffix: model readiness
+    POST /v2/models/{name}[/versions/v]/infer
+    GET  /metrics                        Prometheus text
+
+Inference bodies are JSON, or JSON followed by raw little-endian tensors (the binary tensor data
+extension: header ``Inference-Header-Content-Length`` gives the JSON length; each binary input
+carries ``parameters.binary_data_size``; outputs are returned binary when asked with
+``parameters.binary_data`` per output or ``binary_data_output`` for all). Every malformed request
+gets a 4xx with ``{"error": reason}`` and the server keeps going. Bound to 127.0.0.1 by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from edgekit_agent import __version__
+from edgekit_agent.core import AgentCore
+from edgekit_agent.errors import InferenceRequestError, ModelNotReadyError
+from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from edgekit_agent.metrics import render_metrics
+from edgekit_agent.runtime import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
+
+log = logging.getLogger("edgekit_agent")
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
+
+
+def _bad(message: str, status: int = 400) -> InferenceRequestError:
+    return InferenceRequestError(message, status=status)
+
+
+# -- request decoding (pure) ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    feeds: dict[str, np.ndarray[Any, Any]]
+    outputs: list[str]
+    binary_outputs: set[str]
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in value):
+        raise _bad(f"{where}.shape must be a list of non-negative integers, got {value!r}"[:300])
+    return tuple(value)
+
+
+def _check_fits(tensor: TensorInfo, shape: tuple[int, ...], datatype: str) -> None:
+    expected = tensor.oip_datatype
+    if datatype != expected:
+        raise _bad(f"input {tensor.name!r} has datatype {datatype}, the model expects {expected}")
+    if len(shape) != len(tensor.shape) or any(want not in (-1, got) for want, got in zip(tensor.shape, shape,
+                                                                                        strict=True)):
+        want_text = "[" + ", ".join("N" if d < 0 else str(d) for d in tensor.shape) + "]"
+        raise _bad(f"input {tensor.name!r} has shape {list(shape)}, the model expects {want_text}")
+
+
+def decode_infer_request(body: bytes, header_length: int | None,
+                         inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> InferRequest:
+    """Parse and validate an OIP v2 inference request against the model's inputs and outputs."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if header_length < 0 or header_length > len(body):
+            raise _bad(f"{HEADER_LENGTH} {header_length} is outside the body of {len(body)} bytes")
+        json_part, binary = body[:header_length], body[header_length:]
+    try:
+        req = json.loads(json_part)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(f"request body is not valid JSON: {exc}"[:300]) from exc
+    if not isinstance(req, dict):
+        raise _bad("request body must be a JSON object")
+    raw_inputs = req.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _bad("request needs a non-empty 'inputs' list")
+    by_name = {t.name: t for t in inputs}
+    feeds: dict[str, np.ndarray[Any, Any]] = {}
+    offset = 0
+    for i, item in enumerate(raw_inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise _bad(f"{where} must be an object")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise _bad(f"{where}.name must be a string")
+        if name not in by_name:
+            raise _bad(f"unknown input {name!r}; the model's inputs are {sorted(by_name)}")
+        if name in feeds:
+            raise _bad(f"input {name!r} is given twice")
+        datatype = item.get("datatype")
+        if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
+            raise _bad(f"{where}.datatype {datatype!r} is not one of {', '.join(OIP_TO_NUMPY)}")
+        shape = _shape(item.get("shape"), where)
+        tensor = by_name[name]
+        _check_fits(tensor, shape, datatype)
+        dtype = np.dtype(OIP_TO_NUMPY[datatype])
+        count = math.prod(shape)
+        params = item.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise _bad(f"{where}.parameters must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if "data" in item:
+                raise _bad(f"input {name!r} has both 'data' and binary_data_size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if size != count * dtype.itemsize:
+                raise _bad(f"input {name!r}: binary_data_size {size} does not match shape {list(shape)} of "
+                           f"{datatype} ({count * dtype.itemsize} bytes)")
+            if offset + size > len(binary):
+                raise _bad(f"input {name!r}: body ends after {len(binary) - offset} of {size} binary bytes")
+            arr = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+            offset += size
+            feeds[name] = arr.astype(dtype, copy=False).reshape(shape)
+        else:
+            if "data" not in item:
+                raise _bad(f"input {name!r} has no 'data' (or parameters.binary_data_size)")
+            try:
+                arr = np.asarray(item["data"], dtype=dtype)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise _bad(f"input {name!r}: data is not a regular array of {datatype}: {exc}"[:300]) from exc
+            if arr.size != count:
+                raise _bad(f"input {name!r}: data has {arr.size} elements, shape {list(shape)} needs {count}")
+            feeds[name] = arr.reshape(shape)
+    if offset != len(binary):
+        raise _bad(f"{len(binary) - offset} unused bytes after the binary inputs")
+    missing = sorted(set(by_name) - set(feeds))
+    if missing:
+        raise _bad(f"missing input(s) {missing}")
+    out_names = [o.name for o in outputs]
+    all_binary = _flag(req.get("parameters"), "binary_data_output")
+    wanted: list[str] = []
+    binary_out: set[str] = set()
+    raw_outputs = req.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise _bad("'outputs' must be a list")
+        for j, o in enumerate(raw_outputs):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise _bad(f"outputs[{j}] must be an object with a 'name'")
+            if o["name"] not in out_names:
+                raise _bad(f"unknown output {o['name']!r}; the model's outputs are {out_names}")
+            wanted.append(o["name"])
+            if all_binary or _flag(o.get("parameters"), "binary_data"):
+                binary_out.add(o["name"])
+    if not wanted:
+        wanted = out_names
+        if all_binary:
+            binary_out = set(out_names)
+    req_id = req.get("id")
+    return InferRequest(str(req_id) if req_id is not None else None, feeds, wanted, binary_out)
+
+
+def _flag(params: Any, key: str) -> bool:
+    if params is None:
+        return False
+    if not isinstance(params, dict):
+        raise _bad("'parameters' must be an object")
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise _bad(f"parameter {key} must be true or false")
+    return value
+
+
+def encode_infer_response(model_name: str, model_version: str, req: InferRequest,
+                          results: Sequence[np.ndarray[Any, Any]]) -> tuple[bytes, int | None]:
+    """The response body and, when it carries binary outputs, the JSON header length."""
+    outs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for name, arr in zip(req.outputs, results, strict=True):
+        arr = np.asarray(arr)
+        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_OIP.get(arr.dtype, "BYTES"),
+                                 "shape": list(arr.shape)}
+        if name in req.binary_outputs:
+            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = arr.ravel().tolist()
+        outs.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outs}
+    if req.id is not None:
+        doc["id"] = req.id
+    head = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return head, None
+    return head + b"".join(blobs), len(head)
+
+
+# -- HTTP plumbing ----------------------------------------------------------------------------------
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    core: AgentCore
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"edgekit-agent/{__version__}"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("http %s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, doc: Any) -> None:
+        self._send(status, json.dumps(doc, separators=(",", ":")).encode())
+
+    def _error(self, status: int, message: str) -> None:
+        if 400 <= status < 500:
+            self.server.core.requests_rejected += 1
+        self._json(status, {"error": message})
+
+    # GET / HEAD
+    def do_GET(self) -> None:
+        core = self.server.core
+        path = self.path.split("?", 1)[0]
+        if path == "/v2/health/live":
+            self._json(200, {"live": True})
+        elif path == "/v2/health/ready":
+            self._ready(core)
+        elif path in ("/v2", "/v2/"):
+            self._json(200, {"name": "edgekit-agent", "version": __version__, "extensions": ["binary_tensor_data"]})
+        elif path == "/metrics":
+            self._send(200, render_metrics(core).encode(), METRICS_CONTENT_TYPE)
+        elif m := _MODEL_PATH.match(path):
+            if not self._model_matches(core, m.group("name"), m.group("version")):
+                return
+            rest = m.group("rest")
+            if rest == "/ready":
+                self._ready(core)
+            elif rest == "/infer":
+                self._error(405, "use POST for /infer")
+            else:
+                self._json(200, self._metadata(core))
+        else:
+            self._error(404, f"no such endpoint {path}")
+
+    do_HEAD = do_GET
+
+    def _ready(self, core: AgentCore) -> None:
+        if core.ready:
+            self._json(200, {"ready": True})
+        else:
+            self._json(503, {"ready": False, "reason": core.not_ready_reason})
+
+    def _model_matches(self, core: AgentCore, name: str, version: str | None) -> bool:
+        model = core.model
+        if model is None:
+            if core.model_ref is not None and name == core.model_ref["name"]:
+                self._error(503, core.not_ready_reason or "model not loaded")
+            else:
+                self._error(404, f"unknown model {name!r}: no model is loaded")
+            return False
+        if name != model.name:
+            self._error(404, f"unknown model {name!r}; this agent serves {model.name!r}")
+            return False
+        if version is not None and version != model.meta.version:
+            self._error(404, f"model {name!r} has no version {version!r}; it is {model.meta.version!r}")
+            return False
+        return True
+
+    @staticmethod
+    def _metadata(core: AgentCore) -> dict[str, Any]:
+        model = core.model
+        assert model is not None
+
+        def spec(t: TensorInfo) -> dict[str, Any]:
+            return {"name": t.name, "datatype": t.oip_datatype, "shape": list(t.shape)}
+
+        return {"name": model.name, "versions": [model.meta.version], "platform": "onnxruntime_onnx",
+                "inputs": [spec(t) for t in model.session.inputs],
+                "outputs": [spec(t) for t in model.session.outputs],
+                "parameters": {"digest": model.digest, "precision": model.meta.precision,
+                               "providers": list(model.session.providers)}}
+
+    def do_POST(self) -> None:
+        core = self.server.core
+        path = self.path.split("?", 1)[0]
+        m = _MODEL_PATH.match(path)
+        if not m or m.group("rest") != "/infer":
+            self._discard_body()
+            self._error(404 if not m else 405, f"no POST endpoint {path}")
+            return
+        if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
+            self.close_connection = True
+            self._error(411, "chunked bodies are not supported; send Content-Length")
+            return
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:
+            self.close_connection = True
+            self._error(411, "Content-Length is required")
+            return
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            self._error(400, f"bad Content-Length {length_text!r}")
+            return
+        if length > core.settings.max_request_bytes:
+            self.close_connection = True
+            self._error(413, f"request of {length} bytes is over the limit of {core.settings.max_request_bytes}")
+            return
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.close_connection = True
+            return
+        if not self._model_matches(core, m.group("name"), m.group("version")):
+            return
+        header_text = self.headers.get(HEADER_LENGTH)
+        try:
+            header_length = int(header_text) if header_text is not None else None
+        except ValueError:
+            self._error(400, f"bad {HEADER_LENGTH} {header_text!r}")
+            return
+        model = core.model
+        assert model is not None
+        try:
+            req = decode_infer_request(body, header_length, model.session.inputs, model.session.outputs)
+        except InferenceRequestError as exc:
+            self._error(exc.status, exc.one_line())
+            return
+        try:
+            results = core.infer(req.feeds, req.outputs)
+        except ModelNotReadyError as exc:
+            self._error(503, exc.one_line())
+            return
+        except InferenceRequestError as exc:
+            self._json(500, {"error": exc.one_line()})
+            return
+        body_out, head_len = encode_infer_response(model.name, model.meta.version, req, results)
+        if head_len is None:
+            self._send(200, body_out)
+        else:
+            self._send(200, body_out, "application/octet-stream", {HEADER_LENGTH: str(head_len)})
+
+    def _discard_body(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = 0
+        if 0 < length <= self.server.core.settings.max_request_bytes:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+    def do_PUT(self) -> None:
+        self._discard_body()
+        self._error(405, f"method {self.command} is not allowed")
+
+    do_DELETE = do_PUT
+    do_PATCH = do_PUT
+
+
+class InferenceServer:
+    """The HTTP server in a background thread; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, core: AgentCore, host: str | None = None, port: int | None = None) -> None:
+        self.core = core
+        host = core.settings.listen_host if host is None else host
+        port = core.settings.listen_port if port is None else port
+        self._httpd = _Server((host, port), _Handler)
+        self._httpd.core = core
+        address = self._httpd.server_address
+        self.host, self.port = str(address[0]), int(address[1])
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> InferenceServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="http", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
