@@ -1,0 +1,297 @@
+"""An in-memory cluster behind the engine's ``ClusterPort``: nodes with labels, DaemonSets whose
+pods are Ready on the nodes labelled for them, EdgeRollouts stored as the same JSON the API server
+would hold, Leases with resourceVersions. Fast engine tests run on it; the end-to-end tests run the
+same engine on a real control plane (``edgekit.rollout.kubecluster``).
+
+It counts calls per kind (``calls``) and can be told to fail: ``crash_when(predicate)`` raises
+``SimulatedCrash`` (a BaseException, so nothing in the engine catches it) on the call that
+matches, which is how tests stop an engine at an exact step.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from edgekit.errors import (
+    EmptyGroupError,
+    KubeConflictError,
+    RolloutInProgressError,
+    RolloutNotFoundError,
+    UnknownGroupError,
+)
+from edgekit.rollout import resource as r
+from edgekit.rollout.leasing import LeaseRecord
+from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
+
+
+class SimulatedCrash(BaseException):
+    """Raised by the in-memory cluster to stop an engine dead, like SIGKILL would."""
+
+
+class _Watch:
+    def __init__(self, cluster: MemoryCluster, namespace: str, name: str) -> None:
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+        self._seen = cluster.version
+
+    def latest(self) -> EdgeRollout | None:
+        self._seen = self.cluster.version
+        return self.cluster.peek(self.namespace, self.name)
+
+    def wait(self, timeout: float) -> bool:
+        with self.cluster.changed:
+            if self.cluster.version == self._seen:
+                self.cluster.changed.wait(timeout)
+            return self.cluster.version != self._seen
+
+    def close(self) -> None:
+        pass
+
+
+class _Tracker:
+    def __init__(self, cluster: MemoryCluster, namespace: str, app: str, revision: str) -> None:
+        self.cluster, self.namespace, self.app, self.revision = cluster, namespace, app, revision
+
+    def ready_nodes(self) -> set[str]:
+        return self.cluster.ready_nodes(self.namespace, self.app, self.revision)
+
+    def wait(self, timeout: float) -> bool:
+        with self.cluster.changed:
+            self.cluster.changed.wait(timeout)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryCluster:
+    def __init__(self, groups: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None) -> None:
+        self.nodes: dict[str, dict[str, str]] = {}
+        self.groups: dict[str, set[str]] = {}
+        for group, members in (groups or {}).items():
+            self.add_group(group, members)
+        self.daemonsets: dict[tuple[str, str, str], ImageRef] = {}
+        self.rollouts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.leases: dict[tuple[str, str], LeaseRecord] = {}
+        self.never_ready: set[str] = set()
+        self.calls: Counter[str] = Counter()
+        self.version = 0
+        self.changed = threading.Condition()
+        self._crash: Callable[[str, Any], bool] | None = None
+        self._lock = threading.RLock()
+
+    # --- test controls ----------------------------------------------------------------------
+    def add_group(self, group: str, members: Mapping[str, Mapping[str, str]]) -> None:
+        self.groups[group] = set(members)
+        for name, labels in members.items():
+            self.nodes.setdefault(name, {}).update(labels)
+
+    def crash_when(self, predicate: Callable[[str, Any], bool] | None) -> None:
+        self._crash = predicate
+
+    def _call(self, kind: str, detail: Any = None) -> None:
+        self.calls[kind] += 1
+        if self._crash is not None and self._crash(kind, detail):
+            self._crash = None
+            raise SimulatedCrash(kind)
+
+    def _bump(self) -> None:
+        with self.changed:
+            self.version += 1
+            self.changed.notify_all()
+
+    def peek(self, namespace: str, name: str) -> EdgeRollout | None:
+        with self._lock:
+            obj = self.rollouts.get((namespace, name))
+            return EdgeRollout.from_json(copy.deepcopy(obj)) if obj else None
+
+    def revision_of(self, app: str, node: str) -> str | None:
+        return self.nodes[node].get(r.node_label(app))
+
+    def ready_nodes(self, namespace: str, app: str, revision: str) -> set[str]:
+        if (namespace, app, revision) not in self.daemonsets:
+            return set()
+        label = r.node_label(app)
+        return {n for n, labels in self.nodes.items() if labels.get(label) == revision} - self.never_ready
+
+    # --- ClusterPort ------------------------------------------------------------------------
+    def group_nodes(self, group: str) -> dict[str, dict[str, str]]:
+        self._call("list-nodes")
+        if group not in self.groups:
+            raise UnknownGroupError(f"device group {group!r} does not exist")
+        if not self.groups[group]:
+            raise EmptyGroupError(f"device group {group!r} has no nodes")
+        return {n: dict(self.nodes[n]) for n in sorted(self.groups[group])}
+
+    def nodes_on_revision(self, app: str, revision: str) -> list[str]:
+        self._call("list-nodes")
+        label = r.node_label(app)
+        return sorted(n for n, labels in self.nodes.items() if labels.get(label) == revision)
+
+    def relabel_nodes(self, app: str, moves: Mapping[str, str | None]) -> None:
+        label = r.node_label(app)
+        for node, revision in moves.items():
+            self._call("patch-node", node)
+            with self._lock:
+                if revision is None:
+                    self.nodes[node].pop(label, None)
+                else:
+                    self.nodes[node][label] = revision
+        self._bump()
+
+    def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None:
+        self._call("apply-daemonset", image.revision)
+        self.daemonsets[(namespace, spec.app, image.revision)] = image
+        self._bump()
+
+    def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
+        self._call("get-daemonset")
+        if (namespace, app, revision) not in self.daemonsets:
+            return None
+        return len(self.nodes_on_revision(app, revision))
+
+    def delete_daemonset(self, namespace: str, app: str, revision: str) -> None:
+        self._call("delete-daemonset", revision)
+        self.daemonsets.pop((namespace, app, revision), None)
+        self._bump()
+
+    def app_revisions(self, namespace: str, app: str) -> dict[str, ImageRef]:
+        self._call("list-daemonsets")
+        return {rev: img for (ns, a, rev), img in self.daemonsets.items() if ns == namespace and a == app}
+
+    def track_pods(self, namespace: str, app: str, revision: str) -> _Tracker:
+        self._call("watch-pods")
+        return _Tracker(self, namespace, app, revision)
+
+    def get_rollout(self, namespace: str, name: str) -> EdgeRollout:
+        self._call("get-rollout")
+        ro = self.peek(namespace, name)
+        if ro is None:
+            raise RolloutNotFoundError(f"no EdgeRollout {name} in namespace {namespace}")
+        return ro
+
+    def list_rollouts(self, namespace: str, app: str | None = None, group: str | None = None) -> list[EdgeRollout]:
+        self._call("list-rollouts")
+        with self._lock:
+            found = [EdgeRollout.from_json(copy.deepcopy(o)) for (ns, _), o in self.rollouts.items()
+                     if ns == namespace]
+        return [ro for ro in found if (app is None or ro.spec.app == app) and (group is None or ro.spec.group == group)]
+
+    def create_rollout(self, rollout: EdgeRollout) -> EdgeRollout:
+        self._call("create-rollout")
+        with self._lock:
+            key = (rollout.namespace, rollout.name)
+            if key in self.rollouts:
+                raise RolloutInProgressError(f"EdgeRollout {rollout.name} already exists")
+            self.version += 1
+            obj = rollout.to_json()
+            obj["metadata"]["resourceVersion"] = str(self.version)
+            obj["metadata"]["creationTimestamp"] = r.to_time(float(self.version))
+            self.rollouts[key] = obj
+        self._bump()
+        return self.get_rollout(rollout.namespace, rollout.name)
+
+    def write_status(self, rollout: EdgeRollout) -> EdgeRollout:
+        self._call("write-status", rollout.status.phase)
+        with self._lock:
+            key = (rollout.namespace, rollout.name)
+            obj = self.rollouts[key]
+            obj["status"] = copy.deepcopy(rollout.to_json()["status"])
+            self.version += 1
+            obj["metadata"]["resourceVersion"] = str(self.version)
+        self._bump()
+        return replace(rollout, resource_version=str(self.version))
+
+    def patch_rollout(self, namespace: str, name: str, *, spec: Mapping[str, Any] | None = None,
+                      annotations: Mapping[str, str | None] | None = None) -> EdgeRollout:
+        self._call("patch-rollout")
+        with self._lock:
+            obj = self.rollouts.get((namespace, name))
+            if obj is None:
+                raise RolloutNotFoundError(f"no EdgeRollout {name} in namespace {namespace}")
+            obj["spec"].update(spec or {})
+            ann = obj["metadata"].setdefault("annotations", {})
+            for k, v in (annotations or {}).items():
+                if v is None:
+                    ann.pop(k, None)
+                else:
+                    ann[k] = v
+            self.version += 1
+            obj["metadata"]["resourceVersion"] = str(self.version)
+        self._bump()
+        return self.get_rollout(namespace, name)
+
+    def watch_rollout(self, namespace: str, name: str) -> _Watch:
+        self._call("watch-rollout")
+        return _Watch(self, namespace, name)
+
+    def get_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        self._call("get-lease")
+        return self.leases.get((namespace, name))
+
+    def write_lease(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord:
+        self._call("write-lease")
+        with self._lock:
+            current = self.leases.get((namespace, name))
+            if (current is None) != (record.resource_version is None) or (
+                    current is not None and current.resource_version != record.resource_version):
+                raise KubeConflictError(f"lease {name} changed meanwhile")
+            self.version += 1
+            stored = replace(record, resource_version=str(self.version))
+            self.leases[(namespace, name)] = stored
+            return stored
+
+
+class MemoryTelemetry:
+    """Fleet telemetry computed from the in-memory cluster: each device runs the image of the
+    DaemonSet its node is labelled for and behaves as ``behaviour[digest]`` says
+    (``error_rate``, ``p95_ms``, ``probe_ok``); devices in ``offline`` are silent and offline."""
+
+    def __init__(self, cluster: MemoryCluster, app: str, namespace: str = "edgekit",
+                 behaviour: Mapping[str, Mapping[str, Any]] | None = None, since: float = 0.0) -> None:
+        self.cluster, self.app, self.namespace = cluster, app, namespace
+        self.behaviour: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (behaviour or {}).items()}
+        self.offline: set[str] = set()
+        self.silent: set[str] = set()
+        self.started = since
+        self.calls = 0
+
+    def observing_since(self) -> float:
+        return self.started
+
+    def digest_of(self, node: str) -> str | None:
+        rev = self.cluster.revision_of(self.app, node)
+        image = self.cluster.daemonsets.get((self.namespace, self.app, rev)) if rev else None
+        return image.digest if image else None
+
+    def window(self, devices: list[str], since: float, digest: str | None) -> dict[str, Any]:
+        self.calls += 1
+        reported, silent, offline, on, off = [], [], [], [], []
+        inferences = errors = probe_failures = 0
+        p95s: list[float] = []
+        for device in devices:
+            current = self.digest_of(device)
+            if device in self.offline or device in self.silent or current is None:
+                silent.append(device)
+                if device in self.offline:
+                    offline.append(device)
+                continue
+            reported.append(device)
+            if digest is not None and current != digest:
+                off.append(device)
+                continue
+            on.append(device)
+            b = self.behaviour.get(current, {})
+            inferences += 100
+            errors += round(100 * float(b.get("error_rate", 0.0)))
+            p95s.append(float(b.get("p95_ms", 5.0)))
+            probe_failures += 0 if b.get("probe_ok", True) else 1
+        p95 = max(p95s) if p95s else None
+        return {"expected": len(devices), "reported": reported, "silent": silent, "offline": offline,
+                "on_digest": on, "off_digest": off, "inferences": inferences, "errors": errors,
+                "error_rate": errors / inferences if inferences else None, "p50_ms": p95, "p95_ms": p95,
+                "p99_ms": p95, "probe_failures": probe_failures}

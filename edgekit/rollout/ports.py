@@ -1,0 +1,118 @@
+"""The narrow seams between the rollout engine and the world: the cluster, the fleet's telemetry,
+and the image registry. ``edgekit.rollout.kubecluster`` and ``edgekit.rollout.telemetry`` are the
+real implementations; ``edgekit.rollout.memory`` is an in-memory cluster for fast engine tests.
+
+Every cluster call is idempotent, so the engine can repeat the step it was in after a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from edgekit.rollout.leasing import LeaseRecord
+from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
+
+
+class RolloutWatch(Protocol):
+    """The newest version of one EdgeRollout, kept current by a watch."""
+
+    def latest(self) -> EdgeRollout | None: ...
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; return early (True) when the object changed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PodTracker(Protocol):
+    """Ready pods of one DaemonSet, by node, kept current by a list + watch (no per-node polling)."""
+
+    def ready_nodes(self) -> set[str]: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class ClusterPort(Protocol):
+    # device groups ---------------------------------------------------------------------------
+    def group_nodes(self, group: str) -> dict[str, dict[str, str]]:
+        """Node name -> labels for the group. UnknownGroupError / EmptyGroupError."""
+        ...
+
+    def nodes_on_revision(self, app: str, revision: str) -> list[str]: ...
+
+    def relabel_nodes(self, app: str, moves: Mapping[str, str | None]) -> None:
+        """Set ``rollout.edgekit.io/<app>`` on each node (None removes it): one patch per node,
+        issued concurrently."""
+        ...
+
+    # workloads -------------------------------------------------------------------------------
+    def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None: ...
+
+    def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
+        """Pods the DaemonSet still runs or wants (None: no such DaemonSet)."""
+        ...
+
+    def delete_daemonset(self, namespace: str, app: str, revision: str) -> None: ...
+
+    def app_revisions(self, namespace: str, app: str) -> dict[str, ImageRef]:
+        """The app's DaemonSets: revision -> the image it runs."""
+        ...
+
+    def track_pods(self, namespace: str, app: str, revision: str) -> PodTracker: ...
+
+    # EdgeRollouts ----------------------------------------------------------------------------
+    def get_rollout(self, namespace: str, name: str) -> EdgeRollout: ...
+
+    def list_rollouts(self, namespace: str, app: str | None = None,
+                      group: str | None = None) -> list[EdgeRollout]: ...
+
+    def create_rollout(self, rollout: EdgeRollout) -> EdgeRollout:
+        """Create the resource (spec) and write its first status. RolloutInProgressError when the
+        name is taken."""
+        ...
+
+    def write_status(self, rollout: EdgeRollout) -> EdgeRollout:
+        """Write the whole status (server-side apply). Only the holder of the rollout's lease
+        writes status, so no resourceVersion guard is needed here; operator requests change the
+        spec and annotations, which this leaves alone."""
+        ...
+
+    def patch_rollout(self, namespace: str, name: str, *, spec: Mapping[str, Any] | None = None,
+                      annotations: Mapping[str, str | None] | None = None) -> EdgeRollout:
+        """Merge-patch spec fields and annotations (None removes one)."""
+        ...
+
+    # leases (see edgekit.rollout.leasing) ------------------------------------------------------
+    def get_lease(self, namespace: str, name: str) -> LeaseRecord | None: ...
+
+    def write_lease(self, namespace: str, name: str, record: LeaseRecord) -> LeaseRecord: ...
+
+    def watch_rollout(self, namespace: str, name: str) -> RolloutWatch: ...
+
+
+class TelemetryPort(Protocol):
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> Any:
+        """A ``WindowStats``-like record for these devices since ``since`` on ``digest``."""
+        ...
+
+    def observing_since(self) -> float:
+        """Since when reports are being collected (a baseline needs some history)."""
+        ...
+
+
+class ImagePort(Protocol):
+    def resolve_digest(self, image: str) -> str:
+        """The manifest digest of ``image`` (resolving a tag once). DigestRequiredError."""
+        ...
+
+    def verify_signature(self, image: str, digest: str) -> None:
+        """Raise SignatureRequiredError unless a valid signature exists (when a key is set)."""
+        ...
+
+    def image_size(self, image: str, digest: str) -> int | None:
+        """Bytes a node downloads for the image (for plans); None when unknown."""
+        ...
