@@ -251,6 +251,10 @@ class RegistryClient:
         delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
         return delay * random.uniform(0.8, 1.2)
 
+    def pause(self, attempt: int, retry_after: str | None = None) -> None:
+        """Sleep before retry number ``attempt`` (0-based)."""
+        self._sleep(self.backoff(attempt, retry_after))
+
     def _unreachable(self, exc: BaseException, tries: int) -> RegistryUnavailableError:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
         if isinstance(exc, TimeoutError | socket.timeout):
@@ -395,12 +399,16 @@ class RegistryClient:
     def request(self, method: str, path: str, *, repository: str | None = None,
                 actions: Iterable[str] = ("pull",), extra_scopes: Iterable[str] = (),
                 headers: dict[str, str] | None = None, body: bytes | BodySource | None = None,
-                expect: Iterable[int] = (200,), what: str = "", stream: bool = False) -> Response:
+                expect: Iterable[int] = (200,), what: str = "", stream: bool = False,
+                retry: bool = True) -> Response:
         """Send one API request with auth, redirects and retries; map failures to image errors.
 
         ``path`` is ``/v2/...`` or an absolute URL the registry gave us (upload locations).
-        With ``stream``, the caller reads and closes the response body.
+        With ``stream``, the caller reads and closes the response body. ``retry=False`` is for
+        requests that are not safe to repeat as they are (upload bodies): the first connection
+        error or 5xx raises ``RegistryUnavailableError`` and the caller recovers.
         """
+        retries = self.options.retries if retry else 0
         self._ping()
         scopes = tuple(extra_scopes)
         if repository:
@@ -427,7 +435,7 @@ class RegistryClient:
                                  hint="pass --ca-file with the registry's CA, or --insecure") from exc
             except _TRANSIENT as exc:
                 self.drop_connection()
-                if attempt >= self.options.retries:
+                if attempt >= retries:
                     raise self._unreachable(exc, tries) from exc
                 self._sleep(self.backoff(attempt))
                 attempt += 1
@@ -441,7 +449,7 @@ class RegistryClient:
                 continue
             if resp.status in _RETRY_STATUS and resp.status not in expect:
                 resp.read()
-                if attempt >= self.options.retries:
+                if attempt >= retries:
                     raise RegistryUnavailableError(
                         f"registry {self.registry} answered {resp.status} {resp.reason} to {what} "
                         f"(after {tries} tries)", hint="the registry keeps failing; try again later")
@@ -498,16 +506,19 @@ class RegistryClient:
         if resp.status == 403:
             raise RegistryAuthError(f"registry {self.registry} denied {what}{detail}")
         if resp.status == 404:
-            raise ImageNotFoundError(f"{what} not found in {self.registry}{detail}")
+            code = msg.split(":", 1)[0]
+            if code == "NAME_UNKNOWN" and (repo := _repository_of(resp.url)):
+                raise ImageNotFoundError(f"repository {self.registry}/{repo} not found")
+            raise ImageNotFoundError(f"{what} not found")
         raise ImageError(f"registry {self.registry} answered {resp.status} {resp.reason} to {what}{detail}")
 
     # --- reading -------------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str, *, accept: str = ACCEPT) -> Manifest:
         """The manifest or index ``reference`` (tag or digest) names, checked against its digest."""
-        what = f"{self.registry}/{repository}:{reference}" if ":" not in reference else \
-            f"{self.registry}/{repository}@{reference}"
+        sep = "@" if reference.startswith("sha256:") else ":"
+        what = f"{self.registry}/{repository}{sep}{reference}"
         resp = self.request("GET", f"/v2/{repository}/manifests/{reference}", repository=repository,
-                            headers={"Accept": accept}, what=f"manifest {what}", stream=True)
+                            headers={"Accept": accept}, what=f"image {what}", stream=True)
         length = resp.raw.length
         if length is not None and length > _MAX_MANIFEST:
             resp.close()
@@ -605,6 +616,14 @@ class RegistryClient:
             with contextlib.suppress(OSError):
                 os.unlink(dest)
             raise
+
+
+def _repository_of(url: str) -> str | None:
+    path = urllib.parse.urlsplit(url).path
+    for marker in ("/manifests/", "/blobs/", "/tags/"):
+        if path.startswith("/v2/") and marker in path:
+            return path[4:path.index(marker)]
+    return None
 
 
 def _safe_json(data: bytes) -> Any:
