@@ -1,7 +1,124 @@
-"""CLI commands of this area (registered by edgekit.cli)."""
+"""``edgekit dev``: local services for demos and development (``dev cluster up|down|status``)."""
 
 from __future__ import annotations
 
-import click
+from pathlib import Path
 
-COMMANDS: list[click.Command] = []
+import click
+from rich.markup import escape
+
+from edgekit.cli._output import console, emit_json, output_option
+
+
+@click.group("dev")
+def dev() -> None:
+    """Local services for demos and development.
+
+    \b
+    Examples:
+      edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
+      edgekit dev cluster status
+      edgekit dev cluster down
+    """
+
+
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=None, envvar="EDGEKIT_DEV_DIR",
+    help="Where the cluster keeps its data, logs and kubeconfig (default ~/.cache/edgekit/dev).")
+
+
+@dev.group("cluster")
+def cluster() -> None:
+    """A real Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler) with
+    KWOK fake nodes on 127.0.0.1, built from source once and cached.
+
+    \b
+    Examples:
+      edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
+      export KUBECONFIG=$(edgekit dev cluster status --output json | jq -r .kubeconfig)
+      edgekit dev cluster down
+    """
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(min=0), default=200, show_default=True, help="KWOK nodes to create.")
+@click.option("--pools", default=None, metavar="NAME=N,...",
+              help="Device groups and their sizes (must add up to --nodes); default one group 'edge'.")
+@click.option("--arch", default="arm64=0.7,amd64=0.3", show_default=True, metavar="ARCH=W,...",
+              help="Architecture mix (weights).")
+@click.option("--zones", default="zone-a,zone-b,zone-c", show_default=True, help="Zones, round robin.")
+@click.option("--gpu-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of nodes that advertise nvidia.com/gpu.")
+@click.option("--install/--no-install", default=True, show_default=True,
+              help="Also install edgekit's CRD and RBAC (as `edgekit install`).")
+@state_dir_option
+def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: float, install: bool,
+               state_dir: Path | None) -> None:
+    """Start the dev cluster in the background (or report the one already running).
+
+    \b
+    Examples:
+      edgekit dev cluster up
+      edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
+      edgekit dev cluster up --nodes 20 --gpu-share 0.25
+    """
+    from edgekit.testenv.devcluster import up
+    from edgekit.testenv.nodes import FleetSpec
+
+    spec = FleetSpec.simple(nodes, pools, arch, zones=tuple(z for z in zones.split(",") if z),
+                            accelerators={"nvidia.com/gpu": gpu_share} if gpu_share else {})
+    con = console(stderr=True)
+    result = up(spec, state_dir=state_dir, install=install, say=lambda m: con.print(escape(m)))
+    if result.already_running:
+        con.print(f"dev cluster already running at {result.server} (`edgekit dev cluster down` first "
+                  "to recreate it)")
+    click.echo(f"export KUBECONFIG={result.kubeconfig}")
+
+
+@cluster.command("down")
+@click.option("--keep-data", is_flag=True, help="Keep etcd data and logs in the state directory.")
+@state_dir_option
+def cluster_down(keep_data: bool, state_dir: Path | None) -> None:
+    """Stop the dev cluster's processes and remove its state.
+
+    \b
+    Examples:
+      edgekit dev cluster down
+      edgekit dev cluster down --keep-data
+    """
+    from edgekit.testenv.devcluster import down
+
+    stopped = down(state_dir, keep_data=keep_data)
+    console(stderr=True).print("dev cluster stopped" if stopped else "no dev cluster was running")
+
+
+@cluster.command("status")
+@state_dir_option
+@output_option
+def cluster_status(state_dir: Path | None, output: str) -> None:
+    """Show whether the dev cluster runs, its components, nodes and kubeconfig. Exit 1 if it is not up.
+
+    \b
+    Examples:
+      edgekit dev cluster status
+      edgekit dev cluster status --output json | jq .nodes_ready
+    """
+    from edgekit.testenv.devcluster import status
+
+    info = status(state_dir)
+    if output == "json":
+        emit_json(info or {"ready": False})
+    elif info is None:
+        console().print("no dev cluster (start one with `edgekit dev cluster up`)")
+    else:
+        con = console()
+        con.print(f"server {info['server']}  ready: {'yes' if info['ready'] else 'NO'}")
+        con.print("components: " + ", ".join(f"{n} {'up' if ok else 'DOWN'}" for n, ok in info["components"].items()))
+        if "nodes" in info:
+            con.print(f"nodes {info['nodes']}, ready {info['nodes_ready']}")
+        con.print(f"kubeconfig {info['kubeconfig']}")
+    if not info or not info["ready"]:
+        raise SystemExit(1)
+
+
+COMMANDS: list[click.Command] = [dev]

@@ -1,0 +1,57 @@
+"""Put a rendered revision (or edgekit's own CRD and RBAC) into a cluster.
+
+Both check what can be checked before writing anything: the group has nodes, the accelerator is
+advertised by some of them, then :func:`edgekit.kube.applying.apply_objects` validates every object
+with a server dry run before applying any. API calls: one list of the group's nodes plus two or three
+per object, whatever the group's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit.errors import GroupNotFoundError
+from edgekit.kube import names
+from edgekit.kube.applying import ApplyReport, apply_objects
+from edgekit.kube.client import KubeClient
+from edgekit.kube.groups import group_nodes
+from edgekit.kube.install import install_objects
+from edgekit.kube.rendering import RenderSettings, render
+
+__all__ = ["DeployResult", "deploy_revision", "install"]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    objects: list[dict[str, Any]]
+    report: ApplyReport
+    group_nodes: int
+    accelerator_nodes: int | None  # nodes of the group that advertise the accelerator
+
+
+def _advertises(node: dict[str, Any], resource: str) -> bool:
+    value = str(((node.get("status") or {}).get("allocatable") or {}).get(resource, "0"))
+    return value not in ("0", "")
+
+
+def deploy_revision(client: KubeClient, settings: RenderSettings, *, dry_run: bool = False,
+                    force: bool = False) -> DeployResult:
+    """Render one revision and server-side apply it (``dry_run``: server dry run + diff only)."""
+    objects = render(settings)
+    nodes = group_nodes(client, settings.group)
+    accel_nodes = None
+    if settings.accelerator:
+        accel_nodes = sum(_advertises(n, settings.accelerator) for n in nodes)
+        if not accel_nodes:
+            raise GroupNotFoundError(
+                f"no node of group {settings.group.spec!r} advertises {settings.accelerator}",
+                hint="drop --accelerator, or install the device plugin on the group's nodes")
+    report = apply_objects(client, objects, namespace=settings.namespace, force=force, dry_run=dry_run)
+    return DeployResult(objects, report, len(nodes), accel_nodes)
+
+
+def install(client: KubeClient, namespace: str = names.DEFAULT_NAMESPACE, *, dry_run: bool = False,
+            force: bool = False) -> ApplyReport:
+    """Apply the EdgeRollout CRD, the namespace and the engine's RBAC (CRD and RBAC first)."""
+    return apply_objects(client, install_objects(namespace), force=force, dry_run=dry_run)
