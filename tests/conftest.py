@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 pytest_plugins = [
+    "tests.fixtures.registry",
     "tests.fixtures.models",
     "tests.fixtures.mqtt",
     "tests.fixtures.kube",

@@ -259,7 +259,7 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
         with RichTransferProgress(err, "pulling") as progress:
             advance = progress.start("model layer", 0)
             fetched = fetch_image(str(target), out_dir, public_key=pub, options=options, on_bytes=advance)
-            progress.finish("model layer")
+            progress.finish("model layer", "downloaded")
         data = {"reference": str(target), "digest": fetched.digest, "manifest": fetched.manifest_digest,
                 "platform": fetched.platform, "path": str(fetched.path),
                 "signature": "verified" if fetched.signature else "not checked"}

@@ -57,7 +57,7 @@ from edgekit_agent.oci.mediatypes import (
 from edgekit.errors import ConfigError, DataError, InvalidModelError
 from edgekit.image.layouts import LayoutWriter
 from edgekit.optimize.inspecting import graph_inputs, inspect_model, tensor_info
-from edgekit.optimize.loading import external_data_files, load_model
+from edgekit.optimize.loading import check_path, external_data_files, load_model
 from edgekit.optimize.sessions import make_session, run
 from edgekit.optimize.shapes import resolve_shape
 
@@ -372,7 +372,7 @@ def build_metadata(model_path: Path, settings: PackageSettings) -> tuple[ModelMe
 
 def build_image(model_path: str | os.PathLike[str], settings: PackageSettings, writer: LayoutWriter) -> BuiltImage:
     """Write the blobs of a model image into ``writer`` and return the index descriptor facts."""
-    model_path = Path(model_path)
+    model_path = check_path(model_path)
     before = model_path.stat()
     meta, probe = build_metadata(model_path, settings)
     _, mtime = _created(settings, model_path)
@@ -425,6 +425,8 @@ def index_entry(image: BuiltImage, writer: LayoutWriter) -> dict[str, Any]:
 def package(model_path: str | os.PathLike[str], settings: PackageSettings, output: str | os.PathLike[str],
             *, force: bool = False) -> BuiltImage:
     """Build the model image into the OCI layout folder ``output`` (atomically)."""
+    check_path(model_path)
+    _check_settings(settings)
     with LayoutWriter(output, force=force) as writer:
         image = build_image(model_path, settings, writer)
         writer.commit([index_entry(image, writer)])

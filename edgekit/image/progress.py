@@ -67,14 +67,21 @@ class RichTransferProgress:
 
         return count
 
-    def finish(self, label: str) -> None:
-        if self._progress is not None:
-            return
+    def finish(self, label: str, outcome: str = "done") -> None:
         began, total = self._started.pop(label, (time.monotonic(), 0))
         moved = self._done.pop(label, 0)
+        if self._progress is not None:
+            if label in self._tasks and outcome in ("existing", "mounted"):
+                note = "already there" if outcome == "existing" else "mounted"
+                self._progress.update(self._tasks[label], completed=total,
+                                      description=f"{self.verb} {label} ({note})")
+            return
         seconds = time.monotonic() - began
-        if moved:
+        if outcome == "failed":
+            return
+        if outcome in ("existing", "mounted"):
+            what = "already there" if outcome == "existing" else "mounted from another repository"
+            self.console.print(f"{self.verb} {label}: {what} ({_size(total)})")
+        else:
             rate = f", {_size(moved / seconds)}/s" if seconds > 0 else ""
             self.console.print(f"{self.verb} {label}: {_size(moved)} in {seconds:.1f}s{rate}")
-        else:
-            self.console.print(f"{self.verb} {label}: already there ({_size(total)})")

@@ -45,14 +45,15 @@ class TransferProgress(Protocol):
 
     def start(self, label: str, total: int) -> Callable[[int], None]: ...
 
-    def finish(self, label: str) -> None: ...
+    def finish(self, label: str, outcome: str) -> None:
+        """``outcome``: uploaded, existing, mounted, downloaded or failed."""
 
 
 class _NoProgress:
     def start(self, label: str, total: int) -> Callable[[int], None]:
         return lambda n: None
 
-    def finish(self, label: str) -> None:
+    def finish(self, label: str, outcome: str) -> None:
         pass
 
 
@@ -249,14 +250,16 @@ def _put_manifest(client: RegistryClient, repo: str, reference: str, manifest: M
 
 def _push_graph(source: LayoutSource, graph: _Graph, client: RegistryClient, repo: str, tag: str,
                 settings: TransferSettings, progress: TransferProgress, result: PushResult) -> None:
+    # Check every blob of the layout before sending anything: a corrupt folder pushes nothing.
+    paths = {desc["digest"]: source.layout.verify_blob_file(desc["digest"]) for desc in graph.blobs}
     for desc in graph.blobs:
-        path = source.layout.verify_blob_file(desc["digest"])
         label = _label(desc)
         advance = progress.start(label, int(desc["size"]))
+        outcome = "failed"
         try:
-            outcome = upload_blob(client, repo, desc, path, settings=settings, on_bytes=advance)
+            outcome = upload_blob(client, repo, desc, paths[desc["digest"]], settings=settings, on_bytes=advance)
         finally:
-            progress.finish(label)
+            progress.finish(label, outcome)
         if outcome == "uploaded":
             result.blobs_uploaded += 1
             result.bytes_uploaded += int(desc["size"])
@@ -318,10 +321,12 @@ def _fetch_graph(source: ImageSource, graph: _Graph, writer: LayoutWriter, progr
         label = _label(desc)
         advance = progress.start(label, int(desc["size"]))
         tmp = writer.temp_file(digest[7:])
+        outcome = "failed"
         try:
             source.fetch_blob(digest, tmp, size=int(desc["size"]), on_bytes=advance)
+            outcome = "downloaded"
         finally:
-            progress.finish(label)
+            progress.finish(label, outcome)
         writer.add_file(tmp, digest)
         result.blobs += 1
         result.bytes_downloaded += int(desc["size"])
