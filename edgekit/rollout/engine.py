@@ -139,7 +139,7 @@ class Engine:
     def prepare(self, *, namespace: str, app: str, group: str, image: ImageRef, strategy: Strategy,
                 profile: str = "k3s", undo_of: str | None = None) -> EdgeRollout:
         """Check everything and plan, changing nothing. The errors a push can meet come from here."""
-        nodes = self.cluster.group_nodes(group)
+        nodes = self.cluster.group_nodes(group, profile)
         existing = self.cluster.list_rollouts(namespace, app=app)
         for ro in existing:
             if ro.spec.group == group and ro.active:

@@ -119,7 +119,7 @@ class MemoryCluster:
         return {n for n, labels in self.nodes.items() if labels.get(label) == revision} - self.never_ready
 
     # --- ClusterPort ------------------------------------------------------------------------
-    def group_nodes(self, group: str) -> dict[str, dict[str, str]]:
+    def group_nodes(self, group: str, profile: str = "k3s") -> dict[str, dict[str, str]]:
         self._call("list-nodes")
         if group not in self.groups:
             raise UnknownGroupError(f"device group {group!r} does not exist")

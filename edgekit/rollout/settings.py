@@ -1,0 +1,63 @@
+"""Settings of rollouts: typed, frozen, layered (file < ``EDGEKIT_ROLLOUT_*`` environment < flags).
+
+The strategy of one rollout (waves, bake, gates) comes from flags (``strategy.build_strategy``);
+these are what stays the same from push to push: where rollouts live, which key images must be
+signed with, how the DaemonSets reach the broker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from edgekit_agent.layered import load_layered
+
+from edgekit.errors import ConfigError
+from edgekit.kube import names
+
+ENV_PREFIX = "EDGEKIT_ROLLOUT_"
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    namespace: str = names.DEFAULT_NAMESPACE
+    target: str = "k3s"                   # k3s | kubeedge | openyurt
+    public_key: str | None = None         # when set, images must carry a valid signature
+    require_digest: bool = False          # refuse tags instead of resolving them once
+    registry_insecure: bool = False
+    # what the rendered DaemonSets tell the agents
+    agent_image: str | None = None
+    agent_broker: str | None = None       # broker URL the agents publish to
+    mqtt_auth: str = "node-cert"          # node-cert | none
+    telemetry_interval: float = 10.0
+    public_key_configmap: str | None = None
+    # the engine
+    lease_seconds: float = 15.0
+    tick_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.target not in ("k3s", "kubeedge", "openyurt"):
+            raise ConfigError(f"unknown target {self.target!r} (k3s, kubeedge, openyurt)", field="target")
+        if self.mqtt_auth not in ("node-cert", "none"):
+            raise ConfigError(f"expected node-cert or none, got {self.mqtt_auth!r}", field="mqtt_auth")
+        if self.public_key is not None and not os.path.isfile(self.public_key):
+            raise ConfigError(f"{self.public_key} does not exist", field="public_key")
+        if not self.lease_seconds >= 3:
+            raise ConfigError("must be at least 3 seconds", field="lease_seconds")
+        if not self.telemetry_interval > 0:
+            raise ConfigError("must be above 0", field="telemetry_interval")
+
+    def render_options(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mqtt_auth": self.mqtt_auth, "telemetry_interval": self.telemetry_interval}
+        if self.agent_image:
+            out["agent_image"] = self.agent_image
+        if self.agent_broker:
+            out["broker_url"] = self.agent_broker
+        if self.public_key_configmap:
+            out["public_key_configmap"] = self.public_key_configmap
+        return out
+
+
+def load_rollout_settings(file: str | None = None, **overrides: Any) -> RolloutSettings:
+    return load_layered(RolloutSettings, file=file, env_prefix=ENV_PREFIX, overrides=overrides)
