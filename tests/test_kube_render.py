@@ -1,0 +1,296 @@
+"""Pure Kubernetes logic: selectors, groups, fleets, rendering, and the CLI's bad-input errors
+(no cluster needed)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+from edgekit.errors import ConfigError, ImageReferenceError, SelectorError, UnpinnedImageError
+from edgekit.kube import names
+from edgekit.kube.applying import sort_for_apply
+from edgekit.kube.groups import node_states, parse_group, summarize
+from edgekit.kube.install import edgerollout_crd, engine_rbac, install_objects
+from edgekit.kube.rendering import RenderSettings, parse_image, render, revision_for
+from edgekit.kube.selectors import format_selector, matches, parse_selector
+from edgekit.testenv.nodes import FleetSpec, node_objects, parse_counts, spread
+
+DIGEST = "sha256:" + "3f2a9c1b7d0e" + "0" * 52
+IMAGE = f"registry.local:5000/models/digits:v2@{DIGEST}"
+
+
+def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in objects}
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = by_kind(objects)["DaemonSet"]["spec"]["template"]["spec"]
+    return spec
+
+
+# --- selectors and groups --------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["a=b", "a==b,c!=d", "tier in (x, y),zone notin (z)", "gpu,!legacy",
+                                  "edgekit.io/group=cameras,kubernetes.io/arch=arm64"])
+def test_selector_round_trip(text: str) -> None:
+    reqs = parse_selector(text)
+    assert parse_selector(format_selector(reqs)) == reqs
+
+
+@pytest.mark.parametrize("text", ["a in (b", "a=b)", "a=b,,c", "bad key=1", "a=b=c", "tier in ()", "",
+                                  "x/y/z=1", "-a=b"])
+def test_selector_that_does_not_parse(text: str) -> None:
+    with pytest.raises(SelectorError) as err:
+        parse_selector(text)
+    assert err.value.exit_code == 48
+    assert "\n" not in err.value.one_line()
+
+
+def test_selector_matching() -> None:
+    reqs = parse_selector("zone in (a,b),!legacy,arch!=amd64")
+    assert matches(reqs, {"zone": "a", "arch": "arm64"})
+    assert not matches(reqs, {"zone": "a", "arch": "arm64", "legacy": ""})
+    assert not matches(reqs, {"zone": "c"})
+
+
+@pytest.mark.parametrize(("text", "target", "selector", "kind"), [
+    ("cameras", None, "edgekit.io/group=cameras", "label"),
+    ("cameras", "kubeedge", "apps.kubeedge.io/belonging-to=cameras", "kubeedge"),
+    ("cameras", "openyurt", "apps.openyurt.io/nodepool=cameras", "openyurt"),
+    ("kubeedge:cams", "k3s", "apps.kubeedge.io/belonging-to=cams", "kubeedge"),
+    ("openyurt:gw", None, "apps.openyurt.io/nodepool=gw", "openyurt"),
+    ("selector:site=berlin,kubernetes.io/arch=arm64", None, "site=berlin,kubernetes.io/arch=arm64", "selector"),
+    ("site in (a,b)", None, "site in (a,b)", "selector"),
+])
+def test_parse_group(text: str, target: str | None, selector: str, kind: str) -> None:
+    group = parse_group(text, target)
+    assert (group.selector, group.kind) == (selector, kind)
+    assert parse_group(group.spec, target).selector == selector
+
+
+def test_group_summary_counts_arch_readiness_and_revisions() -> None:
+    nodes = node_objects(FleetSpec.simple(10, "cams=10", "arm64=0.7,amd64=0.3"))
+    for i, node in enumerate(nodes):
+        node["status"]["conditions"] = [{"type": "Ready", "status": "True" if i < 9 else "False"}]
+        node["metadata"]["labels"][names.rollout_label("det")] = "r1" if i < 6 else "r2"
+    pods = [{"metadata": {"labels": {names.APP_LABEL: "det", names.REVISION_LABEL: "r1"}},
+             "spec": {"nodeName": nodes[i]["metadata"]["name"]},
+             "status": {"conditions": [{"type": "Ready", "status": "True"}]}} for i in range(4)]
+    summary = summarize(parse_group("cams"), node_states(nodes, pods))
+    assert (summary.nodes, summary.ready) == (10, 9)
+    assert summary.by_arch == {"amd64": 3, "arm64": 7}
+    assert summary.apps == {"det": {"r1": 6, "r2": 4}}
+    assert summary.pods_ready == {"det": {"r1": 4}}
+
+
+# --- fleets ----------------------------------------------------------------------------------
+def test_fleet_spec_labels_every_group_flavour() -> None:
+    spec = FleetSpec.simple(200, "cameras=150,gateways=50", "arm64=0.7,amd64=0.3",
+                            accelerators={"nvidia.com/gpu": 0.1})
+    nodes = node_objects(spec)
+    assert len(nodes) == 200
+    labels = [n["metadata"]["labels"] for n in nodes]
+    assert Counter(lb["kubernetes.io/arch"] for lb in labels) == {"arm64": 140, "amd64": 60}
+    assert Counter(lb[names.GROUP_LABEL] for lb in labels) == {"cameras": 150, "gateways": 50}
+    assert all(lb[names.GROUP_LABEL] == lb[names.KUBEEDGE_GROUP_LABEL] == lb[names.OPENYURT_POOL_LABEL]
+               for lb in labels)
+    assert len({lb["topology.kubernetes.io/zone"] for lb in labels}) == 3
+    gpus = [n for n in nodes if "nvidia.com/gpu" in n["status"]["capacity"]]
+    assert len(gpus) == 20 and all(n["metadata"]["labels"]["nvidia.com/gpu.present"] == "true" for n in gpus)
+    assert all(n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for n in nodes)
+
+
+def test_spread_is_proportional_and_interleaved() -> None:
+    out = spread(10, {"arm64": 0.7, "amd64": 0.3})
+    assert Counter(out) == {"arm64": 7, "amd64": 3}
+    assert out[:4].count("amd64") >= 1  # not all of one kind first
+
+
+@pytest.mark.parametrize("text", ["cameras", "cameras=x", "=3", "cameras=-1"])
+def test_bad_pool_spec(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_counts(text)
+
+
+def test_pools_must_add_up() -> None:
+    with pytest.raises(ConfigError, match="add up to 60"):
+        FleetSpec.simple(50, "a=30,b=30")
+
+
+# --- images and revisions --------------------------------------------------------------------
+def test_image_reference_and_revision() -> None:
+    ref = parse_image(IMAGE)
+    assert (ref.repository, ref.tag, ref.digest) == ("registry.local:5000/models/digits", "v2", DIGEST)
+    assert ref.pinned == f"registry.local:5000/models/digits@{DIGEST}"
+    assert revision_for(ref) == "3f2a9c1b7d0e"
+    assert revision_for(parse_image("registry.local/models/digits:V2.1_rc")) == "v2-1-rc"
+
+
+@pytest.mark.parametrize("ref", ["", "UPPER/case", "repo@sha256:xyz", "repo:bad tag", "repo@md5:" + "0" * 32])
+def test_bad_image_reference(ref: str) -> None:
+    with pytest.raises(ImageReferenceError):
+        parse_image(ref)
+
+
+# --- rendering -------------------------------------------------------------------------------
+def test_render_k3s_revision_daemonset() -> None:
+    objects = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras")))
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [o["kind"] for o in sort_for_apply(objects)] == [o["kind"] for o in objects]
+    ds = by_kind(objects)["DaemonSet"]
+    assert ds["metadata"]["name"] == "digits-3f2a9c1b7d0e"
+    spec = pod_spec(objects)
+    assert spec["nodeSelector"] == {"rollout.edgekit.io/digits": "3f2a9c1b7d0e", "kubernetes.io/os": "linux",
+                                    "edgekit.io/group": "cameras"}
+    assert ds["spec"]["selector"]["matchLabels"] == {"edgekit.io/app": "digits",
+                                                     "edgekit.io/revision": "3f2a9c1b7d0e"}
+    (agent,) = spec["containers"]
+    assert agent["command"] == ["edgekit-agent", "serve", "--config", "/etc/edgekit-agent/config.json"]
+    assert agent["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
+    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["EDGEKIT_AGENT_DEVICE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["EDGEKIT_AGENT_GROUP"]["value"] == "cameras"
+    assert agent["resources"]["requests"] and agent["resources"]["limits"]["memory"]
+    model = next(v for v in spec["volumes"] if v["name"] == "model")
+    assert model["image"]["reference"] == f"registry.local:5000/models/digits@{DIGEST}"
+    assert "initContainers" not in spec
+    assert {"name": "model", "mountPath": "/model", "readOnly": True} in agent["volumeMounts"]
+    config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+    assert config["listen_port"] == 8080 and config["listen_host"] == "0.0.0.0"
+    assert config["group"] == "cameras" and config["image"].endswith(DIGEST)
+    svc = by_kind(objects)["Service"]["spec"]
+    assert svc["internalTrafficPolicy"] == "Local"
+
+
+def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
+    objects = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras", "kubeedge"),
+                                    target="kubeedge"))
+    spec = pod_spec(objects)
+    (init,) = spec["initContainers"]
+    assert init["command"] == ["edgekit-agent", "fetch", f"registry.local:5000/models/digits@{DIGEST}",
+                               "--to", "/model"]
+    assert next(v for v in spec["volumes"] if v["name"] == "model")["emptyDir"]
+    assert spec["nodeSelector"]["apps.kubeedge.io/belonging-to"] == "cameras"
+    assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists"} in terms[0]["matchExpressions"]
+
+
+def test_render_openyurt_and_set_based_group() -> None:
+    objects = render(RenderSettings(app="digits", image=IMAGE, target="openyurt",
+                                    group=parse_group("selector:site in (berlin,paris),kubernetes.io/arch=arm64")))
+    spec = pod_spec(objects)
+    assert spec["nodeSelector"]["kubernetes.io/arch"] == "arm64"
+    exprs = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]
+    assert {"key": "site", "operator": "In", "values": ["berlin", "paris"]} in exprs
+    assert {"key": "openyurt.io/is-edge-worker", "operator": "In", "values": ["true"]} in exprs
+    config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+    assert config["group"] == "site-in-berlin-paris-kubernetes.io-arch-arm64"
+
+
+def test_render_accelerator_requests_targets_and_falls_back_to_cpu() -> None:
+    objects = render(RenderSettings(app="det", image=IMAGE, group=parse_group("boxes"), accelerator="nvidia.com/gpu"))
+    spec = pod_spec(objects)
+    agent = spec["containers"][0]
+    assert agent["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    exprs = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"][0]["matchExpressions"]
+    assert {"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]} in exprs
+    config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+    assert config["execution_providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_render_is_pure_and_deterministic() -> None:
+    settings = RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras"))
+    assert render(settings) == render(settings)
+
+
+def test_require_digest() -> None:
+    settings = RenderSettings(app="digits", image="registry.local/models/digits:v2", group=parse_group("c"),
+                              require_digest=True)
+    with pytest.raises(UnpinnedImageError) as err:
+        render(settings)
+    assert err.value.exit_code == 49
+
+
+@pytest.mark.parametrize(("field", "value"), [("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER")])
+def test_bad_render_settings(field: str, value: str) -> None:
+    kwargs: dict[str, Any] = {"app": "digits", "image": IMAGE, "group": parse_group("c"), field: value}
+    with pytest.raises(ConfigError) as err:
+        RenderSettings(**kwargs)
+    assert err.value.field == field
+
+
+# --- CRD and RBAC ----------------------------------------------------------------------------
+def _walk(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [schema]
+    for sub in (schema.get("properties") or {}).values():
+        out += _walk(sub)
+    if isinstance(schema.get("items"), dict):
+        out += _walk(schema["items"])
+    return out
+
+
+def test_crd_is_structural_with_status_and_printer_columns() -> None:
+    crd = edgerollout_crd()
+    (version,) = crd["spec"]["versions"]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:4] == ["App", "Group", "Revision", "Phase"]
+    for node in _walk(version["schema"]["openAPIV3Schema"]):  # structural: every node has a type
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), node
+
+
+def test_engine_rbac_is_least_privilege() -> None:
+    objs = {o["kind"]: o for o in engine_rbac("fleet")}
+    (node_rule,) = objs["ClusterRole"]["rules"]
+    assert node_rule == {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}
+    for rule in objs["Role"]["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "secrets" not in rule["resources"]
+    assert objs["Role"]["metadata"]["namespace"] == "fleet"
+    assert [o["kind"] for o in install_objects()][:2] == ["CustomResourceDefinition", "Namespace"]
+
+
+# --- CLI: bad input, one line, distinct exit codes --------------------------------------------
+@pytest.mark.parametrize(("args", "code", "text"), [
+    (["render", IMAGE, "--group", "selector:a in (b", "--app", "digits"], 48, "does not parse"),
+    (["render", "registry.local/models/digits:v2", "--group", "c", "--app", "digits", "--require-digest"], 49,
+     "has no digest"),
+    (["render", "Not An Image", "--group", "c", "--app", "digits"], 28, "not an image reference"),
+    (["render", IMAGE, "--group", "c", "--app", "Bad_App"], 2, "app"),
+    (["groups", "show", "selector:x in (", "--kubeconfig", "/nonexistent/kubeconfig"], 48, "does not parse"),
+    (["groups", "list", "--kubeconfig", "/nonexistent/kubeconfig"], 2, "does not exist"),
+])
+def test_cli_bad_input(args: list[str], code: int, text: str) -> None:
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edgekit: error:") and text in lines[0]
+
+
+def test_cli_render_yaml_and_json() -> None:
+    out = CliRunner().invoke(cli, ["render", IMAGE, "--group", "cameras", "--app", "digits"])
+    assert out.exit_code == 0, out.output
+    docs = list(yaml.safe_load_all(out.output))
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert "&id" not in out.output  # no YAML anchors
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-t", "kubeedge", "-f", "json"])
+    assert json.loads(out.output)[3]["spec"]["template"]["spec"]["initContainers"]
+
+
+def test_cli_install_print() -> None:
+    out = CliRunner().invoke(cli, ["install", "--print", "--namespace", "fleet"])
+    assert out.exit_code == 0
+    kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
+    assert kinds[0] == "CustomResourceDefinition" and "RoleBinding" in kinds
