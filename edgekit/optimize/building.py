@@ -49,7 +49,9 @@ def excluded_nodes(recipe: Recipe, model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(nodes))
 
 
-def build_candidate(recipe: Recipe, prepared: Path, out: Path, calibration: Dataset, workdir: Path) -> Path:
+def build_candidate(
+    recipe: Recipe, prepared: Path, out: Path, calibration: Dataset, workdir: Path, stride: int | None = None
+) -> Path:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -80,6 +82,8 @@ def build_candidate(recipe: Recipe, prepared: Path, out: Path, calibration: Data
                     "percentile": CalibrationMethod.Percentile,
                 }[recipe.calibration]
                 extra: dict[str, Any] = {}
+                if stride:
+                    extra["CalibStridedMinMax"] = stride  # despite the name: any calibrator, in strides
                 if recipe.calibration == "percentile":
                     extra["CalibPercentile"] = 99.999
                 cache = workdir / f"calibration-{recipe.calibration}.json"

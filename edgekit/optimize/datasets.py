@@ -55,6 +55,9 @@ class Dataset:
         for start in range(0, self.samples, size):
             yield {name: arr[start : start + size] for name, arr in self.arrays.items()}
 
+    def head(self, n: int) -> Dataset:
+        return Dataset({k: v[:n] for k, v in self.arrays.items()}, self.source, self.synthetic)
+
     def split(self, first: int) -> tuple[Dataset, Dataset]:
         a = Dataset({k: v[:first] for k, v in self.arrays.items()}, self.source, self.synthetic)
         b = Dataset({k: v[first:] for k, v in self.arrays.items()}, self.source, self.synthetic)

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,6 +32,7 @@ from edgekit.optimize.benchmarking import summarize, time_interleaved
 from edgekit.optimize.building import build_candidate
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_dataset, load_labels
 from edgekit.optimize.graphs import COMPUTE_OPS, ensure_node_names
+from edgekit.optimize.guarding import run_limited
 from edgekit.optimize.inspecting import ModelInfo, inspect_model
 from edgekit.optimize.loading import load_model
 from edgekit.optimize.preparing import prepare
@@ -206,6 +207,33 @@ def shapes_to_fix(info: ModelInfo, given: Shapes, sample: Dataset | None) -> Sha
     return shapes
 
 
+# onnxruntime's calibrators keep every intermediate tensor of every calibration sample in memory
+# (histogram methods twice over): bound what one calibration may hold.
+CALIBRATION_MEMORY = 3 * 2**30
+
+
+def activation_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all intermediate tensors for one sample, from the shapes inference recorded."""
+    total = 0
+    for value in model.graph.value_info:
+        dims = value.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            total += int(np.prod([d.dim_value for d in dims])) * 4
+    return total
+
+
+def calibration_plan(recipe: Recipe, available: int, per_sample: int) -> tuple[int, int | None]:
+    """(samples, stride): calibrate on ``samples`` in strides of ``stride`` samples, each stride's
+    ranges merged into the last, so memory stays bounded however many samples there are."""
+    if recipe.method == "dynamic" or per_sample == 0:
+        return available, None
+    factor = 1 if recipe.calibration == "minmax" else 3
+    stride = max(1, min(available, CALIBRATION_MEMORY // (per_sample * factor)))
+    if stride >= available:
+        return available, None
+    return (available // stride) * stride, stride
+
+
 def _eval_batch_size(model: onnx.ModelProto) -> int:
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
@@ -304,10 +332,18 @@ class _Search:
                 )
 
             ctx = _Ctx(prepared.path, work, calib, evals, labels, metric, budget, reference, fp32_fid, feed, batch)
-            for i, recipe in enumerate(recipes):
+            # MinMax recipes share one cheap calibration: try them, then mixed precision on the best
+            # of them, and only then the histogram calibrations (slow, memory-hungry on big models).
+            cheap = [r for r in recipes if r.method == "dynamic" or r.calibration == "minmax"]
+            costly = [r for r in recipes if r not in cheap]
+            per_sample = activation_bytes(prepared_model)
+            for i, recipe in enumerate(cheap + costly):
+                if i == len(cheap) and s.mixed_precision and not self._any_in_budget():
+                    self._mixed_precision(ctx)
                 self.progress.candidate(i + 1, len(recipes), recipe.name)
-                self._try(recipe, ctx)
-            if s.mixed_precision and not any(r.verdict == "in budget" for r in self.results):
+                samples, stride = calibration_plan(recipe, calib.samples, per_sample)
+                self._try(recipe, replace(ctx, calib=calib.head(samples), stride=stride))
+            if s.mixed_precision and not self._any_in_budget() and not any(r.recipe.exclude for r in self.results):
                 self._mixed_precision(ctx)
             chosen, reason = self._choose(ctx)
             self.progress.stage("writing the result")
@@ -368,6 +404,14 @@ class _Search:
                 labels = labels[: s.eval_samples]
         return calib, evals, labels
 
+    def _any_in_budget(self) -> bool:
+        return any(r.verdict == "in budget" for r in self.results)
+
+    def _skip(self, recipe: Recipe, reason: str) -> None:
+        result = CandidateResult(recipe, verdict="skipped", reason=reason)
+        self.results.append(result)
+        self.progress.result(result)
+
     def _try(self, recipe: Recipe, ctx: _Ctx) -> CandidateResult:
         result = CandidateResult(recipe)
         self.results.append(result)
@@ -377,9 +421,8 @@ class _Search:
             return result
         t0 = time.monotonic()
         try:
-            path = build_candidate(
-                recipe, ctx.prepared, ctx.work / f"candidate-{len(self.results)}.onnx", ctx.calib, ctx.work
-            )
+            out = ctx.work / f"candidate-{len(self.results)}.onnx"
+            path = run_limited(recipe.name, build_candidate, recipe, ctx.prepared, out, ctx.calib, ctx.work, ctx.stride)
             result.path, result.size_bytes = path, path.stat().st_size
             outputs = _outputs(path, ctx.evals, ctx.batch, self.s.threads)
             result.fidelity = fid.evaluate(ctx.metric, ctx.reference, outputs, ctx.labels)
@@ -422,7 +465,10 @@ class _Search:
         best = max(tried, key=lambda r: r.fidelity.score if metric.higher_is_better else -r.fidelity.score)  # type: ignore[union-attr]
         self.progress.stage(f"ranking nodes by quantization error ({best.recipe.name})")
         try:
-            ranked = rank_nodes(ctx.prepared, best.path, ctx.calib, ctx.work)  # type: ignore[arg-type]
+            per_sample = activation_bytes(onnx.load(str(ctx.prepared), load_external_data=False))
+            samples = max(1, min(4, CALIBRATION_MEMORY // max(1, 2 * per_sample)))
+            assert best.path is not None
+            ranked = run_limited("per-node error", rank_nodes, ctx.prepared, best.path, ctx.calib, ctx.work, samples)
         except Exception as exc:
             self.warnings.append(f"per-node error ranking failed: {type(exc).__name__}: {str(exc)[:200]}")
             return
@@ -431,8 +477,7 @@ class _Search:
         k = 1
         while k <= len(names) and self.time_left() > 0:
             worst = tuple(names[:k])
-            worst_db = ranked[k - 1].sqnr_db
-            recipe = best.recipe.with_exclusions(worst, f"{k} most sensitive nodes in FP32 (SQNR ≤ {worst_db:.1f} dB)")
+            recipe = best.recipe.with_exclusions(worst, f"{k} nodes adding the most error kept in FP32")
             self.progress.candidate(len(self.results) + 1, len(self.results) + 1, recipe.name)
             result = self._try(recipe, ctx)
             if result.verdict == "in budget":
@@ -505,6 +550,7 @@ class _Ctx:
     fp32: fid.Fidelity
     feed: dict[str, np.ndarray]
     batch: int
+    stride: int | None = None
 
 
 def report_path(out: Path) -> Path:

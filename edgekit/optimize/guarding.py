@@ -1,0 +1,54 @@
+"""Run memory-hungry quantization steps in a child process with a memory limit.
+
+onnxruntime's calibrators and QDQ debugging tools keep every intermediate tensor in memory; on a
+detector at 640x640 that is ~0.7 GB per sample, and one unlucky recipe can take the whole
+machine. In a child with RLIMIT_DATA the same recipe fails alone, as "out of memory", and the
+search goes on.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import resource
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import ParamSpec, TypeVar
+
+from edgekit.errors import QuantizationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_LIMIT = 6 * 2**30
+
+
+def memory_limit() -> int:
+    raw = os.environ.get("EDGEKIT_QUANTIZE_MEMORY")
+    if raw:
+        try:
+            return int(float(raw) * 2**30)
+        except ValueError:
+            pass
+    return DEFAULT_LIMIT
+
+
+def _limit(nbytes: int) -> None:
+    resource.setrlimit(resource.RLIMIT_DATA, (nbytes, nbytes))
+
+
+def run_limited(what: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn(*args, **kwargs)`` in a fresh process limited to ``memory_limit()`` bytes of data."""
+    limit = memory_limit()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit, initargs=(limit,)) as pool:
+        try:
+            return pool.submit(fn, *args, **kwargs).result()
+        except MemoryError as exc:
+            raise QuantizationError(
+                f"{what}: out of memory (limit {limit / 2**30:.1f} GB)",
+                hint="set EDGEKIT_QUANTIZE_MEMORY (GB) or use fewer calibration samples",
+            ) from exc
+        except BrokenProcessPool as exc:
+            raise QuantizationError(f"{what}: the worker process died (out of memory?)") from exc
