@@ -86,13 +86,13 @@ class Decoder:
         self._models: dict[tuple[str, str, str], Model] = {}
 
     # -- public -----------------------------------------------------------------------------
-    def decode(self, topic: str, payload: bytes) -> Report | Reject | Cleared:
+    def decode(self, topic: str, payload: bytes | bytearray) -> Report | Reject | Cleared:
         ref = split_topic(topic, self.prefix)
         if ref is None:
             return Reject("unknown_topic", f"not a device topic under {self.root}: {topic[:200]!r}")
         return self.decode_ref(ref, payload)
 
-    def decode_ref(self, ref: TopicRef, payload: bytes) -> Report | Reject | Cleared:
+    def decode_ref(self, ref: TopicRef, payload: bytes | bytearray) -> Report | Reject | Cleared:
         """Decode a payload whose topic is already split (see ``split_topic``)."""
         if len(payload) > self.max_payload:
             return Reject("oversize", f"{len(payload)} bytes > {self.max_payload}", ref.device)

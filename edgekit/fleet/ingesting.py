@@ -9,7 +9,7 @@ import time
 from typing import Final
 
 from edgekit.fleet.decoding import Cleared, Decoder, split_topic
-from edgekit.fleet.reports import Reject
+from edgekit.fleet.reports import Reject, Report
 from edgekit.fleet.state import FleetState
 
 __all__ = ["Ingestor", "RateLimitedLog"]
@@ -50,8 +50,9 @@ class Ingestor:
         self.decoder = decoder or Decoder()
         self.log = log or RateLimitedLog()
         self._prefix = self.decoder.prefix
+        self.last: Report | None = None   # the latest report that decoded (for lag sampling)
 
-    def ingest(self, topic: str, payload: bytes, now: float, retained: bool = False) -> str:
+    def ingest(self, topic: str, payload: bytes | bytearray, now: float, retained: bool = False) -> str:
         state = self.state
         counters = state.counters
         counters.received += 1
@@ -67,6 +68,7 @@ class Ingestor:
         if isinstance(result, Cleared):
             state.forget(result.device)
             return "cleared"
+        self.last = result
         return state.apply(result, now, retained=retained)
 
     def _reject(self, r: Reject) -> str:

@@ -13,17 +13,12 @@ import contextlib
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from edgekit.fleet.aggregating import OFFLINE, GroupStats, percentile
 from edgekit.fleet.state import DeviceState, FleetState, IngestCounters
 
 __all__ = ["DeviceRow", "FleetSnapshot", "FleetView", "WindowStats"]
-
-
-class _Lock(Protocol):
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: object) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -135,10 +130,10 @@ class FleetSnapshot:
 class FleetView:
     """Queries over a ``FleetState``; every method holds ``lock`` while it reads."""
 
-    def __init__(self, state: FleetState, lock: _Lock | None = None,
+    def __init__(self, state: FleetState, lock: contextlib.AbstractContextManager[Any] | None = None,
                  watcher_info: Any = None) -> None:
         self.state = state
-        self._lock: _Lock = lock if lock is not None else contextlib.nullcontext()
+        self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self._watcher_info = watcher_info
 
     # -- the rollout gates' question --------------------------------------------------------------

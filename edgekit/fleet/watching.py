@@ -1,0 +1,598 @@
+"""``FleetWatcher``: the MQTT adapter (paho-mqtt 2.x) that keeps a ``FleetState`` current.
+
+Two threads, so that the thread reading the socket never waits for anything else:
+
+- the **network thread** runs paho's loop, (re)connects with backoff (rotating through the
+  configured brokers), subscribes, and only appends each message to a queue (with its arrival
+  time): no decoding, no locks, no passes over the fleet;
+- the **apply thread** takes messages off the queue in batches and feeds them through the pure
+  ``Ingestor`` under the state lock, which readers (``view()``, ``snapshot()``) take too, so every
+  answer is consistent. It measures its own lag (arrival -> applied) and the age of live reports
+  (applied - the report's ``ts``, which includes any broker backlog).
+
+On (re)connect it subscribes again and the broker resends every retained status, which rebuilds
+device status after a broker restart. MQTT 5 is tried first; ``auto`` falls back to 3.1.1 when the
+broker does not speak 5. With ``shared_group``, health and event topics are subscribed through the
+MQTT 5 shared subscription ``$share/NAME/...`` (the broker hands each message to one member), while
+status stays a plain subscription, because brokers do not send retained messages to shared ones.
+
+paho's reader makes three ``recv`` calls and one ``select`` per packet; the client below gives it a
+read-ahead buffer (one large ``recv`` serves many packets) and drains every buffered packet per
+loop turn. That is most of paho's per-message cost, and it uses only paho's socket seam
+(``_create_socket``); with a paho that lacks it the plain client is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgekit.errors import (
+    BrokerProtocolError,
+    BrokerUnreachableError,
+    SubscriptionDeniedError,
+    TelemetryAuthError,
+    TelemetryError,
+    TelemetryTLSError,
+)
+from edgekit.fleet.decoding import Decoder
+from edgekit.fleet.ingesting import Ingestor, RateLimitedLog
+from edgekit.fleet.settings import BrokerAddress, FleetSettings
+from edgekit.fleet.state import FleetState
+from edgekit.fleet.views import FleetSnapshot, FleetView
+
+__all__ = ["FleetWatcher"]
+
+LOG: Final = logging.getLogger("edgekit.fleet.watcher")
+_BATCH: Final = 2048
+_IDLE_SLEEP: Final = 0.005
+_HANDOFF_S: Final = 0.02    # queued longer than this: the apply thread takes over
+_PUBACK: Final = 0x40
+_SAMPLE_EVERY: Final = 16
+_SAMPLES: Final = 2048
+_AUTH_CODES: Final = frozenset((134, 135, 140))   # bad user name or password, not authorized, bad auth method
+_PROTOCOL_CODES: Final = frozenset((132,))         # unsupported protocol version
+_ids = itertools.count()
+
+
+class _ReadAhead:
+    """A socket wrapper that reads big chunks and serves paho's small reads from memory."""
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        pos = self._pos
+        avail = len(self._buf) - pos
+        if avail <= 0:
+            self._buf = self._sock.recv(262_144)   # BlockingIOError / SSLWantRead propagate to paho
+            pos = self._pos = 0
+            avail = len(self._buf)
+            if avail == 0:
+                return b""
+        if n >= avail:
+            self._pos = len(self._buf)
+            return self._buf[pos:] if pos else self._buf
+        self._pos = pos + n
+        return self._buf[pos:pos + n]
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return self.buffered() + inner
+
+    def send(self, data: bytes | bytearray) -> int:
+        return int(self._sock.send(data))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def setblocking(self, flag: bool) -> None:
+        self._sock.setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        self._sock.settimeout(value)
+
+    def getpeercert(self, binary_form: bool = False) -> Any:
+        return self._sock.getpeercert(binary_form)
+
+
+class _Client(mqtt.Client):
+    """paho's client with a read-ahead socket and a lean path for incoming QoS 0/1 PUBLISH packets.
+
+    The lean path hands (topic, payload, retained) straight to ``sink`` -- no ``MQTTMessage``, no
+    MQTT 5 ``Properties`` object (the slowest part of paho's reader), no topic matcher -- and
+    batches the PUBACKs of one read into a single write. QoS 2, odd packets, and a paho without
+    the private seams used here go through paho's own code.
+    """
+
+    _lean = all(hasattr(mqtt.Client, name) for name in ("_create_socket", "_handle_publish", "_packet_queue"))
+
+    def __init__(self, *args: Any, sink: Callable[[str, bytes | bytearray, bool], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sink = sink
+        self._acks = bytearray()
+
+    def _create_socket(self) -> Any:
+        sock = super()._create_socket()
+        return _ReadAhead(sock) if self._lean else sock
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        sock = self._sock
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _ReadAhead) and sock.buffered():
+            before = sock.buffered()
+            rc = super().loop_read(max_packets)
+            if sock.buffered() >= before:
+                break  # an incomplete packet: wait for the socket
+            sock = self._sock
+        if self._acks and self._sock is not None:
+            acks = bytes(self._acks)
+            self._acks.clear()
+            self._packet_queue(_PUBACK, acks, 0, 0)
+        return rc
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        sink = self._sink
+        header = self._in_packet["command"]
+        qos = (header & 0x06) >> 1
+        if sink is None or qos == 2 or not self._lean:
+            return super()._handle_publish()
+        packet = self._in_packet["packet"]
+        n = len(packet)
+        if n < 2:
+            return super()._handle_publish()
+        pos = 2 + ((packet[0] << 8) | packet[1])
+        topic = packet[2:pos]
+        mid: bytes | bytearray = b""
+        if qos:
+            mid = packet[pos:pos + 2]
+            pos += 2
+        if self._protocol == mqtt.MQTTv5:
+            # Skip the properties (message expiry and the like: nothing the tracker uses).
+            length, mult = 0, 1
+            while True:
+                if pos >= n or mult > 0x200000:
+                    return super()._handle_publish()
+                byte = packet[pos]
+                pos += 1
+                length += (byte & 0x7F) * mult
+                mult <<= 7
+                if not byte & 0x80:
+                    break
+            pos += length
+        if pos > n or not topic or len(mid) != qos * 2:
+            return super()._handle_publish()
+        sink(topic.decode("utf-8", "replace"), packet[pos:], bool(header & 0x01))
+        if qos:
+            self._acks += b"\x40\x02" + mid
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class _Samples:
+    """Recent samples of a duration, for p50/p99/max."""
+
+    def __init__(self) -> None:
+        self._values: deque[float] = deque(maxlen=_SAMPLES)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+
+    def summary(self) -> dict[str, float | None]:
+        values = sorted(self._values)
+        if not values:
+            return {"p50": None, "p99": None, "max": None}
+        n = len(values)
+        return {"p50": round(values[n // 2], 4), "p99": round(values[min(n - 1, int(n * 0.99))], 4),
+                "max": round(values[-1], 4)}
+
+
+class FleetWatcher:
+    """Subscribe to the fleet's telemetry and keep a ``FleetState`` current (thread-safe).
+
+        with FleetWatcher(settings).start() as watcher:
+            watcher.wait_settled()
+            stats = watcher.view().window(devices, since, digest)
+    """
+
+    def __init__(self, settings: FleetSettings, *, state: FleetState | None = None,
+                 on_applied: Callable[[int], None] | None = None) -> None:
+        self.settings = settings
+        self.state = state or FleetState(settings.tracker())
+        self.decoder = Decoder(settings.topic_root, max_payload=settings.max_payload)
+        self.ingestor = Ingestor(self.state, self.decoder, log=RateLimitedLog(LOG))
+        self.lock = threading.Lock()
+        self._on_applied = on_applied
+        self._addresses = settings.addresses
+        # (topic, payload, retained, arrival): plain values, so the paho message is freed at once
+        # (a backlog of live MQTTMessage objects makes the cyclic GC rescan them, over and over).
+        self._queue: deque[tuple[str, bytes | bytearray, bool, float]] = deque()
+        self._stop = threading.Event()
+        self._ready = threading.Event()          # connected and subscribed (at least once)
+        self._connected = False
+        self._fatal: TelemetryError | None = None
+        self._protocol = mqtt.MQTTv311 if settings.mqtt_protocol == "3.1.1" else mqtt.MQTTv5
+        self._client_id = settings.client_id or f"edgekit-fleet-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
+        self._net: threading.Thread | None = None
+        self._apply: threading.Thread | None = None
+        self._broker: BrokerAddress | None = None
+        self._pending_sub: set[int] = set()
+        self._connack: Any = None
+        self._sampled = 0
+        self._sub_mono: float | None = None
+        # figures
+        self.connects = 0
+        self.disconnects = 0
+        self.received = 0
+        self.dropped = 0
+        self.applied = 0
+        self.last_error: str | None = None
+        self.subscribed_at: float | None = None   # wall time of the latest SUBACK
+        self._last_arrival = 0.0                   # monotonic time of the latest message
+        self._last_retained = 0.0
+        self._lag = _Samples()
+        self._age = _Samples()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self, timeout: float | None = None) -> FleetWatcher:
+        """Start both threads; wait until connected and subscribed, or raise why not."""
+        if self._net is not None:
+            return self
+        self.settings.check_files()
+        self._apply = threading.Thread(target=self._apply_loop, name="edgekit-fleet-apply", daemon=True)
+        self._net = threading.Thread(target=self._network_loop, name="edgekit-fleet-mqtt", daemon=True)
+        self._apply.start()
+        self._net.start()
+        limit = timeout if timeout is not None else self.settings.connect_timeout * len(self._addresses) + 2
+        deadline = time.monotonic() + limit
+        while not self._ready.is_set():
+            if self._fatal is not None:
+                self.stop()
+                raise self._fatal
+            if time.monotonic() > deadline:
+                error = self.last_error or "no answer"
+                self.stop()
+                raise BrokerUnreachableError(f"cannot reach {', '.join(a.url for a in self._addresses)}: {error}",
+                                             hint="check --broker and that the broker runs")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in (self._net, self._apply):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+
+    def __enter__(self) -> FleetWatcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- reading ----------------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def view(self) -> FleetView:
+        return FleetView(self.state, self.lock, self.info)
+
+    def snapshot(self, *, group: str | None = None, with_devices: bool = False) -> FleetSnapshot:
+        return self.view().snapshot(group=group, with_devices=with_devices)
+
+    def info(self) -> dict[str, Any]:
+        """The watcher's own health: connection, queue, lag, seq gaps."""
+        return {
+            "broker": self._broker.url if self._broker else None,
+            "connected": self._connected,
+            "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
+            "shared_group": self.settings.shared_group,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "last_error": self.last_error,
+            "received": self.received,
+            "queued": len(self._queue),
+            "dropped": self.dropped,
+            "applied": self.applied,
+            "lag_s": self._lag.summary(),
+            "report_age_s": self._age.summary(),
+            "seq_gaps": self.state.counters.seq_gaps,
+        }
+
+    def wait_settled(self, quiet: float = 0.3, timeout: float = 30.0) -> bool:
+        """Wait until the retained burst after subscribing is in: no retained message for ``quiet``
+        seconds and everything received is applied. False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            since_sub = now - (self._sub_mono or now)
+            if (self._ready.is_set() and since_sub >= quiet and now - self._last_retained >= quiet
+                    and self.applied + self.dropped >= self.received):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def wait_drained(self, timeout: float = 30.0) -> bool:
+        """Wait until every message received so far is applied."""
+        deadline = time.monotonic() + timeout
+        while self.applied + self.dropped < self.received:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def wait_for(self, predicate: Callable[[FleetView], bool], timeout: float = 30.0,
+                 poll: float = 0.05) -> bool:
+        view = self.view()
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate(view):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+    # -- applying ------------------------------------------------------------------------------
+    def _drain(self, limit: int) -> int:
+        """Apply up to ``limit`` queued messages; the caller holds ``self.lock``."""
+        queue = self._queue
+        ingest = self.ingestor.ingest
+        offset = time.time() - time.monotonic()
+        count = 0
+        oldest = None
+        sampled = self._sampled
+        try:
+            while queue and count < limit:
+                topic, payload, retained, arrived = queue.popleft()
+                if oldest is None:
+                    oldest = arrived
+                outcome = ingest(topic, payload, arrived + offset, retained)
+                count += 1
+                sampled += 1
+                if sampled >= _SAMPLE_EVERY and outcome == "latest":
+                    sampled = 0
+                    report = self.ingestor.last
+                    if report is not None and not getattr(report, "replayed", False):
+                        self._age.add(max(0.0, time.time() - report.ts))
+        except Exception:  # never let one bad message stop the tracker
+            LOG.exception("fleet watcher: unexpected error applying a message (continuing)")
+        self._sampled = sampled
+        if oldest is not None:
+            self._lag.add(time.monotonic() - oldest)
+        self.applied += count
+        return count
+
+    def _apply_inline(self) -> None:
+        """Network thread: apply what arrived, unless a reader holds the lock (then leave it to
+        the apply thread, so reading the socket never waits for a reader)."""
+        if self._queue and self.lock.acquire(blocking=False):
+            try:
+                while self._queue:
+                    self._drain(_BATCH)
+            finally:
+                self.lock.release()
+            self._notify()
+
+    def _apply_loop(self) -> None:
+        """Apply thread: picks up messages that waited (the network thread found the lock taken)."""
+        queue = self._queue
+        while not self._stop.is_set() or queue:
+            if not queue or time.monotonic() - queue[0][3] < _HANDOFF_S:
+                time.sleep(_IDLE_SLEEP)
+                continue
+            with self.lock:
+                self._drain(_BATCH)
+            self._notify()
+
+    def _notify(self) -> None:
+        if self._on_applied is not None:
+            with contextlib.suppress(Exception):
+                self._on_applied(self.applied)
+
+    # -- the network thread -----------------------------------------------------------------------
+    def _network_loop(self) -> None:
+        attempt = 0
+        index = 0
+        delay = self.settings.reconnect_min
+        fell_back = False
+        while not self._stop.is_set():
+            address = self._addresses[index % len(self._addresses)]
+            try:
+                client = self._make_client(address)
+                self._connack = None
+                self._broker = address
+                self._connect(client, address)
+            except TelemetryError as exc:
+                self._fail(exc)
+                if self._stop.is_set():
+                    return
+            except (ssl.SSLError, ssl.CertificateError) as exc:
+                self._fail(TelemetryTLSError(f"TLS with {address.url} failed: {_short(exc)}",
+                                             hint="check --ca-file / --cert-file / --key-file"))
+                if self._stop.is_set():
+                    return
+            except OSError as exc:
+                self.last_error = f"{address.url}: {_short(exc)}"
+                LOG.debug("connect to %s failed: %s", address.url, exc)
+            else:
+                ended_before_connack = self._run(client)
+                if (self.settings.mqtt_protocol == "auto" and not fell_back and self._protocol == mqtt.MQTTv5
+                        and ended_before_connack and self.connects == 0):
+                    # A broker that only speaks 3.1.1 refuses or drops a version-5 CONNECT.
+                    LOG.info("%s does not take MQTT 5; falling back to 3.1.1", address.url)
+                    self._protocol = mqtt.MQTTv311
+                    fell_back = True
+                    continue
+                if self._connack is not None and not self._connack.is_failure:
+                    delay = self.settings.reconnect_min
+                    attempt = 0
+            if self._stop.is_set():
+                break
+            attempt += 1
+            index += 1 if len(self._addresses) > 1 else 0
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    def _fail(self, exc: TelemetryError) -> None:
+        self.last_error = exc.message
+        if not self._ready.is_set():
+            self._fatal = exc          # start() raises it
+            self._stop.set()
+        else:
+            LOG.warning("fleet watcher: %s (retrying)", exc.one_line())
+
+    def _make_client(self, address: BrokerAddress) -> mqtt.Client:
+        s = self.settings
+        clean = s.session_expiry == 0
+        client = _Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=self._protocol,
+                         clean_session=None if self._protocol == mqtt.MQTTv5 else clean,
+                         reconnect_on_failure=False, sink=self._on_publish)
+        client.suppress_exceptions = True
+        if s.username:
+            client.username_pw_set(s.username, s.read_password())
+        if address.tls:
+            try:
+                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
+                               cert_reqs=ssl.CERT_REQUIRED)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise TelemetryTLSError(f"cannot use the TLS files: {_short(exc)}",
+                                        hint="check --ca-file / --cert-file / --key-file") from exc
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect(self, client: mqtt.Client, address: BrokerAddress) -> None:
+        s = self.settings
+        props = None
+        kwargs: dict[str, Any] = {}
+        if self._protocol == mqtt.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            if s.session_expiry:
+                props.SessionExpiryInterval = s.session_expiry
+            kwargs = {"clean_start": s.session_expiry == 0, "properties": props}
+        client.connect_timeout = s.connect_timeout
+        client.connect(address.host, address.port, keepalive=s.keepalive, **kwargs)
+
+    def _run(self, client: mqtt.Client) -> bool:
+        """Run paho's loop until disconnected or stopped; True when it ended before a CONNACK."""
+        started = time.monotonic()
+        while not self._stop.is_set():
+            rc = client.loop(timeout=0.1)
+            self._apply_inline()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+            if self._connack is None and time.monotonic() - started > self.settings.connect_timeout:
+                self.last_error = "no CONNACK in time"
+                break
+            if self._fatal is not None:
+                break
+        ended_early = self._connack is None
+        with contextlib.suppress(Exception):
+            client.disconnect()
+            client.loop(timeout=0.05)
+        self._connected = False
+        return ended_early
+
+    # paho callbacks (network thread) ----------------------------------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self._connack = reason
+        url = self._broker.url if self._broker else "?"
+        if reason.is_failure:
+            code = getattr(reason, "value", None)
+            if code in _AUTH_CODES:
+                self._fail(TelemetryAuthError(f"{url} refused our credentials: {reason}",
+                                              hint="check --username / --password-file or the client certificate"))
+            elif code in _PROTOCOL_CODES:
+                self.last_error = f"{url}: {reason}"
+                if self.settings.mqtt_protocol != "auto":
+                    self._fail(BrokerProtocolError(f"{url} refused MQTT {self.settings.mqtt_protocol}: {reason}"))
+            else:
+                self.last_error = f"{url} refused the connection: {reason}"
+            return
+        self._connected = True
+        self.connects += 1
+        self.last_error = None
+        s = self.settings
+        root = s.topic_root.rstrip("/")
+        group = s.group or "+"
+        if s.shared_group:
+            topics = [(f"{root}/{group}/+/status", 1),
+                      (f"$share/{s.shared_group}/{root}/{group}/+/health", 1),
+                      (f"$share/{s.shared_group}/{root}/{group}/+/event", 1)]
+        else:
+            topics = [(f"{root}/{group}/+/+", 1)]
+        rc, mid = client.subscribe(topics)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_sub.add(mid)
+        if getattr(flags, "session_present", False):
+            # The broker kept our session (and subscriptions); it may deliver a backlog before the
+            # SUBACK, so do not make start() wait for it.
+            self._mark_subscribed()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._pending_sub.discard(mid)
+        denied = [r for r in reasons if getattr(r, "is_failure", False)]
+        if denied:
+            self._fail(SubscriptionDeniedError(
+                f"{self._broker.url if self._broker else 'the broker'} refused the subscription: {denied[0]}",
+                hint="the broker ACL must let this user read the topic root"))
+            return
+        self._mark_subscribed()
+
+    def _mark_subscribed(self) -> None:
+        self.subscribed_at = time.time()
+        self._sub_mono = time.monotonic()
+        self._last_retained = self._sub_mono
+        self._ready.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if self._connected:
+            self.disconnects += 1
+        self._connected = False
+        if reason is not None and getattr(reason, "is_failure", False):
+            self.last_error = f"disconnected: {reason}"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # paho's own path (QoS 2, or a paho without the lean reader)
+        self._on_publish(msg.topic, msg.payload, bool(msg.retain))
+
+    def _on_publish(self, topic: str, payload: bytes | bytearray, retained: bool) -> None:
+        arrived = time.monotonic()
+        self.received += 1
+        if retained:
+            self._last_retained = arrived
+        if len(self._queue) >= self.settings.max_queue:
+            self.dropped += 1
+            return
+        self._queue.append((topic, payload, retained, arrived))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())[:200]
