@@ -40,8 +40,11 @@ def invoke(*args: str | Path, env: dict[str, str] | None = None, input: str | No
 def assert_error(result: Result, code: int, needle: str) -> None:
     assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("edgekit: error: ") and needle in lines[0], lines[0]
+    errors = [ln for ln in lines if ln.startswith("edgekit: error: ")]
+    # exactly one error line, the last thing printed (plain progress lines may come before it)
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    assert needle in errors[0], errors[0]
+    assert "Traceback" not in result.stderr and "succe" not in result.stdout.lower()
 
 
 def leftovers(parent: Path) -> list[str]:

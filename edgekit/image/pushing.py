@@ -155,6 +155,10 @@ class _Counter:
         self(value - self.count)
 
 
+class _RestartUpload(Exception):
+    pass
+
+
 def _upload_chunked(client: RegistryClient, repo: str, location: str, path: Path, size: int,
                     chunk_size: int, counter: _Counter) -> str:
     offset = 0
@@ -175,7 +179,13 @@ def _upload_chunked(client: RegistryClient, repo: str, location: str, path: Path
             if failures > client.options.retries:
                 raise
             client.pause(failures - 1)
-            status = client.request("GET", location, **scopes, expect=(204,), what="upload status")
+            # Ask the registry how much of the session it kept and go on from there. Some
+            # registries (distribution among them) invalidate a session whose PATCH broke off;
+            # then the whole blob starts again in a new session.
+            try:
+                status = client.request("GET", location, **scopes, expect=(204,), what="upload status")
+            except ImageError as exc:
+                raise _RestartUpload(str(exc)) from exc
             status.read()
             location = _location(status, "upload status")
             offset = _upload_offset(status, 0)
@@ -233,9 +243,11 @@ def upload_blob(client: RegistryClient, repo: str, desc: dict[str, Any], path: P
                                       what=f"upload of {digest[:19]}…")
                 resp.read()
             return "uploaded"
-        except RegistryUnavailableError:
+        except (RegistryUnavailableError, _RestartUpload) as exc:
             failures += 1
             if failures > client.options.retries:
+                if isinstance(exc, _RestartUpload):
+                    raise RegistryUnavailableError(f"upload of {digest[:19]}… keeps breaking off: {exc}") from exc
                 raise
             counter.set(0)  # a fresh upload session starts from byte 0
             client.pause(failures - 1)

@@ -1,0 +1,274 @@
+"""push / pull / fetch against a real docker-registry, cross-checked with skopeo; faults via a proxy."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from edgekit_agent.errors import EdgekitError
+from edgekit_agent.modelmeta import verify_model_dir
+from edgekit_agent.oci import OciLayout, RegistryOptions, fetch_image, parse_reference
+
+from edgekit.image.pushing import TransferSettings, push_layout
+from edgekit.testenv.faultproxy import Fault, FaultProxy
+from edgekit.testenv.processes import free_port
+from edgekit.testenv.registry import DockerRegistry
+from tests.fixtures.registry import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.test_images_build import assert_error, invoke, leftovers
+
+pytestmark = pytest.mark.registry
+
+FAST = RegistryOptions(retries=2, backoff=0.05, max_backoff=0.2)
+
+
+def layout_digest(path: Path) -> str:
+    return str(OciLayout(path).find()["digest"])
+
+
+def skopeo_digest(image: str, *flags: str) -> str:
+    out = subprocess.run(["skopeo", "inspect", "--raw", *flags, image], capture_output=True, check=True)
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(out.stdout).hexdigest()
+
+
+# --- round trips -----------------------------------------------------------------------------------
+def test_push_pull_round_trip_cross_checked_with_skopeo(registry: DockerRegistry, digits_layout: Path,
+                                                        tmp_path: Path) -> None:
+    ref = f"{registry.host}/rt/digits"
+    pushed = invoke("push", digits_layout, ref, "--output", "json")
+    assert pushed.exit_code == 0, pushed.stderr
+    info = json.loads(pushed.stdout)
+    digest = layout_digest(digits_layout)
+    assert info["digest"] == digest and info["tag"] == "1.0" and info["blobs_uploaded"] == 3
+    # skopeo sees the same index, and copies the image (both platforms) to a layout and back
+    assert skopeo_digest(f"docker://{ref}:1.0", "--tls-verify=false") == digest
+    inspect = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--override-arch", "arm64",
+                              f"docker://{ref}:1.0"], capture_output=True, text=True, check=True)
+    assert json.loads(inspect.stdout)["Architecture"] == "arm64"
+    subprocess.run(["skopeo", "copy", "--all", "--src-tls-verify=false", f"docker://{ref}:1.0",
+                    f"oci:{tmp_path / 'skopeo'}:1.0"], capture_output=True, check=True)
+    assert OciLayout(tmp_path / "skopeo").find("1.0")["digest"] == digest
+    subprocess.run(["skopeo", "copy", "--all", "--dest-tls-verify=false", f"oci:{tmp_path / 'skopeo'}:1.0",
+                    f"docker://{registry.host}/rt/skopeo-copy:1.0"], capture_output=True, check=True)
+    pulled = invoke("pull", f"{registry.host}/rt/skopeo-copy:1.0", "-o", tmp_path / "pulled", "--output", "json")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["digest"] == digest == layout_digest(tmp_path / "pulled")
+    assert sorted(p.name for p in (tmp_path / "pulled" / "blobs" / "sha256").iterdir()) == \
+        sorted(p.name for p in (digits_layout / "blobs" / "sha256").iterdir())
+    model = invoke("pull", f"{ref}:1.0", "-o", tmp_path / "model", "--model-folder")
+    assert model.exit_code == 0, model.stderr
+    assert verify_model_dir(tmp_path / "model").name == "digits"
+
+
+def test_package_push_then_show_remote(registry: DockerRegistry, digits_model: Path) -> None:
+    ref = f"{registry.host}/direct/digits"
+    result = invoke("package", digits_model, "--name", "digits", "--version", "3.1", "--push", ref,
+                    "--source", "https://example.invalid/digits", "--output", "json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["push"]["tag"] == "3.1"
+    shown = invoke("show", f"{ref}:3.1", "--output", "json")
+    data = json.loads(shown.stdout)
+    assert data["kind"] == "registry" and data["digest"] == info["image"]["digest"]
+    assert data["metadata"]["source"] == "https://example.invalid/digits"
+    assert data["signature"]["status"] == "unsigned"
+
+
+def test_fetch_image_replaces_a_model_folder(registry: DockerRegistry, digits_layout: Path, tmp_path: Path) -> None:
+    ref = parse_reference(f"{registry.host}/fetch/digits:1.0")
+    push_layout(digits_layout, ref)
+    dest = tmp_path / "model"
+    first = fetch_image(str(ref), dest, options=FAST)
+    assert first.digest == layout_digest(digits_layout) and first.metadata.version == "1.0"
+    arm = fetch_image(str(ref), dest, options=FAST, platform="linux/arm64")
+    assert arm.platform == "linux/arm64" and arm.layer_digest == first.layer_digest
+    assert arm.manifest_digest != first.manifest_digest
+    assert verify_model_dir(dest).name == "digits" and leftovers(tmp_path) == []
+    with pytest.raises(EdgekitError) as info:
+        fetch_image(str(ref), dest, options=FAST, platform="linux/s390x")
+    assert info.value.exit_code == 23 and "linux/amd64" in info.value.one_line()
+
+
+# --- no re-upload, mount -----------------------------------------------------------------------
+def test_repush_uploads_no_blob(registry_proxy: FaultProxy, digits_layout: Path) -> None:
+    ref = f"{registry_proxy.host}/repush/digits"
+    assert invoke("push", digits_layout, ref).exit_code == 0
+    uploads_first = registry_proxy.count(path=r"/blobs/uploads/")
+    assert uploads_first >= 3  # POST + PUT per blob
+    registry_proxy.clear()
+    again = invoke("push", digits_layout, ref, "--output", "json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["blobs_uploaded"] == 0
+    assert registry_proxy.count(path=r"/blobs/uploads/") == 0
+    assert registry_proxy.count("HEAD", r"/blobs/sha256:") == 3
+
+
+def test_cross_repository_mount(registry_proxy: FaultProxy, digits_layout: Path) -> None:
+    src = f"{registry_proxy.host}/mount/source"
+    assert invoke("push", digits_layout, src).exit_code == 0
+    registry_proxy.clear()
+    result = invoke("push", digits_layout, f"{registry_proxy.host}/mount/target", "--mount-from", "mount/source",
+                    "--output", "json")
+    assert result.exit_code == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["blobs_mounted"] == 3 and info["blobs_uploaded"] == 0
+    assert registry_proxy.count("POST", r"mount=sha256") == 3
+    assert registry_proxy.count("PUT", r"/blobs/uploads/") == 0 and registry_proxy.count("PATCH") == 0
+
+
+# --- auth and TLS ------------------------------------------------------------------------------
+def test_secure_registry_with_credentials_and_ca(registry_secure: DockerRegistry, digits_layout: Path,
+                                                 tmp_path: Path) -> None:
+    ref = f"{registry_secure.host}/secure/digits:1.0"
+    ca = str(registry_secure.ca_path)
+    ok = invoke("push", digits_layout, ref, "--ca-file", ca, "-u", REGISTRY_USER, "--password-stdin",
+                input=REGISTRY_PASSWORD + "\n")
+    assert ok.exit_code == 0, ok.stderr
+    # docker config.json credentials
+    auth = base64.b64encode(f"{REGISTRY_USER}:{REGISTRY_PASSWORD}".encode()).decode()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {registry_secure.host: {"auth": auth}}}))
+    pulled = invoke("pull", ref, "-o", tmp_path / "pulled", "--ca-file", ca, "--docker-config", config)
+    assert pulled.exit_code == 0, pulled.stderr
+    assert layout_digest(tmp_path / "pulled") == layout_digest(digits_layout)
+    # skopeo agrees on what is there
+    assert skopeo_digest(f"docker://{ref}", "--cert-dir", str(registry_secure.cert_dir), "--creds",
+                         f"{REGISTRY_USER}:{REGISTRY_PASSWORD}") == layout_digest(digits_layout)
+    # --insecure skips verification of the unknown CA
+    shown = invoke("show", ref, "--insecure", "--docker-config", config)
+    assert shown.exit_code == 0, shown.stderr
+
+
+def test_auth_and_tls_failures(registry_secure: DockerRegistry, digits_layout: Path, tmp_path: Path) -> None:
+    ref = f"{registry_secure.host}/secure/digits:1.0"
+    ca = str(registry_secure.ca_path)
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    assert_error(invoke("pull", ref, "-o", tmp_path / "a", "--ca-file", ca, "-u", REGISTRY_USER,
+                        "--password-stdin", input="wrong\n"), 22, f"refused the credentials of user '{REGISTRY_USER}'")
+    assert_error(invoke("push", digits_layout, ref, "--ca-file", ca, "--docker-config", empty), 22,
+                 "needs credentials")
+    assert_error(invoke("show", ref, "--docker-config", empty), 20, "TLS verification")
+    assert_error(invoke("show", ref, "-u", REGISTRY_USER), 2, "password")
+    assert not (tmp_path / "a").exists() and leftovers(tmp_path) == []
+
+
+# --- missing things and faults -------------------------------------------------------------------
+def test_missing_tag_and_repository(registry: DockerRegistry, digits_layout: Path, tmp_path: Path) -> None:
+    push_layout(digits_layout, parse_reference(f"{registry.host}/present/digits:1.0"))
+    assert_error(invoke("pull", f"{registry.host}/present/digits:9.9", "-o", tmp_path / "x"), 23,
+                 f"image {registry.host}/present/digits:9.9 not found")
+    assert_error(invoke("show", f"{registry.host}/absent/none:1.0"), 23, "not found")
+    assert not (tmp_path / "x").exists()
+
+
+def test_registry_down(digits_layout: Path, tmp_path: Path) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    assert_error(invoke("pull", f"{down}/m/digits:1.0", "-o", tmp_path / "x", "--retries", "1"), 21,
+                 f"cannot reach registry {down}")
+    assert_error(invoke("push", digits_layout, f"{down}/m/digits", "--retries", "0"), 21, "cannot reach")
+    assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+
+
+def test_500_then_recover(registry_proxy: FaultProxy, digits_layout: Path, tmp_path: Path) -> None:
+    ref = f"{registry_proxy.host}/flaky/digits:1.0"
+    push_layout(digits_layout, parse_reference(ref))
+    registry_proxy.clear()
+    registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/1\.0", status=500, times=2))
+    registry_proxy.add_fault(Fault(method="GET", path=r"/blobs/sha256:", status=503, times=1))
+    result = invoke("pull", ref, "-o", tmp_path / "ok")
+    assert result.exit_code == 0, result.stderr
+    assert registry_proxy.count("GET", r"/manifests/1\.0") == 3
+    assert [s for m, p, s in registry_proxy.requests if s >= 500] == [500, 500, 503]
+    # the same during a push (HEAD and manifest PUT answered 502 first)
+    registry_proxy.add_fault(Fault(method="PUT", path=r"/manifests/", status=502, times=1))
+    pushed = push_layout(digits_layout, parse_reference(f"{registry_proxy.host}/flaky/again:1.0"), options=FAST)
+    assert pushed.digest == layout_digest(digits_layout)
+    # a registry that keeps failing: a distinct error, nothing written
+    registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/", status=500, times=100))
+    assert_error(invoke("pull", ref, "-o", tmp_path / "bad", "--retries", "2"), 21, "answered 500")
+    assert not (tmp_path / "bad").exists() and leftovers(tmp_path) == []
+
+
+def test_dropped_connection_mid_blob_resumes(registry_proxy: FaultProxy, digits_layout: Path,
+                                             tmp_path: Path) -> None:
+    ref = f"{registry_proxy.host}/drop/digits:1.0"
+    push_layout(digits_layout, parse_reference(ref))
+    layout = OciLayout(digits_layout)
+    index = json.loads(layout.read_blob(layout.find()["digest"]))
+    manifest = json.loads(layout.read_blob(index["manifests"][0]["digest"]))
+    layer_digest = manifest["layers"][0]["digest"]
+    registry_proxy.clear()
+    registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{layer_digest}", drop_response_after=100_000,
+                                   times=2))
+    result = fetch_image(ref, tmp_path / "model", options=FAST)
+    assert result.layer_digest == layer_digest
+    gets = [(s) for m, p, s in registry_proxy.requests if m == "GET" and layer_digest in p]
+    assert gets[-1] == 206  # resumed with Range, not started over
+    # a connection that drops every time: distinct error, nothing written
+    registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{layer_digest}", drop_response_after=1000,
+                                   times=100))
+    with pytest.raises(EdgekitError) as info:
+        fetch_image(ref, tmp_path / "model2", options=FAST)
+    assert info.value.exit_code == 21 and "keeps failing" in info.value.one_line()
+    assert_error(invoke("pull", ref, "-o", tmp_path / "layout", "--retries", "1"), 21, "keeps failing")
+    assert not (tmp_path / "model2").exists() and not (tmp_path / "layout").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_tampered_blob_on_pull(tmp_path: Path, digits_layout: Path) -> None:
+    with DockerRegistry(tmp_path / "reg") as registry:  # its own registry: we damage its storage
+        ref = f"{registry.host}/tamper/digits:1.0"
+        push_layout(digits_layout, parse_reference(ref))
+        layout = OciLayout(digits_layout)
+        index = json.loads(layout.read_blob(layout.find()["digest"]))
+        manifest = json.loads(layout.read_blob(index["manifests"][0]["digest"]))
+        blob = registry.blob_path(manifest["layers"][0]["digest"])
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 3] ^= 0x55
+        blob.write_bytes(bytes(data))
+        out = tmp_path / "out"
+        assert_error(invoke("pull", ref, "-o", out), 24, "tampered")
+        assert_error(invoke("pull", ref, "-o", out, "--model-folder"), 24, "tampered")
+        assert not out.exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_big_model_chunked_upload_and_resume(registry_proxy: FaultProxy, big_model: Path, tmp_path: Path) -> None:
+    from edgekit.image.building import PackageSettings, package
+
+    image = package(big_model, PackageSettings(name="big", version="1.0", created="2026-01-01T00:00:00Z"),
+                    tmp_path / "layout")
+    assert image.layer_size > 100_000_000
+    ref = parse_reference(f"{registry_proxy.host}/big/model:1.0")
+    # the connection dies in the middle of a chunk; the client asks the registry for the session's
+    # offset (distribution answers that a broken-off session is gone) and uploads the blob again
+    registry_proxy.add_fault(Fault(method="PATCH", path=r"/blobs/uploads/", drop_request_after=20 << 20, times=1))
+    registry_proxy.requests.clear()
+    result = push_layout(tmp_path / "layout", ref, options=FAST,
+                         settings=TransferSettings(chunk_size=32 << 20, monolithic_max=32 << 20))
+    assert result.blobs_uploaded == 3 and result.bytes_uploaded > 100_000_000
+    patches = [s for m, p, s in registry_proxy.requests if m == "PATCH"]
+    assert 0 in patches and patches.count(202) >= 4  # one cut, then every chunk accepted
+    assert registry_proxy.count("GET", r"/blobs/uploads/") >= 1  # asked where to resume
+    # download resumes after a cut at 50 MB, and the digest is checked
+    registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{image.layer_digest}",
+                                   drop_response_after=50 << 20, times=1))
+    registry_proxy.requests.clear()
+    pulled = fetch_image(str(ref), tmp_path / "model", options=FAST)
+    assert [s for m, p, s in registry_proxy.requests if image.layer_digest in p] == [200, 206]  # cut, resumed
+    assert pulled.metadata.model.size == big_model.stat().st_size
+    assert verify_model_dir(tmp_path / "model").name == "big"
+    assert skopeo_digest(f"docker://{registry_proxy.host}/big/model:1.0", "--tls-verify=false") == image.digest
+    shutil.rmtree(tmp_path / "model")
+
+
+def test_registry_error_is_one_line(registry: DockerRegistry) -> None:
+    result: Result = invoke("push", "/nonexistent/layout", f"{registry.host}/x/y:1")
+    assert_error(result, 27, "not a folder")
