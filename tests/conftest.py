@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.mqtt",
     "tests.fixtures.kube",
     "tests.fixtures.agent",
+    "tests.fixtures.fleet",
 ]
