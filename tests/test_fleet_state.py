@@ -113,16 +113,21 @@ def test_cleared_status_forgets_the_device() -> None:
 
 def test_seq_gaps_open_and_fill() -> None:
     f = Fleet()
-    f.status("d1", True, 0, T0, retained=True)   # retained: history, does not start tracking
-    f.health("d1", 10, T0 + 1)
+    f.status("d1", True, 0, T0, retained=True)
+    f.health("d1", 10, T0 + 1)                   # joined mid-session: 10 is the baseline
     f.health("d1", 11, T0 + 2)
     f.health("d1", 15, T0 + 3)                   # 12, 13, 14 missing
     assert (f.state.counters.seq_gaps, f.row("d1").gaps_open) == (3, 3)
     f.health("d1", 12, T0 + 1.5, replayed=True)  # arrives late from the spool
-    f.event("d1", "error_burst", 13, T0 + 1.6)
+    f.health("d1", 13, T0 + 1.6)
     assert f.row("d1").gaps_open == 1
     assert f.state.counters.gaps_filled == 2
-    f.status("d1", False, 0, T0)                 # the will's stale seq is not a reordering
+    # Events are numbered on their own: no gap between health 15 and event 0, 1; a gap at 3.
+    f.event("d1", "error_burst", 0, T0 + 4)
+    f.event("d1", "error_burst", 1, T0 + 5)
+    f.event("d1", "error_burst", 3, T0 + 6)
+    assert f.row("d1").gaps_open == 2
+    f.status("d1", False, 1, T0)                 # the will's reserved number is not tracked
     assert f.state.counters.out_of_order == 2
     f.health("d1", 0, T0 + 100, session="s2")    # new session: tracking restarts
     assert f.row("d1").gaps_open == 0

@@ -13,9 +13,10 @@ Ordering rules (what "newer" means), because MQTT delivers late, twice, or out o
   across sessions, ``ts`` orders, so an old session's will arriving late cannot kill a new session.
   An empty retained status (deleted by an operator) forgets the device.
 - A live (not replayed) health report from a session newer than the status marks the device online.
-- **Sequence gaps**: per device, the highest ``seq`` of the live session; a jump opens a gap, a late
-  arrival (a replay after reconnecting) fills one. Status messages other than live births are left
-  out (a will's ``seq`` is from connect time) and so are retained ones (they are history).
+- **Sequence gaps**: the agent numbers health reports and events separately within a session; per
+  device and kind, the highest ``seq`` of the live session; a jump opens a gap, a late arrival (a
+  replay after reconnecting) fills one. Status is left out (a will's number is reserved at connect
+  time and it arrives whenever the connection dies).
 
 Memory matters at 100,000 devices: a device is one slotted object, its latest health report is
 packed into 56 bytes, its history is a ring of 36-byte records in one ``bytearray``, and models and
@@ -142,10 +143,10 @@ class LatestHealth(NamedTuple):
 class DeviceState:
     """Everything the tracker keeps about one device."""
 
-    __slots__ = ("agent_version", "contrib", "device", "event", "flood_count", "flood_epoch", "gaps_open",
+    __slots__ = ("agent_version", "contrib", "device", "ev_seq_hi", "event", "flood_count", "flood_epoch", "gaps_open",
                  "group", "health_ok", "health_seq", "health_session", "health_ts", "last", "last_msg",
-                 "model", "model_ts", "probe_fail_digest", "probe_fail_ts", "ready", "ring", "ring_pos",
-                 "seen", "seq_hi", "seq_session", "status", "status_session", "status_ts")
+                 "model", "model_ts", "probe_fail_digest", "probe_fail_ts", "ready", "ring", "ring_pos", "seen",
+                 "seq_hi", "seq_session", "status", "status_session", "status_ts")
 
     def __init__(self, device: str, group: str) -> None:
         self.device = device
@@ -167,7 +168,8 @@ class DeviceState:
         self.ring = bytearray()
         self.ring_pos = 0
         self.seq_session: str | None = None
-        self.seq_hi = -1
+        self.seq_hi = -1              # highest health seq of the live session
+        self.ev_seq_hi = -1           # highest event seq of the live session
         self.gaps_open = 0
         self.flood_epoch = -1
         self.flood_count = 0
@@ -299,22 +301,26 @@ class FleetState:
             if new.seen != old.seen and len(agg.cells) > 512:
                 agg.compact(new.seen - int(self.config.interval * self.config.silent_after) - 1)
 
-    def _track_seq(self, st: DeviceState, session: str, seq: int, replayed: bool) -> None:
+    def _track_seq(self, st: DeviceState, session: str, seq: int, replayed: bool, event: bool = False) -> None:
+        # The agent numbers health and events separately within a session (status too, but a
+        # will's number is reserved at connect time, so status is not tracked).
         if session != st.seq_session:
             if replayed:
                 return  # a replay from another session is not part of the live stream
             st.seq_session = session
-            st.seq_hi = seq
+            st.seq_hi = st.ev_seq_hi = -1
             st.gaps_open = 0
-            return
-        hi = st.seq_hi
+        hi = st.ev_seq_hi if event else st.seq_hi
         if seq > hi:
-            gap = seq - hi - 1
+            gap = seq - hi - 1 if hi >= 0 else 0   # the first number seen in a session is the baseline
             if gap:
                 st.gaps_open += gap
                 self.counters.seq_gaps += gap
                 self.counters.gap_events += 1
-            st.seq_hi = seq
+            if event:
+                st.ev_seq_hi = seq
+            else:
+                st.seq_hi = seq
         elif seq < hi:
             self.counters.out_of_order += 1
             if st.gaps_open:
@@ -405,8 +411,6 @@ class FleetState:
         if st.status_session is not None and r.session != st.status_session and r.ts < st.status_ts:
             self.counters.stale += 1
             return "history"  # an older session's status (a late will): not the device's state now
-        if r.online and not retained:
-            self._track_seq(st, r.session, r.seq, False)
         st.status = ONLINE if r.online else OFFLINE
         st.status_session = st.health_session if r.session == st.health_session else r.session
         st.status_ts = r.ts
@@ -419,7 +423,7 @@ class FleetState:
         return "status"
 
     def _event(self, st: DeviceState, r: EventReport) -> str:
-        self._track_seq(st, r.session, r.seq, r.replayed)
+        self._track_seq(st, r.session, r.seq, r.replayed, event=True)
         if st.event is None or r.ts >= st.event[1]:
             st.event = (r.event, r.ts, r.detail[:200])
         if r.event == "probe_failed" and r.ts > st.probe_fail_ts:
