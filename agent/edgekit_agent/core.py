@@ -128,6 +128,8 @@ class AgentCore:
         self._next_report = now + s.interval
         self._next_probe = now + s.probe_interval
         self._last_broker_event = -math.inf
+        self._dropped_total = 0
+        self._dropped_kinds_total: dict[str, int] = {}
         self._run: Any = None
 
     # -- telemetry plumbing --------------------------------------------------------------------
@@ -318,6 +320,11 @@ class AgentCore:
         spool.prune(self.clock.time())
         dropped = spool.take_dropped()
         if dropped.total:
+            # Cumulative counts too: an overflow event is itself spooled and may be dropped later,
+            # so the newest one that arrives still tells the whole loss of this run.
+            self._dropped_total += dropped.total
+            for kind, n in dropped.topics.items():
+                self._dropped_kinds_total[kind] = self._dropped_kinds_total.get(kind, 0) + n
             count, size = spool.stats()
             self.emit_event(
                 "spool_overflow",
@@ -325,6 +332,7 @@ class AgentCore:
                 f"({dropped.by_size} over {spool.max_bytes} bytes, {dropped.by_age} older than {spool.max_age:g}s)",
                 {"dropped": dropped.total, "dropped_by_size": dropped.by_size, "dropped_by_age": dropped.by_age,
                  "dropped_bytes": dropped.bytes, "dropped_kinds": dropped.topics,
+                 "dropped_total": self._dropped_total, "dropped_kinds_total": dict(self._dropped_kinds_total),
                  "oldest_dropped_ts": dropped.oldest_ts, "newest_dropped_ts": dropped.newest_ts,
                  "spool_messages": count, "spool_bytes": size, "max_bytes": spool.max_bytes,
                  "max_age_s": spool.max_age})

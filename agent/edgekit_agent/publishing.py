@@ -278,7 +278,10 @@ class MqttPublisher:
         self._lost = False
         self._acks.clear()
         try:
-            client.connect(s.broker_host, s.broker_port, keepalive=s.mqtt_keepalive, clean_start=True)
+            if self.protocol == MQTTProtocolVersion.MQTTv5:
+                client.connect(s.broker_host, s.broker_port, keepalive=s.mqtt_keepalive, clean_start=True)
+            else:  # 3.1.1: clean session is the Client's default
+                client.connect(s.broker_host, s.broker_port, keepalive=s.mqtt_keepalive)
         except (OSError, ValueError) as exc:
             self.counters.connect_failures += 1
             self.last_error = f"cannot reach {s.broker_url}: {exc}"
@@ -314,6 +317,7 @@ class MqttPublisher:
             with self._pump_lock:
                 self._inflight.clear()
                 self._cursor = 0
+                self.spool.sent_through = 0
             self._status_mids.clear()
             if was_connected:
                 # Whatever is still spooled was not sent when it was made: it is replayed now.
@@ -403,6 +407,7 @@ class MqttPublisher:
                     break
                 self._inflight[info.mid] = entry
                 self._cursor = entry.id
+                self.spool.sent_through = entry.id
                 self.counters.published += 1
                 if entry.replayed:
                     self.counters.replayed += 1

@@ -79,6 +79,7 @@ class Dropped:
 class Spool(Protocol):
     max_bytes: int
     max_age: float
+    sent_through: int
 
     def append(self, topic: str, payload: bytes, created: float, *, replayed: bool) -> int: ...
     def peek(self, after_id: int, limit: int) -> list[SpoolEntry]: ...
@@ -97,6 +98,9 @@ class _Bounded:
         self._lock = threading.Lock()
         self._dropped = Dropped()
         self.dropped_total = {"size": 0, "age": 0}
+        # Entries up to this id are on the wire awaiting PUBACK (set by the publisher). The size
+        # bound spares them: dropping one would count it lost although it may still arrive.
+        self.sent_through = 0
 
     def take_dropped(self) -> Dropped:
         with self._lock:
@@ -123,11 +127,14 @@ class MemorySpool(_Bounded):
             self._next += 1
             self._entries[eid] = SpoolEntry(eid, topic, payload, created, replayed)
             self._bytes += len(topic) + len(payload) + _OVERHEAD
-            while self._bytes > self.max_bytes and len(self._entries) > 1:
-                _, old = self._entries.popitem(last=False)
-                size = len(old.topic) + len(old.payload) + _OVERHEAD
-                self._bytes -= size
-                self._note_drop("size", old.topic, size, old.created)
+            if self._bytes > self.max_bytes:
+                for old in [e for e in self._entries.values() if self.sent_through < e.id < eid]:
+                    if self._bytes <= self.max_bytes:
+                        break
+                    del self._entries[old.id]
+                    size = len(old.topic) + len(old.payload) + _OVERHEAD
+                    self._bytes -= size
+                    self._note_drop("size", old.topic, size, old.created)
             return eid
 
     def peek(self, after_id: int, limit: int) -> list[SpoolEntry]:
@@ -207,15 +214,17 @@ class SqliteSpool(_Bounded):
         self._count, self._bytes = int(row[0]), int(row[1])
 
     def _open(self) -> sqlite3.Connection:
-        db = self._connect()
+        db: sqlite3.Connection | None = None
         try:
+            db = self._connect()
             ok = db.execute("PRAGMA quick_check").fetchone()[0] == "ok"
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError:  # "file is not a database", "database disk image is malformed"
             ok = False
-        if not ok:
+        if not ok or db is None:
             # A spool we cannot trust is moved aside rather than crash the agent or replay garbage.
             with contextlib.suppress(Exception):
-                db.close()
+                if db is not None:
+                    db.close()
             aside = self.path.with_name(f"{self.FILE}.corrupt-{int(time.time())}")
             log.error("spool %s is corrupt; moved aside to %s", self.path, aside.name)
             for suffix in ("", "-wal", "-shm"):
@@ -250,10 +259,10 @@ class SqliteSpool(_Bounded):
         excess = self._bytes - self.max_bytes
         freed = 0
         ids = []
-        # Never drop the newest entry: it is the one just written.
+        # Never drop the newest entry (the one just written), nor one awaiting its PUBACK.
         for eid, topic, size, created in self._db.execute(
-                "SELECT id, topic, size, created FROM outbox WHERE id < (SELECT MAX(id) FROM outbox) "
-                "ORDER BY id"):
+                "SELECT id, topic, size, created FROM outbox WHERE id > ? AND id < (SELECT MAX(id) FROM outbox) "
+                "ORDER BY id", (self.sent_through,)):
             ids.append(eid)
             freed += size
             self._note_drop("size", topic, size, created)
