@@ -8,10 +8,12 @@ per object, whatever the group's size.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from edgekit.errors import GroupNotFoundError
+from edgekit.errors import ConfigError, GroupNotFoundError, KubeForbiddenError
 from edgekit.kube import names
 from edgekit.kube.applying import ApplyReport, apply_objects
 from edgekit.kube.client import KubeClient
@@ -19,7 +21,7 @@ from edgekit.kube.groups import group_nodes
 from edgekit.kube.install import install_objects
 from edgekit.kube.rendering import RenderSettings, render
 
-__all__ = ["DeployResult", "deploy_revision", "install"]
+__all__ = ["AGENT_DEFAULTS", "DeployResult", "cluster_defaults", "deploy_revision", "install"]
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,31 @@ def _advertises(node: dict[str, Any], resource: str) -> bool:
     return value not in ("0", "")
 
 
+AGENT_DEFAULTS = "edgekit-agent-defaults"  # ConfigMap from fleet-manifests/
+
+
+def cluster_defaults(client: KubeClient, settings: RenderSettings) -> RenderSettings:
+    """Fill what the user left open from the namespace's ``edgekit-agent-defaults`` ConfigMap
+    (``config.json``: ``broker_url``), if there is one (1 API call)."""
+    if settings.broker_url is not None:
+        return settings
+    try:
+        cm = client.get_or_none(f"/api/v1/namespaces/{settings.namespace}/configmaps/{AGENT_DEFAULTS}")
+    except KubeForbiddenError:
+        return settings
+    try:
+        defaults = json.loads(((cm or {}).get("data") or {}).get("config.json") or "{}")
+    except ValueError as exc:
+        raise ConfigError(f"ConfigMap {settings.namespace}/{AGENT_DEFAULTS}: config.json is not JSON",
+                          field="broker_url") from exc
+    url = defaults.get("broker_url") if isinstance(defaults, dict) else None
+    return dataclasses.replace(settings, broker_url=url) if isinstance(url, str) and url else settings
+
+
 def deploy_revision(client: KubeClient, settings: RenderSettings, *, dry_run: bool = False,
                     force: bool = False) -> DeployResult:
     """Render one revision and server-side apply it (``dry_run``: server dry run + diff only)."""
+    settings = cluster_defaults(client, settings)
     objects = render(settings)
     nodes = group_nodes(client, settings.group)
     accel_nodes = None
