@@ -267,8 +267,8 @@ def test_render_apply_takes_the_broker_from_the_namespace_defaults(kube_cluster:
     kube_cluster.add_nodes(1, pools=f"{pool}=1")
     client = kube_cluster.client()
     apply_objects(client, [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "edgekit-agent-defaults"},
-                            "data": {"config.json": json.dumps({"broker_url": "mqtts://10.9.8.7:30883"})}}],
+                            "data": {"config.json": json.dumps({"broker_url": "mqtts://broker.fleet.test:30883"})}}],
                   namespace=kube_namespace)
     deploy_revision(client, RenderSettings(app="dflt", image=IMAGE, group=parse_group(pool), namespace=kube_namespace))
     cm = client.get(f"/api/v1/namespaces/{kube_namespace}/configmaps/dflt-5e1d5e1d5e1d")
-    assert json.loads(cm["data"]["config.json"])["broker_url"] == "mqtts://10.9.8.7:30883"
+    assert json.loads(cm["data"]["config.json"])["broker_url"] == "mqtts://broker.fleet.test:30883"
