@@ -1,0 +1,91 @@
+"""Models of the simulated fleet: each image fetched once from the registry by digest and loaded
+into one onnxruntime session that every virtual device running it shares.
+
+Fetching and loading use the agent's own code (``edgekit_agent.loading``: fetch, verify digest and
+signature, build the session, check the golden probe), so a model the real agent would refuse is
+refused here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from edgekit_agent.errors import EdgekitError
+from edgekit_agent.loading import LoadedModel, fetch_model, load_model
+from edgekit_agent.probing import Probe
+
+log = logging.getLogger(__name__)
+
+
+def failing_probe(probe: Probe) -> Probe:
+    """The same probe with expected outputs moved far outside tolerance: ``run_probe`` fails."""
+    outputs = {name: (np.asarray(value) + 1.0 + 10 * (abs(probe.atol) + 1)).astype(np.asarray(value).dtype)
+               if np.asarray(value).dtype.kind in "fc" else value
+               for name, value in probe.outputs.items()}
+    return dataclasses.replace(probe, outputs=outputs)
+
+
+class ModelStore:
+    """``image@digest`` -> LoadedModel, fetched and loaded at most once, in the background."""
+
+    def __init__(self, cache_dir: Path, *, registry_options: Any = None, public_key: str | None = None,
+                 workers: int = 2) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.registry_options = registry_options
+        self.public_key = public_key
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sim-fetch")
+        self._futures: dict[str, Future[LoadedModel]] = {}
+        self._variants: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, image: str) -> Future[LoadedModel]:
+        with self._lock:
+            future = self._futures.get(image)
+            if future is None or (future.done() and future.exception() is not None):
+                future = self._pool.submit(self._load, image)
+                self._futures[image] = future
+            return future
+
+    def ready(self, image: str) -> LoadedModel | None:
+        future = self.get(image)
+        if not future.done() or future.exception() is not None:
+            return None
+        return future.result()
+
+    def error(self, image: str) -> BaseException | None:
+        future = self._futures.get(image)
+        return future.exception() if future is not None and future.done() else None
+
+    def _load(self, image: str) -> LoadedModel:
+        digest = image.rsplit("@", 1)[-1]
+        folder = self.cache_dir / hashlib.sha256(image.encode()).hexdigest()[:24]
+        try:
+            if not (folder / "edgekit.json").exists():
+                fetch_model(image, folder, public_key=self.public_key, options=self.registry_options)
+            loaded = load_model(folder, image=image, public_key=self.public_key, intra_op_threads=1,
+                                registry_options=self.registry_options)
+        except EdgekitError as exc:
+            log.warning("sim: cannot load %s: %s", image, exc.one_line())
+            raise
+        log.info("sim: loaded %s %s (%s)", loaded.name, loaded.meta.version, digest[:19])
+        return loaded
+
+    def with_failing_probe(self, loaded: LoadedModel) -> LoadedModel:
+        """The same session with a probe that fails (shared by every device that needs it)."""
+        key = (loaded.digest, "probe-fail")
+        with self._lock:
+            variant = self._variants.get(key)
+            if variant is None:
+                variant = dataclasses.replace(loaded, probe=failing_probe(loaded.probe))
+                self._variants[key] = variant
+            return variant
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
