@@ -40,6 +40,7 @@ _LAT_MIN: Final = 0.01          # ms; everything at or below lands in bucket 0
 _LAT_GROWTH: Final = 1.04
 _LAT_INV_LOG: Final = 1.0 / math.log(_LAT_GROWTH)
 LAT_BUCKETS: Final = 512        # covers up to ~0.01 * 1.04**511 ms ≈ 5e6 ms
+_LAT_TOP: Final = _LAT_MIN * _LAT_GROWTH ** (LAT_BUCKETS - 2)
 NEVER: Final = -1               # "last reported" bucket of a device that never did (or long ago)
 _MAX_CELLS: Final = 512
 
@@ -47,6 +48,8 @@ _MAX_CELLS: Final = 512
 def latency_bucket(ms: float) -> int:
     if ms <= _LAT_MIN:
         return 0
+    if ms >= _LAT_TOP:
+        return LAT_BUCKETS - 1
     return min(int(math.log(ms / _LAT_MIN) * _LAT_INV_LOG) + 1, LAT_BUCKETS - 1)
 
 

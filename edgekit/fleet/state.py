@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _U32: Final = 0xFFFF_FFFF
+_F32: Final = 3.4e38   # packed as float32: larger values (valid JSON, absurd figures) are clamped
 # One history record: ts, seq, digest id, probe (-1 none, 0 failed, 1 ok), flags, inferences,
 # errors, p50, p95, p99.
 _REC: Final = struct.Struct("<dIHbBIIfff")
@@ -356,10 +357,11 @@ class FleetState:
         st.health_ts = r.ts
         st.seen = now
         probe = r.probe_ok
-        st.last = _LAST.pack(r.ts, r.window_s, min(r.inferences, _U32), min(r.errors, _U32), r.p50_ms,
-                             r.p95_ms, r.p99_ms, r.max_ms, -1 if probe is None else int(probe),
-                             _FLAG_REPLAYED if r.replayed else 0,
-                             math.nan if r.probe_ts is None else r.probe_ts, r.rss_mb, r.cpu_pct, digest)
+        st.last = _LAST.pack(r.ts, min(r.window_s, _F32), min(r.inferences, _U32), min(r.errors, _U32),
+                             min(r.p50_ms, _F32), min(r.p95_ms, _F32), min(r.p99_ms, _F32), min(r.max_ms, _F32),
+                             -1 if probe is None else int(probe), _FLAG_REPLAYED if r.replayed else 0,
+                             math.nan if r.probe_ts is None else r.probe_ts, min(r.rss_mb, _F32),
+                             min(r.cpu_pct, _F32), digest)
         self._set_model(st, r.model, r.ts)
         inferences, errors = r.inferences, r.errors
         st.health_ok = probe is not False and (
@@ -371,14 +373,14 @@ class FleetState:
         self._update(st, Contribution(
             st.status, st.model.digest if st.model else None,
             latency_bucket(r.p95_ms) if inferences else -1, inferences, errors,
-            inferences / r.window_s, int(now), st.health_ok and st.status != OFFLINE))
+            min(inferences / r.window_s, 1e12), int(now), st.health_ok and st.status != OFFLINE))
         return "latest"
 
     def _record(self, st: DeviceState, r: HealthReport, digest: int, *, late: bool) -> None:
         probe = r.probe_ok
         rec = (r.ts, min(r.seq, _U32), digest, -1 if probe is None else int(probe),
                _FLAG_REPLAYED if r.replayed else 0, min(r.inferences, _U32), min(r.errors, _U32),
-               r.p50_ms, r.p95_ms, r.p99_ms)
+               min(r.p50_ms, _F32), min(r.p95_ms, _F32), min(r.p99_ms, _F32))
         ring = st.ring
         if len(ring) < self._ring_bytes:
             ring += _REC.pack(*rec)
