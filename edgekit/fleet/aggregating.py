@@ -110,6 +110,9 @@ class GroupStats:
     p50_of_p95_ms: float | None
     p95_of_p95_ms: float | None
     digests: dict[str, int]    # model digest (or "none") -> devices
+    reports_total: int = 0     # health reports received (latest or late, not duplicates), ever
+    inferences_total: int = 0  # their inferences and errors, summed: counters for rate()
+    errors_total: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -118,8 +121,8 @@ class GroupStats:
 class GroupAggregate:
     """Running sums of the contributions of one group's devices."""
 
-    __slots__ = ("cells", "digests", "errors", "inf_rate", "inferences", "lat_count", "lat_hist",
-                 "name", "status")
+    __slots__ = ("cells", "digests", "errors", "errors_total", "inf_rate", "inferences", "inferences_total",
+                 "lat_count", "lat_hist", "name", "reports_total", "status")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -130,6 +133,9 @@ class GroupAggregate:
         self.inferences = 0
         self.errors = 0
         self.inf_rate = 0.0
+        self.reports_total = 0
+        self.inferences_total = 0
+        self.errors_total = 0
         # (second last reported, healthy) -> devices. Old seconds are folded into NEVER.
         self.cells: dict[tuple[int, bool], int] = {}
 
@@ -212,4 +218,6 @@ class GroupAggregate:
             inference_rate=round(max(self.inf_rate, 0.0), 3),
             p50_of_p95_ms=self.quantile_p95(50), p95_of_p95_ms=self.quantile_p95(95),
             digests={(d or "none"): n for d, n in sorted(self.digests.items(), key=lambda kv: -kv[1])},
+            reports_total=self.reports_total, inferences_total=self.inferences_total,
+            errors_total=self.errors_total,
         )

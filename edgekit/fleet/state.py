@@ -333,6 +333,12 @@ class FleetState:
             st.model = model
             st.model_ts = ts
 
+    def _count(self, st: DeviceState, r: HealthReport) -> None:
+        agg = self.groups[st.group]
+        agg.reports_total += 1
+        agg.inferences_total += r.inferences
+        agg.errors_total += r.errors
+
     def _health(self, st: DeviceState, r: HealthReport, now: float) -> str:
         counters = self.counters
         same = r.session == st.health_session
@@ -345,6 +351,7 @@ class FleetState:
                 return "duplicate"
             self._track_seq(st, r.session, r.seq, r.replayed)
             self._record(st, r, self._intern_digest(r.model), late=True)
+            self._count(st, r)
             counters.stale += 1
             return "history"
         session = st.health_session if same else (st.status_session if r.session == st.status_session
@@ -352,6 +359,7 @@ class FleetState:
         self._track_seq(st, session, r.seq, r.replayed)  # type: ignore[arg-type]
         digest = self._intern_digest(r.model)
         self._record(st, r, digest, late=False)
+        self._count(st, r)
         st.health_session = session
         st.health_seq = r.seq
         st.health_ts = r.ts
