@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -190,12 +191,26 @@ def build(comp: Component, *, jobs: int = 2, say: Callable[[str], None] = print)
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise GoBuildError(f"building {comp.name} {comp.version} failed (exit {proc.returncode}); "
                                f"log {log}:\n{tail}")
+        seconds = time.monotonic() - start
         (tmp / _STAMP).write_text(comp.fingerprint + "\n")
+        (tmp / "build.json").write_text(json.dumps({
+            "component": comp.name, "version": comp.version, "seconds": round(seconds, 1), "jobs": jobs,
+            "go": subprocess.run([_go(), "env", "GOVERSION"], capture_output=True, text=True).stdout.strip(),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
-        say(f"==> built {comp.name} {comp.version} in {time.monotonic() - start:.0f}s")
+        say(f"==> built {comp.name} {comp.version} in {seconds:.0f}s")
         return out
+
+
+def build_record(comp: Component) -> dict[str, object] | None:
+    """What the last build of ``comp`` recorded (duration, Go version), if anything."""
+    try:
+        data = json.loads((comp.out_dir / "build.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:
