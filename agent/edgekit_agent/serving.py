@@ -212,6 +212,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the body of a keep-alive response
+    # waits for the client's delayed ACK (~40 ms on Linux).
+    disable_nagle_algorithm = True
     server_version = f"edgekit-agent/{__version__}"
     server: _Server
 

@@ -1,0 +1,358 @@
+"""Benchmarks of the on-device agent (issue 4).
+
+    .venv/bin/python bench/agent.py                 # all of it, including a 60 s broker outage
+    .venv/bin/python bench/agent.py --outage 0      # skip the outage run
+
+(a) agent-core overhead: ``AgentCore.infer`` vs a bare ``session.run`` on the example digits
+    model, same session, telemetry on (real mosquitto, health every second, ticking thread);
+    interleaved blocks, median of block means.
+(b) the REST API (agent process) for a 1x3x320x320 float32 input: JSON vs the binary tensor
+    extension, end to end from a keep-alive client, against a bare ``session.run``.
+(c) RSS of an ``edgekit-agent serve`` process vs a bare process that imports onnxruntime and
+    holds the same session (both after a few inferences).
+(d) spool: append rate (SQLite WAL), and replay rate through mosquitto (spooled while offline,
+    then drained with PUBACKs).
+(e) outage: broker stopped for --outage seconds while the core reports at 1/s; delivered share and order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from edgekit_agent.core import AgentCore  # noqa: E402
+from edgekit_agent.publishing import MqttPublisher  # noqa: E402
+from edgekit_agent.settings import load_settings  # noqa: E402
+from edgekit_agent.spool import SqliteSpool  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from edgekit.testenv.mosquitto import MosquittoBroker  # noqa: E402
+from edgekit.testenv.processes import ManagedProcess, free_port  # noqa: E402
+from tests.fixtures.agent import build_model_folder, make_conv320  # noqa: E402
+from tests.fixtures.mqtt import MqttRecorder  # noqa: E402
+
+DIGITS = ROOT / "models" / "digits" / "digits.onnx"
+console = Console()
+rows: list[tuple[str, str, str, str]] = []
+
+
+def row(part: str, what: str, value: str, note: str = "") -> None:
+    rows.append((part, what, value, note))
+    console.log(f"{part} {what}: {value} {note}")
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- (a) ------------------------------------------------------------------------------------------
+def bench_core_overhead(folder: Path, broker: MosquittoBroker, work: Path, blocks: int, per_block: int) -> None:
+    settings = load_settings(overrides={"device": "bench", "group": "bench", "model_dir": str(folder),
+                                        "broker_url": broker.url, "spool_dir": str(work / "spool-a"),
+                                        "interval": 1.0})
+    core = AgentCore(settings)
+    core.start_telemetry()
+    assert core.load(), core.rejected
+    assert core.model is not None
+    sess = core.model.session.session
+    x = np.load(ROOT / "models" / "digits" / "eval.npz")["input"][:1]
+    feeds = {"input": x}
+    stop = threading.Event()
+
+    def ticker() -> None:
+        while not stop.wait(0.25):
+            core.tick()
+
+    t = threading.Thread(target=ticker, daemon=True)
+    t.start()
+    for _ in range(2000):  # warm up both paths
+        sess.run(None, feeds)
+        core.infer(feeds)
+    bare, agent = [], []
+    perf = time.perf_counter
+    run, infer = sess.run, core.infer
+
+    def block(fn: Any, *args: Any) -> float:
+        t0 = perf()
+        for _ in range(per_block):
+            fn(*args)
+        return (perf() - t0) / per_block
+
+    for i in range(blocks):  # ABBA order, so drift and warm caches favour neither side
+        if i % 2:
+            agent.append(block(infer, feeds))
+            bare.append(block(run, None, feeds))
+        else:
+            bare.append(block(run, None, feeds))
+            agent.append(block(infer, feeds))
+    # The wrapper's own cost, without the model's noise: the same calls around a no-op "session".
+    def noop(names: Any, feeds: Any) -> list[Any]:
+        return []
+
+    real_run, core._run = core._run, noop
+    wrap = statistics.median(block(infer, feeds) for _ in range(20))
+    plain = statistics.median(block(noop, None, feeds) for _ in range(20))
+    core._run = real_run
+    stop.set()
+    t.join()
+    assert isinstance(core.outbox, MqttPublisher)
+    sent = core.outbox.counters.acked
+    core.shutdown()
+    b, a = statistics.median(bare), statistics.median(agent)
+    paired = statistics.median(ai / bi - 1 for ai, bi in zip(agent, bare, strict=True))
+    row("a", "bare session.run (digits, batch 1)", f"{b * 1e6:.1f} µs", f"median of {blocks}x{per_block}")
+    row("a", "AgentCore.infer, telemetry on", f"{a * 1e6:.1f} µs", f"{sent} MQTT messages acked meanwhile")
+    row("a", "overhead (measured)", f"{(a / b - 1) * 100:+.2f} %", f"paired-block median {paired * 100:+.2f} % "
+        "(target ≤ 5 %; noisy on a shared machine)")
+    row("a", "overhead (wrapper cost)", f"{(wrap - plain) * 1e6:.2f} µs/call",
+        f"= {(wrap - plain) / b * 100:.2f} % of bare session.run")
+
+
+# -- (b) + (c) ------------------------------------------------------------------------------------
+def _start_agent(folder: Path, work: Path, name: str, broker: MosquittoBroker | None) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    cfg = {"device": name, "group": "bench", "model_dir": str(folder), "listen_port": port,
+           "spool_dir": str(work / f"spool-{name}"), "interval": 1.0, "log_level": "warning",
+           "max_request_bytes": 256 << 20}
+    if broker is not None:
+        cfg["broker_url"] = broker.url
+    config = work / f"{name}.json"
+    config.write_text(json.dumps(cfg))
+    proc = ManagedProcess(name, [sys.executable, "-m", "edgekit_agent", "serve", "--config", str(config)],
+                          work / f"{name}.log").start()
+
+    def ready() -> bool:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            c.request("GET", "/v2/health/ready")
+            return c.getresponse().status == 200
+        finally:
+            c.close()
+
+    proc.wait_ready(ready, timeout=120)
+    return proc, port
+
+
+def bench_rest(folder: Path, work: Path, broker: MosquittoBroker, n: int) -> None:
+    proc, port = _start_agent(folder, work, "rest", broker)
+    try:
+        x = np.random.default_rng(0).random((1, 3, 320, 320), dtype=np.float32)
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def json_call() -> np.ndarray[Any, Any]:
+            body = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 320, 320], "datatype": "FP32",
+                                           "data": x.ravel().tolist()}]}).encode()
+            conn.request("POST", "/v2/models/conv320/infer", body, {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            doc = json.loads(resp.read())
+            assert resp.status == 200, doc
+            return np.array(doc["outputs"][0]["data"], np.float32)
+
+        head = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 320, 320], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "parameters": {"binary_data_output": True}}).encode()
+
+        def binary_call() -> np.ndarray[Any, Any]:
+            body = head + x.astype("<f4").tobytes()
+            conn.request("POST", "/v2/models/conv320/infer", body,
+                         {"Content-Type": "application/octet-stream",
+                          "Inference-Header-Content-Length": str(len(head))})
+            resp = conn.getresponse()
+            data = resp.read()
+            assert resp.status == 200, data[:200]
+            k = int(resp.headers["Inference-Header-Content-Length"])
+            return np.frombuffer(data[k:], "<f4")
+
+        def bare_call() -> np.ndarray[Any, Any]:
+            return np.asarray(sess.run(None, {"image": x})[0]).ravel()
+
+        encode = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 320, 320], "datatype": "FP32",
+                                    "data": x.ravel().tolist()}]}).encode()
+            encode.append(time.perf_counter() - t0)
+        ref = bare_call()
+        for fn in (json_call, binary_call):
+            np.testing.assert_allclose(fn(), ref, rtol=1e-5)
+        times: dict[str, list[float]] = {"bare": [], "binary": [], "json": []}
+        for _ in range(n):
+            for name, fn in (("bare", bare_call), ("binary", binary_call), ("json", json_call)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        conn.close()
+        med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+        mb = x.nbytes / 1e6
+        row("b", "bare session.run (conv320, 1x3x320x320)", f"{med['bare']:.2f} ms", f"median of {n}")
+        row("b", "REST binary tensor extension", f"{med['binary']:.2f} ms",
+            f"{med['binary'] / med['bare']:.2f}x bare; {mb:.2f} MB request body")
+        row("b", "REST JSON", f"{med['json']:.2f} ms",
+            f"{med['json'] / med['binary']:.1f}x binary; of which client-side encoding "
+            f"{statistics.median(encode) * 1000:.0f} ms")
+    finally:
+        proc.stop()
+
+
+_BARE = """
+import sys, time, numpy as np, onnxruntime as ort
+s = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])["input"][:1]
+for _ in range(100):
+    s.run(None, {"input": x})
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def bench_rss(folder: Path, work: Path, broker: MosquittoBroker) -> None:
+    bare = subprocess.Popen([sys.executable, "-c", _BARE, str(folder / "model.onnx"),
+                             str(ROOT / "models" / "digits" / "eval.npz")], stdout=subprocess.PIPE, text=True)
+    agent, port = _start_agent(folder, work, "rss", broker)
+    try:
+        assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                       "data": [0.0] * 64}]}).encode()
+        for _ in range(100):
+            conn.request("POST", "/v2/models/digits/infer", body)
+            conn.getresponse().read()
+        conn.close()
+        time.sleep(2.5)  # a couple of health reports, spool used
+        b, a = _rss_kb(bare.pid) / 1024, _rss_kb(agent.pid) / 1024
+        row("c", "RSS bare onnxruntime process (digits session)", f"{b:.1f} MB")
+        row("c", "RSS edgekit-agent serve (API + MQTT + spool)", f"{a:.1f} MB",
+            f"+{a - b:.1f} MB over bare (target ≤ +25 MB)")
+    finally:
+        bare.kill()
+        bare.wait()
+        agent.stop()
+
+
+# -- (d) ------------------------------------------------------------------------------------------
+def bench_spool(broker: MosquittoBroker, work: Path, n: int) -> None:
+    payload = json.dumps({"v": 1, "device": "bench-spool", "group": "bench", "session": "x" * 32, "seq": 0,
+                          "ts": time.time(), "model": {"name": "digits", "version": "1.0.0", "digest": "sha256:"
+                                                       + "0" * 64}, "window_s": 10.0, "inferences": 1234,
+                          "errors": 0, "latency_ms": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.4},
+                          "probe": {"ok": True, "ts": time.time()}, "rss_mb": 80.0, "cpu_pct": 3.0,
+                          "replayed": False}).encode()
+    spool = SqliteSpool(work / "spool-d", max_bytes=1 << 30)
+    topic = "edgekit/v1/bench/bench-spool/health"
+    t0 = time.perf_counter()
+    for i in range(n):
+        spool.append(topic, payload, float(i), replayed=True)
+    dt = time.perf_counter() - t0
+    row("d", "spool append (SQLite WAL, one commit each)", f"{n / dt:,.0f} msg/s",
+        f"{dt / n * 1e6:.0f} µs per {len(payload)}-byte report")
+    settings = load_settings(overrides={"device": "bench-spool", "group": "bench", "broker_url": broker.url})
+    with MqttRecorder(broker, "edgekit/v1/bench/bench-spool/#") as rec:
+        t0 = time.perf_counter()
+        pub = MqttPublisher(settings, spool, status=lambda state: (topic.replace("health", "status"), b"{}"))
+        pub.start()
+        deadline = time.monotonic() + 300
+        while spool.stats()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dt = time.perf_counter() - t0
+        rec.wait_for(lambda m: len([x for x in m if x.topic == topic]) >= n, timeout=60)
+        got = [x for x in rec.snapshot() if x.topic == topic]
+        pub.stop()
+    ordered = all(json.loads(m.payload)["replayed"] for m in got)
+    row("d", "spool replay through mosquitto (QoS 1, PUBACK, delete)", f"{n / dt:,.0f} msg/s",
+        f"{n} spooled reports drained in {dt:.2f} s; received {len(got)}, all marked replayed: {ordered}")
+
+
+# -- (e) ------------------------------------------------------------------------------------------
+def bench_outage(folder: Path, work: Path, seconds: float) -> None:
+    broker = MosquittoBroker(work / "mqtt-outage").start()
+    try:
+        rec = MqttRecorder(broker, "edgekit/v1/bench/outage/health", persistent=True)
+        settings = load_settings(overrides={"device": "outage", "group": "bench", "model_dir": str(folder),
+                                            "broker_url": broker.url, "spool_dir": str(work / "spool-e"),
+                                            "interval": 1.0, "reconnect_min": 0.5, "reconnect_max": 4.0})
+        core = AgentCore(settings)
+        core.start_telemetry()
+        core.load()
+        stop = threading.Event()
+
+        def ticker() -> None:
+            while not stop.wait(0.05):
+                core.tick()
+
+        t = threading.Thread(target=ticker, daemon=True)
+        t.start()
+        time.sleep(3)
+        broker.stop()
+        time.sleep(seconds)
+        made_during = core._seq["health"]
+        broker.start()
+        time.sleep(8)
+        stop.set()
+        t.join()
+        core.shutdown()
+        rec.wait_for(lambda m: len(m) >= core._seq["health"], timeout=30)
+        seqs = []
+        for m in rec.snapshot():
+            s = json.loads(m.payload)["seq"]
+            if s not in seqs:
+                seqs.append(s)
+        made = core._seq["health"]
+        rec.close()
+        row("e", f"broker outage {seconds:.0f} s at 1 report/s",
+            f"{len(seqs)}/{made} delivered ({100 * len(seqs) / made:.0f} %)",
+            f"in order: {seqs == sorted(seqs)}; ~{made_during - 3} made while down")
+    finally:
+        broker.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=40)
+    parser.add_argument("--per-block", type=int, default=2000)
+    parser.add_argument("--rest-n", type=int, default=30)
+    parser.add_argument("--spool-n", type=int, default=5000)
+    parser.add_argument("--outage", type=float, default=60.0, help="seconds; 0 skips (e)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-agent-") as tmp:
+        work = Path(tmp)
+        digits = build_model_folder(DIGITS, work / "digits")
+        conv = build_model_folder(make_conv320(work / "conv320.onnx"), work / "conv320-folder", name="conv320")
+        broker = MosquittoBroker(work / "mqtt").start()
+        try:
+            bench_core_overhead(digits, broker, work, args.blocks, args.per_block)
+            bench_rest(conv, work, broker, args.rest_n)
+            bench_rss(digits, work, broker)
+            bench_spool(broker, work, args.spool_n)
+            if args.outage > 0:
+                bench_outage(digits, work, args.outage)
+        finally:
+            broker.stop()
+    table = Table(title="edgekit-agent benchmarks")
+    for col in ("", "measure", "value", "notes"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
