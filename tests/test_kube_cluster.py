@@ -142,8 +142,10 @@ def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_nam
     again = run(*args, "--apply")
     assert again.output.count("unchanged") == 4, again.output
     client = kube_cluster.client()
-    label_nodes(client, nodes[:5], {rollout_label("digits"): "5e1d5e1d5e1d"})
     path = f"/apis/apps/v1/namespaces/{kube_namespace}/daemonsets/digits-5e1d5e1d5e1d"
+    volumes = client.get(path)["spec"]["template"]["spec"]["volumes"]
+    assert volumes[0] == {"name": "model", "image": {"reference": IMAGE, "pullPolicy": "IfNotPresent"}}
+    label_nodes(client, nodes[:5], {rollout_label("digits"): "5e1d5e1d5e1d"})
     wait_for(lambda: client.get(path).get("status", {}).get("numberReady") == 5)
     summary, states = show_group(client, parse_group(pool), namespace=kube_namespace)
     assert summary.apps == {"digits": {"5e1d5e1d5e1d": 5}}
