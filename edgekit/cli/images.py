@@ -18,7 +18,6 @@ from rich.table import Table
 
 from edgekit.cli._output import console, emit_json, output_option
 from edgekit.errors import ConfigError, OutputError, SigningKeyError
-from edgekit.image.building import PackageSettings, package, package_to_temp
 from edgekit.image.options import RegistrySettings, load_registry_settings
 from edgekit.image.progress import RichTransferProgress
 from edgekit.image.pushing import TransferSettings, pull_image, push_layout
@@ -31,7 +30,6 @@ from edgekit.image.signing import (
     verify_image,
     write_keypair,
 )
-from edgekit.optimize.shapes import parse_input_shapes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -136,6 +134,10 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
       edgekit package model.onnx --name digits --version 1.2.0 --push registry.example.com/m/digits \\
           --sign-key cosign.key
     """
+    # onnx/onnxruntime load only for this command: the transfer commands start faster without them
+    from edgekit.image.building import PackageSettings, package, package_to_temp
+    from edgekit.optimize.shapes import parse_input_shapes
+
     if (out_dir is None) == (push_ref is None):
         raise ConfigError("give exactly one of -o/--output-dir and --push", field="--output-dir")
     if sign_key is not None and push_ref is None:
