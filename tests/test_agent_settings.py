@@ -103,3 +103,17 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "broker_url" in result.stderr
+
+
+def test_serve_on_a_busy_port_exits_30(tmp_path: Path, digits_folder: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = write_config(tmp_path / "c.json", {"device": "d1", "model_dir": str(digits_folder),
+                                                    "listen_port": port, "spool_dir": None})
+        result = run_cli("serve", "--config", str(config))
+    assert result.returncode == 30
+    assert f"edgekit-agent: error: cannot listen on 127.0.0.1:{port}" in result.stderr

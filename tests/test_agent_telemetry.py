@@ -326,3 +326,25 @@ def test_falls_back_to_mqtt_311(mqtt_broker: MosquittoBroker, mqtt_recorder: Rec
         assert agent.terminate() == 0
     finally:
         gate.close()
+
+
+def test_sigterm_while_offline_keeps_the_final_report(mqtt_broker_factory: Callable[..., MosquittoBroker],
+                                                      mqtt_recorder: Recorder, agent_process: Start,
+                                                      digits_folder: Path, telemetry_checker: TelemetryChecker,
+                                                      tmp_path: Path) -> None:
+    dev = _name()
+    broker, rec = _down_broker_with_recorder(mqtt_broker_factory, mqtt_recorder, f"edgekit/v1/{GROUP}/{dev}/#")
+    cfg = _cfg(broker.url, dev, digits_folder, interval=60, spool_dir=str(tmp_path / "spool"))
+    agent = agent_process(cfg, wait="ready")
+    t0 = time.monotonic()
+    assert agent.terminate() == 0
+    assert time.monotonic() - t0 < 10, "a graceful stop must not wait for a broker that is down"
+    broker.start()
+    again = agent_process(cfg, wait="ready", name="again")
+    msgs = rec.wait_for(lambda m: any(json.loads(x.payload).get("kind") == "agent_stopping" for x in m))
+    docs = _docs(telemetry_checker, msgs)
+    first_session = next(d["session"] for k, d in docs if d.get("kind") == "agent_stopping")
+    mine = [(k, d) for k, d in docs if d["session"] == first_session]
+    assert [k for k, _ in mine if k != "status"][-2:] == ["health", "event"]
+    assert all(d["replayed"] for k, d in mine if k != "status")
+    assert again.terminate() == 0
