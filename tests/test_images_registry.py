@@ -159,6 +159,29 @@ def test_auth_and_tls_failures(registry_secure: DockerRegistry, digits_layout: P
     assert not (tmp_path / "a").exists() and leftovers(tmp_path) == []
 
 
+def test_bearer_token_registry(registry_token: DockerRegistry, digits_layout: Path, tmp_path: Path) -> None:
+    tokens = registry_token.token_server
+    assert tokens is not None
+    creds = ("-u", REGISTRY_USER, "--password-stdin")
+    first = invoke("push", digits_layout, f"{registry_token.host}/tok/a", *creds, input=REGISTRY_PASSWORD)
+    assert first.exit_code == 0, first.stderr
+    mounted = invoke("push", digits_layout, f"{registry_token.host}/tok/b", "--mount-from", "tok/a", *creds,
+                     "--output", "json", input=REGISTRY_PASSWORD)
+    assert json.loads(mounted.stdout)["blobs_mounted"] == 3
+    # the mount asked for pull on the source repository in the same token
+    assert (REGISTRY_USER, ["repository:tok/b:pull,push", "repository:tok/a:pull"]) in tokens.requests
+    pulled = invoke("pull", f"{registry_token.host}/tok/b:1.0", "-o", tmp_path / "p", *creds, input=REGISTRY_PASSWORD)
+    assert pulled.exit_code == 0, pulled.stderr
+    assert skopeo_digest(f"docker://{registry_token.host}/tok/b:1.0", "--tls-verify=false", "--creds",
+                         f"{REGISTRY_USER}:{REGISTRY_PASSWORD}") == layout_digest(digits_layout)
+    assert_error(invoke("pull", f"{registry_token.host}/tok/b:1.0", "-o", tmp_path / "x", "-u", REGISTRY_USER,
+                        "--password-stdin", input="nope"), 22, "token service")
+    empty = tmp_path / "empty.json"
+    empty.write_text("{}")
+    assert_error(invoke("show", f"{registry_token.host}/tok/b:1.0", "--docker-config", empty), 22,
+                 "needs credentials")
+
+
 # --- missing things and faults -------------------------------------------------------------------
 def test_missing_tag_and_repository(registry: DockerRegistry, digits_layout: Path, tmp_path: Path) -> None:
     push_layout(digits_layout, parse_reference(f"{registry.host}/present/digits:1.0"))

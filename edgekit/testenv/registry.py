@@ -2,6 +2,8 @@
 
     reg = DockerRegistry(tmp / "reg").start()                     # plain HTTP, anonymous
     reg = DockerRegistry(tmp / "reg", users={"ci": "pw"}, tls=True).start()   # htpasswd + TLS
+    tokens = TokenServer(tmp / "tok", users={"ci": "pw"}).start()
+    reg = DockerRegistry(tmp / "reg", token_server=tokens).start()            # bearer tokens
     reg.host          # "127.0.0.1:41234"
     reg.blob_path(digest)   # where the filesystem driver keeps a blob (to tamper with it)
 
@@ -26,7 +28,7 @@ from types import TracebackType
 from edgekit.testenv.certs import TestCA
 from edgekit.testenv.processes import ManagedProcess, ServiceError, free_port
 
-__all__ = ["DockerRegistry", "registry_available"]
+__all__ = ["DockerRegistry", "TokenServer", "registry_available"]
 
 REGISTRY_BINARIES = ("docker-registry", "registry")
 
@@ -56,7 +58,8 @@ class DockerRegistry:
     host_ip = "127.0.0.1"
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None, tls: bool = False,
-                 ca: TestCA | None = None, port: int | None = None) -> None:
+                 ca: TestCA | None = None, port: int | None = None,
+                 token_server: TokenServer | None = None) -> None:
         binary = _binary()
         if binary is None:
             raise ServiceError("docker-registry is not installed (Debian package 'docker-registry')")
@@ -66,6 +69,7 @@ class DockerRegistry:
         self.port = port or free_port(self.host_ip)
         self.storage = workdir / "storage"
         self.users = dict(users or {})
+        self.token_server = token_server
         self.ca_path: Path | None = None
         self._tls_pair = None
         if tls:
@@ -110,6 +114,10 @@ class DockerRegistry:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text("".join(f"{u}:{_bcrypt_hash(p)}\n" for u, p in self.users.items()))
             config["auth"] = {"htpasswd": {"realm": "edgekit-test", "path": str(htpasswd)}}
+        if self.token_server is not None:
+            config["auth"] = {"token": {"realm": self.token_server.realm, "service": self.token_server.service,
+                                        "issuer": self.token_server.issuer,
+                                        "rootcertbundle": str(self.token_server.cert_path)}}
         self.config_path.write_text(json.dumps(config, indent=2))
 
     def _ready(self) -> bool:
@@ -171,3 +179,127 @@ class DockerRegistry:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """A bearer-token service as registries use (Docker Hub, GHCR, Harbor): basic credentials in,
+    a short-lived ES256 JWT granting the requested repository actions out.
+
+    distribution checks the token's ``x5c`` certificate against ``rootcertbundle`` (our
+    self-signed signing certificate), its issuer, audience (the service) and lifetime. Every
+    token request is recorded in ``requests`` as (user or None, scopes).
+    """
+
+    service = "edgekit-test-registry"
+    issuer = "edgekit-test-token-issuer"
+
+    def __init__(self, workdir: Path, *, users: Mapping[str, str], port: int | None = None) -> None:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.users = dict(users)
+        self.port = port or free_port(DockerRegistry.host_ip)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgekit test token signer")])
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=7))
+                .sign(self._key, hashes.SHA256()))
+        self._cert_der = cert.public_bytes(serialization.Encoding.DER)
+        self.cert_path = workdir / "token-signer.pem"
+        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.requests: list[tuple[str | None, list[str]]] = []
+        self._server: object | None = None
+
+    @property
+    def realm(self) -> str:
+        return f"http://{DockerRegistry.host_ip}:{self.port}/token"
+
+    def issue(self, user: str, scopes: list[str]) -> str:
+        import base64
+        import secrets
+        import time
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            if kind == "repository" and repo:
+                access.append({"type": kind, "name": repo, "actions": [a for a in actions.split(",") if a]})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self._cert_der).decode()]}
+        claims = {"iss": self.issuer, "sub": user, "aud": self.service, "exp": now + 300, "nbf": now - 10,
+                  "iat": now, "jti": secrets.token_hex(8), "access": access}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self._key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def start(self) -> TokenServer:
+        import base64
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                scopes = query.get("scope", [])
+                user = None
+                header = self.headers.get("Authorization", "")
+                if header.startswith("Basic "):
+                    name, _, password = base64.b64decode(header[6:]).decode().partition(":")
+                    if server.users.get(name) != password:
+                        server.requests.append((name, scopes))
+                        self._answer(401, {"details": "incorrect username or password"})
+                        return
+                    user = name
+                server.requests.append((user, scopes))
+                token = server.issue(user, scopes) if user else server.issue("", [])
+                self._answer(200, {"token": token, "access_token": token, "expires_in": 300})
+
+            def _answer(self, status: int, body: dict[str, object]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        httpd = ThreadingHTTPServer((DockerRegistry.host_ip, self.port), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, name=f"token:{self.port}", daemon=True).start()
+        self._server = httpd
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()  # type: ignore[attr-defined]
+            self._server.server_close()  # type: ignore[attr-defined]
+            self._server = None
+
+    def __enter__(self) -> TokenServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
