@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -27,6 +28,8 @@ from edgekit_agent.oci.mediatypes import (
     OCI_LAYER_GZIP,
 )
 from edgekit_agent.oci.unpacking import unpack_model_layer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgekit.cli import cli
 from edgekit.image.building import PackageSettings, package
@@ -310,3 +313,42 @@ def test_bad_references(text: str) -> None:
 
     with pytest.raises(ImageReferenceError):
         parse_reference(text)
+
+
+# --- fuzz: untrusted input only ever raises the documented error -------------------------------------
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["schema", "name", "version", "model", "inputs", "outputs", "opset",
+                                        "ir_version", "precision", "probe", "runtime", "created", "source",
+                                        "quantization"]), _json))
+def test_parse_metadata_fuzz(data: dict) -> None:
+    with contextlib.suppress(ModelMetadataError):
+        parse_metadata(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=80))
+def test_parse_reference_fuzz(text: str) -> None:
+    from edgekit_agent.errors import ImageReferenceError
+
+    try:
+        ref = parse_reference(text)
+    except ImageReferenceError:
+        return
+    assert parse_reference(str(ref)) == ref
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=2048))
+def test_unpacking_garbage_fuzz(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    folder = tmp_path_factory.mktemp("fuzz")
+    layer = folder / "layer"
+    layer.write_bytes(gzip.compress(data) if data[:1] == b"\x00" else data)
+    (folder / "out").mkdir()
+    with contextlib.suppress(ImageLayoutError):
+        unpack_model_layer(layer, folder / "out")
