@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from edgekit.testenv import gobuild
 from edgekit.testenv.cluster import Cluster
+from tests.fixtures.kube import cluster_workdir
 
 pytestmark = pytest.mark.kube
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,8 @@ def test_build_script_reuses_the_cached_binaries() -> None:
     assert version.strip() == "Kubernetes v1.36.3"  # not v0.0.0-master: the version ldflags took
 
 
-def test_dev_cluster_up_status_down(tmp_path: Path) -> None:
+def test_dev_cluster_up_status_down() -> None:
+    tmp_path = cluster_workdir("dev")
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     env["EDGEKIT_DEV_DIR"] = str(tmp_path / "dev")
     up = edgekit("dev", "cluster", "up", "--nodes", "6", "--pools", "cams=4,gw=2", "--arch", "arm64=1", env=env)
@@ -65,12 +68,15 @@ def test_dev_cluster_up_status_down(tmp_path: Path) -> None:
         assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
     gone = edgekit("dev", "cluster", "status", env=env)
     assert gone.returncode == 1 and "no dev cluster" in gone.stdout
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_cluster_stop_leaves_no_process(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path / "c").start()
+def test_cluster_stop_leaves_no_process() -> None:
+    workdir = cluster_workdir("stop")
+    cluster = Cluster(workdir).start()
     pids = [p.pid for p in cluster.procs.values()]
     assert len(pids) == 5
     cluster.stop()
+    shutil.rmtree(workdir)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()

@@ -35,7 +35,6 @@ from typing import Any
 
 import yaml
 
-from edgekit.errors import KubeError
 from edgekit.kube.client import KubeClient
 from edgekit.testenv import gobuild, processes
 from edgekit.testenv.nodes import KWOK_ANNOTATION, FleetSpec, node_objects
@@ -403,9 +402,3 @@ def _stop_pid(pid: int, binary: str, timeout: float = 10.0) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
-
-def ensure_ok(cluster: Cluster) -> None:
-    """Raise if a component died (used by long-running fixtures between tests)."""
-    dead = [n for n, p in cluster.procs.items() if not p.alive()]
-    if dead:
-        raise KubeError(f"control plane component(s) died: {', '.join(dead)}; logs in {cluster.logs}")
