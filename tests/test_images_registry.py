@@ -245,6 +245,23 @@ def test_dropped_connection_mid_blob_resumes(registry_proxy: FaultProxy, digits_
     assert leftovers(tmp_path) == []
 
 
+def test_dropped_connection_mid_upload_starts_a_new_session(registry_proxy: FaultProxy, digits_layout: Path) -> None:
+    layout = OciLayout(digits_layout)
+    index = json.loads(layout.read_blob(layout.find()["digest"]))
+    layer = json.loads(layout.read_blob(index["manifests"][0]["digest"]))["layers"][0]["digest"]
+    registry_proxy.add_fault(Fault(method="PUT", path=f"/blobs/uploads/.*digest={layer.replace(':', '%3A')}",
+                                   drop_request_after=50_000, times=1))
+    result = push_layout(digits_layout, parse_reference(f"{registry_proxy.host}/cut/digits:1.0"), options=FAST)
+    assert result.blobs_uploaded == 3
+    puts = [s for m, p, s in registry_proxy.requests if m == "PUT" and "/blobs/uploads/" in p]
+    assert puts.count(0) == 1 and puts.count(201) == 3  # the cut upload, then three whole ones
+    assert skopeo_digest(f"docker://{registry_proxy.host}/cut/digits:1.0", "--tls-verify=false") == result.digest
+    registry_proxy.add_fault(Fault(method="PUT", path=r"/blobs/uploads/.*digest=", drop_request_after=10,
+                                   times=100))
+    assert_error(invoke("push", digits_layout, f"{registry_proxy.host}/cut/never", "--retries", "1"), 21,
+                 "cannot reach")
+
+
 def test_tampered_blob_on_pull(tmp_path: Path, digits_layout: Path) -> None:
     with DockerRegistry(tmp_path / "reg") as registry:  # its own registry: we damage its storage
         ref = f"{registry.host}/tamper/digits:1.0"
