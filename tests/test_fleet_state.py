@@ -192,9 +192,16 @@ def test_flood_and_capacity() -> None:
 
 def test_device_moving_groups() -> None:
     f = Fleet()
-    f.health("a", 1, T0, group="g1")
-    f.health("a", 2, T0 + 1, group="g2")
+    f.status("a", True, 0, T0, group="g1", session="s1")
+    f.health("a", 1, T0, group="g1", session="s1")
+    # The node is relabelled into g2; its agent restarts with a new session.
+    f.status("a", True, 0, T0 + 10, group="g2", session="s2")
+    f.health("a", 1, T0 + 11, group="g2", session="s2")
     assert [(g.group, g.devices) for g in f.view.groups()] == [("g2", 1)]
+    # The old group's retained status (older) arrives, e.g. on resubscribe: it does not move it back.
+    f.status("a", False, 1, T0 + 5, group="g1", session="s1", retained=True)
+    f.health("a", 2, T0 + 6, group="g1", session="s1", replayed=True)
+    assert [(g.group, g.devices, g.online) for g in f.view.groups()] == [("g2", 1, 1)]
 
 
 def test_group_figures() -> None:

@@ -261,8 +261,6 @@ class FleetState:
                 return "capacity"
             st = self.devices[report.device] = DeviceState(report.device, report.group)
             self._group(report.group).add(EMPTY)
-        elif st.group != report.group:
-            self._move(st, report.group)
         self.counters.accepted += 1
         st.last_msg = now
         if isinstance(report, HealthReport):
@@ -287,12 +285,15 @@ class FleetState:
             agg = self.groups[name] = GroupAggregate(name)
         return agg
 
-    def _move(self, st: DeviceState, group: str) -> None:
-        self.groups[st.group].remove(st.contrib)
-        st.group = group
-        self._group(group).add(st.contrib)
-
-    def _update(self, st: DeviceState, new: Contribution) -> None:
+    def _update(self, st: DeviceState, new: Contribution, group: str | None = None) -> None:
+        """Replace the device's contribution; ``group``: the device now reports under this group
+        (a node moved to another device group), which only the newest state may decide."""
+        if group is not None and group != st.group:
+            self.groups[st.group].remove(st.contrib)
+            st.group = group
+            st.contrib = new
+            self._group(group).add(new)
+            return
         old = st.contrib
         if new is not old:
             agg = self.groups[st.group]
@@ -381,7 +382,7 @@ class FleetState:
         self._update(st, Contribution(
             st.status, st.model.digest if st.model else None,
             latency_bucket(r.p95_ms) if inferences else -1, inferences, errors,
-            min(inferences / r.window_s, 1e12), int(now), st.health_ok and st.status != OFFLINE))
+            min(inferences / r.window_s, 1e12), int(now), st.health_ok and st.status != OFFLINE), r.group)
         return "latest"
 
     def _record(self, st: DeviceState, r: HealthReport, digest: int, *, late: bool) -> None:
@@ -429,7 +430,7 @@ class FleetState:
         self._set_model(st, r.model, r.ts)
         c = st.contrib
         self._update(st, c._replace(status=st.status, digest=st.model.digest if st.model else None,
-                                    healthy=st.health_ok and st.status != OFFLINE))
+                                    healthy=st.health_ok and st.status != OFFLINE), r.group)
         return "status"
 
     def _event(self, st: DeviceState, r: EventReport) -> str:

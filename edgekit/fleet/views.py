@@ -219,6 +219,12 @@ class FleetView:
             st = self.state.devices.get(name)
             return None if st is None else self._row(st, now if now is not None else time.time())
 
+    def unreported(self, since: float, group: str | None = None) -> int:
+        """Devices that are not offline and have not reported health since wall time ``since``."""
+        with self._lock:
+            return sum(1 for st in self.state.devices.values()
+                       if st.status != OFFLINE and st.seen < since and (group is None or st.group == group))
+
     def device_names(self, group: str | None = None) -> list[str]:
         with self._lock:
             return sorted(name for name, st in self.state.devices.items() if group is None or st.group == group)

@@ -242,6 +242,7 @@ class FleetWatcher:
         self._broker: BrokerAddress | None = None
         self._pending_sub: set[int] = set()
         self._connack: Any = None
+        self._refused = 0                          # connection attempts that failed at the socket
         self._sampled = 0
         self._sub_mono: float | None = None
         # figures
@@ -273,7 +274,7 @@ class FleetWatcher:
             if self._fatal is not None:
                 self.stop()
                 raise self._fatal
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self._refused >= len(self._addresses):
                 error = self.last_error or "no answer"
                 self.stop()
                 raise BrokerUnreachableError(f"cannot reach {', '.join(a.url for a in self._addresses)}: {error}",
@@ -436,7 +437,8 @@ class FleetWatcher:
                 if self._stop.is_set():
                     return
             except OSError as exc:
-                self.last_error = f"{address.url}: {_short(exc)}"
+                self.last_error = _short(exc) if len(self._addresses) == 1 else f"{address.url}: {_short(exc)}"
+                self._refused += 1
                 LOG.debug("connect to %s failed: %s", address.url, exc)
             else:
                 ended_before_connack = self._run(client)
