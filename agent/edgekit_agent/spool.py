@@ -312,6 +312,10 @@ class SqliteSpool(_Bounded):
 
     def prune(self, now: float) -> None:
         with self._lock:
+            # Called every tick: look at the oldest entry first (a rowid lookup), scan only if needed.
+            oldest = self._db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
+            if oldest is None or oldest[0] >= now - self.max_age:
+                return
             rows = self._db.execute("SELECT id, topic, size, created FROM outbox WHERE created < ? ORDER BY id",
                                     (now - self.max_age,)).fetchall()
             for _, topic, size, created in rows:
