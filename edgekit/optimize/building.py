@@ -78,6 +78,7 @@ def build_candidate(
             else:
                 method = {
                     "minmax": CalibrationMethod.MinMax,
+                    "minmax-ema": CalibrationMethod.MinMax,
                     "entropy": CalibrationMethod.Entropy,
                     "percentile": CalibrationMethod.Percentile,
                 }[recipe.calibration]
@@ -85,8 +86,10 @@ def build_candidate(
                 if stride:
                     extra["CalibStridedMinMax"] = stride  # despite the name: any calibrator, in strides
                 if recipe.calibration == "percentile":
-                    extra["CalibPercentile"] = 99.999
-                cache = workdir / f"calibration-{recipe.calibration}.json"
+                    extra["CalibPercentile"] = recipe.percentile
+                if recipe.calibration == "minmax-ema":
+                    extra["CalibMovingAverage"] = True
+                cache = workdir / f"calibration-{recipe.calibration_key}.json"
                 quantize_static(
                     str(prepared),
                     str(out),

@@ -31,7 +31,7 @@ from edgekit.optimize import fidelity as fid
 from edgekit.optimize.benchmarking import summarize, time_interleaved
 from edgekit.optimize.building import build_candidate
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_dataset, load_labels
-from edgekit.optimize.graphs import COMPUTE_OPS, ensure_node_names
+from edgekit.optimize.graphs import ensure_node_names, tail_nodes
 from edgekit.optimize.guarding import run_limited
 from edgekit.optimize.inspecting import ModelInfo, inspect_model
 from edgekit.optimize.loading import load_model
@@ -334,16 +334,15 @@ class _Search:
             ctx = _Ctx(prepared.path, work, calib, evals, labels, metric, budget, reference, fp32_fid, feed, batch)
             # MinMax recipes share one cheap calibration: try them, then mixed precision on the best
             # of them, and only then the histogram calibrations (slow, memory-hungry on big models).
-            cheap = [r for r in recipes if r.method == "dynamic" or r.calibration == "minmax"]
-            costly = [r for r in recipes if r not in cheap]
             per_sample = activation_bytes(prepared_model)
-            for i, recipe in enumerate(cheap + costly):
-                if i == len(cheap) and s.mixed_precision and not self._any_in_budget():
-                    self._mixed_precision(ctx)
+            for i, recipe in enumerate(recipes):
                 self.progress.candidate(i + 1, len(recipes), recipe.name)
+                if i > 0 and s.budget_time and self.time_left() < s.budget_time / 3 and s.mixed_precision:
+                    self._skip(recipe, "time budget kept for mixed precision")
+                    continue
                 samples, stride = calibration_plan(recipe, calib.samples, per_sample)
                 self._try(recipe, replace(ctx, calib=calib.head(samples), stride=stride))
-            if s.mixed_precision and not self._any_in_budget() and not any(r.recipe.exclude for r in self.results):
+            if s.mixed_precision and not self._any_in_budget():
                 self._mixed_precision(ctx)
             chosen, reason = self._choose(ctx)
             self.progress.stage("writing the result")
@@ -473,20 +472,24 @@ class _Search:
             self.warnings.append(f"per-node error ranking failed: {type(exc).__name__}: {str(exc)[:200]}")
             return
         names = [n.node for n in ranked]
-        compute_total = sum(1 for n in ranked if n.op_type in COMPUTE_OPS) or len(names)
+        # First the model's head (the last compute ops and everything after them) as one subgraph,
+        # then the nodes that add the most error, doubling each round.
+        head = tuple(tail_nodes(onnx.load(str(ctx.prepared), load_external_data=False).graph, compute_nodes=3))
+        rounds = [(head, "the head (last 3 compute ops and after) kept in FP32")]
         k = 1
-        while k <= len(names) and self.time_left() > 0:
-            worst = tuple(names[:k])
-            recipe = best.recipe.with_exclusions(worst, f"{k} nodes adding the most error kept in FP32")
+        while k <= len(names):
+            rounds.append((tuple(names[:k]), f"{k} nodes adding the most error kept in FP32"))
+            k *= 2
+        for nodes, note in rounds:
+            if self.time_left() <= 0:
+                return
+            recipe = best.recipe.with_exclusions(nodes, note)
             self.progress.candidate(len(self.results) + 1, len(self.results) + 1, recipe.name)
             result = self._try(recipe, ctx)
             if result.verdict == "in budget":
                 return
-            if result.latency_ratio is not None and result.latency_ratio >= 1.0:
+            if result.latency_ratio is not None and result.latency_ratio >= 1.0 and nodes != head:
                 return  # keeping more in FP32 only gets slower
-            if k >= compute_total:
-                return
-            k = k * 2
 
     def _choose(self, ctx: _Ctx) -> tuple[CandidateResult | None, str]:
         finalists = sorted((r for r in self.results if r.verdict == "in budget"), key=lambda r: r.latency_ratio or 9.0)[
