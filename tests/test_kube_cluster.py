@@ -71,8 +71,9 @@ def installed(kube_cluster: KubeHandle) -> KubeHandle:
 def test_control_plane_versions_and_kubectl(kube_cluster: KubeHandle) -> None:
     client = kube_cluster.client()
     assert client.version()["gitVersion"] == "v1.36.3"
-    out = kube_cluster.kubectl("version", "-o", "json").stdout
-    assert json.loads(out)["serverVersion"]["gitVersion"] == "v1.36.3"
+    out = json.loads(kube_cluster.kubectl("version", "-o", "json").stdout)
+    assert out["serverVersion"]["gitVersion"] == out["clientVersion"]["gitVersion"] == "v1.36.3"
+    assert out["kustomizeVersion"].startswith("v5.")
     assert all(kube_cluster.cluster.status()["components"].values())
 
 
