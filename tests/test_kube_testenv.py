@@ -80,3 +80,27 @@ def test_cluster_stop_leaves_no_process() -> None:
     shutil.rmtree(workdir)
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
+
+
+def test_start_retries_when_a_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import edgekit.testenv.cluster as cluster_module
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    real = cluster_module.free_port
+    calls = iter([taken])
+    monkeypatch.setattr(cluster_module, "free_port", lambda: next(calls, None) or real())
+    workdir = cluster_workdir("retry")
+    cluster = Cluster(workdir, cluster_module.ClusterOptions(kwok=False))
+    try:
+        cluster.start()
+        assert cluster.ports["etcd"] != taken
+        assert list((workdir / "logs").glob("etcd.attempt1"))
+    finally:
+        cluster.stop()
+        blocker.close()
+        shutil.rmtree(workdir, ignore_errors=True)

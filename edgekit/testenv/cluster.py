@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import threading
@@ -94,8 +95,12 @@ class Cluster:
         return f"https://127.0.0.1:{self.ports['apiserver']}"
 
     # --- lifecycle --------------------------------------------------------------------------
-    def start(self) -> Cluster:
-        """Start every component and wait until the API answers ``/readyz``; stops all on failure."""
+    def start(self, attempts: int = 3) -> Cluster:
+        """Start every component and wait until the API answers ``/readyz``; stops all on failure.
+
+        Ports are picked free just before use; when another process grabs one in between (busy
+        shared machines), the whole start is retried with new ports, up to ``attempts`` times.
+        """
         t0 = time.monotonic()
         bins = {b: str(gobuild.binary(b)) for b in
                 ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")}
@@ -104,6 +109,24 @@ class Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.pki.exists():
             self.pki.create()
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(bins)
+                break
+            except ServiceError:
+                busy = any("address already in use" in p.read_text(errors="replace")
+                           for p in self.logs.glob("*.log"))
+                if not busy or attempt == attempts:
+                    raise
+                shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+                for log in self.logs.glob("*.log"):
+                    log.rename(log.with_suffix(f".attempt{attempt}"))
+        self.started_at = time.time()
+        self.startup_seconds = time.monotonic() - t0
+        self._write_state()
+        return self
+
+    def _start_once(self, bins: dict[str, str]) -> None:
         self.ports = {n: free_port() for n in ("etcd", "etcd-peer", "apiserver", "controller-manager",
                                                "scheduler")}
         self.tokens = {"admin": secrets.token_hex(16), "nobody": secrets.token_hex(16)}
@@ -127,10 +150,6 @@ class Cluster:
         except BaseException:
             self.stop()
             raise
-        self.started_at = time.time()
-        self.startup_seconds = time.monotonic() - t0
-        self._write_state()
-        return self
 
     def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> ManagedProcess:
         proc = ManagedProcess(name, argv, self.logs / f"{name}.log", env=env, cwd=self.workdir).start()
