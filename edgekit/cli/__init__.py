@@ -1,6 +1,7 @@
 """The ``edgekit`` command line: a thin layer that parses, calls the library, renders.
 
-Each area's commands live in their own module and are listed in ``COMMANDS`` there. Library
+Each area's commands live in their own module and are listed in ``COMMANDS`` there, loaded on
+first use (see ``COMMAND_AREAS``). Library
 errors (``EdgekitError``) become one line on stderr and the error's own exit code.
 """
 
@@ -16,9 +17,37 @@ from edgekit.errors import EdgekitError
 
 _AREAS = ("optimize", "images", "kube", "fleet", "rollout", "dev")
 
+# Which area module holds each top-level command. Areas are imported only when one of their
+# commands runs (or help lists them all): `edgekit push` need not load onnx, `quantize` need not
+# load the Kubernetes client. tests/test_cli.py checks this table against every area's COMMANDS.
+COMMAND_AREAS = {
+    "inspect": "optimize", "bench": "optimize", "quantize": "optimize",
+    "package": "images", "pull": "images", "keygen": "images", "sign": "images", "verify": "images",
+    "show": "images",
+    "groups": "kube", "render": "kube", "install": "kube",
+    "fleet": "fleet",
+    "push": "rollout", "rollout": "rollout", "controller": "rollout",
+    "dev": "dev",
+}
+
 
 class EdgekitGroup(click.Group):
     """A group that turns edgekit errors into one-line messages with distinct exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_AREAS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        area = COMMAND_AREAS.get(cmd_name)
+        if area is None:
+            return None
+        module = importlib.import_module(f"edgekit.cli.{area}")
+        command = next((c for c in module.COMMANDS if c.name == cmd_name), None)
+        if command is not None:
+            self.add_command(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -43,12 +72,6 @@ def cli() -> None:
       edgekit quantize model.onnx -o model.int8.onnx --calibration calib/ --eval eval/
       edgekit bench model.onnx model.int8.onnx --threads 1
     """
-
-
-for _area in _AREAS:
-    _module = importlib.import_module(f"edgekit.cli.{_area}")
-    for _command in _module.COMMANDS:
-        cli.add_command(_command)
 
 
 def main() -> None:
