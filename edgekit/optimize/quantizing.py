@@ -62,7 +62,7 @@ class QuantizeSettings:
     reduce_range: bool | None = None
     threads: int = 1
     seed: int = 0
-    budget_time: float | None = None
+    budget_time: float | None = 540.0  # the whole search, timing and writing included, within 10 minutes
     preprocessing: ImagePreprocessing = field(default_factory=ImagePreprocessing)
     calibration_samples: int = 128
     eval_samples: int = 1000
