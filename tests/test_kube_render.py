@@ -186,6 +186,13 @@ def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
     assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists"} in terms[0]["matchExpressions"]
 
 
+def test_render_insecure_registry_for_local_demos() -> None:
+    objects = render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), target="kubeedge",
+                                    registry_insecure=True))
+    assert "--insecure" in pod_spec(objects)["initContainers"][0]["command"]
+    assert json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])["registry_insecure"] is True
+
+
 def test_render_openyurt_and_set_based_group() -> None:
     objects = render(RenderSettings(app="digits", image=IMAGE, target="openyurt",
                                     group=parse_group("selector:site in (berlin,paris),kubernetes.io/arch=arm64")))
@@ -294,3 +301,27 @@ def test_cli_install_print() -> None:
     assert out.exit_code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
     assert kinds[0] == "CustomResourceDefinition" and "RoleBinding" in kinds
+
+
+@pytest.mark.parametrize("target", ["k3s", "kubeedge", "openyurt"])
+@pytest.mark.parametrize("accelerator", [None, "nvidia.com/gpu"])
+def test_rendered_agent_config_loads_in_the_agent(tmp_path: Any, target: str, accelerator: str | None) -> None:
+    """The ConfigMap's config.json and the pod's env are what the real agent settings accept."""
+    from edgekit_agent.settings import load_settings
+
+    objects = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras", target), target=target,
+                                    accelerator=accelerator))
+    path = tmp_path / "config.json"
+    path.write_text(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+    agent = pod_spec(objects)["containers"][0]
+    env = {e["name"]: e.get("value", "cam-0001") for e in agent["env"]}  # spec.nodeName -> the node
+    settings = load_settings(path, env=env)
+    assert (settings.device, settings.group) == ("cam-0001", "cameras")
+    assert settings.listen_port == 8080 and settings.model_dir == "/model"
+    assert settings.image == f"registry.local:5000/models/digits@{DIGEST}"
+    assert settings.broker_tls and settings.mqtt_cert_file == "/etc/edgekit-agent/device/tls.crt"
+    mounted = {m["mountPath"] for m in agent["volumeMounts"]}
+    for file_setting in (settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file):
+        assert file_setting and any(file_setting.startswith(m + "/") for m in mounted), file_setting
+    if accelerator:
+        assert settings.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")

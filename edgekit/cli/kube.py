@@ -181,6 +181,7 @@ def _print_report(report: ApplyReport) -> None:
 @click.option("--execution-provider", default=None, metavar="EP",
               help="onnxruntime execution provider for --accelerator (default: by resource).")
 @click.option("--broker-url", default=None, help="MQTT broker for telemetry (default: the fleet broker).")
+@click.option("--registry-insecure", is_flag=True, help="The model registry speaks plain HTTP (local demos).")
 @click.option("--require-digest", is_flag=True, help="Refuse an image reference without @sha256:.")
 @click.option("--format", "-f", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--apply", "do_apply", is_flag=True, help="Server-side apply to the cluster (field manager edgekit).")
@@ -189,7 +190,8 @@ def _print_report(report: ApplyReport) -> None:
 @cluster_options
 def render_cmd(image: str, group: str, app: str, target: str, namespace: str, revision: str | None,
                agent_image: str | None, model_source: str, accelerator: str | None,
-               execution_provider: str | None, broker_url: str | None, require_digest: bool, fmt: str,
+               execution_provider: str | None, broker_url: str | None, registry_insecure: bool,
+               require_digest: bool, fmt: str,
                do_apply: bool, dry_run: bool, force_conflicts: bool, kubeconfig: Path | None,
                context: str | None) -> None:
     """Print the manifests of one revision of an app on a device group: DaemonSet APP-REVISION
@@ -208,7 +210,7 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
         app=app, image=image, group=parse_group(group, target), target=target, namespace=namespace,
         revision=revision, model_source=model_source,  # type: ignore[arg-type]
         require_digest=require_digest, accelerator=accelerator, accelerator_provider=execution_provider,
-        broker_url=broker_url, agent_image=agent_image or DEFAULT_AGENT_IMAGE,
+        broker_url=broker_url, agent_image=agent_image or DEFAULT_AGENT_IMAGE, registry_insecure=registry_insecure,
     )
     if not (do_apply or dry_run):
         objects = render(settings)

@@ -170,6 +170,7 @@ class RenderSettings:
     mqtt_auth: Literal["node-cert", "none"] = "node-cert"
     device_credentials_dir: str = "/etc/edgekit/device"  # on the node: tls.crt/tls.key with CN=<node>
     public_key_configmap: str | None = None  # cosign public key (key ``cosign.pub``) to verify images
+    registry_insecure: bool = False  # plain-HTTP registry (local demos): fetch and agent skip TLS
     telemetry_interval: float = 10.0
     extra_config: Mapping[str, Any] = field(default_factory=dict)
 
@@ -216,6 +217,8 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
         config["mqtt_key_file"] = "/etc/edgekit-agent/device/tls.key"
     if s.public_key_configmap:
         config["public_key"] = f"{AGENT_CONFIG_DIR}/keys/cosign.pub"
+    if s.registry_insecure:
+        config["registry_insecure"] = True
     config.update(s.extra_config)
     return config
 
@@ -293,6 +296,8 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         fetch = ["edgekit-agent", "fetch", image.pinned, "--to", MODEL_DIR]
         if s.public_key_configmap:
             fetch += ["--public-key", f"{AGENT_CONFIG_DIR}/keys/cosign.pub"]
+        if s.registry_insecure:
+            fetch.append("--insecure")
         if not image.digest:
             fetch.append("--allow-tag")
         init_containers.append({
