@@ -159,7 +159,7 @@ def _print_report(report: ApplyReport) -> None:
         if diff:
             click.echo(diff, nl=False)
     for r in report.results:
-        note = "" if r.validated else " (not validated: its namespace or CRD is new)"
+        note = "" if r.validated or not report.dry_run else " (not validated: its namespace or CRD is new)"
         verb = f"would be {r.action}" if report.dry_run and r.action != "unchanged" else r.action
         con.print(f"{escape(r.ref)} {verb}{note}")
 
