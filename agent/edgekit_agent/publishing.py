@@ -258,7 +258,7 @@ class MqttPublisher:
                 break
             if outcome == "retry-now":
                 continue
-            if outcome == "connected":
+            if outcome == "lost":  # we were connected: start the backoff from the bottom again
                 attempt = 0
             if outcome == "rejected":
                 self.state = "rejected"
