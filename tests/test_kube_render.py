@@ -164,7 +164,8 @@ def test_render_k3s_revision_daemonset() -> None:
     model = next(v for v in spec["volumes"] if v["name"] == "model")
     assert model["image"]["reference"] == f"registry.local:5000/models/digits@{DIGEST}"
     assert "initContainers" not in spec
-    assert {"name": "model", "mountPath": "/model", "readOnly": True} in agent["volumeMounts"]
+    # The layer's model/ folder, not the image root, is what the agent sees at /model.
+    assert {"name": "model", "mountPath": "/model", "readOnly": True, "subPath": "model"} in agent["volumeMounts"]
     config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
     assert config["listen_port"] == 8080 and config["listen_host"] == "0.0.0.0"
     assert config["group"] == "cameras" and config["image"].endswith(DIGEST)

@@ -291,6 +291,9 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     init_containers: list[dict[str, Any]] = []
     if source == "image-volume":
         volumes.insert(0, {"name": "model", "image": {"reference": image.pinned, "pullPolicy": "IfNotPresent"}})
+        # The image's layer holds model/{model.onnx,edgekit.json,probe.npz} (contract 3.1): mount
+        # that folder, not the image root, so the agent finds the files at /model either way.
+        mounts[0]["subPath"] = "model"
     else:
         volumes.insert(0, {"name": "model", "emptyDir": {"sizeLimit": "1Gi"}})
         fetch = ["edgekit-agent", "fetch", image.pinned, "--to", MODEL_DIR]
