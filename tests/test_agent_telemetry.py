@@ -8,6 +8,7 @@ password, ACL denial, TLS, MQTT 3.1.1-only broker, SIGTERM, SIGKILL (last will).
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 import uuid
@@ -260,6 +261,12 @@ def test_wrong_password_bounded_retries_stays_alive(mqtt_broker_auth_acl: Mosqui
     _status, text = agent.get("/metrics")
     assert "edgekit_agent_mqtt_connected 0" in str(text) and "edgekit_agent_mqtt_auth_failures 3" in str(text)
     assert agent.get("/v2/health/ready")[0] == 200  # inference goes on
+    # new credentials mounted, SIGHUP: it tries again and delivers what it spooled meanwhile
+    pw.write_text(MQTT_USERS[dev] + "\n")
+    assert agent.proc.proc is not None
+    agent.proc.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "edgekit_agent_mqtt_connected 1" in str(agent.get("/metrics")[1]), timeout=20)
+    wait_until(lambda: "edgekit_agent_spool_messages 0" in str(agent.get("/metrics")[1]), timeout=20)
     assert agent.terminate() == 0
 
 
