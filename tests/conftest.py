@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.kube",
     "tests.fixtures.agent",
     "tests.fixtures.fleet",
+    "tests.fixtures.rollout",
 ]

@@ -268,8 +268,7 @@ def _finish(session: service.Session, ro: EdgeRollout, output: str) -> None:
 
 def _drive(session: service.Session, name: str, output: str) -> None:
     follower = _Follower(output)
-    _stop_on_sigterm(session.stop)
-    with follower.showing():
+    with _stop_on_sigterm(session.stop), follower.showing():
         try:
             ro = service.run(session, name, on_change=follower.update)
         except KeyboardInterrupt:
@@ -282,9 +281,17 @@ def _drive(session: service.Session, name: str, output: str) -> None:
     _finish(session, ro, output)
 
 
-def _stop_on_sigterm(stop: threading.Event) -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+@contextmanager
+def _stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM stops the engine between steps (it hands its lease back); restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # --- push ------------------------------------------------------------------------------------
@@ -655,8 +662,7 @@ def controller_cmd(parallel: int, **kw: Any) -> None:
       edgekit controller --namespace edgekit --broker mqtts://edgekit-mqtt.edgekit.svc:8883
       EDGEKIT_ROLLOUT_NAMESPACE=edgekit edgekit controller --parallel 4
     """
-    with _opened(kw, telemetry=True) as session:
-        _stop_on_sigterm(session.stop)
+    with _opened(kw, telemetry=True) as session, _stop_on_sigterm(session.stop):
         con = console(stderr=True)
         con.print(f"edgekit controller: watching EdgeRollouts in {session.namespace}")
         try:

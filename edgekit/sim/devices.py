@@ -4,8 +4,8 @@ simulator's scheduler instead of its own threads.
 
 What a fault does here:
 
-- error_rate: that share of inferences gets a malformed input, so onnxruntime raises and the core
-  counts a real inference error;
+- error_rate: that share of inferences (evenly spread) gets a malformed input, so onnxruntime
+  raises and the core counts a real inference error;
 - latency_ms: added to the measured latency of each inference (throttled simulation: nothing sleeps);
 - probe_fail: the device serves a probe that cannot pass (``ModelStore.with_failing_probe``);
 - silent: health is never reported (the connection and birth stay);
@@ -82,6 +82,7 @@ class VirtualDevice:
         self.alive = False
         self.inferences = 0
         self.errors = 0
+        self._error_due = rng.random()
 
     @property
     def node(self) -> str:
@@ -115,7 +116,11 @@ class VirtualDevice:
         if not core.ready:
             core.requests_rejected += 1
             return
-        if self.fault.error_rate and self.rng.random() < self.fault.error_rate:
+        # Errors come evenly spread (every 1/rate-th inference, from a random phase) rather than
+        # by coin flips: a short canary window then shows the configured rate, not luck.
+        self._error_due += self.fault.error_rate
+        if self._error_due >= 1.0:
+            self._error_due -= 1.0
             with contextlib.suppress(EdgekitError):
                 core.infer(self.bad)
             self.errors += 1

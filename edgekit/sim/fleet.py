@@ -50,7 +50,7 @@ class SimSettings:
     registry_options: Any = None
     restart_delay: float = 1.0     # crash loop: seconds dead before the agent comes back
     seed: int = 0
-    workers: int = 8
+    workers: int = 32              # device starts and (graceful, slow) stops run in parallel
 
 
 def placements_from_pods(pods: list[dict[str, Any]], app: str | None = None) -> dict[str, Placement]:

@@ -1,0 +1,252 @@
+"""End-to-end rollouts on the rehearsal fleet: the real control plane with KWOK nodes, the registry,
+mosquitto and the fleet simulator (real agent cores on real onnxruntime sessions), driven through
+the ``edgekit`` command line. Bakes are seconds and health reports come every second."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edgekit.rollout.resource import EdgeRollout
+from tests.fixtures.rollout import Fleet, RolloutEnv, revision_of
+
+pytestmark = [pytest.mark.kube, pytest.mark.mqtt, pytest.mark.registry, pytest.mark.slow]
+
+NewFleet = Callable[..., Fleet]
+FAST = ["--bake", "2s", "--wave-timeout", "40s", "--baseline", "2s"]
+
+
+def push(env: RolloutEnv, fleet: Fleet, image: str, *args: str) -> tuple[int, EdgeRollout, str]:
+    result = env.cli("push", image, "--group", fleet.group, "--app", fleet.app, *args, "--output", "json")
+    assert result.stdout.strip(), f"no output (exit {result.returncode}): {result.stderr}"
+    return result.returncode, EdgeRollout.from_json(json.loads(result.stdout)), result.stderr
+
+
+def test_healthy_model_rolls_out_over_200_nodes_in_4_waves(rollout_env: RolloutEnv, new_fleet: NewFleet) -> None:
+    env = rollout_env
+    fleet = new_fleet(200)
+    old, new = env.images["1.0"], env.images["2.0"]
+    fleet.deploy(old)
+    code, ro, err = push(env, fleet, f"{env.registry.host}/models/digits:2.0", "--waves", "1,5%,25%,100%",
+                         "--spread-by", "topology.kubernetes.io/zone", *FAST)
+    assert code == 0, err
+    assert ro.status.phase == "Succeeded"
+    assert ro.spec.target.image == new                      # the tag was resolved once and pinned
+    assert [len(w.nodes) for w in ro.status.waves] == [1, 9, 40, 150]
+    assert all(w.verdict is not None and w.verdict.decision == "advance" for w in ro.status.waves)
+    for wave in ro.status.waves[1:]:
+        assert len(wave.zones) == 3                           # every wave spans the zones
+    canary = ro.status.waves[0]
+    assert canary.telemetry is not None and canary.telemetry.on_digest == 1
+    assert canary.baseline is not None and canary.baseline.devices == 1
+    assert set(fleet.revisions().values()) == {revision_of(new)}
+    assert fleet.daemonsets() == {f"{fleet.app}-{revision_of(new)}"}   # the old DaemonSet is gone
+    fleet.wait_running(revision_of(new))
+
+
+def test_error_rate_is_stopped_at_the_canary_and_rolled_back(rollout_env: RolloutEnv, new_fleet: NewFleet,
+                                                            faults: object) -> None:
+    env = rollout_env
+    fleet = new_fleet(30)
+    old, bad = env.images["1.0"], env.images["3.0"]
+    fleet.deploy(old)
+    env.sim.faults.set(revision_of(bad), error_rate=0.2)
+    code, ro, err = push(env, fleet, bad, "--waves", "1,50%,100%", "--bake", "4s", "--wave-timeout", "40s",
+                         "--baseline", "2s", "--max-error-rate", "2%")
+    assert code == 69, err
+    assert "rolled back" in err and "error-rate" in err
+    assert ro.status.phase == "RolledBack"
+    canary = ro.status.waves[0]
+    assert canary.phase == "Failed" and canary.verdict is not None
+    assert canary.verdict.gate == "error-rate"
+    fig = canary.verdict.figure("error-rate")
+    assert fig is not None and fig.threshold == pytest.approx(0.02) and fig.value is not None and fig.value > 0.05
+    assert "error rate" in canary.verdict.reason and "max 2%" in canary.verdict.reason
+    assert [w.phase for w in ro.status.waves[1:]] == ["Pending", "Pending"]
+    assert set(fleet.revisions().values()) == {revision_of(old)}      # every node back
+    assert fleet.daemonsets() == {f"{fleet.app}-{revision_of(old)}"}  # the new DaemonSet removed
+    assert ro.status.condition("RolledBack")["reason"] == "ErrorRate"  # type: ignore[index]
+
+
+def test_latency_regression_is_caught(rollout_env: RolloutEnv, new_fleet: NewFleet, faults: object) -> None:
+    env = rollout_env
+    fleet = new_fleet(20)
+    old, slow = env.images["1.0"], env.images["4.0"]
+    fleet.deploy(old)
+    env.sim.faults.set(revision_of(slow), latency_ms=25)
+    code, ro, err = push(env, fleet, slow, "--waves", "2,100%", "--bake", "3s", "--wave-timeout", "40s",
+                         "--baseline", "3s", "--max-p95-regression", "50%")
+    assert code == 69, err
+    verdict = ro.status.waves[0].verdict
+    assert verdict is not None and verdict.gate == "p95-regression"
+    fig = verdict.figure("p95-regression")
+    assert fig is not None and fig.value is not None and fig.value > 0.5
+    baseline = ro.status.waves[0].baseline
+    assert baseline is not None and baseline.p95_ms is not None and baseline.p95_ms < 25
+    assert set(fleet.revisions().values()) == {revision_of(old)}
+
+
+def test_engine_killed_mid_wave_then_resume_finishes(rollout_env: RolloutEnv, new_fleet: NewFleet,
+                                                     tmp_path: Path) -> None:
+    env = rollout_env
+    fleet = new_fleet(30)
+    old, new = env.images["1.0"], env.images["5.0"]
+    fleet.deploy(old)
+    engine = env.spawn("push", new, "--group", fleet.group, "--app", fleet.app, "--waves", "1,50%,100%",
+                       "--bake", "6s", "--wave-timeout", "60s", "--baseline", "2s", log=tmp_path / "push.log")
+    try:
+        ro = env.wait_rollout(fleet, lambda ro: ro.status.current_wave == 1
+                              and ro.status.waves[1].phase in ("Waiting", "Baking"), timeout=120)
+    finally:
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+    killed_at = env.cluster.get_rollout(env.namespace, ro.name)
+    assert killed_at.status.phase == "Progressing"
+    labels = fleet.revisions()
+    moved = {n for n, rev in labels.items() if rev == revision_of(new)}
+    assert 1 < len(moved) < 30                                     # stopped half-way
+
+    result = env.cli("rollout", "resume", ro.name, "--output", "json")
+    assert result.returncode == 0, result.stderr
+    done = EdgeRollout.from_json(json.loads(result.stdout))
+    assert done.status.phase == "Succeeded"
+    assert any(h.event == "engine" and "took the rollout at wave 2/3" in h.message for h in done.status.history)
+    labels = fleet.revisions()
+    assert set(labels.values()) == {revision_of(new)} and len(labels) == 30   # no node unaccounted for
+    assert sorted(n for w in done.status.waves for n in w.nodes) == sorted(fleet.nodes)
+    assert fleet.daemonsets() == {f"{fleet.app}-{revision_of(new)}"}
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_offline_devices(rollout_env: RolloutEnv, new_fleet: NewFleet,
+                         faults: object, policy: str) -> None:
+    env = rollout_env
+    fleet = new_fleet(20)
+    old, new = env.images["1.0"], env.images["6.0"]
+    fleet.deploy(old)
+    env.sim.faults.set(revision_of(new), offline=0.1)
+    timeout = "12s" if policy == "fail" else "40s"
+    code, ro, err = push(env, fleet, new, "--waves", "50%,100%", "--bake", "2s", "--baseline", "2s",
+                         "--wave-timeout", timeout, "--offline-policy", policy, "--min-reporting", "100%")
+    offline = {n for n in fleet.nodes if env.sim.faults.for_model(revision=revision_of(new)).offline_for(
+        n, revision_of(new))}
+    assert offline, "the fault picked no device"
+    if policy == "skip":
+        assert code == 0, err
+        assert ro.status.phase == "Succeeded"
+        skipped = {n for w in ro.status.waves if w.verdict for n in w.verdict.skipped}
+        assert skipped == offline
+        assert "skipped" in ro.status.message and all(n in ro.status.message for n in sorted(offline)[:3])
+        assert set(fleet.revisions().values()) == {revision_of(new)}
+    else:
+        assert code == 69, err
+        verdict = ro.status.waves[0].verdict
+        assert verdict is not None and verdict.gate == "reporting" and "wave timeout" in verdict.reason
+        holds = [h for h in ro.status.history if h.event == "rollback-started"]
+        assert holds and holds[0].at - (ro.status.waves[0].moved_at or 0) >= 12
+        assert set(fleet.revisions().values()) == {revision_of(old)}
+
+
+def test_pause_resume_promote_abort_undo(rollout_env: RolloutEnv, new_fleet: NewFleet, tmp_path: Path) -> None:
+    env = rollout_env
+    fleet = new_fleet(12)
+    v1, v2, v3 = env.images["1.0"], env.images["2.0"], env.images["3.0"]
+    fleet.deploy(v1)
+
+    engine = env.spawn("push", v2, "--group", fleet.group, "--app", fleet.app, "--waves", "1,50%,100%",
+                       "--manual-promote", *FAST, log=tmp_path / "push.log")
+    try:
+        ro = env.wait_rollout(fleet, lambda r: r.spec.target.image == v2 and r.active, timeout=60)
+        gate = lambda i: (lambda r: r.status.waves[i].verdict is not None  # noqa: E731
+                          and r.status.waves[i].verdict.gate == "promotion")
+        env.wait_rollout(fleet, gate(0), name=ro.name)
+        env.cli("rollout", "pause", ro.name, check=True)
+        env.wait_rollout(fleet, lambda r: r.status.phase == "Paused", name=ro.name)
+        env.cli("rollout", "promote", ro.name, check=True)          # promoted, but paused: it waits
+        time.sleep(2)
+        held = env.cluster.get_rollout(env.namespace, ro.name)
+        assert held.status.current_wave == 0 and held.status.waves[0].promoted
+        env.cli("rollout", "resume", ro.name, "--detach", check=True)
+        env.wait_rollout(fleet, gate(1), name=ro.name)
+        env.cli("rollout", "promote", "--app", fleet.app, "--group", fleet.group, check=True)
+        env.wait_rollout(fleet, gate(2), name=ro.name)
+        env.cli("rollout", "promote", ro.name, check=True)
+        assert engine.wait(60) == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    done = env.cluster.get_rollout(env.namespace, ro.name)
+    assert done.status.phase == "Succeeded"
+    assert set(fleet.revisions().values()) == {revision_of(v2)}
+
+    # undo: back to v1 as a new rollout
+    result = env.cli("rollout", "undo", "--app", fleet.app, "--group", fleet.group, "--waves", "100%", *FAST,
+                     "--output", "json")
+    assert result.returncode == 0, result.stderr
+    undone = EdgeRollout.from_json(json.loads(result.stdout))
+    assert undone.spec.undo_of == ro.name and undone.spec.target.image == v1
+    assert set(fleet.revisions().values()) == {revision_of(v1)}
+
+    # abort: every moved node goes back
+    engine = env.spawn("push", v3, "--group", fleet.group, "--app", fleet.app, "--waves", "50%,100%",
+                       "--manual-promote", *FAST, log=tmp_path / "push3.log")
+    try:
+        ro3 = env.wait_rollout(fleet, lambda r: r.spec.target.image == v3 and r.status.waves[0].phase == "Baking")
+        env.cli("rollout", "abort", ro3.name, "--reason", "wrong model", check=True)
+        assert engine.wait(60) == 69
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    aborted = env.cluster.get_rollout(env.namespace, ro3.name)
+    assert aborted.status.phase == "RolledBack" and "aborted: wrong model" in aborted.status.message
+    assert set(fleet.revisions().values()) == {revision_of(v1)}
+
+    history = json.loads(env.cli("rollout", "history", "--app", fleet.app, "--output", "json", check=True).stdout)
+    assert [h["phase"] for h in history] == ["Succeeded", "Succeeded", "RolledBack"]
+    assert history[1]["undoOf"] == ro.name
+
+
+def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet, tmp_path: Path) -> None:
+    from edgekit.image.signing import write_keypair
+
+    env = rollout_env
+    fleet = new_fleet(5)
+    v1, v2 = env.images["1.0"], env.images["2.0"]
+    fleet.deploy(v1)
+    before = (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()])
+    _, pub = write_keypair(tmp_path / "key", b"pw")
+    tag = f"{env.registry.host}/models/digits:2.0"
+
+    cases = [
+        (["push", v2, "-g", "no-such-group", "-a", fleet.app], 61, "unknown device group 'no-such-group'"),
+        (["push", v2, "-g", "selector:edgekit.io/group=nobody-here", "-a", fleet.app], 62, "has no nodes"),
+        (["push", tag, "-g", fleet.group, "-a", fleet.app, "--require-digest"], 63, "has no digest"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--public-key", str(pub)], 64, "not signed"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,2,3"], 66, "cover 3 of 5 nodes"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,50%"], 66, "must reach 100%"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--max-error-rate", "120%"], 67, "--max-error-rate"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--min-reporting", "0"], 67, "--min-reporting"),
+        (["rollout", "plan", v2, "-g", "no-such-group", "-a", fleet.app], 61, "unknown device group"),
+    ]
+    for args, code, fragment in cases:
+        result = env.cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("edgekit: error: "), result.stderr
+        assert fragment in lines[0], (fragment, lines[0])
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
+    # a second push on the same app/group while one runs
+    first = env.cli("push", v2, "-g", fleet.group, "-a", fleet.app, "--detach", "--manual-promote", *FAST)
+    assert first.returncode == 0, first.stderr
+    snapshot = (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()])
+    second = env.cli("push", env.images["3.0"], "-g", fleet.group, "-a", fleet.app)
+    assert second.returncode == 65
+    assert "is Pending" in second.stderr and second.stderr.count("\n") == 1
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == snapshot
+    env.cli("rollout", "abort", "--app", fleet.app, "--group", fleet.group, check=True)
