@@ -4,12 +4,14 @@ validate against the JSON Schemas the agent ships."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from edgekit.cli_docs import has_examples, problems, render, walk
 
@@ -69,3 +71,128 @@ def test_a_command_without_examples_is_caught() -> None:
     entries = {e.path: e.command for e in walk(root, "root")}
     assert has_examples(entries["root"]) and not has_examples(entries["root sub"])
     assert not (entries["root bare"].help or "").strip()
+
+
+# --- exit codes -------------------------------------------------------------------------------
+
+def _error_classes() -> list[type]:
+    import edgekit_agent.errors as agent_errors
+
+    import edgekit.errors as central_errors
+    from edgekit.testenv.gobuild import GoBuildError
+    from edgekit.testenv.processes import ServiceError
+
+    found: dict[str, type] = {}
+    for module in (agent_errors, central_errors):
+        for name in dir(module):
+            obj = getattr(module, name)
+            if isinstance(obj, type) and issubclass(obj, agent_errors.EdgekitError):
+                found[name] = obj
+    found.update(ServiceError=ServiceError, GoBuildError=GoBuildError)
+    return list(found.values())
+
+
+def test_troubleshooting_explains_every_exit_code() -> None:
+    text = (DOCS / "troubleshooting.md").read_text()
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"^\| (\d+) \|.*$", text, flags=re.M)}
+    for cls in _error_classes():
+        assert cls.exit_code in rows, f"docs/troubleshooting.md has no row for exit {cls.exit_code} ({cls.__name__})"
+        assert f"`{cls.__name__}`" in rows[cls.exit_code], f"exit {cls.exit_code} row does not name {cls.__name__}"
+
+
+def test_exit_codes_are_distinct_per_error() -> None:
+    by_code: dict[int, set[str]] = {}
+    for cls in _error_classes():
+        by_code.setdefault(cls.exit_code, set()).add(cls.__name__)
+    shared = {code: names for code, names in by_code.items() if len(names) > 1}
+    # EngineConflictError is a RolloutInProgressError on purpose ("someone else is at work").
+    assert shared == {65: {"RolloutInProgressError", "EngineConflictError"}}
+
+
+# --- links ------------------------------------------------------------------------------------
+
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    found = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        if in_code or not line.startswith("#"):
+            continue
+        title = line.lstrip("#").strip().lower()
+        found.add("".join(c for c in title if c.isalnum() or c in " -_").replace(" ", "-"))
+    return found
+
+
+def markdown_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
+@pytest.mark.parametrize("page", markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_local_links_resolve(page: Path) -> None:
+    text = page.read_text()
+    for target in _LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        assert dest.exists(), f"{page.name}: link to missing {target}"
+        if anchor and dest.suffix == ".md":
+            assert anchor in anchors(dest.read_text()), f"{page.name}: no heading #{anchor} in {dest.name}"
+
+
+def test_every_docs_page_is_linked_from_the_index_and_readme() -> None:
+    index = (DOCS / "README.md").read_text()
+    for page in DOCS.glob("*.md"):
+        if page.name in ("README.md", "k8s-testenv-corrections.md"):
+            continue
+        assert f"({page.name})" in index, f"docs/README.md does not link {page.name}"
+    readme = (ROOT / "README.md").read_text()
+    assert "(docs/README.md)" in readme and "(docs/cli.md)" in readme and "(docs/troubleshooting.md)" in readme
+
+
+# --- the telemetry contract ---------------------------------------------------------------------
+
+def test_mqtt_examples_validate_against_the_shipped_schemas() -> None:
+    import jsonschema
+    from edgekit_agent.protocol import load_schema
+
+    text = (DOCS / "mqtt.md").read_text()
+    sections = re.split(r"^## ", text, flags=re.M)
+    checked = 0
+    for section in sections:
+        kind = section.split()[0] if section else ""
+        if kind not in ("status", "health", "event"):
+            continue
+        for block in re.findall(r"```json\n(.*?)```", section, flags=re.S):
+            jsonschema.validate(json.loads(block), load_schema(kind))
+            checked += 1
+    assert checked == 3
+
+
+def test_mqtt_page_names_every_schema_field_and_event_kind() -> None:
+    from edgekit_agent.protocol import EVENT_KINDS, load_schema
+
+    text = (DOCS / "mqtt.md").read_text()
+    for kind in ("status", "health", "event"):
+        for field in load_schema(kind)["properties"]:
+            assert f"`{field}`" in text, f"docs/mqtt.md does not describe {kind}.{field}"
+    for event in EVENT_KINDS:
+        assert f"`{event}`" in text, f"docs/mqtt.md does not describe the {event} event"
+
+
+# --- shell completion ---------------------------------------------------------------------------
+
+def test_shell_completion_as_documented() -> None:
+    edgekit = str(Path(sys.executable).with_name("edgekit"))
+    source = subprocess.run([edgekit], env={"_EDGEKIT_COMPLETE": "bash_source", "PATH": ""},
+                            capture_output=True, text=True, timeout=60)
+    assert "_edgekit_completion" in source.stdout
+    done = subprocess.run([edgekit], env={"_EDGEKIT_COMPLETE": "bash_complete", "COMP_WORDS": "edgekit rollout st",
+                                          "COMP_CWORD": "2"}, capture_output=True, text=True, timeout=60)
+    assert "plain,status" in done.stdout.splitlines()
+    assert "_EDGEKIT_COMPLETE=bash_source edgekit" in (DOCS / "completion.md").read_text()
