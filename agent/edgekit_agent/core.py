@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import resource
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -120,6 +121,9 @@ class AgentCore:
         self.events_sent: dict[str, int] = {}
         self._seq = {"status": 0, "health": 0, "event": 0}
         self._birth_seq: int | None = None
+        # Numbering and spooling happen together, so spool order is seq order even when events
+        # come from the publisher's thread.
+        self._seq_lock = threading.RLock()
         s = settings
         self._topics = {k: device_topic(s.topic_root, s.group, s.device, k)
                         for k in ("status", "health", "event")}
@@ -154,9 +158,10 @@ class AgentCore:
         return publisher
 
     def _next_seq(self, kind: str) -> int:
-        seq = self._seq[kind]
-        self._seq[kind] = seq + 1
-        return seq
+        with self._seq_lock:  # events also come from the publisher's thread
+            seq = self._seq[kind]
+            self._seq[kind] = seq + 1
+            return seq
 
     def status_message(self, state: str) -> tuple[str, bytes]:
         """(topic, payload) of a status message; ``will`` is the offline payload set as last will.
@@ -188,11 +193,12 @@ class AgentCore:
     def emit_event(self, kind: str, detail: str, data: dict[str, Any] | None = None) -> None:
         level = logging.INFO if kind in ("model_loaded", "probe_recovered", "agent_stopping") else logging.WARNING
         log.log(level, "event %s: %s", kind, detail)
-        payload = event_payload(device=self.settings.device, group=self.settings.group, session=self.session,
-                                seq=self._next_seq("event"), ts=self.clock.time(), model=self.model_ref,
-                                kind=kind, detail=detail[:4096], data=data)
-        self.events_sent[kind] = self.events_sent.get(kind, 0) + 1
-        self._send("event", payload)
+        with self._seq_lock:
+            payload = event_payload(device=self.settings.device, group=self.settings.group, session=self.session,
+                                    seq=self._next_seq("event"), ts=self.clock.time(), model=self.model_ref,
+                                    kind=kind, detail=detail[:4096], data=data)
+            self.events_sent[kind] = self.events_sent.get(kind, 0) + 1
+            self._send("event", payload)
 
     def _on_publisher_problem(self, kind: str, detail: str, data: dict[str, Any]) -> None:
         # Denials repeat for every message; one event a minute is enough (it may be denied too).
