@@ -402,7 +402,11 @@ class FleetWatcher:
         """Apply thread: picks up messages that waited (the network thread found the lock taken)."""
         queue = self._queue
         while not self._stop.is_set() or queue:
-            if not queue or time.monotonic() - queue[0][3] < _HANDOFF_S:
+            try:
+                waited = time.monotonic() - queue[0][3]
+            except IndexError:     # empty (or emptied by the network thread just now)
+                waited = 0.0
+            if waited < _HANDOFF_S:
                 time.sleep(_IDLE_SLEEP)
                 continue
             with self.lock:
@@ -416,7 +420,6 @@ class FleetWatcher:
 
     # -- the network thread -----------------------------------------------------------------------
     def _network_loop(self) -> None:
-        attempt = 0
         index = 0
         delay = self.settings.reconnect_min
         fell_back = False
@@ -440,8 +443,17 @@ class FleetWatcher:
                 self.last_error = _short(exc) if len(self._addresses) == 1 else f"{address.url}: {_short(exc)}"
                 self._refused += 1
                 LOG.debug("connect to %s failed: %s", address.url, exc)
+            except Exception as exc:  # a bug must not end the thread silently: log, back off, retry
+                LOG.exception("fleet watcher: unexpected error connecting to %s", address.url)
+                self.last_error = f"{address.url}: {_short(exc)}"
             else:
-                ended_before_connack = self._run(client)
+                try:
+                    ended_before_connack = self._run(client)
+                except Exception as exc:
+                    LOG.exception("fleet watcher: unexpected error in the MQTT loop (reconnecting)")
+                    self.last_error = f"{address.url}: {_short(exc)}"
+                    self._connected = False
+                    ended_before_connack = False
                 if (self.settings.mqtt_protocol == "auto" and not fell_back and self._protocol == mqtt.MQTTv5
                         and ended_before_connack and self.connects == 0):
                     # A broker that only speaks 3.1.1 refuses or drops a version-5 CONNECT.
@@ -451,10 +463,8 @@ class FleetWatcher:
                     continue
                 if self._connack is not None and not self._connack.is_failure:
                     delay = self.settings.reconnect_min
-                    attempt = 0
             if self._stop.is_set():
                 break
-            attempt += 1
             index += 1 if len(self._addresses) > 1 else 0
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.reconnect_max)
