@@ -315,3 +315,10 @@ class RolledBackError(RolloutError):
     """The rollout finished rolled back; scripts see a failure."""
 
     exit_code = 69
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """One line describing a foreign exception (some, like a bare AssertionError, have no text)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit]

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 
-from edgekit.errors import QuantizationError
+from edgekit.errors import QuantizationError, first_line
 from edgekit.optimize.datasets import Dataset, Feed
 from edgekit.optimize.graphs import tail_nodes
 from edgekit.optimize.preparing import quiet_onnxruntime_logs
@@ -106,7 +106,7 @@ def build_candidate(
                     calibration_cache_path=str(cache),
                 )
     except Exception as exc:  # the quantizers raise anything from ValueError to IndexError
-        raise QuantizationError(f"{recipe.name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+        raise QuantizationError(f"{recipe.name}: {type(exc).__name__}: {first_line(exc, 200)}") from exc
     if not out.exists():
         raise QuantizationError(f"{recipe.name}: the quantizer wrote no model")
     return out

@@ -12,13 +12,12 @@ import multiprocessing
 import os
 import resource
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, TimeoutError
 from concurrent.futures.process import BrokenProcessPool
-from typing import ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from edgekit.errors import QuantizationError
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_LIMIT = 6 * 2**30
@@ -38,17 +37,31 @@ def _limit(nbytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (nbytes, nbytes))
 
 
-def run_limited(what: str, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """``fn(*args, **kwargs)`` in a fresh process limited to ``memory_limit()`` bytes of data."""
+def run_limited(what: str, fn: Callable[..., R], *args: Any, timeout: float | None = None, **kwargs: Any) -> R:
+    """``fn(*args, **kwargs)`` in a fresh process limited to ``memory_limit()`` bytes of data.
+
+    A ``timeout`` keyword (seconds) stops the worker when it runs longer: a slow calibration must
+    not overrun the search's time budget.
+    """
     limit = memory_limit()
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit, initargs=(limit,)) as pool:
-        try:
-            return pool.submit(fn, *args, **kwargs).result()
-        except MemoryError as exc:
-            raise QuantizationError(
-                f"{what}: out of memory (limit {limit / 2**30:.1f} GB)",
-                hint="set EDGEKIT_QUANTIZE_MEMORY (GB) or use fewer calibration samples",
-            ) from exc
-        except BrokenProcessPool as exc:
-            raise QuantizationError(f"{what}: the worker process died (out of memory?)") from exc
+    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_limit, initargs=(limit,))
+    try:
+        return pool.submit(fn, *args, **kwargs).result(timeout=timeout)
+    except TimeoutError as exc:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+        raise SearchTimeout(f"{what}: stopped at the time budget") from exc
+    except MemoryError as exc:
+        raise QuantizationError(
+            f"{what}: out of memory (limit {limit / 2**30:.1f} GB)",
+            hint="set EDGEKIT_QUANTIZE_MEMORY (GB) or use fewer calibration samples",
+        ) from exc
+    except BrokenProcessPool as exc:
+        raise QuantizationError(f"{what}: the worker process died (out of memory?)") from exc
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class SearchTimeout(QuantizationError):
+    """A step was stopped because the search's time budget ran out."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from edgekit.errors import InvalidModelError, MissingExternalDataError, ModelNotFoundError
+from edgekit.errors import InvalidModelError, MissingExternalDataError, ModelNotFoundError, first_line
 
 
 def check_path(path: str | os.PathLike[str]) -> Path:
@@ -50,7 +50,7 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise InvalidModelError(
             f"{p} is not a valid ONNX model (truncated or another format): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"{first_line(exc) if str(exc) else type(exc).__name__}"
         ) from exc
     if not model.graph.node and not model.graph.output:
         raise InvalidModelError(f"{p} is not a valid ONNX model (no graph found)")
@@ -68,5 +68,5 @@ def load_model(path: str | os.PathLike[str], *, load_external: bool = True) -> o
     try:
         onnx.checker.check_model(model if not external_data_files(model) else str(p))
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"{p} fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+        raise InvalidModelError(f"{p} fails the ONNX checker: {first_line(exc)}") from exc
     return model

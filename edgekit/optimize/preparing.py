@@ -14,7 +14,7 @@ from pathlib import Path
 import onnx
 from onnx import version_converter
 
-from edgekit.errors import QuantizationError
+from edgekit.errors import QuantizationError, first_line
 from edgekit.optimize.shapes import fix_input_shapes
 
 
@@ -58,7 +58,7 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> tuple[onnx.Model
     try:
         return version_converter.convert_version(model, minimum), f"opset {current} → {minimum} (per-channel needs 13)"
     except Exception as exc:
-        raise QuantizationError(f"cannot convert opset {current} to {minimum}: {str(exc).splitlines()[0]}") from exc
+        raise QuantizationError(f"cannot convert opset {current} to {minimum}: {first_line(exc)}") from exc
 
 
 def prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], workdir: Path) -> Prepared:
@@ -88,7 +88,7 @@ def prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], workd
         except Exception as exc:
             warnings.append(
                 f"pre-processing {'without' if skip_symbolic else 'with'} symbolic shape inference "
-                f"failed: {str(exc).splitlines()[0][:200]}"
+                f"failed: {first_line(exc, 200)}"
             )
     # Pre-processing is an optimization; the fixed model still quantizes.
     warnings.append("pre-processing skipped")

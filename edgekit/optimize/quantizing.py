@@ -26,13 +26,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import onnx
 
-from edgekit.errors import ConfigError, DataError, OutputError, QuantizationError
+from edgekit.errors import ConfigError, DataError, OutputError, QuantizationError, first_line
 from edgekit.optimize import fidelity as fid
 from edgekit.optimize.benchmarking import summarize, time_interleaved
 from edgekit.optimize.building import build_candidate
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_dataset, load_labels
 from edgekit.optimize.graphs import ensure_node_names, tail_nodes
-from edgekit.optimize.guarding import run_limited
+from edgekit.optimize.guarding import SearchTimeout, run_limited
 from edgekit.optimize.inspecting import ModelInfo, inspect_model
 from edgekit.optimize.loading import load_model
 from edgekit.optimize.preparing import prepare
@@ -421,7 +421,18 @@ class _Search:
         t0 = time.monotonic()
         try:
             out = ctx.work / f"candidate-{len(self.results)}.onnx"
-            path = run_limited(recipe.name, build_candidate, recipe, ctx.prepared, out, ctx.calib, ctx.work, ctx.stride)
+            left = self.time_left()
+            path = run_limited(
+                recipe.name,
+                build_candidate,
+                recipe,
+                ctx.prepared,
+                out,
+                ctx.calib,
+                ctx.work,
+                ctx.stride,
+                timeout=None if left == float("inf") else max(left, 1.0),
+            )
             result.path, result.size_bytes = path, path.stat().st_size
             outputs = _outputs(path, ctx.evals, ctx.batch, self.s.threads)
             result.fidelity = fid.evaluate(ctx.metric, ctx.reference, outputs, ctx.labels)
@@ -439,10 +450,12 @@ class _Search:
                 result.verdict, result.reason = "slower", f"{result.latency_ratio:.2f}x FP32 latency"
             else:
                 result.verdict, result.reason = "in budget", ""
+        except SearchTimeout:
+            result.verdict, result.reason = "skipped", "stopped at the time budget"
         except (QuantizationError, DataError) as exc:
             result.verdict, result.reason = "failed", exc.one_line()
         except Exception as exc:  # a broken candidate must not end the search
-            result.verdict, result.reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            result.verdict, result.reason = "failed", f"{type(exc).__name__}: {first_line(exc, 200)}"
         result.seconds = time.monotonic() - t0
         self.progress.result(result)
         return result

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgekit.errors import DataError, InvalidModelError
+from edgekit.errors import DataError, InvalidModelError, first_line
 
 ort.set_default_logger_severity(3)
 
@@ -42,11 +42,11 @@ def make_session(
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped exceptions
         where = "model" if isinstance(model, bytes) else Path(model).name
-        raise InvalidModelError(f"onnxruntime cannot load {where}: {str(exc).splitlines()[0][:300]}") from exc
+        raise InvalidModelError(f"onnxruntime cannot load {where}: {first_line(exc, 300)}") from exc
 
 
 def run(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return [np.asarray(o) for o in session.run(None, feed)]
     except Exception as exc:
-        raise DataError(f"inference failed: {str(exc).splitlines()[0][:300]}") from exc
+        raise DataError(f"inference failed: {first_line(exc, 300)}") from exc
