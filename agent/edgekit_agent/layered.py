@@ -56,9 +56,8 @@ def _convert(field: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value == "" and type(None) in args):
-            if type(None) in args:
-                return None
+        if type(None) in args and (value is None or value == ""):
+            return None
         errors = []
         for arg in args:
             if arg is type(None):
