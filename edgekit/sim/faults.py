@@ -10,7 +10,8 @@ A fault is keyed by what identifies a model: its revision (``3f2a9c1b7d0e``), im
 - ``probe_fail``   the golden probe fails (so the agent reports not ready, probe.ok false)
 - ``crash_loop``   the agent dies every ``crash_every`` seconds (default 4) and comes back
 - ``silent``       the agent serves but never reports health
-- ``offline``      share of devices (chosen by a stable hash of the device name) that never come up
+- ``offline``      share of devices (chosen by a stable hash of the device name and ``seed``) that
+                   never come up
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Fault:
     crash_every: float = 4.0
     silent: bool = False
     offline: float = 0.0
+    seed: int = 0                 # picks which devices make up the offline share
 
     @property
     def healthy(self) -> bool:
@@ -42,7 +44,7 @@ class Fault:
         """Stable choice of the ``offline`` share of devices."""
         if self.offline <= 0:
             return False
-        h = int.from_bytes(hashlib.sha256(f"{key}/{device}".encode()).digest()[:8], "big") / 2**64
+        h = int.from_bytes(hashlib.sha256(f"{self.seed}/{key}/{device}".encode()).digest()[:8], "big") / 2**64
         return h < self.offline
 
     def to_json(self) -> dict[str, Any]:
@@ -50,7 +52,7 @@ class Fault:
 
 
 _FLOAT = {"error_rate": (0.0, 1.0), "latency_ms": (0.0, 60_000.0), "crash_every": (0.2, 3600.0),
-          "offline": (0.0, 1.0)}
+          "offline": (0.0, 1.0), "seed": (0, 2**31)}
 _FLAGS = ("probe_fail", "crash_loop", "silent")
 
 
@@ -85,7 +87,7 @@ def parse_fault(text: str) -> tuple[str, Fault]:
         lo, hi = _FLOAT[name]
         if not lo <= number <= hi:
             raise ConfigError(f"{part!r}: must be within {lo:g}..{hi:g}", field="--fault")
-        values[name] = number
+        values[name] = int(number) if name == "seed" else number
     return key, replace(Fault(), **values)
 
 

@@ -1,0 +1,169 @@
+"""The fleet simulator's parts: fault knobs, what runs where, and one virtual device running the real
+agent core on a real onnxruntime session (no broker: the health payload is read directly). The
+simulator following Kubernetes is exercised by tests/test_rollout_e2e.py; 300 devices at once by
+``test_three_hundred_devices`` below."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from edgekit_agent.loading import LoadedModel, fetch_model, load_model
+from edgekit_agent.probing import run_probe
+from edgekit_agent.protocol import load_schema
+
+from edgekit.errors import ConfigError
+from edgekit.sim.devices import Placement, VirtualDevice
+from edgekit.sim.faults import Fault, FaultBook, parse_fault
+from edgekit.sim.fleet import placements_from_pods
+from edgekit.sim.models import ModelStore
+
+
+def test_parse_faults() -> None:
+    key, fault = parse_fault("3f2a9c1b7d0e:error_rate=20%,latency_ms=30,probe_fail,silent,offline=0.1")
+    assert key == "3f2a9c1b7d0e"
+    assert fault == Fault(error_rate=0.2, latency_ms=30, probe_fail=True, silent=True, offline=0.1)
+    key, fault = parse_fault("sha256:" + "a" * 64 + ":crash_loop,crash_every=2")
+    assert key == "sha256:" + "a" * 64 and fault.crash_loop and fault.crash_every == 2
+    assert parse_fault("*:error-rate=0.5")[1].error_rate == 0.5
+    for bad in ("nokey", ":error_rate=1", "x:error_rate=2", "x:bogus=1", "x:latency_ms=fast"):
+        with pytest.raises(ConfigError) as info:
+            parse_fault(bad)
+        assert info.value.one_line().startswith("--fault")
+
+
+def test_fault_book_precedence_and_offline_share() -> None:
+    book = FaultBook.parse(["*:latency_ms=1", "1.0:error_rate=0.1", "rev1:error_rate=0.2",
+                            "sha256:" + "b" * 64 + ":error_rate=0.3"])
+    assert book.for_model(revision="rev1", digest="sha256:" + "b" * 64, version="1.0").error_rate == 0.3
+    assert book.for_model(revision="rev1", version="1.0").error_rate == 0.2
+    assert book.for_model(revision="other", version="1.0").error_rate == 0.1
+    assert book.for_model(revision="other").latency_ms == 1
+    book.set("rev1")
+    assert book.for_model(revision="rev1", version="1.0").error_rate == 0.1
+    share = Fault(offline=0.1)
+    picked = [n for n in (f"edge-{i}" for i in range(2000)) if share.offline_for(n, "rev")]
+    assert 140 < len(picked) < 260                       # about 10%, and always the same ones
+    assert picked == [n for n in (f"edge-{i}" for i in range(2000)) if share.offline_for(n, "rev")]
+
+
+def _pod(node: str, rev: str, *, created: str = "2026-01-01T00:00:00Z", deleting: bool = False,
+         app: str = "det") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": f"{app}-{rev}-{node}", "creationTimestamp": created,
+                            "labels": {"edgekit.io/app": app, "edgekit.io/revision": rev},
+                            "annotations": {"edgekit.io/image": f"reg/m@sha256:{rev * 8}"}}
+    if deleting:
+        meta["deletionTimestamp"] = created
+    return {"metadata": meta, "spec": {"nodeName": node, "containers": [
+        {"name": "agent", "env": [{"name": "EDGEKIT_AGENT_GROUP", "value": "cams"}]}]}, "status": {"phase": "Running"}}
+
+
+def test_placements_follow_the_newest_live_pod() -> None:
+    pods = [_pod("n1", "aaaaaaaa"), _pod("n1", "bbbbbbbb", created="2026-01-01T00:00:05Z"),
+            _pod("n2", "aaaaaaaa"), _pod("n2", "bbbbbbbb", created="2026-01-01T00:00:05Z", deleting=True),
+            _pod("n3", "aaaaaaaa", app="other"), {"metadata": {"name": "unscheduled"}, "spec": {}}]
+    placed = placements_from_pods(pods, app="det")
+    assert {n: p.revision for n, p in placed.items()} == {"n1": "bbbbbbbb", "n2": "aaaaaaaa"}
+    assert placed["n1"].group == "cams" and placed["n1"].image.endswith("bbbbbbbb" * 8)
+    assert set(placements_from_pods(pods)) == {"n1", "n2", "n3"}
+
+
+@pytest.fixture(scope="module")
+def digits_loaded(digits_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    folder = tmp_path_factory.mktemp("sim-model") / "model"
+    fetch_model(f"oci:{digits_layout}", folder)
+    return load_model(folder, intra_op_threads=1)
+
+
+def _device(loaded: LoadedModel, fault: Fault, rate: float = 50.0) -> VirtualDevice:
+    placement = Placement("edge-1", "det", "rev", f"reg/digits@{loaded.digest}", "cams", "pod")
+    device = VirtualDevice(placement, loaded, fault, broker_url=None, interval=1.0, topic_root="edgekit/v1",
+                           rate=rate, rng=random.Random(1))
+    device.start()
+    return device
+
+
+def _health(device: VirtualDevice, n: int) -> dict[str, Any]:
+    for _ in range(n):
+        device.infer()
+    payload = device.core.report_health()
+    jsonschema.validate(payload, load_schema("health"))
+    return payload
+
+
+def test_device_runs_the_real_model(digits_loaded: LoadedModel) -> None:
+    device = _device(digits_loaded, Fault())
+    assert device.core.ready and device.core.probe_ok
+    payload = _health(device, 40)
+    assert payload["inferences"] == 40 and payload["errors"] == 0
+    assert payload["model"]["digest"] == digits_loaded.digest
+    assert payload["latency_ms"]["p95"] > 0
+
+
+def test_device_error_rate_is_real_onnxruntime_errors(digits_loaded: LoadedModel) -> None:
+    device = _device(digits_loaded, Fault(error_rate=0.2))
+    payload = _health(device, 100)
+    assert payload["inferences"] == 100 and payload["errors"] == 20
+    assert device.core.stats.total_errors == 20
+
+
+def test_device_extra_latency(digits_loaded: LoadedModel) -> None:
+    fast = _health(_device(digits_loaded, Fault()), 30)["latency_ms"]["p50"]
+    slow = _health(_device(digits_loaded, Fault(latency_ms=25)), 30)["latency_ms"]["p50"]
+    assert slow >= 25 > fast
+
+
+def test_failing_probe_makes_the_device_not_ready(digits_loaded: LoadedModel, tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    variant = store.with_failing_probe(digits_loaded)
+    assert variant.session is digits_loaded.session            # the same shared session
+    assert not run_probe(variant.probe, variant.session).ok
+    device = _device(variant, Fault(probe_fail=True))
+    assert not device.core.ready and device.core.probe_ok is False
+    payload = _health(device, 10)
+    assert payload["probe"]["ok"] is False and payload["inferences"] == 0
+    assert device.core.events_sent.get("probe_failed") == 1
+    store.close()
+
+
+def test_silent_device_never_reports(digits_loaded: LoadedModel) -> None:
+    device = _device(digits_loaded, Fault(silent=True), rate=10)
+    reported = device.core._seq["health"]
+    now = time.monotonic()
+    for i in range(30):
+        device.step(now + i * 0.5)
+    assert device.core._seq["health"] == reported and device.inferences > 0
+
+
+@pytest.mark.slow
+@pytest.mark.kube
+@pytest.mark.mqtt
+@pytest.mark.registry
+def test_three_hundred_devices(rollout_env: Any, new_fleet: Any) -> None:
+    """300 KWOK nodes with an edgekit pod -> 300 virtual devices, each with its own MQTT connection,
+    all reporting the model Kubernetes put on their node. CPU use is printed, not asserted."""
+    import resource
+
+    from edgekit.fleet.settings import FleetSettings
+    from edgekit.fleet.watching import FleetWatcher
+
+    env = rollout_env
+    fleet = new_fleet(300)
+    image = env.images["1.0"]
+    digest = image.rsplit("@", 1)[1]
+    with FleetWatcher(FleetSettings(brokers=(env.broker.url,), interval=1.0)) as watcher:
+        fleet.deploy(image, timeout=180)
+        assert watcher.wait_for(lambda view: view.window(fleet.nodes, time.time() - 3, digest).on_digest == 300,
+                                timeout=60)
+        before, wall = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+        time.sleep(10)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (time.monotonic() - wall)
+        stats = watcher.view().window(fleet.nodes, time.time() - 5, digest)
+        assert stats.reported == 300 and not stats.silent and stats.error_rate == 0
+        print(f"\n300 virtual devices: {cpu:.2f} CPU cores for the simulator, the fleet watcher and the "
+              f"test process together; p95 {stats.p95_ms} ms")
