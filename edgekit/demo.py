@@ -1,59 +1,643 @@
-"""The demo behind ``scripts/demo``: the journey of the bundled example model.
+"""The demo behind ``scripts/demo``: the whole journey of the bundled example model.
 
-python -m edgekit.demo [--workdir DIR]
+    python -m edgekit.demo                 # services, quantize, package + sign, three rollouts
+    python -m edgekit.demo --nodes 20 --bake 3s
+    python -m edgekit.demo --down          # stop everything the demo started (--purge: and its files)
+
+It runs on the public command line (each step is an ``edgekit`` command, printed before it runs)
+and, for the services, on ``edgekit.testenv`` and ``edgekit.sim``:
+
+1. services on 127.0.0.1: mosquitto, a docker-registry, the dev control plane with KWOK nodes
+   (``edgekit dev cluster up``), and the fleet simulator (one virtual device per node, running the
+   real agent core) in a background process;
+2. the model: inspect, quantize under an accuracy budget (the table of candidates);
+3. a signing key; versions 1.0 (FP32), 2.0 (INT8) and 3.0 (INT8) packaged, pushed and signed;
+4. rollout of 1.0 to the device group; 2.0 in waves with live gates; 3.0, which the simulator makes
+   fail 25 % of its inferences (fault knob), stopped at the canary wave and rolled back;
+5. ``edgekit fleet status`` and what to try next.
+
+Everything it makes lives in ``.edgekit/demo/`` (the dev cluster in ``~/.cache/edgekit/dev``,
+``$EDGEKIT_DEV_DIR``); the services keep running after the demo so you can try commands, and a
+second run reuses them and what was built (the quantized model, the key, the registry's blobs).
+The outcome is written to ``.edgekit/demo/result.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
+from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits"
+GROUP = "cameras"
+APP = "digits"
+NAMESPACE = "edgekit"
+REPOSITORY = "models/digits"
+KEY_PASSWORD = "edgekit-demo"
+CREATED = "2026-01-01T00:00:00Z"   # fixed: the same model gives the same digest on every run
+VERSIONS = ("1.0", "2.0", "3.0")
+EXPECTED = {"1.0": "Succeeded", "2.0": "Succeeded", "3.0": "RolledBack"}
 
 
-def edgekit(*args: str | Path) -> None:
-    cmd = [sys.executable, "-m", "edgekit", *(str(a) for a in args)]
-    Console().print(f"[bold cyan]$ edgekit {' '.join(str(a) for a in args)}[/]")
-    subprocess.run(cmd, check=True)
+class DemoError(Exception):
+    """A step failed; the message says which and where to look."""
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the edgekit demo on the bundled digits model.")
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".edgekit" / "demo")
-    args = parser.parse_args()
-    work: Path = args.workdir
-    work.mkdir(parents=True, exist_ok=True)
-    con = Console()
-    con.print(Rule("1. the model"))
-    model = work / "digits.onnx"
-    shutil.copy(DIGITS / "digits.onnx", model)
-    edgekit("inspect", model)
-    con.print(Rule("2. quantize under a 1-point accuracy budget"))
-    edgekit(
-        "quantize",
-        model,
-        "-o",
-        work / "digits.int8.onnx",
-        "--calibration",
-        DIGITS / "calib.npz",
-        "--eval",
-        DIGITS / "eval.npz",
-        "--labels",
-        DIGITS / "eval_labels.txt",
-        "--max-drop",
-        "1%",
-    )
-    con.print(Rule("3. FP32 vs INT8, side by side"))
-    edgekit("bench", model, work / "digits.int8.onnx", "--runs", "300")
-    con.print(f"\nDone. Files are in {work}. Next: edgekit package, edgekit push (see README.md).")
+@dataclass(frozen=True)
+class Options:
+    workdir: Path
+    nodes: int = 60
+    bake: str = "10s"
+    wave_timeout: str = "90s"
+    interval: float = 1.0          # agents' health interval (seconds): short, so bakes can be short
+    rate: float = 5.0              # inferences per second per simulated device
+    error_rate: float = 0.25       # the fault knob of version 3.0
+    budget_time: str = "3m"        # cap on the quantization search
+
+
+# --- small helpers -------------------------------------------------------------------------------
+
+def console() -> Console:
+    from edgekit.cli._output import console as cli_console
+
+    return cli_console()
+
+
+def _pid_alive(pid: int | None, needle: str) -> bool:
+    """The process runs and its command line mentions ``needle`` (guards against pid reuse)."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"] and needle in cmdline  # a zombie has exited
+
+
+def _stop_pid(pid: int, needle: str, timeout: float = 15.0) -> None:
+    """SIGTERM the process group a service leads (ManagedProcess starts each in its own), then
+    SIGKILL what is left."""
+    if not _pid_alive(pid, needle):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid, needle):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _detach(proc: Any) -> int:
+    """Let a ManagedProcess outlive this interpreter (as ``Cluster.detach`` does); returns its pid."""
+    from edgekit.testenv import processes
+
+    processes._RUNNING.discard(proc)
+    return int(proc.pid)
+
+
+def _port_of(url_or_host: str) -> int:
+    return int(url_or_host.rsplit(":", 1)[1])
+
+
+# --- services ------------------------------------------------------------------------------------
+
+class Services:
+    """mosquitto, the registry and the simulator as detached processes, recorded in
+    ``services.json`` so the next run reuses them and ``--down`` stops them; the dev cluster
+    through ``edgekit dev cluster``."""
+
+    def __init__(self, options: Options, run: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+        self.o = options
+        self.work = options.workdir
+        self.state_path = self.work / "services.json"
+        self.state: dict[str, Any] = self._load()
+        self.run = run
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path.write_text(json.dumps(self.state, indent=2))
+
+    def _reusable(self, name: str, needle: str) -> dict[str, Any] | None:
+        from edgekit.testenv.processes import port_open
+
+        entry = self.state.get(name)
+        if entry and _pid_alive(entry.get("pid"), needle) and (not entry.get("port") or port_open(entry["port"])):
+            return dict(entry)
+        return None
+
+    def _port_hint(self, name: str) -> int | None:
+        """Last run's port when it is free again: image references and URLs stay the same."""
+        from edgekit.testenv.processes import port_open
+
+        port = (self.state.get(name) or {}).get("port")
+        return int(port) if port and not port_open(int(port)) else None
+
+    def mosquitto(self) -> str:
+        from edgekit.testenv.mosquitto import MosquittoBroker
+
+        found = self._reusable("mosquitto", "mosquitto")
+        if found:
+            return str(found["url"])
+        broker = MosquittoBroker(self.work / "mosquitto", port=self._port_hint("mosquitto")).start()
+        self.state["mosquitto"] = {"pid": _detach(broker._proc), "port": broker.port, "url": broker.url}
+        self._save()
+        return broker.url
+
+    def registry(self) -> str:
+        from edgekit.testenv.registry import DockerRegistry
+
+        found = self._reusable("registry", "registry")
+        if found:
+            return str(found["host"])
+        reg = DockerRegistry(self.work / "registry", port=self._port_hint("registry")).start()
+        self.state["registry"] = {"pid": _detach(reg._proc), "port": reg.port, "host": reg.host}
+        self._save()
+        return reg.host
+
+    def cluster(self) -> Path:
+        """``edgekit dev cluster up`` (reusing a running one), then make sure the demo's group has
+        its nodes and edgekit's CRD/RBAC are installed."""
+        from edgekit.testenv.cluster import Cluster
+        from edgekit.testenv.devcluster import dev_dir, dev_kubeconfig
+        from edgekit.testenv.nodes import FleetSpec
+
+        self.run("dev", "cluster", "up", "--nodes", str(self.o.nodes), "--pools", f"{GROUP}={self.o.nodes}")
+        kubeconfig = dev_kubeconfig()
+        cluster = Cluster.attach(dev_dir())
+        assert cluster is not None
+        with cluster.client() as client:
+            have = client.list("/api/v1/nodes", label_selector=f"edgekit.io/group={GROUP}")
+        if len(have) < self.o.nodes:  # a dev cluster that was already up, started for something else
+            numbers = [int(n["metadata"]["name"].rsplit("-", 1)[1]) for n in have
+                       if n["metadata"]["name"].rsplit("-", 1)[-1].isdigit()]
+            cluster.add_nodes(FleetSpec(pools={GROUP: self.o.nodes - len(have)}), start=max(numbers, default=0) + 1)
+        self.run("install", env={"KUBECONFIG": str(kubeconfig)}, quiet=True)
+        return kubeconfig
+
+    def simulator(self, config: dict[str, Any]) -> int:
+        """The fleet simulator in its own process (``--run-simulator``), restarted when its
+        settings changed (another broker, registry or cluster)."""
+        from edgekit.testenv.processes import ManagedProcess
+
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+        found = self._reusable("simulator", "--run-simulator")
+        if found and found.get("config") == digest:
+            return int(found["pid"])
+        if found:
+            _stop_pid(int(found["pid"]), "--run-simulator")
+        path = self.work / "simulator.json"
+        path.write_text(json.dumps(config, indent=2))
+        with contextlib.suppress(FileNotFoundError):
+            (self.work / "simulator-status.json").unlink()
+        proc = ManagedProcess("simulator", [sys.executable, "-m", "edgekit.demo", "--run-simulator", str(path)],
+                              self.work / "simulator.log").start()
+        proc.wait_ready(lambda: (self.work / "simulator-status.json").exists(), timeout=60)
+        self.state["simulator"] = {"pid": _detach(proc), "config": digest}
+        self._save()
+        return proc.pid
+
+    def down(self, say: Callable[[str], None]) -> None:
+        for name, needle in (("simulator", "--run-simulator"), ("registry", "registry"), ("mosquitto", "mosquitto")):
+            entry = self.state.pop(name, None)
+            if entry and _pid_alive(entry.get("pid"), needle):
+                _stop_pid(int(entry["pid"]), needle)
+                say(f"stopped {name}")
+        self._save()
+        self.run("dev", "cluster", "down")
+
+
+# --- the simulator process -------------------------------------------------------------------------
+
+def read_faults(path: Path) -> list[str]:
+    """``KEY:knob=value,...`` lines (see ``edgekit.sim.faults``); ``#`` starts a comment."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def run_simulator(config_path: Path) -> int:
+    """Run the fleet simulator until SIGTERM; re-read the faults file when it changes; write a
+    status file every second."""
+    import logging
+
+    from edgekit_agent.oci.registry import RegistryOptions
+
+    from edgekit.kube.client import KubeClient
+    from edgekit.sim import FaultBook, SimSettings, Simulator, parse_fault
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = json.loads(config_path.read_text())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    client = KubeClient.from_kubeconfig(cfg["kubeconfig"])
+    faults = FaultBook()
+    settings = SimSettings(broker_url=cfg["broker_url"], cache_dir=Path(cfg["cache_dir"]), interval=cfg["interval"],
+                           rate=cfg["rate"], namespace=cfg["namespace"], app=cfg["app"],
+                           public_key=cfg.get("public_key"), registry_options=RegistryOptions(insecure=True))
+    sim = Simulator(client, settings, faults).start()
+    faults_file, status_file = Path(cfg["faults_file"]), Path(cfg["status_file"])
+    seen: list[str] | None = None
+    try:
+        while not stop.wait(1.0 if seen is not None else 0.0):
+            lines = read_faults(faults_file)
+            if lines != seen:
+                faults.clear()
+                for line in lines:
+                    try:
+                        key, fault = parse_fault(line)
+                    except Exception as exc:  # a typo in the file must not stop the fleet
+                        logging.warning("faults file: %s", exc)
+                        continue
+                    faults.set(key, fault)
+                seen = lines
+            tmp = status_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"at": time.time(), **sim.summary()}, default=str))
+            tmp.replace(status_file)
+    finally:
+        sim.stop(graceful=True)
+        client.close()
+    return 0
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    version: str
+    image: str
+    rollout: str | None
+    phase: str | None
+    exit_code: int
+    waves: list[str]
+    verdict: str | None
+
+    @property
+    def as_expected(self) -> bool:
+        return self.phase == EXPECTED[self.version]
+
+
+class Demo:
+    def __init__(self, options: Options) -> None:
+        self.o = options
+        self.work = options.workdir
+        self.con = console()
+        self.env: dict[str, str] = {"EDGEKIT_KEY_PASSWORD": KEY_PASSWORD, "COLUMNS": os.environ.get("COLUMNS", "160")}
+        self.services = Services(options, self.edgekit)
+        self.outcomes: list[Outcome] = []
+        self.images: dict[str, str] = {}
+        self.registry = ""
+        self.kubeconfig: Path | None = None
+
+    # -- running commands -------------------------------------------------------------------
+    def edgekit(self, *args: str | Path, env: dict[str, str] | None = None, check: bool = True,
+                quiet: bool = False, capture: bool = False) -> subprocess.CompletedProcess[str]:
+        argv = [str(a) for a in args]
+        if not quiet:
+            self.con.print(f"[bold cyan]$ edgekit {escape(shlex.join(argv))}[/]")
+        full_env = {**os.environ, **self.env, **(env or {})}
+        result = subprocess.run([sys.executable, "-m", "edgekit", *argv], env=full_env, cwd=self.work, text=True,
+                                stdout=subprocess.PIPE if capture or quiet else None,
+                                stderr=subprocess.PIPE if quiet else None)
+        if check and result.returncode != 0:
+            detail = (result.stderr or "").strip().splitlines()[-1:] if quiet else []
+            raise DemoError(f"`edgekit {shlex.join(argv)}` exited {result.returncode}"
+                            + (f": {detail[0]}" if detail else ""))
+        return result
+
+    def step(self, title: str, detail: str | None = None) -> None:
+        self.con.print()
+        self.con.print(Rule(f"[bold]{escape(title)}", align="left"))
+        if detail:
+            self.con.print(escape(detail), style="dim")
+
+    def say(self, text: str) -> None:
+        self.con.print(text)
+
+    # -- the journey --------------------------------------------------------------------------
+    def run(self) -> list[Outcome]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.start_services()
+        model, int8 = self.model()
+        self.package(model, int8)
+        self.start_simulator()
+        self.reset_app()
+        self.rollouts()
+        self.finish(time.monotonic() - started)
+        return self.outcomes
+
+    def start_services(self) -> None:
+        self.step("1. local services", "an MQTT broker, an OCI registry and Kubernetes with KWOK nodes, on 127.0.0.1")
+        broker = self.services.mosquitto()
+        self.registry = self.services.registry()
+        self.say(f"mosquitto {broker}   registry http://{self.registry}   (logs in {self.work})")
+        self.kubeconfig = self.services.cluster()
+        self.env.update({
+            "KUBECONFIG": str(self.kubeconfig),
+            "EDGEKIT_ROLLOUT_NAMESPACE": NAMESPACE,
+            "EDGEKIT_ROLLOUT_AGENT_BROKER": broker,
+            "EDGEKIT_ROLLOUT_MQTT_AUTH": "none",
+            "EDGEKIT_ROLLOUT_TELEMETRY_INTERVAL": f"{self.o.interval:g}",
+            "EDGEKIT_ROLLOUT_REGISTRY_INSECURE": "1",
+            "EDGEKIT_ROLLOUT_PUBLIC_KEY": str(self.work / "keys" / "demo.pub"),
+            "EDGEKIT_FLEET_BROKERS": broker,
+            "EDGEKIT_FLEET_INTERVAL": f"{self.o.interval:g}",
+            "EDGEKIT_REGISTRY_INSECURE": "1",
+        })
+        self.write_env_file()
+        self.edgekit("groups", "show", GROUP, "--no-nodes")
+
+    def write_env_file(self) -> None:
+        lines = ["# source this file to point edgekit at the demo's services", *(
+            f"export {k}={shlex.quote(v)}" for k, v in sorted(self.env.items()) if k != "COLUMNS"),
+            f"export REGISTRY={self.registry}"]
+        (self.work / "env.sh").write_text("\n".join(lines) + "\n")
+
+    def model(self) -> tuple[Path, Path]:
+        self.step("2. the model", "inspect it, then quantize it to INT8 inside a 1-point accuracy budget")
+        model = self.work / "digits.onnx"
+        source = DIGITS / "digits.onnx"
+        if not model.exists() or model.read_bytes() != source.read_bytes():
+            shutil.copyfile(source, model)
+        self.edgekit("inspect", model)
+        int8 = self.work / "digits.int8.onnx"
+        report = Path(f"{int8}.report.json")
+        args: list[str | Path] = [
+            "quantize", model, "-o", int8, "--calibration", DIGITS / "calib.npz", "--eval", DIGITS / "eval.npz",
+            "--labels", DIGITS / "eval_labels.txt", "--max-drop", "1%", "--budget-time", self.o.budget_time]
+        stamp = self.work / "quantize.args"
+        wanted = json.dumps([str(a) for a in args])
+        if int8.exists() and report.exists() and stamp.exists() and stamp.read_text() == wanted:
+            self.say(f"reusing {int8.name} from an earlier run (delete it to quantize again)")
+            self.show_report(report)
+        else:
+            self.edgekit(*args)
+            stamp.write_text(wanted)
+        return model, int8
+
+    def show_report(self, report: Path) -> None:
+        data = json.loads(report.read_text())
+        table = Table(title=f"candidates ({escape(str(data.get('budget')))})", title_justify="left")
+        for col in ("candidate", "size", "latency vs FP32", str(data.get("metric")), "verdict"):
+            table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
+        base = data.get("baseline") or {}
+        table.add_row("FP32 baseline", f"{(base.get('size_bytes') or 0) / 1024:.1f} KB",
+                      f"{base.get('latency_p50_ms', 0):.3f} ms", f"{base.get('score', 0):.4g}", "")
+        for c in data.get("candidates") or []:
+            fid = c.get("fidelity") or {}
+            table.add_row(escape(c["name"]), f"{(c.get('size_bytes') or 0) / 1024:.1f} KB",
+                          f"{c['latency_ratio']:.2f}x" if c.get("latency_ratio") else "-",
+                          f"{fid['score']:.4g}" if fid.get("score") is not None else "-", c.get("verdict", ""))
+        self.con.print(table)
+        self.say(escape(f"chosen: {data.get('chosen')}: {data.get('reason')}"))
+
+    def package(self, model: Path, int8: Path) -> None:
+        self.step("3. sign and ship", "a key pair; versions 1.0 (FP32), 2.0 and 3.0 (INT8) as signed OCI images")
+        keys = self.work / "keys"
+        keys.mkdir(exist_ok=True)
+        if not (keys / "demo.key").exists():
+            self.edgekit("keygen", "--output-key-prefix", keys / "demo")
+        else:
+            self.say(f"reusing the key pair in {keys}")
+        for version, path in zip(VERSIONS, (model, int8, int8), strict=True):
+            result = self.edgekit("package", path, "--name", "digits", "--version", version, "--created", CREATED,
+                                  "--push", f"{self.registry}/{REPOSITORY}", "--sign-key", keys / "demo.key",
+                                  "--insecure", "--output", "json", capture=True)
+            data = json.loads(result.stdout)
+            digest = data["push"]["digest"]
+            self.images[version] = f"{self.registry}/{REPOSITORY}@{digest}"
+            sig = "signed" if data.get("signature") else "not signed"
+            self.say(f"  {version}: {self.registry}/{REPOSITORY}:{version} = {digest[:19]}…  "
+                     f"({data['push'].get('blobs_uploaded', 0)} blob(s) uploaded, {sig})")
+        self.edgekit("show", f"{self.registry}/{REPOSITORY}:2.0", "--key", keys / "demo.pub", "--insecure")
+
+    def start_simulator(self) -> None:
+        self.step("4. the fleet", f"{self.o.nodes} simulated devices, one per KWOK node of group {GROUP}")
+        assert self.kubeconfig is not None
+        faults = self.work / "faults.txt"
+        if not faults.exists():
+            faults.write_text("# fleet simulator faults, one per line: KEY:knob=value,...  (KEY: revision, digest,\n"
+                              "# version or *; knobs: error_rate, latency_ms, probe_fail, crash_loop, silent, "
+                              "offline). Re-read every second.\n")
+        config = {"kubeconfig": str(self.kubeconfig), "broker_url": self.env["EDGEKIT_FLEET_BROKERS"],
+                  "cache_dir": str(self.work / "sim-models"), "interval": self.o.interval, "rate": self.o.rate,
+                  "namespace": NAMESPACE, "app": APP, "public_key": str(self.work / "keys" / "demo.pub"),
+                  "faults_file": str(faults), "status_file": str(self.work / "simulator-status.json")}
+        pid = self.services.simulator(config)
+        self.set_fault(None)
+        self.say(f"simulator running (pid {pid}): each device follows its node's pod, fetches the model by digest, "
+                 f"verifies its signature, runs the real agent core and reports every {self.o.interval:g}s over "
+                 f"MQTT; faults are read from {faults}")
+
+    def set_fault(self, version: str | None) -> None:
+        """Keep the faults file's comments and the user's lines; replace the demo's own line."""
+        path = self.work / "faults.txt"
+        lines = [line for line in path.read_text().splitlines() if not line.endswith("# demo")]
+        if version is not None:
+            digest = self.images[version].rsplit("@", 1)[1]
+            lines.append(f"{digest}:error_rate={self.o.error_rate:g}  # demo")
+        path.write_text("\n".join(lines) + "\n")
+
+    def reset_app(self) -> None:
+        """Start every run from the same place: no DaemonSet, node label or rollout of the app."""
+        from edgekit.kube.client import KubeClient
+        from edgekit.rollout.kubecluster import KubeCluster
+        from edgekit.rollout.leasing import lease_name
+
+        with KubeClient.from_kubeconfig(self.kubeconfig) as client:
+            cluster = KubeCluster(client)
+            rollouts = cluster.list_rollouts(NAMESPACE, app=APP)
+            ds_path = f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets"
+            dsets = client.list(ds_path, label_selector=f"edgekit.io/app={APP}")
+            label = f"rollout.edgekit.io/{APP}"
+            nodes = client.list("/api/v1/nodes", label_selector=label)
+            if not (rollouts or dsets or nodes):
+                return
+            self.say(f"resetting {APP} from an earlier run: {len(rollouts)} rollout(s), {len(dsets)} DaemonSet(s), "
+                     f"{len(nodes)} labelled node(s)")
+            for ro in rollouts:
+                for path in (f"/apis/edgekit.io/v1alpha1/namespaces/{NAMESPACE}/edgerollouts/{ro.name}",
+                             f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{lease_name(ro.name)}"):
+                    with contextlib.suppress(Exception):
+                        client.request("DELETE", path)
+            for ds in dsets:
+                with contextlib.suppress(Exception):
+                    client.request("DELETE", f"{ds_path}/{ds['metadata']['name']}")
+            cluster.relabel_nodes(APP, {n["metadata"]["name"]: None for n in nodes})
+            cluster.close()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and client.list(f"/api/v1/namespaces/{NAMESPACE}/pods",
+                                                              label_selector=f"edgekit.io/app={APP}"):
+                time.sleep(0.5)
+
+    def rollouts(self) -> None:
+        fast = ["--bake", self.o.bake, "--wave-timeout", self.o.wave_timeout]
+        self.step("5. rollout of 1.0", f"the FP32 model to group {GROUP}: a first install in two waves")
+        self.push("1.0", ["--waves", "10%,100%", *fast])
+        self.step("6. rollout of 2.0", "the INT8 model in four waves, canary first, spread over zones. Each wave: "
+                  "relabel its nodes, wait for the pods, bake, then judge the devices' own telemetry (error rate, "
+                  "p95 latency, golden probe, share reporting the new model)")
+        self.push("2.0", ["--waves", "1,10%,50%,100%", "--spread-by", "topology.kubernetes.io/zone",
+                          "--max-error-rate", "1%", "--max-p95-ms", "250", "--probe-must-pass", *fast])
+        self.step("7. rollout of 3.0", f"deliberately bad: the simulator fails {self.o.error_rate:.0%} of its "
+                  "inferences; the canary must catch it")
+        self.set_fault("3.0")
+        self.say(f"fault knob in {self.work / 'faults.txt'}: {self.images['3.0'].rsplit('@', 1)[1][:19]}…:"
+                 f"error_rate={self.o.error_rate:g}")
+        self.push("3.0", ["--waves", "1,10%,50%,100%", "--max-error-rate", "1%", *fast], expect_failure=True)
+
+    def push(self, version: str, args: Sequence[str], expect_failure: bool = False) -> None:
+        from edgekit.kube.client import KubeClient
+        from edgekit.rollout.kubecluster import KubeCluster
+
+        tag = f"{self.registry}/{REPOSITORY}:{version}"
+        result = self.edgekit("push", tag, "--group", GROUP, "--app", APP, *args, check=False)
+        with KubeClient.from_kubeconfig(self.kubeconfig) as client:
+            found = KubeCluster(client).list_rollouts(NAMESPACE, app=APP)
+        ro = max(found, key=lambda r: int(r.name.rsplit("-", 1)[1])) if found else None
+        if ro is not None and ro.spec.target.image != self.images[version]:
+            ro = None
+        waves = ro.status.waves if ro else []
+        failed = next((w for w in waves if w.verdict and w.verdict.decision == "rollback"), None)
+        outcome = Outcome(version, self.images[version], ro.name if ro else None, ro.status.phase if ro else None,
+                          result.returncode, [w.phase for w in ro.status.waves] if ro else [],
+                          f"wave {failed.index + 1}: {failed.verdict.reason}" if failed and failed.verdict else None)
+        self.outcomes.append(outcome)
+        (self.work / "result.json").write_text(json.dumps([asdict(o) for o in self.outcomes], indent=2))
+        if outcome.as_expected:
+            if expect_failure:
+                self.say(f"[bold green]as intended:[/] {escape(outcome.rollout or '')} rolled back automatically "
+                         f"(exit {outcome.exit_code}); {escape(outcome.verdict or '')}")
+            return
+        logs = f"simulator log {self.work / 'simulator.log'}; `edgekit rollout status {outcome.rollout}`"
+        raise DemoError(f"rollout of {version} ended {outcome.phase} (exit {result.returncode}), expected "
+                        f"{EXPECTED[version]}; see {logs}")
+
+    def finish(self, seconds: float) -> None:
+        self.step("8. the fleet now")
+        self.edgekit("fleet", "status", "--group", GROUP, check=False)
+        self.edgekit("rollout", "history", "--app", APP, check=False)
+        table = Table(title="the three rollouts", title_justify="left")
+        for col in ("version", "rollout", "outcome", "waves", "exit"):
+            table.add_column(col)
+        for o in self.outcomes:
+            style = "green" if o.as_expected else "red"
+            table.add_row(o.version, o.rollout or "-", f"[{style}]{o.phase}[/]", " ".join(o.waves), str(o.exit_code))
+        self.con.print()
+        self.con.print(table)
+        self.say(f"done in {seconds:.0f}s; outcome in {self.work / 'result.json'}")
+        rel = os.path.relpath(self.work, Path.cwd()) if self.work.is_relative_to(Path.cwd()) else str(self.work)
+        self.step("what to try next", "the services keep running")
+        self.say(f"""\
+  . .venv/bin/activate && . {rel}/env.sh        # point edgekit at the demo's services
+  edgekit fleet watch --group {GROUP} --devices          # live view of the simulated devices
+  edgekit rollout status --app {APP}                     # the last rollout, wave by wave, with its figures
+  edgekit groups show {GROUP}                            # which node runs which revision
+  edgekit rollout undo --app {APP} --group {GROUP} --bake 5s   # back to 1.0, as a gated rollout
+  echo '*:latency_ms=40' >> {rel}/faults.txt     # make every model slow, then push 2.0 again with
+  edgekit push $REGISTRY/{REPOSITORY}:2.0 -g {GROUP} -a {APP} --bake 5s --max-p95-regression 50%
+  scripts/demo --down                                    # stop everything (--purge also deletes {rel})
+
+Docs: README.md, docs/README.md; every command has --help with examples.""")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+def setup_ready() -> bool:
+    """Everything the demo needs is installed (``scripts/demo`` runs ``scripts/setup`` otherwise)."""
+    try:
+        import edgekit_agent  # noqa: F401
+
+        from edgekit.testenv import gobuild
+        from edgekit.testenv.mosquitto import mosquitto_available
+        from edgekit.testenv.registry import registry_available
+    except ImportError:
+        return False
+    built = all(gobuild.COMPONENTS[name].is_built() for name in ("etcd", "k8s", "kwok") if name in gobuild.COMPONENTS)
+    return built and mosquitto_available() and registry_available()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/demo", description="Run the edgekit demo on the bundled digits "
+                                     "model: services, quantization, signed images, three rollouts.")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".edgekit" / "demo",
+                        help="where the demo keeps its files and service data [.edgekit/demo]")
+    parser.add_argument("--nodes", type=int, default=Options.nodes, help="simulated devices (KWOK nodes) [%(default)s]")
+    parser.add_argument("--bake", default=Options.bake, help="bake time of every wave [%(default)s]")
+    parser.add_argument("--wave-timeout", default=Options.wave_timeout, help="hold a wave at most [%(default)s]")
+    parser.add_argument("--interval", type=float, default=Options.interval,
+                        help="devices' health interval, seconds [%(default)s]")
+    parser.add_argument("--rate", type=float, default=Options.rate,
+                        help="inferences per second per simulated device [%(default)s]")
+    parser.add_argument("--error-rate", type=float, default=Options.error_rate,
+                        help="share of failing inferences of version 3.0 [%(default)s]")
+    parser.add_argument("--budget-time", default=Options.budget_time, help="cap on the quantization search")
+    parser.add_argument("--down", action="store_true", help="stop every service the demo started")
+    parser.add_argument("--purge", action="store_true", help="with --down: also delete the work directory")
+    parser.add_argument("--check-setup", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-simulator", type=Path, metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check_setup:
+        return 0 if setup_ready() else 1
+    if args.run_simulator:
+        return run_simulator(args.run_simulator)
+    options = Options(workdir=args.workdir.resolve(), nodes=args.nodes, bake=args.bake, wave_timeout=args.wave_timeout,
+                      interval=args.interval, rate=args.rate, error_rate=args.error_rate, budget_time=args.budget_time)
+    demo = Demo(options)
+    if args.down:
+        demo.services.down(demo.say)
+        if args.purge:
+            shutil.rmtree(options.workdir, ignore_errors=True)
+            demo.say(f"deleted {options.workdir}")
+        return 0
+    try:
+        demo.run()
+    except DemoError as exc:
+        demo.con.print(f"[bold red]demo failed:[/] {escape(str(exc))}")
+        demo.con.print("the services keep running; run scripts/demo again to retry, scripts/demo --down to stop them")
+        return 1
+    except KeyboardInterrupt:
+        demo.con.print("\ninterrupted; the services keep running (scripts/demo --down stops them)")
+        return 130
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

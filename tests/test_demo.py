@@ -1,0 +1,125 @@
+"""The demo (``scripts/demo`` -> ``python -m edgekit.demo``) end to end with small numbers: real
+mosquitto, docker-registry, control plane with KWOK nodes and the fleet simulator; three rollouts
+(complete, complete, rolled back at the canary); a second run reuses what the first built; ``--down``
+leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekit.demo import _pid_alive, main, read_faults
+
+SMALL = ["--nodes", "20", "--bake", "4s", "--wave-timeout", "60s", "--error-rate", "0.3", "--budget-time", "2m"]
+
+
+def test_faults_file_lines(tmp_path: Path) -> None:
+    path = tmp_path / "faults.txt"
+    assert read_faults(path) == []
+    path.write_text("# comment\n\nsha256:abc:error_rate=0.25  # demo\n*:latency_ms=40\n")
+    assert read_faults(path) == ["sha256:abc:error_rate=0.25", "*:latency_ms=40"]
+
+
+def test_bad_option_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--nodes", "0"])
+    assert exc.value.code == 2 and "--nodes must be at least 1" in capsys.readouterr().err
+
+
+def test_setup_check_passes_here() -> None:
+    assert main(["--check-setup"]) == 0
+
+
+class DemoRun:
+    def __init__(self, tmp: Path) -> None:
+        self.work = tmp / "work"
+        self.env = {**os.environ, "EDGEKIT_DEV_DIR": str(tmp / "dev"), "COLUMNS": "160"}
+        self.logs: list[str] = []
+
+    def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([sys.executable, "-m", "edgekit.demo", "--workdir", str(self.work), *args],
+                                env=self.env, capture_output=True, text=True, timeout=timeout)
+        self.logs.append(result.stdout + result.stderr)
+        return result
+
+    def outcomes(self) -> list[dict[str, Any]]:
+        return list(json.loads((self.work / "result.json").read_text()))
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        return dict(json.loads((self.work / "services.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    run = DemoRun(tmp_path_factory.mktemp("demo"))
+    try:
+        yield run
+    finally:
+        run("--down", timeout=120)
+
+
+def _check_three_rollouts(run: DemoRun, result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    outcomes = run.outcomes()
+    assert [o["version"] for o in outcomes] == ["1.0", "2.0", "3.0"]
+    assert [o["phase"] for o in outcomes] == ["Succeeded", "Succeeded", "RolledBack"]
+    assert [o["exit_code"] for o in outcomes] == [0, 0, 69]
+    assert outcomes[0]["waves"] == ["Passed", "Passed"]
+    assert outcomes[1]["waves"] == ["Passed"] * 4
+    assert outcomes[2]["waves"] == ["Failed", "Pending", "Pending", "Pending"]     # stopped at the canary
+    assert "gate error-rate failed" in str(outcomes[2]["verdict"])
+    out = result.stdout
+    assert "rolled back automatically (exit 69)" in out
+    assert "$ edgekit fleet status --group cameras" in out
+    assert re.search(r"^cameras\s+20\s+20\s+0\s+20\s+0\s+20 \(100%\)", out, flags=re.M), out[-3000:]
+    assert "what to try next" in out and "scripts/demo --down" in out
+
+
+@pytest.mark.slow
+@pytest.mark.kube
+@pytest.mark.mqtt
+@pytest.mark.registry
+def test_demo_end_to_end_then_again_then_down(demo: DemoRun) -> None:
+    first = demo(*SMALL)
+    _check_three_rollouts(demo, first)
+    out = first.stdout
+    assert "chosen" in out and "INT8 →" in out                          # quantized under the budget, table
+    assert "signature     verified" in out                               # signed, and checked with the key
+    assert "3 blob(s) uploaded, signed" in out
+    env_file = (demo.work / "env.sh").read_text()
+    assert "export KUBECONFIG=" in env_file and "EDGEKIT_ROLLOUT_PUBLIC_KEY" in env_file
+    services = demo.services()
+    assert set(services) == {"mosquitto", "registry", "simulator"}
+    assert all(_pid_alive(int(s["pid"]), needle) for s, needle in
+               ((services["mosquitto"], "mosquitto"), (services["registry"], "registry"),
+                (services["simulator"], "--run-simulator")))
+
+    # A second run reuses the services and what was built, and tells the same story.
+    second = demo(*SMALL)
+    _check_three_rollouts(demo, second)
+    out = second.stdout
+    assert "reusing digits.int8.onnx" in out and "reusing the key pair" in out
+    assert "dev cluster already running" in out + second.stderr
+    assert "0 blob(s) uploaded" in out and "already there" in second.stderr
+    assert "resetting digits from an earlier run: 3 rollout(s)" in out
+    assert demo.services() == services                                   # same processes
+
+    # --down stops every process the demo started, and the dev cluster.
+    down = demo("--down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_pid_alive(int(s["pid"]), "") for s in services.values()):
+        time.sleep(0.2)
+    assert not any(_pid_alive(int(s["pid"]), "") for s in services.values())
+    status = subprocess.run([sys.executable, "-m", "edgekit", "dev", "cluster", "status"], env=demo.env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1 and "no dev cluster" in status.stdout
