@@ -341,8 +341,10 @@ def bench_shared(broker: MosquittoBroker, messages: int, devices: int) -> None:
         elapsed = max(r["elapsed"] for r in results)
         rates[n] = total / elapsed
         split = " / ".join(f"{r['applied']:,}" for r in results)
+        cpu_us = sum(r["cpu"] for r in results) / total * 1e6
         row("c shared", f"{n} process(es), $share subscription", f"{rates[n]:,.0f} msg/s",
-            f"{messages:,} msgs queued then drained; split {split}")
+            f"{messages:,} msgs queued then drained; split {split}; watcher CPU {cpu_us:.1f} µs/msg "
+            f"(incl. start-up)")
     row("c shared", "2 processes vs 1", f"{rates[2] / rates[1]:.2f}x",
         "nothing pinned; the 2 cores also run the broker (and everything else on the machine)")
     if broker.pid and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
