@@ -183,6 +183,8 @@ def test_flood_and_capacity() -> None:
     f = Fleet(flood_limit=5, flood_window_s=60, max_devices=2)
     results = [f.health("a", i, T0 + i) for i in range(8)]
     assert results.count("flood") == 2   # the first message creates the device, then 5 per window
+    # A spool replay after an outage is not a flood.
+    assert all(f.health("a", i, T0 - 1000 + i, session="s0", replayed=True) == "history" for i in range(20))
     f.now += 60
     assert f.health("a", 9, T0 + 9) == "latest"
     f.health("b", 1, T0)

@@ -59,15 +59,17 @@ class Ingestor:
         ref = split_topic(topic, self._prefix)
         if ref is None:
             return self._reject(Reject("unknown_topic", f"not a device topic: {topic[:200]!r}"))
-        if not state.admit(ref.device, now):
-            return self._reject(Reject("flood", f"more than {state.config.flood_limit} messages in "
-                                                f"{state.config.flood_window_s:g}s", ref.device))
         result = self.decoder.decode_ref(ref, payload)
         if isinstance(result, Reject):
             return self._reject(result)
         if isinstance(result, Cleared):
             state.forget(result.device)
             return "cleared"
+        # The flood budget applies to live messages; an agent replaying its spool after an outage
+        # sends hours of reports at once, and those are real measurements.
+        if not state.admit(ref.device, now) and not getattr(result, "replayed", False):
+            return self._reject(Reject("flood", f"more than {state.config.flood_limit} messages in "
+                                                f"{state.config.flood_window_s:g}s", ref.device))
         self.last = result
         return state.apply(result, now, retained=retained)
 

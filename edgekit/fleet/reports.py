@@ -29,7 +29,7 @@ REJECT_REASONS: Final = (
     "oversize",         # payload larger than the configured limit (not decoded at all)
     "device_mismatch",  # payload's device/group differ from the topic's
     "unknown_topic",    # topic is not {root}/{group}/{device}/{status|health|event}
-    "flood",            # one device sent more than its share of messages in a window
+    "flood",            # one device sent more live (not replayed) messages than its budget in a window
     "capacity",         # the tracker is full (max devices, max distinct digests)
 )
 

@@ -19,8 +19,8 @@ Ordering rules (what "newer" means), because MQTT delivers late, twice, or out o
   time and it arrives whenever the connection dies).
 
 Memory matters at 100,000 devices: a device is one slotted object, its latest health report is
-packed into 56 bytes, its history is a ring of 36-byte records in one ``bytearray``, and models and
-groups are shared objects.
+packed into 56 bytes, its history is a ring of 30-byte records in one ``bytearray``, and models,
+groups and sessions are shared objects.
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ __all__ = [
 _U32: Final = 0xFFFF_FFFF
 _F32: Final = 3.4e38   # packed as float32: larger values (valid JSON, absurd figures) are clamped
 # One history record: ts, seq, digest id, probe (-1 none, 0 failed, 1 ok), flags, inferences,
-# errors, p50, p95, p99.
-_REC: Final = struct.Struct("<dIHbBIIfff")
+# errors, and p50, p95, p99 as half floats (0.05 % precision; 65,504 ms and above are clamped).
+_REC: Final = struct.Struct("<dIHbBIIeee")
+_F16: Final = 65504.0
 REC_SIZE: Final = _REC.size
 # The latest health report: ts, window_s, inferences, errors, p50, p95, p99, max, probe, replayed,
 # probe_ts (NaN for none), rss_mb, cpu_pct, digest id.
@@ -145,7 +146,7 @@ class DeviceState:
     """Everything the tracker keeps about one device."""
 
     __slots__ = ("agent_version", "contrib", "device", "ev_seq_hi", "event", "flood_count", "flood_epoch", "gaps_open",
-                 "group", "health_ok", "health_seq", "health_session", "health_ts", "last", "last_msg",
+                 "group", "health_ok", "health_seq", "health_session", "health_ts", "last",
                  "model", "model_ts", "probe_fail_digest", "probe_fail_ts", "ready", "ring", "ring_pos", "seen",
                  "seq_hi", "seq_session", "status", "status_session", "status_ts")
 
@@ -165,7 +166,6 @@ class DeviceState:
         self.health_ok = False
         self.last: bytes | None = None
         self.seen = -1.0              # receive time of the latest health report
-        self.last_msg = -1.0          # receive time of the latest accepted message
         self.ring = bytearray()
         self.ring_pos = 0
         self.seq_session: str | None = None
@@ -238,7 +238,7 @@ class FleetState:
         st = self.devices.get(device)
         if st is None:
             return True
-        epoch = int(now / self.config.flood_window_s)
+        epoch = int(now / self.config.flood_window_s) & 0xFF   # small ints are shared objects
         if epoch != st.flood_epoch:
             st.flood_epoch = epoch
             st.flood_count = 1
@@ -262,7 +262,6 @@ class FleetState:
             st = self.devices[report.device] = DeviceState(report.device, report.group)
             self._group(report.group).add(EMPTY)
         self.counters.accepted += 1
-        st.last_msg = now
         if isinstance(report, HealthReport):
             return self._health(st, report, now)
         if isinstance(report, StatusReport):
@@ -389,10 +388,12 @@ class FleetState:
         probe = r.probe_ok
         rec = (r.ts, min(r.seq, _U32), digest, -1 if probe is None else int(probe),
                _FLAG_REPLAYED if r.replayed else 0, min(r.inferences, _U32), min(r.errors, _U32),
-               min(r.p50_ms, _F32), min(r.p95_ms, _F32), min(r.p99_ms, _F32))
+               min(r.p50_ms, _F16), min(r.p95_ms, _F16), min(r.p99_ms, _F16))
         ring = st.ring
         if len(ring) < self._ring_bytes:
             ring += _REC.pack(*rec)
+            if len(ring) == self._ring_bytes:
+                st.ring = bytearray(ring)   # full: drop the growth slack bytearray keeps
             return
         if not late:
             # In-order reports overwrite the ring's oldest slot, which is where it next writes.
