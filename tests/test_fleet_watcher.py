@@ -13,6 +13,7 @@ import pytest
 
 from edgekit.errors import BrokerUnreachableError, TelemetryAuthError, TelemetryTLSError
 from edgekit.fleet import FleetView
+from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.watching import FleetWatcher
 from edgekit.testenv.certs import TestCA
 from edgekit.testenv.mosquitto import MosquittoBroker
@@ -242,3 +243,49 @@ def test_fleet_scale_5000_devices(mqtt_broker: MosquittoBroker, sim_fleet: Sim, 
     assert (w.reported, w.inferences, w.silent) == (5000, 5_000_000, [])
     c = watcher.state.counters
     assert (c.rejected_total, c.duplicates, c.seq_gaps) == (0, 0, 0)
+
+
+def test_auto_falls_back_to_mqtt_311() -> None:
+    """A broker that only speaks 3.1.1 refuses a version-5 CONNECT (CONNACK 0x01, as the 3.1.1 spec
+    says); the watcher then connects with 3.1.1. mosquitto speaks 5, so this one broker is a
+    minimal 3.1.1-only stand-in on a socket."""
+    import socket
+    import struct
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    levels: list[int] = []
+
+    def serve() -> None:
+        for _ in range(4):
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(4096)
+                level = data[data.index(b"MQTT") + 4]
+                levels.append(level)
+                if level != 4:
+                    conn.sendall(b"\x20\x02\x00\x01")        # unacceptable protocol version
+                    continue
+                conn.sendall(b"\x20\x02\x00\x00")
+                sub = conn.recv(4096)
+                mid = struct.unpack("!H", sub[2:4])[0]
+                conn.sendall(b"\x90\x03" + struct.pack("!H", mid) + b"\x01")
+                conn.recv(4096)                              # until the watcher disconnects
+                return
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        watcher = FleetWatcher(FleetSettings(brokers=(f"mqtt://127.0.0.1:{port}",), connect_timeout=5.0,
+                                             reconnect_min=0.2, reconnect_max=1.0))
+        watcher.start(timeout=20)
+        assert watcher.info()["protocol"] == "3.1.1"
+        watcher.stop()
+    finally:
+        server.close()
+    assert levels[0] == 5 and levels[-1] == 4

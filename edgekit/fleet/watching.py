@@ -454,12 +454,15 @@ class FleetWatcher:
                     self.last_error = f"{address.url}: {_short(exc)}"
                     self._connected = False
                     ended_before_connack = False
+                refused_version = getattr(self._connack, "value", None) in _PROTOCOL_CODES
                 if (self.settings.mqtt_protocol == "auto" and not fell_back and self._protocol == mqtt.MQTTv5
-                        and ended_before_connack and self.connects == 0):
-                    # A broker that only speaks 3.1.1 refuses or drops a version-5 CONNECT.
+                        and (ended_before_connack or refused_version) and self.connects == 0):
+                    # A broker that only speaks 3.1.1 refuses (CONNACK 0x01, which paho reads as
+                    # "unsupported protocol version") or drops a version-5 CONNECT.
                     LOG.info("%s does not take MQTT 5; falling back to 3.1.1", address.url)
                     self._protocol = mqtt.MQTTv311
                     fell_back = True
+                    self._stop.wait(0.05)
                     continue
                 if self._connack is not None and not self._connack.is_failure:
                     delay = self.settings.reconnect_min
