@@ -444,11 +444,11 @@ class Demo:
     def start_simulator(self) -> None:
         self.step("4. the fleet", f"{self.o.nodes} simulated devices, one per KWOK node of group {GROUP}")
         assert self.kubeconfig is not None
+        # Rewritten on every run: a fault left from trying things out must not change the story.
         faults = self.work / "faults.txt"
-        if not faults.exists():
-            faults.write_text("# fleet simulator faults, one per line: KEY:knob=value,...  (KEY: revision, digest,\n"
-                              "# version or *; knobs: error_rate, latency_ms, probe_fail, crash_loop, silent, "
-                              "offline). Re-read every second.\n")
+        faults.write_text("# fleet simulator faults, one per line: KEY:knob=value,...  (KEY: revision, digest,\n"
+                          "# version or *; knobs: error_rate, latency_ms, probe_fail, crash_loop, silent, "
+                          "offline). Re-read every second.\n")
         config = {"kubeconfig": str(self.kubeconfig), "broker_url": self.env["EDGEKIT_FLEET_BROKERS"],
                   "cache_dir": str(self.work / "sim-models"), "interval": self.o.interval, "rate": self.o.rate,
                   "namespace": NAMESPACE, "app": APP, "public_key": str(self.work / "keys" / "demo.pub"),
@@ -460,7 +460,7 @@ class Demo:
                  f"MQTT; faults are read from {faults}")
 
     def set_fault(self, version: str | None) -> None:
-        """Keep the faults file's comments and the user's lines; replace the demo's own line."""
+        """Keep the faults file's comments and other lines; replace the demo's own line."""
         path = self.work / "faults.txt"
         lines = [line for line in path.read_text().splitlines() if not line.endswith("# demo")]
         if version is not None:
@@ -559,14 +559,14 @@ class Demo:
         rel = os.path.relpath(self.work, Path.cwd()) if self.work.is_relative_to(Path.cwd()) else str(self.work)
         self.step("what to try next", "the services keep running")
         self.say(f"""\
-  . .venv/bin/activate && . {rel}/env.sh        # point edgekit at the demo's services
-  edgekit fleet watch --group {GROUP} --devices          # live view of the simulated devices
-  edgekit rollout status --app {APP}                     # the last rollout, wave by wave, with its figures
-  edgekit groups show {GROUP}                            # which node runs which revision
-  edgekit rollout undo --app {APP} --group {GROUP} --bake 5s   # back to 1.0, as a gated rollout
-  echo '*:latency_ms=40' >> {rel}/faults.txt     # make every model slow, then push 2.0 again with
+  . .venv/bin/activate && . {rel}/env.sh       # point edgekit at the demo's services
+  edgekit fleet watch --group {GROUP} --devices         # live view of the simulated devices (Ctrl-C ends it)
+  edgekit rollout status --app {APP}                    # the last rollout, wave by wave, with its figures
+  edgekit groups show {GROUP}                           # which node runs which revision
+  edgekit rollout undo --app {APP} --group {GROUP} --bake 5s    # back to 1.0, as a gated rollout
+  echo '2.0:latency_ms=40' >> {rel}/faults.txt  # make 2.0 slow on the devices, then watch the latency gate:
   edgekit push $REGISTRY/{REPOSITORY}:2.0 -g {GROUP} -a {APP} --bake 5s --max-p95-regression 50%
-  scripts/demo --down                                    # stop everything (--purge also deletes {rel})
+  scripts/demo --down                                   # stop everything (--purge also deletes {rel})
 
 Docs: README.md, docs/README.md; every command has --help with examples.""")
 
