@@ -196,3 +196,25 @@ def test_shell_completion_as_documented() -> None:
                                           "COMP_CWORD": "2"}, capture_output=True, text=True, timeout=60)
     assert "plain,status" in done.stdout.splitlines()
     assert "_EDGEKIT_COMPLETE=bash_source edgekit" in (DOCS / "completion.md").read_text()
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("cls_path", "page", "quoted"), [
+    ("edgekit_agent.settings:AgentSettings", "agent.md", True),
+    ("edgekit.rollout.settings:RolloutSettings", "rollouts.md", True),
+    ("edgekit.fleet.settings:FleetSettings", "telemetry.md", False),
+])
+def test_every_setting_is_documented(cls_path: str, page: str, quoted: bool) -> None:
+    import dataclasses
+    import importlib
+
+    module, _, name = cls_path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    text = (DOCS / page).read_text()
+
+    def documented(field: str) -> bool:
+        return f"`{field}`" in text if quoted else re.search(rf"\b{field}\b", text) is not None
+
+    missing = [f.name for f in dataclasses.fields(cls) if not documented(f.name)]
+    assert not missing, f"docs/{page} does not document {name} fields {missing}"
