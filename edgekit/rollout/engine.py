@@ -132,7 +132,10 @@ class Engine:
         self._watch: RolloutWatch | None = None
         self._tracker: PodTracker | None = None
         self._last_write = 0.0
-        self._last_verdict_key: tuple[str, str | None] | None = None
+        self._hold_key: tuple[str, str | None] | None = None
+        self._hold_since = 0.0
+        self._hold_written = False
+        self._ensured: set[str] = set()
         self.on_change: Callable[[Live], None] | None = None
 
     # --- creating -------------------------------------------------------------------------
@@ -305,16 +308,23 @@ class Engine:
             self._save()
 
     def _start_wave(self, wave: WaveStatus) -> None:
-        st = self.ro.status
-        baseline = self._baseline(wave)
-        if baseline is _WAIT:
+        if not self._prepare_wave(wave):
             self._sleep(self.options.tick_s)
             return
+        self._save(r.EV_WAVE, self.ro.status.message, wave.index)
+
+    def _prepare_wave(self, wave: WaveStatus) -> bool:
+        """Baseline the wave and mark it Moving (in memory; the caller writes it before acting).
+        False while the telemetry has too little history for a baseline."""
+        baseline = self._baseline(wave)
+        if baseline is _WAIT:
+            return False
+        st = self.ro.status
         wave.baseline = baseline if isinstance(baseline, Baseline) else None
         wave.phase = r.W_MOVING
         wave.moved_at = self.clock()
         st.message = f"wave {wave.index + 1}/{len(st.waves)}: moving {len(wave.nodes)} nodes"
-        self._save(r.EV_WAVE, st.message, wave.index)
+        return True
 
     def _baseline(self, wave: WaveStatus) -> Baseline | object | None:
         """The wave's devices on their current model, before the move. Waits (returns _WAIT) while
@@ -332,15 +342,19 @@ class Engine:
         return Baseline(stats.p95_ms, stats.error_rate, stats.reported)
 
     def _move(self, wave: WaveStatus) -> None:
+        """Relabel the wave's nodes. Not written afterwards: waiting is no action, and after a
+        crash the step is Moving again, whose relabel is idempotent."""
         spec, st = self.ro.spec, self.ro.status
         started = time.perf_counter()
-        self.cluster.ensure_daemonset(self.ro.namespace, spec, spec.target)
+        if spec.target.revision not in self._ensured:  # once per engine run: server-side apply is idempotent
+            self.cluster.ensure_daemonset(self.ro.namespace, spec, spec.target)
+            self._ensured.add(spec.target.revision)
         self.cluster.relabel_nodes(spec.app, {n: spec.target.revision for n in wave.nodes})
         wave.phase = r.W_WAITING
         st.message = f"wave {wave.index + 1}/{len(st.waves)}: waiting for {len(wave.nodes)} pods to be Ready"
         if self.live is not None:
             self.live.extra["relabel_s"] = self.live.extra.get("relabel_s", 0.0) + time.perf_counter() - started
-        self._save()
+        self._changed()
 
     def _pods(self) -> PodTracker:
         if self._tracker is None:
@@ -370,7 +384,7 @@ class Engine:
                         auto_promote=self.ro.spec.strategy.auto_promote, kube=kube,
                         tele=TelemetryFigures(expected=len(wave.nodes)), baseline=wave.baseline,
                         elapsed=Elapsed(now - (wave.moved_at or now), None, wave.promoted))
-        self._hold_or_roll_back(wave, verdict)
+        self._hold_or_roll_back(wave, verdict, sleep=self._pods().wait)
 
     def _telemetry(self, wave: WaveStatus) -> TelemetryFigures:
         if self.telemetry is None:
@@ -395,13 +409,22 @@ class Engine:
             more = st.current_wave < len(st.waves)
             st.message = (f"wave {wave.index + 1}/{len(st.waves)} passed: {verdict.reason}"
                           + (f"; wave {st.current_wave + 1} next" if more else "; cleaning up"))
+            if more and not self.ro.spec.abort and self._prepare_wave(st.waves[st.current_wave]):
+                # One write for both steps: this wave passed, the next one is Moving.
+                st.history.append(HistoryEntry(now, r.EV_PASSED, f"wave {wave.index + 1}/{len(st.waves)} "
+                                                                 f"passed: {verdict.reason}", wave.index))
+                self._save(r.EV_WAVE, st.message, st.current_wave)
+                return
             self._save(r.EV_PASSED, st.message, wave.index)
             return
         if verdict.decision == ADVANCE:  # paused: hold the pass until resumed
             verdict = replace(verdict, decision="hold", reason=f"{verdict.reason}; paused")
         self._hold_or_roll_back(wave, verdict)
 
-    def _hold_or_roll_back(self, wave: WaveStatus, verdict: Verdict) -> None:
+    def _hold_or_roll_back(self, wave: WaveStatus, verdict: Verdict,
+                           sleep: Callable[[float], object] | None = None) -> None:
+        """Roll back now, or hold: the hold is written once it has lasted a second (short holds
+        such as pods starting cost no write), then every ``refresh_s`` for status readers."""
         now = self.clock()
         if self.live is not None:
             self.live.verdict = verdict
@@ -411,14 +434,18 @@ class Engine:
             self._start_rollback(verdict.reason, verdict.gate or "gate", wave.index)
             return
         key = (verdict.decision, verdict.gate)
-        if key != self._last_verdict_key or now - self._last_write >= self.options.refresh_s:
+        if key != self._hold_key:
+            self._hold_key, self._hold_since, self._hold_written = key, now, False
+        due = (not self._hold_written and now - self._hold_since >= 1.0) or (
+            now - self._last_write >= self.options.refresh_s)
+        if due:
             wave.verdict, wave.verdict_at = verdict, now
             self.ro.status.message = f"wave {wave.index + 1}/{len(self.ro.status.waves)}: {verdict.reason}"
-            self._last_verdict_key = key
+            self._hold_written = True
             self._save()
         else:
             self._changed()
-        self._sleep(self.options.tick_s)
+        (sleep or self._sleep)(self.options.tick_s)
 
     # --- rollback and the end -----------------------------------------------------------------
     def _start_rollback(self, reason: str, gate: str, wave: int | None) -> None:

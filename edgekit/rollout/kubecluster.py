@@ -100,7 +100,7 @@ class KubeCluster:
     image, broker URL, MQTT auth, telemetry interval, public key ConfigMap...)."""
 
     def __init__(self, client: KubeClient, *, render_options: Mapping[str, Any] | None = None,
-                 workers: int = 16) -> None:
+                 workers: int = 32) -> None:
         self.client = client
         self.render_options = dict(render_options or {})
         self.workers = workers
