@@ -26,7 +26,7 @@ COMMAND_AREAS = {
     "show": "images",
     "groups": "kube", "render": "kube", "install": "kube",
     "fleet": "fleet",
-    "push": "rollout", "rollout": "rollout", "controller": "rollout",
+    "push": "rollout", "rollout": "rollout", "controller": "rollout", "sim": "rollout",
     "dev": "dev",
 }
 
