@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
+import paho.mqtt as paho_mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -129,7 +130,9 @@ class _Client(mqtt.Client):
     the private seams used here go through paho's own code.
     """
 
-    _lean = all(hasattr(mqtt.Client, name) for name in ("_create_socket", "_handle_publish", "_packet_queue"))
+    # The seams are private: use them only on the paho major version they were written against.
+    _lean = str(getattr(paho_mqtt, "__version__", "")).startswith("2.") and all(
+        hasattr(mqtt.Client, name) for name in ("_create_socket", "_handle_publish", "_packet_queue"))
 
     def __init__(self, *args: Any, sink: Callable[[str, bytes | bytearray, bool], None] | None = None,
                  **kwargs: Any) -> None:
