@@ -252,3 +252,26 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
     assert "is Pending" in second.stderr and second.stderr.count("\n") == 1
     assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == snapshot
     env.cli("rollout", "abort", "--app", fleet.app, "--group", fleet.group, check=True)
+
+
+def test_controller_runs_detached_rollouts(rollout_env: RolloutEnv, new_fleet: NewFleet, tmp_path: Path) -> None:
+    env = rollout_env
+    fleet = new_fleet(10)
+    v1, v2 = env.images["1.0"], env.images["2.0"]
+    fleet.deploy(v1)
+    controller = env.spawn("controller", "--parallel", "2", log=tmp_path / "controller.log")
+    try:
+        created = env.cli("push", v2, "-g", fleet.group, "-a", fleet.app, "--detach", "--waves", "50%,100%", *FAST,
+                          "--output", "json")
+        assert created.returncode == 0, created.stderr
+        name = json.loads(created.stdout)["metadata"]["name"]
+        done = env.wait_rollout(fleet, lambda r: not r.active, name=name, timeout=120)
+        assert done.status.phase == "Succeeded", done.status.message
+        assert set(fleet.revisions().values()) == {revision_of(v2)}
+        assert any(h.event == "engine" for h in done.status.history)
+    finally:
+        controller.send_signal(signal.SIGTERM)
+        code = controller.wait(30)
+    log = (tmp_path / "controller.log").read_text()
+    assert code == 0, log
+    assert f"{name}: taking over" in log and f"{name}: Succeeded" in log

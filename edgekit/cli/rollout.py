@@ -112,8 +112,26 @@ def image_options(func: F) -> F:
     ])
 
 
-def _session(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False) -> service.Session:
+def _connect(kubeconfig: Path | None, context: str | None) -> Any:
+    """A KubeClient: in a pod without a kubeconfig (``edgekit controller`` in-cluster) the pod's
+    service account, otherwise as every edgekit command connects."""
+    import os
+
     from edgekit.cli.kube import connect
+
+    if kubeconfig is None and not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        from kubernetes import client as k8s
+        from kubernetes import config as k8s_config
+
+        from edgekit.kube.client import KubeClient
+
+        configuration = k8s.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return KubeClient(k8s.ApiClient(configuration))
+    return connect(kubeconfig, context)
+
+
+def _session(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False) -> service.Session:
     from edgekit.rollout.images import RegistryImages
     from edgekit.rollout.kubecluster import KubeCluster
     from edgekit.rollout.settings import load_rollout_settings
@@ -124,7 +142,7 @@ def _session(kw: dict[str, Any], *, images: bool = False, telemetry: bool = Fals
                  "agent_broker": kw.pop("agent_broker", None), "mqtt_auth": kw.pop("mqtt_auth", None),
                  "telemetry_interval": kw.get("health_interval")}
     settings = load_rollout_settings(kw.pop("config_file", None), **overrides)
-    client = connect(kw.pop("kubeconfig", None), kw.pop("context", None))
+    client = _connect(kw.pop("kubeconfig", None), kw.pop("context", None))
     cluster = KubeCluster(client, render_options=settings.render_options())
     session = service.Session(cluster, settings)
     if images:
@@ -721,7 +739,6 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
     """
     from edgekit_agent.oci.registry import RegistryOptions
 
-    from edgekit.cli.kube import connect
     from edgekit.settings import cache_dir as default_cache
     from edgekit.sim import FaultBook, SimSettings, Simulator, parse_fault
     from edgekit.sim.faults import Fault
@@ -733,7 +750,7 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
 
     faults = FaultBook(dict(parse_fault(spec) for spec in fault_specs))
     fixed: dict[str, Fault] = dict(parse_fault(spec) for spec in fault_specs)
-    client = connect(kw.pop("kubeconfig", None), kw.pop("context", None))
+    client = _connect(kw.pop("kubeconfig", None), kw.pop("context", None))
     settings = SimSettings(broker_url=broker, cache_dir=cache_dir or default_cache() / "sim-models",
                            topic_root=topic_root, interval=interval, rate=rate, namespace=namespace, app=app,
                            public_key=public_key, registry_options=RegistryOptions(insecure=insecure_registry))
