@@ -4,51 +4,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from edgekit.testenv.certs import build_certificate, pem_private_key
+
 __all__ = ["ClusterPKI", "write_kubeconfig"]
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _cert(subject: x509.Name, issuer: x509.Name, public_key: Any, signer: ec.EllipticCurvePrivateKey, *,
-          ca: bool = False, server_names: tuple[str, ...] = (), client: bool = False,
-          not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(not_before or now - dt.timedelta(minutes=5))
-               .not_valid_after(not_after or now + dt.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
-    else:
-        usages = [x509.ExtendedKeyUsageOID.CLIENT_AUTH] if client else [x509.ExtendedKeyUsageOID.SERVER_AUTH]
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-    if server_names:
-        alt: list[x509.GeneralName] = []
-        for name in server_names:
-            try:
-                alt.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                alt.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-    return builder.sign(signer, hashes.SHA256())
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
@@ -96,18 +63,18 @@ class ClusterPKI:
         self.directory.mkdir(parents=True, exist_ok=True)
         ca_key = ec.generate_private_key(ec.SECP256R1())
         ca_name = _name("edgekit-test-ca")
-        ca = _cert(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+        ca = build_certificate(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
         server_key = ec.generate_private_key(ec.SECP256R1())
-        server = _cert(_name("kube-apiserver"), ca_name, server_key.public_key(), ca_key,
+        server = build_certificate(_name("kube-apiserver"), ca_name, server_key.public_key(), ca_key,
                        server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
                                      "kubernetes.default.svc", "10.0.0.1"))
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         files = {
             self.ca_cert: ca.public_bytes(serialization.Encoding.PEM),
-            self.ca_key: _pem_key(ca_key),
+            self.ca_key: pem_private_key(ca_key),
             self.server_cert: server.public_bytes(serialization.Encoding.PEM),
-            self.server_key: _pem_key(server_key),
-            self.sa_key: _pem_key(sa_key),
+            self.server_key: pem_private_key(server_key),
+            self.sa_key: pem_private_key(sa_key),
             self.sa_pub: sa_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                           serialization.PublicFormat.SubjectPublicKeyInfo),
         }
@@ -129,9 +96,9 @@ class ClusterPKI:
                   else (now - dt.timedelta(minutes=5), now + dt.timedelta(days=30)))
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user),
                              *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups)])
-        cert = _cert(subject, ca.subject, key.public_key(), ca_key, client=True,
+        cert = build_certificate(subject, ca.subject, key.public_key(), ca_key, client=True,
                      not_before=window[0], not_after=window[1])
-        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+        return cert.public_bytes(serialization.Encoding.PEM), pem_private_key(key)
 
 
 def write_kubeconfig(path: Path, server: str, ca_cert: Path, *, user: str = "admin",
