@@ -5,11 +5,11 @@
     python -m edgekit.demo --down          # stop everything the demo started (--purge: and its files)
 
 It runs on the public command line (each step is an ``edgekit`` command, printed before it runs)
-and, for the services, on ``edgekit.testenv`` and ``edgekit.sim``:
+and, for mosquitto and the registry, on ``edgekit.testenv``:
 
 1. services on 127.0.0.1: mosquitto, a docker-registry, the dev control plane with KWOK nodes
-   (``edgekit dev cluster up``), and the fleet simulator (one virtual device per node, running the
-   real agent core) in a background process;
+   (``edgekit dev cluster up``), and the fleet simulator (``edgekit sim``: one virtual device per
+   node, running the real agent core) in the background;
 2. the model: inspect, quantize under an accuracy budget (the table of candidates);
 3. a signing key; versions 1.0 (FP32), 2.0 (INT8) and 3.0 (INT8) packaged, pushed and signed;
 4. rollout of 1.0 to the device group; 2.0 in waves with live gates; 3.0, which the simulator makes
@@ -34,7 +34,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -55,6 +54,7 @@ REPOSITORY = "models/digits"
 KEY_PASSWORD = "edgekit-demo"
 CREATED = "2026-01-01T00:00:00Z"   # fixed: the same model gives the same digest on every run
 VERSIONS = ("1.0", "2.0", "3.0")
+SIM_NEEDLE = "edgekit sim"   # how the simulator's command line is recognised (pid reuse)
 EXPECTED = {"1.0": "Succeeded", "2.0": "Succeeded", "3.0": "RolledBack"}
 
 
@@ -201,92 +201,35 @@ class Services:
         self.run("install", env={"KUBECONFIG": str(kubeconfig)}, quiet=True)
         return kubeconfig
 
-    def simulator(self, config: dict[str, Any]) -> int:
-        """The fleet simulator in its own process (``--run-simulator``), restarted when its
-        settings changed (another broker, registry or cluster)."""
+    def simulator(self, args: list[str]) -> int:
+        """``edgekit sim ARGS`` in the background, restarted when its arguments changed (another
+        broker, registry or cluster)."""
         from edgekit.testenv.processes import ManagedProcess
 
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-        found = self._reusable("simulator", "--run-simulator")
+        digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
+        found = self._reusable("simulator", SIM_NEEDLE)
         if found and found.get("config") == digest:
             return int(found["pid"])
         if found:
-            _stop_pid(int(found["pid"]), "--run-simulator")
-        path = self.work / "simulator.json"
-        path.write_text(json.dumps(config, indent=2))
+            _stop_pid(int(found["pid"]), SIM_NEEDLE)
+        log = self.work / "simulator.log"
         with contextlib.suppress(FileNotFoundError):
-            (self.work / "simulator-status.json").unlink()
-        proc = ManagedProcess("simulator", [sys.executable, "-m", "edgekit.demo", "--run-simulator", str(path)],
-                              self.work / "simulator.log").start()
-        proc.wait_ready(lambda: (self.work / "simulator-status.json").exists(), timeout=60)
+            log.unlink()
+        proc = ManagedProcess("simulator", [sys.executable, "-m", "edgekit", "sim", *args], log).start()
+        # It prints a line with its devices every second once it follows the cluster.
+        proc.wait_ready(lambda: " devices " in log.read_text(errors="replace"), timeout=60)
         self.state["simulator"] = {"pid": _detach(proc), "config": digest}
         self._save()
         return proc.pid
 
     def down(self, say: Callable[[str], None]) -> None:
-        for name, needle in (("simulator", "--run-simulator"), ("registry", "registry"), ("mosquitto", "mosquitto")):
+        for name, needle in (("simulator", SIM_NEEDLE), ("registry", "registry"), ("mosquitto", "mosquitto")):
             entry = self.state.pop(name, None)
             if entry and _pid_alive(entry.get("pid"), needle):
                 _stop_pid(int(entry["pid"]), needle)
                 say(f"stopped {name}")
         self._save()
         self.run("dev", "cluster", "down")
-
-
-# --- the simulator process -------------------------------------------------------------------------
-
-def read_faults(path: Path) -> list[str]:
-    """``KEY:knob=value,...`` lines (see ``edgekit.sim.faults``); ``#`` starts a comment."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
-
-
-def run_simulator(config_path: Path) -> int:
-    """Run the fleet simulator until SIGTERM; re-read the faults file when it changes; write a
-    status file every second."""
-    import logging
-
-    from edgekit_agent.oci.registry import RegistryOptions
-
-    from edgekit.kube.client import KubeClient
-    from edgekit.sim import FaultBook, SimSettings, Simulator, parse_fault
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = json.loads(config_path.read_text())
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    client = KubeClient.from_kubeconfig(cfg["kubeconfig"])
-    faults = FaultBook()
-    settings = SimSettings(broker_url=cfg["broker_url"], cache_dir=Path(cfg["cache_dir"]), interval=cfg["interval"],
-                           rate=cfg["rate"], namespace=cfg["namespace"], app=cfg["app"],
-                           public_key=cfg.get("public_key"), registry_options=RegistryOptions(insecure=True))
-    sim = Simulator(client, settings, faults).start()
-    faults_file, status_file = Path(cfg["faults_file"]), Path(cfg["status_file"])
-    seen: list[str] | None = None
-    try:
-        while not stop.wait(1.0 if seen is not None else 0.0):
-            lines = read_faults(faults_file)
-            if lines != seen:
-                faults.clear()
-                for line in lines:
-                    try:
-                        key, fault = parse_fault(line)
-                    except Exception as exc:  # a typo in the file must not stop the fleet
-                        logging.warning("faults file: %s", exc)
-                        continue
-                    faults.set(key, fault)
-                seen = lines
-            tmp = status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"at": time.time(), **sim.summary()}, default=str))
-            tmp.replace(status_file)
-    finally:
-        sim.stop(graceful=True)
-        client.close()
-    return 0
 
 
 # --- the demo ------------------------------------------------------------------------------------
@@ -449,15 +392,16 @@ class Demo:
         faults.write_text("# fleet simulator faults, one per line: KEY:knob=value,...  (KEY: revision, digest,\n"
                           "# version or *; knobs: error_rate, latency_ms, probe_fail, crash_loop, silent, "
                           "offline). Re-read every second.\n")
-        config = {"kubeconfig": str(self.kubeconfig), "broker_url": self.env["EDGEKIT_FLEET_BROKERS"],
-                  "cache_dir": str(self.work / "sim-models"), "interval": self.o.interval, "rate": self.o.rate,
-                  "namespace": NAMESPACE, "app": APP, "public_key": str(self.work / "keys" / "demo.pub"),
-                  "faults_file": str(faults), "status_file": str(self.work / "simulator-status.json")}
-        pid = self.services.simulator(config)
+        args = ["--namespace", NAMESPACE, "--app", APP, "--broker", self.env["EDGEKIT_FLEET_BROKERS"],
+                "--interval", f"{self.o.interval:g}", "--rate", f"{self.o.rate:g}", "--faults-file", str(faults),
+                "--cache-dir", str(self.work / "sim-models"), "--insecure-registry",
+                "--public-key", str(self.work / "keys" / "demo.pub"), "--kubeconfig", str(self.kubeconfig)]
+        self.con.print(f"[bold cyan]$ edgekit sim {escape(shlex.join(args))} &[/]")
+        pid = self.services.simulator(args)
         self.set_fault(None)
-        self.say(f"simulator running (pid {pid}): each device follows its node's pod, fetches the model by digest, "
-                 f"verifies its signature, runs the real agent core and reports every {self.o.interval:g}s over "
-                 f"MQTT; faults are read from {faults}")
+        self.say(f"simulator running in the background (pid {pid}, log {self.work / 'simulator.log'}): each device "
+                 f"follows its node's pod, fetches the model by digest, verifies its signature, runs the real agent "
+                 f"core and reports every {self.o.interval:g}s over MQTT")
 
     def set_fault(self, version: str | None) -> None:
         """Keep the faults file's comments and other lines; replace the demo's own line."""
@@ -605,7 +549,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--down", action="store_true", help="stop every service the demo started")
     parser.add_argument("--purge", action="store_true", help="with --down: also delete the work directory")
     parser.add_argument("--check-setup", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run-simulator", type=Path, metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
@@ -616,8 +559,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.check_setup:
         return 0 if setup_ready() else 1
-    if args.run_simulator:
-        return run_simulator(args.run_simulator)
     options = Options(workdir=args.workdir.resolve(), nodes=args.nodes, bake=args.bake, wave_timeout=args.wave_timeout,
                       interval=args.interval, rate=args.rate, error_rate=args.error_rate, budget_time=args.budget_time)
     demo = Demo(options)

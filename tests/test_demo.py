@@ -17,16 +17,9 @@ from typing import Any
 
 import pytest
 
-from edgekit.demo import _pid_alive, main, read_faults
+from edgekit.demo import SIM_NEEDLE, _pid_alive, main
 
 SMALL = ["--nodes", "20", "--bake", "4s", "--wave-timeout", "60s", "--error-rate", "0.3", "--budget-time", "2m"]
-
-
-def test_faults_file_lines(tmp_path: Path) -> None:
-    path = tmp_path / "faults.txt"
-    assert read_faults(path) == []
-    path.write_text("# comment\n\nsha256:abc:error_rate=0.25  # demo\n*:latency_ms=40\n")
-    assert read_faults(path) == ["sha256:abc:error_rate=0.25", "*:latency_ms=40"]
 
 
 def test_bad_option_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,7 +94,7 @@ def test_demo_end_to_end_then_again_then_down(demo: DemoRun) -> None:
     assert set(services) == {"mosquitto", "registry", "simulator"}
     assert all(_pid_alive(int(s["pid"]), needle) for s, needle in
                ((services["mosquitto"], "mosquitto"), (services["registry"], "registry"),
-                (services["simulator"], "--run-simulator")))
+                (services["simulator"], SIM_NEEDLE)))
 
     # A second run reuses the services and what was built, and tells the same story.
     second = demo(*SMALL)
