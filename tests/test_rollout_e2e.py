@@ -167,6 +167,10 @@ def test_pause_resume_promote_abort_undo(rollout_env: RolloutEnv, new_fleet: New
         gate = lambda i: (lambda r: r.status.waves[i].verdict is not None  # noqa: E731
                           and r.status.waves[i].verdict.gate == "promotion")
         env.wait_rollout(fleet, gate(0), name=ro.name)
+        second = env.cli("rollout", "resume", ro.name)             # a second engine is refused
+        assert second.returncode == 65 and "is being run by engine" in second.stderr, second.stderr
+        shown = env.cli("rollout", "status", "--app", fleet.app, check=True).stdout
+        assert ro.name in shown and "Progressing" in shown and "promotion" in shown
         env.cli("rollout", "pause", ro.name, check=True)
         env.wait_rollout(fleet, lambda r: r.status.phase == "Paused", name=ro.name)
         env.cli("rollout", "promote", ro.name, check=True)          # promoted, but paused: it waits
@@ -241,6 +245,25 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         assert result.returncode == code, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("edgekit: error: "), result.stderr
         assert fragment in lines[0], (fragment, lines[0])
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
+    # a plan changes nothing either, and shows every wave, its bytes and the gates; signed images pass
+    from edgekit_agent.oci.reference import parse_reference
+    from edgekit_agent.oci.registry import RegistryOptions
+
+    from edgekit.image.signing import load_private_key, sign_image
+
+    sign_image(parse_reference(env.images["4.0"]), load_private_key(tmp_path / "key.key", b"pw"),
+               options=RegistryOptions(insecure=True))
+    plan = env.cli("rollout", "plan", f"{env.registry.host}/models/digits:4.0", "-g", fleet.group, "-a", fleet.app,
+                   "--waves", "1,100%", "--public-key", str(pub), "--output", "json")
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["image"] == env.images["4.0"] and data["signedBy"]
+    assert [len(w["nodes"]) for w in data["waves"]] == [1, 4] and data["bytesToShip"] > 0
+    assert data["previous"] == v1 and "error rate ≤ 1%" in data["gates"]
+    table = env.cli("rollout", "plan", env.images["4.0"], "-g", fleet.group, "-a", fleet.app)
+    assert table.returncode == 0 and "bytes to ship" in table.stdout and "gates:" in table.stdout
     assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
 
     # a second push on the same app/group while one runs
