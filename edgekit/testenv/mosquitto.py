@@ -16,7 +16,6 @@ could then not read the 0600 files written here, so the config names the current
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
@@ -24,10 +23,9 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from edgekit.testenv.certs import CertPair, TestCA
-from edgekit.testenv.processes import ManagedProcess, ServiceError, free_port, port_open
+from edgekit.testenv.processes import LocalService, ServiceError, free_port, port_open
 
 __all__ = ["MosquittoBroker", "device_acl", "mosquitto_available", "start_mosquitto"]
 
@@ -69,7 +67,7 @@ class _Options:
     extra_config: str
 
 
-class MosquittoBroker:
+class MosquittoBroker(LocalService):
     """One mosquitto process with its own directory, port, config and (optionally) certificates."""
 
     host = "127.0.0.1"
@@ -80,6 +78,7 @@ class MosquittoBroker:
                  allow_anonymous: bool | None = None, persistence: bool = True,
                  max_queued_messages: int = 100_000, extra_config: str = "",
                  ca: TestCA | None = None, port: int | None = None) -> None:
+        super().__init__()
         binary = _binary("mosquitto", MOSQUITTO_BINARIES)
         if binary is None:
             raise ServiceError("mosquitto is not installed (Debian package 'mosquitto')")
@@ -106,7 +105,6 @@ class MosquittoBroker:
         self.config_path = workdir / "mosquitto.conf"
         self.log_path = workdir / "mosquitto.log"
         self._write_files()
-        self._proc: ManagedProcess | None = None
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -117,50 +115,13 @@ class MosquittoBroker:
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.alive()
+    start_timeout = 20.0
 
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc else None
+    def _argv(self) -> list[str]:
+        return [self._binary, "-c", str(self.config_path)]
 
-    def start(self, timeout: float = 20.0) -> MosquittoBroker:
-        """Start (or start again, on the same port and persistence directory)."""
-        if self.running:
-            return self
-        self._proc = ManagedProcess(f"mosquitto:{self.port}", [self._binary, "-c", str(self.config_path)],
-                                    self.log_path)
-        self._proc.start()
-        try:
-            self._proc.wait_ready(lambda: port_open(self.port, self.host), timeout=timeout, interval=0.05)
-        except ServiceError:
-            self._proc.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        """Stop cleanly (SIGTERM: mosquitto saves its persistence file and closes sessions)."""
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def kill(self) -> None:
-        """Stop abruptly (SIGKILL), as a crashed or power-cut broker would."""
-        if self._proc is not None:
-            import signal
-            self._proc.signal(signal.SIGKILL)
-            self._proc.stop(timeout=5)
-            self._proc = None
-
-    def restart(self) -> MosquittoBroker:
-        self.stop()
-        return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
+    def _ready(self) -> bool:
+        return port_open(self.port, self.host)
 
     def add_user(self, username: str, password: str) -> None:
         """Add or change a password (takes effect at the next start, or now via SIGHUP)."""
@@ -169,13 +130,6 @@ class MosquittoBroker:
         if self._proc is not None and self._proc.alive():
             import signal
             os.kill(self._proc.pid, signal.SIGHUP)
-
-    def __enter__(self) -> MosquittoBroker:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"MosquittoBroker({self.url}, running={self.running})"

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
 from edgekit.errors import EdgekitError
 
@@ -132,3 +133,74 @@ def _stop_all() -> None:
     for proc in list(_RUNNING):
         with contextlib.suppress(Exception):
             proc.stop(timeout=3)
+
+
+class LocalService:
+    """Lifecycle shared by the local services (broker, registry): start on a fixed port, wait until
+    it answers, stop cleanly or kill, restart on the same port and state, log tail.
+
+    Subclasses set ``log_path`` and ``port`` and say how to run and probe themselves.
+    """
+
+    log_path: Path
+    port: int
+    start_timeout = 30.0
+
+    def __init__(self) -> None:
+        self._proc: ManagedProcess | None = None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc else None
+
+    def start(self, timeout: float | None = None) -> Self:
+        """Start (or start again, on the same port and state)."""
+        if self.running:
+            return self
+        argv = self._argv()
+        self._proc = ManagedProcess(f"{Path(argv[0]).name}:{self.port}", argv, self.log_path).start()
+        try:
+            self._proc.wait_ready(self._ready, timeout=timeout or self.start_timeout, interval=0.05)
+        except ServiceError:
+            self._proc.stop()
+            self._proc = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly (SIGTERM, then SIGKILL after a grace period)."""
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def kill(self) -> None:
+        """Stop abruptly (SIGKILL), as a crash or a power cut would."""
+        if self._proc is not None:
+            self._proc.signal(signal.SIGKILL)
+            self._proc.stop(timeout=5)
+            self._proc = None
+
+    def restart(self) -> Self:
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

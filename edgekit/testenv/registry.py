@@ -14,7 +14,6 @@ when that is not installed, Apache's ``htpasswd``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import ssl
@@ -23,10 +22,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 from edgekit.testenv.certs import TestCA
-from edgekit.testenv.processes import ManagedProcess, ServiceError, free_port
+from edgekit.testenv.processes import LocalService, ServiceError, free_port
 
 __all__ = ["DockerRegistry", "TokenServer", "registry_available"]
 
@@ -54,12 +52,13 @@ def _bcrypt_hash(password: str) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=6)).decode()
 
 
-class DockerRegistry:
+class DockerRegistry(LocalService):
     host_ip = "127.0.0.1"
 
     def __init__(self, workdir: Path, *, users: Mapping[str, str] | None = None, tls: bool = False,
                  ca: TestCA | None = None, port: int | None = None,
                  token_server: TokenServer | None = None) -> None:
+        super().__init__()
         binary = _binary()
         if binary is None:
             raise ServiceError("docker-registry is not installed (Debian package 'docker-registry')")
@@ -79,7 +78,6 @@ class DockerRegistry:
         self.config_path = workdir / "config.yml"
         self.log_path = workdir / "registry.log"
         self._write_config()
-        self._proc: ManagedProcess | None = None
 
     @property
     def host(self) -> str:
@@ -92,10 +90,6 @@ class DockerRegistry:
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.host}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.alive()
 
     def _write_config(self) -> None:
         # JSON is YAML: no YAML writer needed.
@@ -132,30 +126,8 @@ class DockerRegistry:
         except OSError:
             return False
 
-    def start(self, timeout: float = 30.0) -> DockerRegistry:
-        if self.running:
-            return self
-        self._proc = ManagedProcess(f"docker-registry:{self.port}",
-                                    [self._binary, "serve", str(self.config_path)], self.log_path)
-        self._proc.start()
-        try:
-            self._proc.wait_ready(self._ready, timeout=timeout, interval=0.05)
-        except ServiceError:
-            self._proc.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def __enter__(self) -> DockerRegistry:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+    def _argv(self) -> list[str]:
+        return [self._binary, "serve", str(self.config_path)]
 
     def __repr__(self) -> str:
         return f"DockerRegistry({self.url}, running={self.running})"
@@ -174,11 +146,6 @@ class DockerRegistry:
         """The file holding a blob in the filesystem storage driver."""
         algo, _, hexpart = digest.partition(":")
         return self.storage / "docker" / "registry" / "v2" / "blobs" / algo / hexpart[:2] / hexpart / "data"
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
 
 
 def _b64url(data: bytes) -> str:
