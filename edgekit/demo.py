@@ -110,10 +110,7 @@ def _stop_pid(pid: int, needle: str, timeout: float = 15.0) -> None:
 
 def _detach(proc: Any) -> int:
     """Let a ManagedProcess outlive this interpreter (as ``Cluster.detach`` does); returns its pid."""
-    from edgekit.testenv import processes
-
-    processes._RUNNING.discard(proc)
-    return int(proc.pid)
+    return int(proc.detach())
 
 
 def _port_of(url_or_host: str) -> int:

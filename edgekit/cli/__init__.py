@@ -53,7 +53,10 @@ class EdgekitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EdgekitError as exc:
-            click.echo(f"edgekit: error: {exc.one_line()}", err=True)
+            text = exc.one_line()
+            if not exc.hint:  # every error says where to look next
+                text += f" (exit {exc.exit_code}: see docs/troubleshooting.md)"
+            click.echo(f"edgekit: error: {text}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("edgekit: interrupted", err=True)

@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from edgekit.kube.client import KubeClient
-from edgekit.testenv import gobuild, processes
+from edgekit.testenv import gobuild
 from edgekit.testenv.nodes import KWOK_ANNOTATION, FleetSpec, node_objects
 from edgekit.testenv.pki import ClusterPKI, write_kubeconfig
 from edgekit.testenv.processes import ManagedProcess, ServiceError, free_port
@@ -256,8 +256,7 @@ class Cluster:
     def detach(self) -> None:
         """Let the processes outlive this interpreter (no stop at exit); ``attach`` finds them."""
         for name, proc in self.procs.items():
-            processes._RUNNING.discard(proc)  # the registry of processes stopped at exit
-            self.pids[name] = proc.pid
+            self.pids[name] = proc.detach()
         self.procs.clear()
         self._write_state()
 

@@ -112,6 +112,11 @@ class ManagedProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.pid, sig)
 
+    def detach(self) -> int:
+        """Let the process outlive this interpreter (it is no longer stopped at exit); its pid."""
+        _RUNNING.discard(self)
+        return self.pid
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
