@@ -8,9 +8,12 @@ search goes on.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import resource
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, TimeoutError
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +24,7 @@ from edgekit.errors import QuantizationError
 R = TypeVar("R")
 
 DEFAULT_LIMIT = 6 * 2**30
+PR_SET_PDEATHSIG = 1
 
 
 def memory_limit() -> int:
@@ -35,6 +39,9 @@ def memory_limit() -> int:
 
 def _limit(nbytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (nbytes, nbytes))
+    # Die with the search: an interrupted quantize must not leave a calibration running.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def run_limited(what: str, fn: Callable[..., R], *args: Any, timeout: float | None = None, **kwargs: Any) -> R:
