@@ -346,10 +346,26 @@ class Engine:
         crash the step is Moving again, whose relabel is idempotent."""
         spec, st = self.ro.spec, self.ro.status
         started = time.perf_counter()
-        if spec.target.revision not in self._ensured:  # once per engine run: server-side apply is idempotent
-            self.cluster.ensure_daemonset(self.ro.namespace, spec, spec.target)
-            self._ensured.add(spec.target.revision)
-        self.cluster.relabel_nodes(spec.app, {n: spec.target.revision for n in wave.nodes})
+        applying: threading.Thread | None = None
+        failure: list[BaseException] = []
+        if spec.target.revision not in self._ensured:
+            # Once per engine run (applying is idempotent), and beside the relabelling: the
+            # DaemonSet controller starts the pods whichever of the two lands first.
+            def apply() -> None:
+                try:
+                    self.cluster.ensure_daemonset(self.ro.namespace, spec, spec.target)
+                except BaseException as exc:
+                    failure.append(exc)
+            applying = threading.Thread(target=apply, name="ensure-daemonset", daemon=True)
+            applying.start()
+        try:
+            self.cluster.relabel_nodes(spec.app, {n: spec.target.revision for n in wave.nodes})
+        finally:
+            if applying is not None:
+                applying.join()
+        if failure:
+            raise failure[0]
+        self._ensured.add(spec.target.revision)
         wave.phase = r.W_WAITING
         st.message = f"wave {wave.index + 1}/{len(st.waves)}: waiting for {len(wave.nodes)} pods to be Ready"
         if self.live is not None:

@@ -29,7 +29,7 @@ from edgekit.errors import (
     UnknownGroupError,
 )
 from edgekit.kube import names
-from edgekit.kube.applying import FIELD_MANAGER, apply_objects, delete_object, patch_labels
+from edgekit.kube.applying import FIELD_MANAGER, delete_object, patch_labels, sort_for_apply
 from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import DeviceGroup, group_nodes, parse_group
 from edgekit.kube.rendering import RenderSettings, render
@@ -172,10 +172,17 @@ class KubeCluster:
 
     # --- workloads --------------------------------------------------------------------------
     def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None:
+        """Server-side apply of the revision's objects, one PATCH each (field manager ``edgekit``).
+        No dry-run round first: these are edgekit's own objects, rendered and checked by
+        ``edgekit.kube.rendering``, and applying is idempotent."""
         settings = RenderSettings(app=spec.app, image=image.image, group=self._group(spec.group, spec.profile),
                                   target=spec.profile, namespace=namespace, revision=image.revision,
                                   require_digest=True, **self.render_options)
-        apply_objects(self.client, render(settings), namespace=namespace, force=True)
+        for obj in sort_for_apply(render(settings)):
+            res = resource_for(obj["apiVersion"], obj["kind"])
+            self.client.request("PATCH", res.path(namespace, obj["metadata"]["name"]), body=obj,
+                                content_type="application/apply-patch+yaml",
+                                query={"fieldManager": FIELD_MANAGER, "force": True})
 
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
         if self.client.get_or_none(_DAEMONSETS.path(namespace, f"{app}-{revision}")) is None:
