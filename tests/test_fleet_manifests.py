@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import ssl
 import threading
 import time
@@ -49,7 +50,7 @@ def test_overlay_renders_and_applies(kube_cluster: KubeHandle, overlay: str) -> 
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                             "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "ConfigMap",
-                            "Service", "Deployment"])
+                            "ConfigMap", "Service", "Deployment"])
     for doc in docs:
         assert doc["metadata"]["labels"]["edgekit.io/target"] == overlay
         if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
@@ -59,8 +60,11 @@ def test_overlay_renders_and_applies(kube_cluster: KubeHandle, overlay: str) -> 
     assert json.loads(defaults["data"]["config.json"])["broker_url"].startswith("mqtts://")
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     config_volume = next(v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
-    config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("edgekit-mqtt"))
-    assert config_volume["configMap"]["name"] == config_map["metadata"]["name"]  # hashed name rewritten
+    for volume, prefix in ((config_volume, "edgekit-mqtt-config"), (next(
+            v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "telemetry"),
+            "edgekit-mqtt-telemetry")):
+        config_map = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith(prefix))
+        assert volume["configMap"]["name"] == config_map["metadata"]["name"]  # hashed name rewritten
     service = next(d for d in docs if d["kind"] == "Service")
     assert (service["spec"].get("type") == "NodePort") == (overlay == "kubeedge")
 
@@ -81,6 +85,10 @@ def _conf_for_test(workdir: Path, port: int, ca: Path, cert: Path, key: Path) ->
     conf = conf.replace("/mosquitto/tls/ca.crt", str(ca)).replace("/mosquitto/tls/tls.crt", str(cert))
     conf = conf.replace("/mosquitto/tls/tls.key", str(key)).replace("/mosquitto/data/", f"{workdir}/")
     conf = re.sub(r"^listener 8883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    included = workdir / "conf.d"
+    included.mkdir()
+    shutil.copy(MANIFESTS / "base" / "mosquitto" / "telemetry.conf", included / "telemetry.conf")
+    conf = conf.replace("/mosquitto/conf.d", str(included))
     conf = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n" + conf  # as root it would drop to "mosquitto"
     path = workdir / "mosquitto.conf"
     path.write_text(conf)
