@@ -267,7 +267,7 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: try both on conv nets).")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Threads for latency timing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for synthetic data.")
-@click.option("--budget-time", help="Cap on the search, e.g. 10m or 300s.  [default: 9m]")
+@click.option("--budget-time", help="Cap on the search, e.g. 10m or 300s.  [default: 8m]")
 @click.option("--no-mixed-precision", is_flag=True, help="Do not retry with sensitive nodes in FP32.")
 @click.option("--image-size", help="Image folders: resize to HxW (default: the model's input size).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)

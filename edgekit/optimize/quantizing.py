@@ -62,7 +62,7 @@ class QuantizeSettings:
     reduce_range: bool | None = None
     threads: int = 1
     seed: int = 0
-    budget_time: float | None = 540.0  # the whole search, timing and writing included, within 10 minutes
+    budget_time: float | None = 480.0  # with the last timing and writing, well within 10 minutes
     preprocessing: ImagePreprocessing = field(default_factory=ImagePreprocessing)
     calibration_samples: int = 128
     eval_samples: int = 1000
@@ -207,6 +207,9 @@ def shapes_to_fix(info: ModelInfo, given: Shapes, sample: Dataset | None) -> Sha
     return shapes
 
 
+# A step with less time than this left is not started.
+MIN_STEP_SECONDS = 10.0
+
 # onnxruntime's calibrators keep every intermediate tensor of every calibration sample in memory
 # (histogram methods twice over): bound what one calibration may hold.
 CALIBRATION_MEMORY = 3 * 2**30
@@ -335,13 +338,17 @@ class _Search:
             # MinMax recipes share one cheap calibration: try them, then mixed precision on the best
             # of them, and only then the histogram calibrations (slow, memory-hungry on big models).
             per_sample = activation_bytes(prepared_model)
+            # A third of the time budget is kept for mixed precision, which needs a recipe to start from.
+            reserve = s.budget_time / 3 if s.budget_time and s.mixed_precision else 0.0
             for i, recipe in enumerate(recipes):
                 self.progress.candidate(i + 1, len(recipes), recipe.name)
-                if i > 0 and s.budget_time and self.time_left() < s.budget_time / 3 and s.mixed_precision:
+                if i > 0 and self.time_left() - reserve < MIN_STEP_SECONDS:
                     self._skip(recipe, "time budget kept for mixed precision")
                     continue
                 samples, stride = calibration_plan(recipe, calib.samples, per_sample)
-                self._try(recipe, replace(ctx, calib=calib.head(samples), stride=stride))
+                self._try(
+                    recipe, replace(ctx, calib=calib.head(samples), stride=stride), reserve=0.0 if i == 0 else reserve
+                )
             if s.mixed_precision and not self._any_in_budget():
                 self._mixed_precision(ctx)
             chosen, reason = self._choose(ctx)
@@ -411,7 +418,7 @@ class _Search:
         self.results.append(result)
         self.progress.result(result)
 
-    def _try(self, recipe: Recipe, ctx: _Ctx) -> CandidateResult:
+    def _try(self, recipe: Recipe, ctx: _Ctx, reserve: float = 0.0) -> CandidateResult:
         result = CandidateResult(recipe)
         self.results.append(result)
         if self.time_left() <= 0:
@@ -421,7 +428,7 @@ class _Search:
         t0 = time.monotonic()
         try:
             out = ctx.work / f"candidate-{len(self.results)}.onnx"
-            left = self.time_left()
+            left = self.time_left() - reserve
             path = run_limited(
                 recipe.name,
                 build_candidate,
@@ -480,7 +487,16 @@ class _Search:
             per_sample = activation_bytes(onnx.load(str(ctx.prepared), load_external_data=False))
             samples = max(1, min(4, CALIBRATION_MEMORY // max(1, 2 * per_sample)))
             assert best.path is not None
-            ranked = run_limited("per-node error", rank_nodes, ctx.prepared, best.path, ctx.calib, ctx.work, samples)
+            ranked = run_limited(
+                "per-node error",
+                rank_nodes,
+                ctx.prepared,
+                best.path,
+                ctx.calib,
+                ctx.work,
+                samples,
+                timeout=None if self.time_left() == float("inf") else max(self.time_left(), 1.0),
+            )
         except Exception as exc:
             self.warnings.append(f"per-node error ranking failed: {type(exc).__name__}: {str(exc)[:200]}")
             return
@@ -494,7 +510,7 @@ class _Search:
             rounds.append((tuple(names[:k]), f"{k} nodes adding the most error kept in FP32"))
             k *= 2
         for nodes, note in rounds:
-            if self.time_left() <= 0:
+            if self.time_left() < MIN_STEP_SECONDS:
                 return
             recipe = best.recipe.with_exclusions(nodes, note)
             self.progress.candidate(len(self.results) + 1, len(self.results) + 1, recipe.name)
