@@ -247,6 +247,12 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         assert fragment in lines[0], (fragment, lines[0])
     assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
 
+    # the gates cannot read telemetry: refused before anything is created
+    nobroker = env.cli("push", v2, "-g", fleet.group, "-a", fleet.app,
+                       env=env.env(EDGEKIT_FLEET_BROKERS="mqtt://127.0.0.1:9", EDGEKIT_FLEET_CONNECT_TIMEOUT="1"))
+    assert nobroker.returncode == 51 and nobroker.stderr.count("\n") == 1, nobroker.stderr
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
     # a plan changes nothing either, and shows every wave, its bytes and the gates; signed images pass
     from edgekit_agent.oci.reference import parse_reference
     from edgekit_agent.oci.registry import RegistryOptions

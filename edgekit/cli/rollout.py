@@ -348,6 +348,7 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
     strategy = _strategy(kw)
     with _opened(kw, images=True, telemetry=not detach) as session:
         plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy)
+        session.open_telemetry()
         ro = service.start(session, plan)
         if detach:
             if output == "json":
@@ -626,6 +627,7 @@ def undo_cmd(app: str, group: str, detach: bool, output: str, **kw: Any) -> None
     strategy = built if explicit else None
     with _opened(kw, images=True, telemetry=not detach) as session:
         plan = service.plan_undo(session, app=app, group=group, strategy=strategy)
+        session.open_telemetry()
         ro = service.start(session, plan)
         if detach:
             if output == "json":

@@ -75,9 +75,15 @@ class Session:
     def options(self) -> EngineOptions:
         return EngineOptions(lease_s=self.settings.lease_seconds, tick_s=self.settings.tick_seconds)
 
-    def engine(self) -> Engine:
+    def open_telemetry(self) -> TelemetryPort | None:
+        """Connect to the fleet's telemetry now (a push does this before it creates anything, so an
+        unreachable broker leaves the cluster unchanged)."""
         if self.telemetry is None and self.telemetry_factory is not None:
             self.telemetry = self.telemetry_factory()
+        return self.telemetry
+
+    def engine(self) -> Engine:
+        self.open_telemetry()
         return Engine(self.cluster, self.telemetry, options=self.options(), stop=self.stop)
 
     def close(self) -> None:
