@@ -173,7 +173,9 @@ class Engine:
         clean = False
         try:
             self._watch = self.cluster.watch_rollout(namespace, name)
-            self._note(r.EV_ENGINE, f"engine {lease.holder} took the rollout at {self._where(ro)}")
+            # Recorded with the engine's first write (no write of its own: it is no step).
+            ro.status.history.append(HistoryEntry(self.clock(), r.EV_ENGINE,
+                                                  f"engine {lease.holder} took the rollout at {self._where(ro)}"))
             while not self.stop.is_set():
                 latest = self._watch.latest()
                 if latest is not None:
@@ -244,9 +246,6 @@ class Engine:
         self._last_write = now
         self._changed()
 
-    def _note(self, event: str, message: str) -> None:
-        self._save(event, message)
-
     def _changed(self) -> None:
         if self.live is not None:
             self.live.updated = self.clock()
@@ -266,8 +265,14 @@ class Engine:
             st.phase = r.PROGRESSING
             st.started_at = st.started_at or now
             st.message = f"wave 1/{len(st.waves)} next"
-            self._save(r.EV_ENGINE, f"started: {len(st.waves)} waves over {sum(len(w.nodes) for w in st.waves)} "
-                                    f"nodes to revision {spec.target.revision}")
+            started = (f"started: {len(st.waves)} waves over {sum(len(w.nodes) for w in st.waves)} nodes to "
+                       f"revision {spec.target.revision}")
+            if st.waves and not spec.paused and self._prepare_wave(st.waves[0]):
+                # One write: started, and the first wave is Moving.
+                st.history.append(HistoryEntry(now, r.EV_ENGINE, started))
+                self._save(r.EV_WAVE, st.message, 0)
+                return
+            self._save(r.EV_ENGINE, started)
             return
         if st.phase == r.PROGRESSING and spec.paused:
             st.phase = r.PAUSED
