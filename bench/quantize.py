@@ -91,11 +91,12 @@ def main() -> None:
     data = out_dir / "ppocr-data"
     if not (data / "det-eval.npz").exists():
         make_ocr_data(data)
-    con = Console()
+    con = Console(width=200)
     table = Table(title="edgekit quantize --method auto (ratios: INT8 / FP32, timed interleaved in this run)")
     for col in ("model", "FP32 size", "picked", "size", "lat 1t", "lat 2t", "fidelity (metric)", "auto took"):
         table.add_column(col, justify="left" if col in ("model", "picked", "fidelity (metric)") else "right")
     rows = []
+    notes: list[str] = []
     for name in args.models.split(","):
         model, settings, shapes = cases(data)[name]
         settings = QuantizeSettings(
@@ -114,11 +115,20 @@ def main() -> None:
             )
             lat[threads] = stats[1].p50_ms / stats[0].p50_ms
         size_ratio = out.stat().st_size / model.stat().st_size
-        fidelity = (
-            f"{chosen.fidelity.score:.3f} vs {chosen.fidelity.reference:.3f} ({report.metric.split(':')[-1]})"
-            if chosen and chosen.fidelity
-            else f"FP32 kept: {report.reason}"
-        )
+        if chosen and chosen.fidelity:
+            fidelity = (
+                f"{chosen.fidelity.score:.3f} vs {chosen.fidelity.reference:.3f} ({report.metric.split(':')[-1]})"
+            )
+        else:
+            best = max(
+                (c for c in report.candidates if c.fidelity),
+                default=None,
+                key=lambda c: c.fidelity.score if c.fidelity else 0.0,
+            )
+            fidelity = (
+                f"FP32 kept (best candidate {best.fidelity.score:.3f})" if best and best.fidelity else "FP32 kept"
+            )
+            notes.append(f"{name}: {report.reason}")
         picked = chosen.recipe.name if chosen else "FP32"
         table.add_row(
             name,
@@ -143,6 +153,8 @@ def main() -> None:
             }
         )
     con.print(table)
+    for note in notes:
+        con.print(f"  {note}")
     (out_dir / "bench-quantize.json").write_text(json.dumps(rows, indent=2))
     con.print(f"models and JSON in {out_dir}")
 
