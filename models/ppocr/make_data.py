@@ -108,7 +108,7 @@ def line_image(rng: np.random.Generator, fonts: list[Path], pics: list[np.ndarra
     font = ImageFont.truetype(str(fonts[rng.integers(len(fonts))]), int(rng.integers(26, 40)))
     text = phrase(rng)
     left, top, right, bottom = font.getbbox(text)
-    tw, th = right - left + 8, bottom - top + 8
+    tw, th = int(right - left) + 8, int(bottom - top) + 8
     im = background(rng, (tw, th), pics)
     ImageDraw.Draw(im).text((4 - left, 4 - top), text, fill=ink(rng), font=font)
     new_w = min(width, max(8, round(48 * tw / th)))
