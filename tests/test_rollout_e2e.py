@@ -147,10 +147,12 @@ def test_offline_devices(rollout_env: RolloutEnv, new_fleet: NewFleet,
         assert set(fleet.revisions().values()) == {revision_of(new)}
     else:
         assert code == 69, err
-        verdict = ro.status.waves[0].verdict
+        failed = next(w for w in ro.status.waves if w.phase == "Failed")   # the wave holding an offline device
+        assert set(failed.nodes) & offline
+        verdict = failed.verdict
         assert verdict is not None and verdict.gate == "reporting" and "wave timeout" in verdict.reason
         holds = [h for h in ro.status.history if h.event == "rollback-started"]
-        assert holds and holds[0].at - (ro.status.waves[0].moved_at or 0) >= 12
+        assert holds and holds[0].at - (failed.moved_at or 0) >= 12
         assert set(fleet.revisions().values()) == {revision_of(old)}
 
 
