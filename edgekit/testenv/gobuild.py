@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import ConfigError, EdgekitError
+from edgekit.settings import cache_dir
 
 GO_DIR = Path(__file__).parent / "go"
 _STAMP = ".edgekit-build"
@@ -39,12 +40,7 @@ class GoBuildError(EdgekitError):
     exit_code = 71
 
 
-def cache_root() -> Path:
-    """``$EDGEKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/edgekit``, else ``~/.cache/edgekit``."""
-    if env := os.environ.get("EDGEKIT_CACHE_DIR"):
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgekit"
+cache_root = cache_dir
 
 
 @dataclass(frozen=True)
