@@ -42,7 +42,10 @@ class Entry:
 
 
 def _context(command: click.Command, name: str, parent: click.Context | None) -> click.Context:
-    return click.Context(command, info_name=name, parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    # The command's own settings (e.g. -h for help), as when it really runs: click caches a command's
+    # help option from the first context it sees, so anything else would depend on what ran before.
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    return click.Context(command, info_name=name, parent=parent, **settings)
 
 
 def walk(root: click.Command | None = None, name: str = "edgekit") -> Iterator[Entry]:

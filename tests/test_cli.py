@@ -28,14 +28,17 @@ def test_every_area_command_is_in_the_lazy_table() -> None:
     assert set(COMMAND_AREAS) == set(all_commands())
 
 
-def walk(command: click.Command, path: str = "edgekit") -> list[tuple[str, click.Command]]:
+def walk(command: click.Command, path: str = "edgekit",
+         parent: click.Context | None = None) -> list[tuple[str, click.Command]]:
     out = [(path, command)]
     if isinstance(command, click.Group):
-        ctx = click.Context(command)
+        # With the command's own context settings: click caches each command's help option from
+        # the first context it sees, and a bare Context would leave it without -h for later users.
+        ctx = click.Context(command, info_name=path.split()[-1], parent=parent, **command.context_settings)
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             assert sub is not None, f"{path} {name} does not load"
-            out += walk(sub, f"{path} {name}")
+            out += walk(sub, f"{path} {name}", ctx)
     return out
 
 
