@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from edgekit.errors import ConfigError, DataError
 from edgekit.optimize import fidelity as fid
-from edgekit.optimize.datasets import Dataset, load_dataset, load_labels
+from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_dataset, load_labels
 from edgekit.optimize.graphs import tail_nodes
 from edgekit.optimize.inspecting import TensorInfo
 from edgekit.optimize.recipes import auto_recipes
@@ -157,3 +157,32 @@ def test_labels(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_text("cat\n")
     with pytest.raises(DataError, match="one integer label per line"):
         load_labels(tmp_path / "bad.txt", 1)
+
+
+def test_image_folder_preprocessing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    pixels = np.zeros((4, 6, 3), np.uint8)
+    pixels[..., 0] = 255  # pure red
+    Image.fromarray(pixels).save(folder / "a.png")
+    Image.fromarray(pixels[:, :, ::-1].copy()).save(folder / "b.png")  # pure blue
+    nchw = (TensorInfo("x", "float32", (1, 3, 2, 3)),)
+    prep = ImagePreprocessing(scale=1 / 255, mean=(0.5,), std=(0.5,))
+    ds = load_dataset(folder, nchw, preprocessing=prep)
+    x = ds.arrays["x"]
+    assert x.shape == (2, 3, 2, 3) and x.dtype == np.float32  # resized to the model's 2x3, NCHW
+    assert np.allclose(x[0, 0], 1.0) and np.allclose(x[0, 2], -1.0)  # red: (255/255-0.5)/0.5 = 1
+    bgr = load_dataset(folder, nchw, preprocessing=ImagePreprocessing(color="BGR"))
+    assert np.allclose(bgr.arrays["x"][0, 2], 1.0)  # red lands in the last channel
+    nhwc = (TensorInfo("x", "float32", ("N", 5, 5, 1)),)
+    gray = load_dataset(folder, nhwc, preprocessing=ImagePreprocessing(layout="NHWC", color="GRAY"))
+    assert gray.arrays["x"].shape == (2, 5, 5, 1)
+    with pytest.raises(DataError, match="channels"):
+        load_dataset(folder, nhwc, preprocessing=ImagePreprocessing(layout="NHWC"))
+    (folder / "c.png").write_text("not an image")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_dataset(folder, nchw)
+    with pytest.raises(DataError, match="symbolic image size"):
+        load_dataset(tmp_path / "imgs", (TensorInfo("x", "float32", (1, 3, "h", "w")),))
