@@ -48,16 +48,22 @@ class Reject(NamedTuple):
 
 
 @dataclass(slots=True, repr=False, eq=False)
-class StatusReport:
-    """Birth (``online``) or death (``offline``, often the broker-sent last will)."""
+class _Envelope:
+    """What every payload carries (contract 3.2), first in every report's fields."""
 
-    kind: ClassVar[Literal["status"]] = "status"
     group: str
     device: str
     session: str
     seq: int
     ts: float
     model: Model | None
+
+
+@dataclass(slots=True, repr=False, eq=False)
+class StatusReport(_Envelope):
+    """Birth (``online``) or death (``offline``, often the broker-sent last will)."""
+
+    kind: ClassVar[Literal["status"]] = "status"
     online: bool
     agent_version: str
     ready: bool | None
@@ -68,16 +74,10 @@ class StatusReport:
 
 
 @dataclass(slots=True, repr=False, eq=False)
-class HealthReport:
+class HealthReport(_Envelope):
     """One window of inference statistics."""
 
     kind: ClassVar[Literal["health"]] = "health"
-    group: str
-    device: str
-    session: str
-    seq: int
-    ts: float
-    model: Model | None
     window_s: float
     inferences: int
     errors: int
@@ -97,16 +97,10 @@ class HealthReport:
 
 
 @dataclass(slots=True, repr=False, eq=False)
-class EventReport:
+class EventReport(_Envelope):
     """Model loaded/rejected, probe failed/recovered, error burst, spool overflow, ..."""
 
     kind: ClassVar[Literal["event"]] = "event"
-    group: str
-    device: str
-    session: str
-    seq: int
-    ts: float
-    model: Model | None
     event: str
     detail: str
     replayed: bool
