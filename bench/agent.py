@@ -41,8 +41,8 @@ from edgekit_agent.spool import SqliteSpool  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from edgekit.testenv.mosquitto import MosquittoBroker  # noqa: E402
-from edgekit.testenv.processes import ManagedProcess, free_port  # noqa: E402
+from edgekit.rehearsal.mosquitto import MosquittoBroker  # noqa: E402
+from edgekit.rehearsal.processes import ManagedProcess, free_port  # noqa: E402
 from tests.fixtures.agent import build_model_folder, make_conv320  # noqa: E402
 from tests.fixtures.mqtt import MqttRecorder  # noqa: E402
 

@@ -44,7 +44,7 @@ from edgekit_agent.oci import Reference, parse_reference  # noqa: E402
 from edgekit.image.building import PackageSettings, package  # noqa: E402
 from edgekit.image.pushing import pull_image, push_layout  # noqa: E402
 from edgekit.image.signing import load_private_key, sign_image, verify_image, write_keypair  # noqa: E402
-from edgekit.testenv.registry import DockerRegistry  # noqa: E402
+from edgekit.rehearsal.registry import DockerRegistry  # noqa: E402
 
 TOOLS = ("edgekit", "library", "skopeo")
 EDGEKIT = [str(ROOT / ".venv" / "bin" / "edgekit")] if (ROOT / ".venv" / "bin" / "edgekit").exists() else \

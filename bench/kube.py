@@ -35,9 +35,9 @@ from edgekit.kube import label_nodes, rollout_label  # noqa: E402
 from edgekit.kube.deploying import deploy_revision, install  # noqa: E402
 from edgekit.kube.groups import list_groups, parse_group, show_group  # noqa: E402
 from edgekit.kube.rendering import RenderSettings  # noqa: E402
-from edgekit.testenv import gobuild  # noqa: E402
-from edgekit.testenv.cluster import Cluster  # noqa: E402
-from edgekit.testenv.nodes import FleetSpec  # noqa: E402
+from edgekit.rehearsal import gobuild  # noqa: E402
+from edgekit.rehearsal.cluster import Cluster  # noqa: E402
+from edgekit.rehearsal.nodes import FleetSpec  # noqa: E402
 
 console = Console(width=max(120, Console().width))
 IMAGE = "registry.local:5000/models/digits@sha256:" + "b3" * 32
@@ -55,7 +55,7 @@ def bench_build(cold: bool) -> Table:
             with tempfile.TemporaryDirectory() as scratch:
                 env = dict(os.environ, EDGEKIT_CACHE_DIR=f"{scratch}/cache", GOCACHE=f"{scratch}/gocache")
                 t1 = time.monotonic()
-                subprocess.run([sys.executable, "-m", "edgekit.testenv.gobuild", comp.name], env=env,
+                subprocess.run([sys.executable, "-m", "edgekit.rehearsal.gobuild", comp.name], env=env,
                                check=True, stdout=subprocess.DEVNULL)
                 seconds, source = time.monotonic() - t1, "measured now (cold Go cache)"
         else:

@@ -33,13 +33,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgekit.kube import apply_objects, install_objects
+from edgekit.rehearsal.cluster import Cluster
+from edgekit.rehearsal.nodes import FleetSpec
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import Engine, EngineOptions
 from edgekit.rollout.kubecluster import KubeCluster
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec, revision_for
 from edgekit.rollout.strategy import build_strategy
-from edgekit.testenv.cluster import Cluster
-from edgekit.testenv.nodes import FleetSpec
 
 NAMESPACE = "edgekit"
 APP = "bench"

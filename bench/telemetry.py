@@ -45,7 +45,7 @@ from edgekit_agent.protocol import device_topic, health_payload, status_payload 
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from edgekit.testenv.mosquitto import MosquittoBroker  # noqa: E402
+from edgekit.rehearsal.mosquitto import MosquittoBroker  # noqa: E402
 
 console = Console(width=170)
 rows: list[tuple[str, str, str, str]] = []

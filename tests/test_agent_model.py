@@ -20,7 +20,7 @@ from edgekit_agent.loading import PROVENANCE_FILE, Provenance, write_provenance
 from edgekit_agent.modelmeta import file_sha256
 from edgekit_agent.settings import load_settings
 
-from edgekit.testenv.mosquitto import MosquittoBroker
+from edgekit.rehearsal.mosquitto import MosquittoBroker
 from tests.fixtures.agent import SignedImage, TelemetryChecker, run_cli
 from tests.fixtures.mqtt import MqttRecorder
 

@@ -15,8 +15,8 @@ from edgekit_agent.loading import PROVENANCE_FILE
 from edgekit_agent.oci import parse_reference
 from edgekit_agent.settings import load_settings
 
-from edgekit.testenv.mosquitto import MosquittoBroker
-from edgekit.testenv.registry import DockerRegistry
+from edgekit.rehearsal.mosquitto import MosquittoBroker
+from edgekit.rehearsal.registry import DockerRegistry
 from tests.fixtures.agent import AgentProcess, SignedImage, TelemetryChecker, build_model_folder, run_cli
 from tests.fixtures.mqtt import MqttRecorder
 

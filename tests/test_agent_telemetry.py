@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgekit.testenv.mosquitto import MosquittoBroker
+from edgekit.rehearsal.mosquitto import MosquittoBroker
 from tests.fixtures.agent import AgentProcess, TelemetryChecker, http, wait_until
 from tests.fixtures.mqtt import MQTT_USERS, Message, Mqtt311OnlyGate, MqttRecorder
 
@@ -311,7 +311,7 @@ def test_tls(mqtt_broker_tls: MosquittoBroker, mqtt_recorder: Recorder, agent_pr
 
 def test_tls_with_wrong_ca_fails_clearly(mqtt_broker_tls: MosquittoBroker, mqtt_ca: Any, agent_process: Start,
                                         digits_folder: Path, tmp_path: Path) -> None:
-    from edgekit.testenv.certs import TestCA
+    from edgekit.rehearsal.certs import TestCA
 
     other = TestCA(tmp_path / "other-ca")
     agent = agent_process(_cfg(mqtt_broker_tls.url, _name(), digits_folder, mqtt_ca_file=str(other.cert_path)),

@@ -1,4 +1,4 @@
-"""The demo (``scripts/demo`` -> ``python -m edgekit.demo``) end to end with small numbers: real
+"""The demo (``scripts/demo`` -> ``python -m edgekit.rehearsal.demo``) end to end with small numbers: real
 mosquitto, docker-registry, control plane with KWOK nodes and the fleet simulator; three rollouts
 (complete, complete, rolled back at the canary); a second run reuses what the first built; ``--down``
 leaves nothing running."""
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.demo import SIM_NEEDLE, _pid_alive, main
+from edgekit.rehearsal.demo import SIM_NEEDLE, _pid_alive, main
 
 SMALL = ["--nodes", "20", "--bake", "4s", "--wave-timeout", "60s", "--error-rate", "0.3", "--budget-time", "2m"]
 
@@ -39,7 +39,7 @@ class DemoRun:
         self.logs: list[str] = []
 
     def __call__(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "edgekit.demo", "--workdir", str(self.work), *args],
+        result = subprocess.run([sys.executable, "-m", "edgekit.rehearsal.demo", "--workdir", str(self.work), *args],
                                 env=self.env, capture_output=True, text=True, timeout=timeout)
         self.logs.append(result.stdout + result.stderr)
         return result

@@ -79,8 +79,8 @@ def _error_classes() -> list[type]:
     import edgekit_agent.errors as agent_errors
 
     import edgekit.errors as central_errors
-    from edgekit.testenv.gobuild import GoBuildError
-    from edgekit.testenv.processes import ServiceError
+    from edgekit.rehearsal.gobuild import GoBuildError
+    from edgekit.rehearsal.processes import ServiceError
 
     found: dict[str, type] = {}
     for module in (agent_errors, central_errors):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.fleet.watching import FleetWatcher
-from edgekit.testenv.mosquitto import MosquittoBroker
+from edgekit.rehearsal.mosquitto import MosquittoBroker
 from tests.fixtures.fleet import SimFleet, fleet_settings
 
 pytestmark = pytest.mark.mqtt

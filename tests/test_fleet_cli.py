@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from edgekit.cli import cli
 from edgekit.fleet.exporting import start_exporter
-from edgekit.testenv.certs import TestCA
-from edgekit.testenv.mosquitto import MosquittoBroker
-from edgekit.testenv.processes import free_port
+from edgekit.rehearsal.certs import TestCA
+from edgekit.rehearsal.mosquitto import MosquittoBroker
+from edgekit.rehearsal.processes import free_port
 from tests.fixtures.fleet import DIGEST_B, SimDevice, SimFleet, fleet_settings
 
 pytestmark = pytest.mark.mqtt

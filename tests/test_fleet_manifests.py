@@ -21,9 +21,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgekit.kube.install import install_objects
 from edgekit.kube.yamlio import dump_all
-from edgekit.testenv.certs import TestCA
-from edgekit.testenv.mosquitto import MOSQUITTO_BINARIES, _binary, device_acl, mosquitto_available
-from edgekit.testenv.processes import ManagedProcess, free_port, port_open
+from edgekit.rehearsal.certs import TestCA
+from edgekit.rehearsal.mosquitto import MOSQUITTO_BINARIES, _binary, device_acl, mosquitto_available
+from edgekit.rehearsal.processes import ManagedProcess, free_port, port_open
 from tests.fixtures.kube import KubeHandle
 
 ROOT = Path(__file__).resolve().parents[1]

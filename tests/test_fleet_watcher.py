@@ -15,9 +15,9 @@ from edgekit.errors import BrokerUnreachableError, TelemetryAuthError, Telemetry
 from edgekit.fleet import FleetView
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.watching import FleetWatcher
-from edgekit.testenv.certs import TestCA
-from edgekit.testenv.mosquitto import MosquittoBroker
-from edgekit.testenv.processes import free_port
+from edgekit.rehearsal.certs import TestCA
+from edgekit.rehearsal.mosquitto import MosquittoBroker
+from edgekit.rehearsal.processes import free_port
 from tests.fixtures.fleet import DIGEST_A, DIGEST_B, SimDevice, SimFleet, fleet_settings
 from tests.fixtures.mqtt import MQTT_USERS
 

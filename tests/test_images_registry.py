@@ -15,9 +15,9 @@ from edgekit_agent.modelmeta import verify_model_dir
 from edgekit_agent.oci import OciLayout, RegistryOptions, fetch_image, parse_reference
 
 from edgekit.image.pushing import TransferSettings, push_layout
-from edgekit.testenv.faultproxy import Fault, FaultProxy
-from edgekit.testenv.processes import free_port
-from edgekit.testenv.registry import DockerRegistry
+from edgekit.rehearsal.faultproxy import Fault, FaultProxy
+from edgekit.rehearsal.processes import free_port
+from edgekit.rehearsal.registry import DockerRegistry
 from tests.fixtures.registry import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.test_images_build import assert_error, invoke, leftovers
 

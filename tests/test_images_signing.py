@@ -14,7 +14,7 @@ from edgekit_agent.oci.mediatypes import COSIGN_SIGNATURE_ANNOTATION, SIMPLESIGN
 
 from edgekit.image.pushing import push_layout
 from edgekit.image.signing import generate_keypair, load_private_key, sign_image, write_keypair
-from edgekit.testenv.registry import DockerRegistry
+from edgekit.rehearsal.registry import DockerRegistry
 from tests.test_images_build import assert_error, invoke, leftovers
 
 pytestmark = pytest.mark.registry

@@ -28,9 +28,9 @@ from edgekit.kube.client import KubeClient
 from edgekit.kube.deploying import deploy_revision, install
 from edgekit.kube.groups import list_groups, parse_group, show_group
 from edgekit.kube.rendering import RenderSettings, render
-from edgekit.testenv.nodes import FleetSpec
-from edgekit.testenv.pki import write_kubeconfig
-from edgekit.testenv.processes import free_port
+from edgekit.rehearsal.nodes import FleetSpec
+from edgekit.rehearsal.pki import write_kubeconfig
+from edgekit.rehearsal.processes import free_port
 from tests.fixtures.kube import KubeHandle
 
 pytestmark = pytest.mark.kube

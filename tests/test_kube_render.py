@@ -19,7 +19,7 @@ from edgekit.kube.groups import node_states, parse_group, summarize
 from edgekit.kube.install import edgerollout_crd, engine_rbac, install_objects
 from edgekit.kube.rendering import RenderSettings, parse_image, render, revision_for
 from edgekit.kube.selectors import format_selector, matches, parse_selector
-from edgekit.testenv.nodes import FleetSpec, node_objects, parse_counts, spread
+from edgekit.rehearsal.nodes import FleetSpec, node_objects, parse_counts, spread
 
 DIGEST = "sha256:" + "3f2a9c1b7d0e" + "0" * 52
 IMAGE = f"registry.local:5000/models/digits:v2@{DIGEST}"

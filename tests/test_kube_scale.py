@@ -11,7 +11,7 @@ from edgekit.kube import label_nodes, rollout_label
 from edgekit.kube.deploying import deploy_revision, install
 from edgekit.kube.groups import list_groups, parse_group, show_group
 from edgekit.kube.rendering import RenderSettings
-from edgekit.testenv.nodes import FleetSpec
+from edgekit.rehearsal.nodes import FleetSpec
 from tests.fixtures.kube import KubeHandle
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from edgekit.testenv import gobuild
-from edgekit.testenv.cluster import Cluster
+from edgekit.rehearsal import gobuild
+from edgekit.rehearsal.cluster import Cluster
 from tests.fixtures.kube import cluster_workdir
 
 pytestmark = pytest.mark.kube
@@ -85,7 +85,7 @@ def test_cluster_stop_leaves_no_process() -> None:
 def test_start_retries_when_a_port_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    import edgekit.testenv.cluster as cluster_module
+    import edgekit.rehearsal.cluster as cluster_module
 
     blocker = socket.socket()
     blocker.bind(("127.0.0.1", 0))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.rehearsal.sim.faults import Fault
 from edgekit.rollout.resource import EdgeRollout
-from edgekit.sim.faults import Fault
 from tests.fixtures.rollout import Fleet, RolloutEnv, revision_of
 
 pytestmark = [pytest.mark.kube, pytest.mark.mqtt, pytest.mark.registry, pytest.mark.slow]

@@ -17,10 +17,10 @@ from edgekit_agent.probing import run_probe
 from edgekit_agent.protocol import load_schema
 
 from edgekit.errors import ConfigError
-from edgekit.sim.devices import Placement, VirtualDevice
-from edgekit.sim.faults import Fault, FaultBook, parse_fault
-from edgekit.sim.fleet import placements_from_pods
-from edgekit.sim.models import ModelStore
+from edgekit.rehearsal.sim.devices import Placement, VirtualDevice
+from edgekit.rehearsal.sim.faults import Fault, FaultBook, parse_fault
+from edgekit.rehearsal.sim.fleet import placements_from_pods
+from edgekit.rehearsal.sim.models import ModelStore
 
 
 def test_parse_faults() -> None:

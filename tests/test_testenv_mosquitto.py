@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgekit.testenv.mosquitto import MosquittoBroker, device_acl
+from edgekit.rehearsal.mosquitto import MosquittoBroker, device_acl
 from tests.fixtures.mqtt import MQTT_USERS, MqttRecorder
 
 pytestmark = pytest.mark.mqtt

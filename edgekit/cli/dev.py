@@ -62,8 +62,8 @@ def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: 
       edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
       edgekit dev cluster up --nodes 20 --gpu-share 0.25
     """
-    from edgekit.testenv.devcluster import up
-    from edgekit.testenv.nodes import FleetSpec
+    from edgekit.rehearsal.devcluster import up
+    from edgekit.rehearsal.nodes import FleetSpec
 
     spec = FleetSpec.simple(nodes, pools, arch, zones=tuple(z for z in zones.split(",") if z),
                             accelerators={"nvidia.com/gpu": gpu_share} if gpu_share else {})
@@ -86,7 +86,7 @@ def cluster_down(keep_data: bool, state_dir: Path | None) -> None:
       edgekit dev cluster down
       edgekit dev cluster down --keep-data
     """
-    from edgekit.testenv.devcluster import down
+    from edgekit.rehearsal.devcluster import down
 
     stopped = down(state_dir, keep_data=keep_data)
     console(stderr=True).print("dev cluster stopped" if stopped else "no dev cluster was running")
@@ -103,7 +103,7 @@ def cluster_status(state_dir: Path | None, output: str) -> None:
       edgekit dev cluster status
       edgekit dev cluster status --output json | jq .nodes_ready
     """
-    from edgekit.testenv.devcluster import status
+    from edgekit.rehearsal.devcluster import status
 
     info = status(state_dir)
     if output == "json":

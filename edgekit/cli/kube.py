@@ -36,7 +36,7 @@ def cluster_options(func: F) -> F:
 
 def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
     if kubeconfig is None and not os.environ.get("KUBECONFIG") and not Path("~/.kube/config").expanduser().exists():
-        from edgekit.testenv.devcluster import dev_kubeconfig
+        from edgekit.rehearsal.devcluster import dev_kubeconfig
 
         kubeconfig = dev_kubeconfig()
     return KubeClient.from_kubeconfig(kubeconfig, context=context)

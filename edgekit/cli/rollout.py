@@ -761,9 +761,9 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
     """
     from edgekit_agent.oci.registry import RegistryOptions
 
+    from edgekit.rehearsal.sim import FaultBook, SimSettings, Simulator, parse_fault
+    from edgekit.rehearsal.sim.faults import Fault
     from edgekit.settings import cache_dir as default_cache
-    from edgekit.sim import FaultBook, SimSettings, Simulator, parse_fault
-    from edgekit.sim.faults import Fault
 
     def read(path: Path | None) -> list[str]:
         if path is None or not path.exists():

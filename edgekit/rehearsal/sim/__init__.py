@@ -2,8 +2,8 @@
 pod, following Kubernetes, with fault knobs per model revision. Tests, benchmarks and people
 rehearsing a rollout policy use it (``edgekit sim``)."""
 
-from edgekit.sim.faults import Fault, FaultBook, parse_fault
-from edgekit.sim.fleet import SimSettings, Simulator, placements_from_pods, running_simulator
+from edgekit.rehearsal.sim.faults import Fault, FaultBook, parse_fault
+from edgekit.rehearsal.sim.fleet import SimSettings, Simulator, placements_from_pods, running_simulator
 
 __all__ = ["Fault", "FaultBook", "SimSettings", "Simulator", "parse_fault", "placements_from_pods",
            "running_simulator"]

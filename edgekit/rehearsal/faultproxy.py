@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from edgekit.testenv.processes import free_port
+from edgekit.rehearsal.processes import free_port
 
 __all__ = ["Fault", "FaultProxy"]
 

@@ -23,8 +23,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from edgekit.testenv.certs import TestCA
-from edgekit.testenv.processes import LocalService, ServiceError, free_port
+from edgekit.rehearsal.certs import TestCA
+from edgekit.rehearsal.processes import LocalService, ServiceError, free_port
 
 __all__ = ["DockerRegistry", "TokenServer", "registry_available"]
 

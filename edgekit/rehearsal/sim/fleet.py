@@ -29,10 +29,10 @@ from typing import Any
 
 from edgekit.kube import names
 from edgekit.kube.client import KubeClient
+from edgekit.rehearsal.sim.devices import Placement, VirtualDevice
+from edgekit.rehearsal.sim.faults import Fault, FaultBook
+from edgekit.rehearsal.sim.models import ModelStore
 from edgekit.rollout.watching import ListWatch
-from edgekit.sim.devices import Placement, VirtualDevice
-from edgekit.sim.faults import Fault, FaultBook
-from edgekit.sim.models import ModelStore
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from edgekit.testenv.certs import build_certificate, pem_private_key
+from edgekit.rehearsal.certs import build_certificate, pem_private_key
 
 __all__ = ["ClusterPKI", "write_kubeconfig"]
 

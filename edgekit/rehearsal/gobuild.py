@@ -2,12 +2,12 @@
 
 No prebuilt Kubernetes binaries can be downloaded, so etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy.
-Each component has a small wrapper module under ``edgekit/testenv/go/<component>/`` whose
+Each component has a small wrapper module under ``edgekit/rehearsal/go/<component>/`` whose
 committed ``go.mod``/``go.sum`` pin the exact version; the binaries land in
 ``~/.cache/edgekit/<component>-<version>/`` and are reused while the pinned modules are unchanged.
 
-    python -m edgekit.testenv.gobuild            # build what is missing (scripts/build-go-tools)
-    python -m edgekit.testenv.gobuild --status   # show where each binary is, build nothing
+    python -m edgekit.rehearsal.gobuild            # build what is missing (scripts/build-go-tools)
+    python -m edgekit.rehearsal.gobuild --status   # show where each binary is, build nothing
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ConfigError
-from edgekit.testenv.cluster import Cluster
-from edgekit.testenv.gobuild import cache_root
-from edgekit.testenv.nodes import FleetSpec
+from edgekit.rehearsal.cluster import Cluster
+from edgekit.rehearsal.gobuild import cache_root
+from edgekit.rehearsal.nodes import FleetSpec
 
 __all__ = ["DevCluster", "dev_dir", "dev_kubeconfig", "down", "status", "up"]
 
@@ -58,7 +58,7 @@ def up(spec: FleetSpec | None, *, state_dir: Path | None = None, install: bool =
         existing.stop()  # leftovers of a crashed run
     if state_dir.exists():
         shutil.rmtree(state_dir)
-    from edgekit.testenv import gobuild
+    from edgekit.rehearsal import gobuild
 
     for comp in gobuild.COMPONENTS.values():
         if comp.name in ("etcd", "k8s", "kwok") and not comp.is_built():

@@ -1,11 +1,11 @@
 """The demo behind ``scripts/demo``: the whole journey of the bundled example model.
 
-    python -m edgekit.demo                 # services, quantize, package + sign, three rollouts
-    python -m edgekit.demo --nodes 20 --bake 3s
-    python -m edgekit.demo --down          # stop everything the demo started (--purge: and its files)
+    python -m edgekit.rehearsal.demo                 # services, quantize, package + sign, three rollouts
+    python -m edgekit.rehearsal.demo --nodes 20 --bake 3s
+    python -m edgekit.rehearsal.demo --down          # stop everything the demo started (--purge: and its files)
 
 It runs on the public command line (each step is an ``edgekit`` command, printed before it runs)
-and, for mosquitto and the registry, on ``edgekit.testenv``:
+and, for mosquitto and the registry, on ``edgekit.rehearsal``:
 
 1. services on 127.0.0.1: mosquitto, a docker-registry, the dev control plane with KWOK nodes
    (``edgekit dev cluster up``), and the fleet simulator (``edgekit sim``: one virtual device per
@@ -142,7 +142,7 @@ class Services:
         self.state_path.write_text(json.dumps(self.state, indent=2))
 
     def _reusable(self, name: str, needle: str) -> dict[str, Any] | None:
-        from edgekit.testenv.processes import port_open
+        from edgekit.rehearsal.processes import port_open
 
         entry = self.state.get(name)
         if entry and _pid_alive(entry.get("pid"), needle) and (not entry.get("port") or port_open(entry["port"])):
@@ -151,13 +151,13 @@ class Services:
 
     def _port_hint(self, name: str) -> int | None:
         """Last run's port when it is free again: image references and URLs stay the same."""
-        from edgekit.testenv.processes import port_open
+        from edgekit.rehearsal.processes import port_open
 
         port = (self.state.get(name) or {}).get("port")
         return int(port) if port and not port_open(int(port)) else None
 
     def mosquitto(self) -> str:
-        from edgekit.testenv.mosquitto import MosquittoBroker
+        from edgekit.rehearsal.mosquitto import MosquittoBroker
 
         found = self._reusable("mosquitto", "mosquitto")
         if found:
@@ -168,7 +168,7 @@ class Services:
         return broker.url
 
     def registry(self) -> str:
-        from edgekit.testenv.registry import DockerRegistry
+        from edgekit.rehearsal.registry import DockerRegistry
 
         found = self._reusable("registry", "registry")
         if found:
@@ -181,9 +181,9 @@ class Services:
     def cluster(self) -> Path:
         """``edgekit dev cluster up`` (reusing a running one), then make sure the demo's group has
         its nodes and edgekit's CRD/RBAC are installed."""
-        from edgekit.testenv.cluster import Cluster
-        from edgekit.testenv.devcluster import dev_dir, dev_kubeconfig
-        from edgekit.testenv.nodes import FleetSpec
+        from edgekit.rehearsal.cluster import Cluster
+        from edgekit.rehearsal.devcluster import dev_dir, dev_kubeconfig
+        from edgekit.rehearsal.nodes import FleetSpec
 
         self.run("dev", "cluster", "up", "--nodes", str(self.o.nodes), "--pools", f"{GROUP}={self.o.nodes}")
         kubeconfig = dev_kubeconfig()
@@ -201,7 +201,7 @@ class Services:
     def simulator(self, args: list[str]) -> int:
         """``edgekit sim ARGS`` in the background, restarted when its arguments changed (another
         broker, registry or cluster)."""
-        from edgekit.testenv.processes import ManagedProcess
+        from edgekit.rehearsal.processes import ManagedProcess
 
         digest = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:16]
         found = self._reusable("simulator", SIM_NEEDLE)
@@ -519,9 +519,9 @@ def setup_ready() -> bool:
     try:
         import edgekit_agent  # noqa: F401
 
-        from edgekit.testenv import gobuild
-        from edgekit.testenv.mosquitto import mosquitto_available
-        from edgekit.testenv.registry import registry_available
+        from edgekit.rehearsal import gobuild
+        from edgekit.rehearsal.mosquitto import mosquitto_available
+        from edgekit.rehearsal.registry import registry_available
     except ImportError:
         return False
     built = all(gobuild.COMPONENTS[name].is_built() for name in ("etcd", "k8s", "kwok") if name in gobuild.COMPONENTS)

@@ -28,7 +28,7 @@ from edgekit_agent.loading import LoadedModel
 from edgekit_agent.settings import AgentSettings
 from edgekit_agent.spool import MemorySpool
 
-from edgekit.sim.faults import Fault
+from edgekit.rehearsal.sim.faults import Fault
 
 log = logging.getLogger(__name__)
 

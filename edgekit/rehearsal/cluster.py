@@ -6,7 +6,7 @@ kube-controller-manager, kube-scheduler and kwok, all on 127.0.0.1 with free por
         client = cluster.client()                      # edgekit.kube.KubeClient, admin
         ...                                            # or: kubectl --kubeconfig cluster.kubeconfig
 
-Binaries come from :mod:`edgekit.testenv.gobuild` (built once, cached). Each process runs in its own
+Binaries come from :mod:`edgekit.rehearsal.gobuild` (built once, cached). Each process runs in its own
 process group with its log under ``<workdir>/logs``; :meth:`Cluster.stop` (also at interpreter exit)
 stops them all. ``detach()`` lets them outlive this Python process (``edgekit dev cluster up``);
 :meth:`Cluster.attach` finds them again from ``<workdir>/state.json``.
@@ -37,10 +37,10 @@ from typing import Any
 import yaml
 
 from edgekit.kube.client import KubeClient
-from edgekit.testenv import gobuild
-from edgekit.testenv.nodes import KWOK_ANNOTATION, FleetSpec, node_objects
-from edgekit.testenv.pki import ClusterPKI, write_kubeconfig
-from edgekit.testenv.processes import ManagedProcess, ServiceError, free_port
+from edgekit.rehearsal import gobuild
+from edgekit.rehearsal.nodes import KWOK_ANNOTATION, FleetSpec, node_objects
+from edgekit.rehearsal.pki import ClusterPKI, write_kubeconfig
+from edgekit.rehearsal.processes import ManagedProcess, ServiceError, free_port
 
 __all__ = ["Cluster", "ClusterOptions"]
 

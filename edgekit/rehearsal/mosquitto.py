@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.testenv.certs import CertPair, TestCA
-from edgekit.testenv.processes import LocalService, ServiceError, free_port, port_open
+from edgekit.rehearsal.certs import CertPair, TestCA
+from edgekit.rehearsal.processes import LocalService, ServiceError, free_port, port_open
 
 __all__ = ["MosquittoBroker", "device_acl", "mosquitto_available", "start_mosquitto"]
 
@@ -154,7 +154,7 @@ class MosquittoBroker(LocalService):
         persist = self.workdir / "data"
         persist.mkdir(exist_ok=True)
         lines = [
-            "# written by edgekit.testenv.mosquitto",
+            "# written by edgekit.rehearsal.mosquitto",
             f"user {pwd.getpwuid(os.geteuid()).pw_name}",
             f"pid_file {self.workdir / 'mosquitto.pid'}",
             "log_dest stderr",
