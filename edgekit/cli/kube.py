@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from edgekit.kube.client import KubeClient
 from edgekit.kube.deploying import deploy_revision, install
 from edgekit.kube.groups import GroupSummary, list_groups, parse_group, show_group
 from edgekit.kube.install import install_objects
+from edgekit.kube.kubeconfigs import find_kubeconfig
 from edgekit.kube.rendering import DEFAULT_AGENT_IMAGE, TARGETS, RenderSettings, render
 from edgekit.kube.yamlio import dump_all
 
@@ -35,11 +35,7 @@ def cluster_options(func: F) -> F:
 
 
 def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
-    if kubeconfig is None and not os.environ.get("KUBECONFIG") and not Path("~/.kube/config").expanduser().exists():
-        from edgekit.rehearsal.devcluster import dev_kubeconfig
-
-        kubeconfig = dev_kubeconfig()
-    return KubeClient.from_kubeconfig(kubeconfig, context=context)
+    return KubeClient.from_kubeconfig(find_kubeconfig(kubeconfig), context=context)
 
 
 def _counts(counts: dict[str, int]) -> str:

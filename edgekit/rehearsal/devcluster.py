@@ -2,12 +2,13 @@
 
 State lives in ``$EDGEKIT_DEV_DIR`` (default ``~/.cache/edgekit/dev``): certificates, etcd data,
 logs, ``kubeconfig`` and ``state.json`` (ports and process ids), so ``status`` and ``down`` from
-another shell find the processes again.
+another shell find the processes again. The ``kubeconfig`` there is the well-known one
+(:func:`edgekit.kube.kubeconfigs.dev_cluster_kubeconfig`) that edgekit commands fall back to, so
+``down`` removes it even when it keeps the data.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -16,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ConfigError
+from edgekit.kube.kubeconfigs import dev_cluster_dir
 from edgekit.rehearsal.cluster import Cluster
-from edgekit.rehearsal.gobuild import cache_root
 from edgekit.rehearsal.nodes import FleetSpec
 
 __all__ = ["DevCluster", "dev_dir", "dev_kubeconfig", "down", "status", "up"]
 
 
 def dev_dir() -> Path:
-    return Path(os.environ.get("EDGEKIT_DEV_DIR") or cache_root() / "dev")
+    return dev_cluster_dir()
 
 
 def dev_kubeconfig(state_dir: Path | None = None) -> Path:
@@ -109,6 +110,8 @@ def down(state_dir: Path | None = None, *, keep_data: bool = False) -> bool:
     if cluster is None:
         return False
     cluster.stop()
-    if not keep_data:
+    if keep_data:  # a stopped cluster's kubeconfig must not look like a running one's
+        cluster.kubeconfig.unlink(missing_ok=True)
+    else:
         shutil.rmtree(state_dir, ignore_errors=True)
     return True
