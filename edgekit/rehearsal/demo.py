@@ -45,7 +45,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: models/ and .edgekit/ live there
 DIGITS = ROOT / "models" / "digits"
 GROUP = "cameras"
 APP = "digits"
