@@ -9,8 +9,8 @@ Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
    ties it to its image in ``.edgekit-image/`` (see ``edgekit_agent.provenance``). A
    configured ``image`` digest must be the chain's. With a public key the chain is checked
    again at every load, offline: kept signature -> index/manifest -> config -> the config's copy
-   of ``edgekit.json`` -> the file hashes -> the files; nothing in the folder is trusted because
-   it says so. A folder without a chain (an image volume) is accepted as is without a key.
+   of ``edgekit.json`` (before step 1) -> the file hashes -> the files; nothing in the folder is
+   trusted because it says so. A folder without a chain (an image volume) is accepted as is without a key.
    With a key it must be tied to a signed image: the agent verifies the signature of the
    configured ``image`` digest at the registry, follows the digest-checked chain index ->
    platform manifest -> config, and requires the metadata recorded in the config

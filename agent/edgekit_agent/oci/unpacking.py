@@ -79,7 +79,7 @@ class _BoundedReader:
         self.what = ""
 
     def read(self, n: int = -1) -> bytes:
-        room = self.limit - self.pos
+        room = max(self.limit - self.pos, 0)
         data = self._raw.read(room + 1 if n < 0 or n > room else n)
         if len(data) > room:
             raise self.too_much(self.what or f"model layer unpacks to more than {self.limit} bytes")
