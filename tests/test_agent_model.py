@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import ModelNotReadyError
-from edgekit_agent.loading import PROVENANCE_FILE, Provenance, write_provenance
 from edgekit_agent.modelmeta import file_sha256
+from edgekit_agent.oci import fetch_image
+from edgekit_agent.provenance import CHAIN_DIR
 from edgekit_agent.settings import load_settings
 
 from edgekit.rehearsal.mosquitto import MosquittoBroker
@@ -123,14 +124,16 @@ def test_missing_metadata_is_refused(model_folder: Path, device: Callable[..., D
     assert ev["model"] is None and ev["data"]["exit_code"] == 38
 
 
-def test_wrong_digest_is_refused(model_folder: Path, device: Callable[..., Device]) -> None:
-    fetched = "sha256:" + "a" * 64
-    write_provenance(model_folder, Provenance("registry.local/m/digits@" + fetched, fetched, None, None))
+def test_wrong_digest_is_refused(digits_signed_layout: SignedImage, tmp_path: Path,
+                                 device: Callable[..., Device]) -> None:
+    folder = tmp_path / "fetched"
+    fetch_image(str(digits_signed_layout.layout), folder)
     configured = "registry.local/m/digits@sha256:" + "b" * 64
-    dev = device(model_folder, image=configured)
+    dev = device(folder, image=configured)
     assert not dev.core.load()
     (ev,) = dev.events("model_rejected")
-    assert "holds image sha256:aaaa" in ev["detail"] and ev["model"]["digest"] == "sha256:" + "b" * 64
+    assert f"holds image {digits_signed_layout.digest}" in ev["detail"]
+    assert ev["model"]["digest"] == "sha256:" + "b" * 64
 
 
 def _replace_probe(folder: Path, transform: Callable[[str, np.ndarray[Any, Any]], np.ndarray[Any, Any]]) -> None:
@@ -199,7 +202,7 @@ def test_fetch_verifies_signature_and_serves(digits_signed_layout: SignedImage, 
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["digest"] == digits_signed_layout.digest and out["signature_verified"] is True
-    assert (dest / PROVENANCE_FILE).exists()
+    assert (dest / CHAIN_DIR / "signature.json").exists()
     dev = device(dest, public_key=str(digits_signed_layout.public_key))
     assert dev.core.load(), dev.core.rejected
     (ev,) = dev.events("model_loaded")

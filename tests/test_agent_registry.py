@@ -4,6 +4,7 @@ folder to its signed digest, and refusing images signed by someone else or not a
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from edgekit_agent.core import AgentCore
-from edgekit_agent.loading import PROVENANCE_FILE
 from edgekit_agent.oci import parse_reference
+from edgekit_agent.provenance import CHAIN_DIR, read_chain
 from edgekit_agent.settings import load_settings
 
 from edgekit.rehearsal.mosquitto import MosquittoBroker
@@ -59,7 +60,8 @@ def test_serve_fetches_the_pinned_signed_image(pushed: Pushed, mqtt_broker: Mosq
     msgs = rec.wait_for(lambda m: any(json.loads(x.payload).get("kind") == "model_loaded" for x in m))
     loaded = next(d for k, d in telemetry_checker.check_all(msgs) if k == "event")
     assert loaded["model"]["digest"] == pushed.image.digest and loaded["data"]["signature_verified"]
-    assert json.loads((tmp_path / "model" / PROVENANCE_FILE).read_text())["digest"] == pushed.image.digest
+    kept = read_chain(tmp_path / "model")
+    assert kept is not None and kept.digest == pushed.image.digest and kept.signature
     assert agent.terminate() == 0
 
 
@@ -92,7 +94,7 @@ def _image_volume(pushed: Pushed, tmp_path: Path) -> Path:
     """What an image volume mounts: the model folder, without a fetch record."""
     dest = tmp_path / "fetched"
     assert run_cli("fetch", pushed.signed, "--to", str(dest)).returncode == 0
-    (dest / PROVENANCE_FILE).unlink()
+    shutil.rmtree(dest / CHAIN_DIR)
     return dest
 
 

@@ -3,6 +3,7 @@
     edgekit-agent serve --config /etc/edgekit-agent/config.json
     edgekit-agent check-config --config config.json
     edgekit-agent fetch registry.local/models/digits@sha256:... --to /model --public-key cosign.pub
+    edgekit-agent verify /model --public-key cosign.pub
 
 Settings come from the config file < ``EDGEKIT_AGENT_*`` environment < flags. Errors print one
 line, ``edgekit-agent: error: ...``, and exit with the error's code (2 for a bad setting).
@@ -58,6 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
     fetch.add_argument("--ca-file", metavar="PEM", default=None, help="CA bundle for the registry")
     fetch.add_argument("--allow-tag", action="store_true", help="accept a reference without a digest")
+    fetch.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                       help="most bytes per unpacked file when the image records no sizes (default 4 GiB)")
+
+    verify = sub.add_parser("verify", help="check a model folder as serve would load it (offline)",
+                            description="Check DIR as `serve` checks it before loading: with --public-key, "
+                            "its kept signature chain (signature, manifest, config, metadata) and files, "
+                            "without the network; then that onnxruntime loads it. Prints what it verified "
+                            "as JSON, or one error line with the error's exit code.")
+    verify.add_argument("model_dir", metavar="DIR", help="model folder")
+    verify.add_argument("--public-key", metavar="PEM", default=None,
+                        help="cosign public key the folder's kept signature must verify with")
+    verify.add_argument("--image", metavar="REF", default=None,
+                        help="the pinned image the folder must hold (repo@sha256:...)")
     return parser
 
 
@@ -80,10 +94,24 @@ def _fetch(args: argparse.Namespace) -> int:
     from edgekit_agent.oci import RegistryOptions
 
     options = RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
-    provenance = fetch_model(args.ref, args.dest, public_key=args.public_key, options=options)
+    provenance = fetch_model(args.ref, args.dest, public_key=args.public_key, options=options,
+                             max_model_bytes=args.max_bytes)
     print(json.dumps({"image": provenance.image, "digest": provenance.digest,
                       "layer_digest": provenance.layer_digest, "dest": args.dest,
                       "signature_verified": provenance.key_sha256 is not None}))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from edgekit_agent.errors import ConfigError
+    from edgekit_agent.loading import load_model
+
+    if args.image is not None and "@sha256:" not in args.image:
+        raise ConfigError(f"{args.image!r} is not pinned by digest (use REF@sha256:...)", field="--image")
+    model = load_model(args.model_dir, image=args.image, public_key=args.public_key)
+    print(json.dumps({"name": model.name, "version": model.meta.version, "digest": model.digest,
+                      "dest": args.model_dir,
+                      "signature_verified": bool(model.provenance and model.provenance.key_sha256)}))
     return 0
 
 
@@ -106,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings)
         if args.command == "fetch":
             return _fetch(args)
+        if args.command == "verify":
+            return _verify(args)
     except EdgekitError as exc:
         print(f"edgekit-agent: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code

@@ -2,7 +2,8 @@
 
 Start order: the HTTP API first (liveness answers while a big model loads), then telemetry (so the
 load events are spooled), then the model (fetched first when ``image`` is set and the folder is
-empty), then the tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
+empty; a folder already there is not fetched again, but ``core.load`` checks its kept chain again,
+offline), then the tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
 window, an ``agent_stopping`` event, the spool drained, a retained ``offline`` status and a clean
 DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that refused our login.
 """
@@ -69,7 +70,7 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
             try:
                 log.info("fetching %s into %s", settings.image, folder)
                 fetch_model(settings.image, folder, public_key=settings.public_key,
-                            options=settings.registry_options())
+                            options=settings.registry_options(), max_model_bytes=settings.max_model_bytes)
             except EdgekitError as exc:
                 core.reject(folder, exc)
         if core.rejected is None:

@@ -11,10 +11,15 @@
     │   ├── SignatureInvalidError     25
     │   ├── SignatureMissingError     26
     │   ├── ImageLayoutError          27
+    │   │   ├── UnexpectedLayerEntryError 81  a layer entry that is not one of the model files
+    │   │   ├── LayerTooLargeError        82  a layer unpacks past the recorded sizes (or the cap)
+    │   │   ├── TooManyLayerEntriesError  83
+    │   │   └── TrailingLayerDataError    84  data after the end of the tar archive
     │   ├── ImageReferenceError       28
     │   └── SigningKeyError           29
     ├── ModelMetadataError        exit 38  model folder: edgekit.json missing or malformed
     │   └── ModelIntegrityError       39   model.onnx / probe.npz do not match edgekit.json
+    ├── ProvenanceError           exit 80  a model folder's stored signature chain is missing, forged or broken
     ├── AgentError                exit 30  the on-device agent
     │   ├── ModelRejectedError        31   verified, but cannot be served here
     │   ├── ProbeFailedError          32   golden probe outputs out of tolerance
@@ -123,6 +128,30 @@ class ImageLayoutError(ImageError):
     exit_code = 27
 
 
+class UnexpectedLayerEntryError(ImageLayoutError):
+    """A model layer holds an entry that is not one of the model files (or not a regular file)."""
+
+    exit_code = 81
+
+
+class LayerTooLargeError(ImageLayoutError):
+    """A model layer unpacks to more than its signed metadata records (or the configured cap)."""
+
+    exit_code = 82
+
+
+class TooManyLayerEntriesError(ImageLayoutError):
+    """A model layer has more tar entries than a model folder can hold."""
+
+    exit_code = 83
+
+
+class TrailingLayerDataError(ImageLayoutError):
+    """A model layer carries data after the end of its tar archive (beyond the padding blocks)."""
+
+    exit_code = 84
+
+
 class ImageReferenceError(ImageError):
     """An image reference cannot be parsed."""
 
@@ -146,6 +175,13 @@ class ModelIntegrityError(ModelMetadataError):
     """model.onnx or probe.npz does not match the sha256/size recorded in edgekit.json."""
 
     exit_code = 39
+
+
+class ProvenanceError(EdgekitError):
+    """A model folder is not tied to a signed image: its stored chain (signature, manifest, config)
+    is missing, does not verify with the configured key, or names other files than the folder holds."""
+
+    exit_code = 80
 
 
 # --- the agent (30-37) ---------------------------------------------------------------------------

@@ -5,10 +5,12 @@ Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
 
 1. ``verify_model_dir``: ``edgekit.json`` parses, ``model.onnx`` and ``probe.npz`` hash to what it
    records (a corrupt or swapped file fails here).
-2. Provenance: a folder fetched by ``edgekit-agent fetch`` carries ``.edgekit-image.json``
-   (image reference, digest, layer digest, id of the key that verified its signature). A
-   configured ``image`` digest must match it; a configured public key must be the one that
-   verified it. A folder without a record (an image volume) is accepted as is without a key.
+2. Provenance: a folder fetched by ``edgekit-agent fetch`` (or ``serve``) keeps the chain that
+   ties it to its image in ``.edgekit-image/`` (see ``edgekit_agent.provenance``). A
+   configured ``image`` digest must be the chain's. With a public key the chain is checked
+   again at every load, offline: kept signature -> index/manifest -> config -> the config's copy
+   of ``edgekit.json`` (before step 1) -> the file hashes -> the files; nothing in the folder is
+   trusted because it says so. A folder without a chain (an image volume) is accepted as is without a key.
    With a key it must be tied to a signed image: the agent verifies the signature of the
    configured ``image`` digest at the registry, follows the digest-checked chain index ->
    platform manifest -> config, and requires the metadata recorded in the config
@@ -22,60 +24,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit_agent.errors import ModelRejectedError
-from edgekit_agent.modelmeta import ModelMetadata, verify_model_dir
+from edgekit_agent.modelmeta import ModelMetadata, load_metadata, verify_model_dir
 from edgekit_agent.probing import Probe, check_probe_fits, load_probe
 from edgekit_agent.protocol.payloads import ModelRef
+from edgekit_agent.provenance import Provenance, check_chain, read_chain
 from edgekit_agent.runtime import Session, check_runtime_version, create_session
-
-PROVENANCE_FILE = ".edgekit-image.json"
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """What ``edgekit-agent fetch`` knew when it wrote the folder."""
-
-    image: str
-    digest: str
-    layer_digest: str | None
-    key_sha256: str | None  # id of the public key that verified the signature (``key_fingerprint``)
-
-    def to_json(self) -> str:
-        return json.dumps({"image": self.image, "digest": self.digest, "layer_digest": self.layer_digest,
-                           "signature": {"key_sha256": self.key_sha256} if self.key_sha256 else None,
-                           "fetched": time.time()}, indent=2) + "\n"
-
-
-def key_fingerprint(public_key: str | os.PathLike[str]) -> str:
-    """The id ``edgekit_agent.oci`` gives a public key (also what ``SignatureReport.key_id`` holds)."""
-    from edgekit_agent.oci import key_fingerprint as kid
-    from edgekit_agent.oci import load_public_key
-
-    return kid(load_public_key(public_key))
-
-
-def read_provenance(model_dir: Path) -> Provenance | None:
-    path = model_dir / PROVENANCE_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        sig = data.get("signature") or {}
-        return Provenance(str(data["image"]), str(data["digest"]), data.get("layer_digest"),
-                          sig.get("key_sha256"))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelRejectedError(f"{path} is unreadable: {exc}") from exc
-
-
-def write_provenance(model_dir: Path, provenance: Provenance) -> None:
-    tmp = model_dir / (PROVENANCE_FILE + ".tmp")
-    tmp.write_text(provenance.to_json(), encoding="utf-8")
-    os.replace(tmp, model_dir / PROVENANCE_FILE)
 
 
 @dataclass(frozen=True)
@@ -112,28 +70,27 @@ def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, p
                registry_options: Any = None) -> LoadedModel:
     """Verify ``model_dir`` and build its session. Raises on anything that does not check out."""
     root = Path(model_dir)
+    chain = read_chain(root)
+    provenance: Provenance | None = None
+    if chain is not None and public_key is not None:
+        # signature -> manifest -> config -> metadata first, then the files against the metadata
+        provenance = check_chain(root, chain, load_metadata(root), public_key=public_key)
     meta = verify_model_dir(root)
-    provenance = read_provenance(root)
-    digest = f"sha256:{meta.model.sha256}"
-    if provenance is not None:
-        digest = provenance.digest
+    if chain is not None and provenance is None:
+        provenance = Provenance(image=chain.image, digest=chain.digest, layer_digest=None, key_sha256=None)
+    digest = provenance.digest if provenance is not None else f"sha256:{meta.model.sha256}"
     if image is not None:
         want = image.rsplit("@", 1)[1]
         if provenance is not None and provenance.digest != want:
             raise ModelRejectedError(f"{root} holds image {provenance.digest}, the agent is configured for {want}",
                                      hint="fetch the configured image again")
         digest = want
-    if public_key is not None:
-        fingerprint = key_fingerprint(public_key)
-        if provenance is None or provenance.key_sha256 is None:
-            if image is None:
-                raise ModelRejectedError(f"{root} has no verified signature record and a public key is configured",
-                                         hint="fetch the image with `edgekit-agent fetch REF --to DIR "
-                                              "--public-key KEY`, or set image to its pinned reference")
-            provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
-        elif provenance.key_sha256 != fingerprint:
-            raise ModelRejectedError(f"{root} was verified with key {provenance.key_sha256}, not with "
-                                     f"{public_key} ({fingerprint})")
+    if public_key is not None and provenance is None:
+        if image is None:
+            raise ModelRejectedError(f"{root} has no verified signature record and a public key is configured",
+                                     hint="fetch the image with `edgekit-agent fetch REF --to DIR "
+                                          "--public-key KEY`, or set image to its pinned reference")
+        provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
     check_runtime_version(meta.runtime.min_onnxruntime)
     probe = load_probe(root / meta.probe.path, rtol=meta.probe.rtol, atol=meta.probe.atol)
     session = create_session(str(root / meta.model.path), providers=providers or meta.runtime.execution_providers,
@@ -183,12 +140,11 @@ def verify_folder_signature(root: Path, meta: ModelMetadata, image: str, public_
 
 
 def fetch_model(image: str, dest: str | os.PathLike[str], *, public_key: str | None = None,
-                options: Any = None) -> Provenance:
-    """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image`` and record its provenance."""
+                options: Any = None, max_model_bytes: int | None = None) -> Provenance:
+    """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image``, which keeps its chain."""
     from edgekit_agent.oci import fetch_image
+    from edgekit_agent.oci.unpacking import DEFAULT_MAX_BYTES
 
-    result = fetch_image(image, Path(dest), public_key=public_key, options=options)
-    provenance = Provenance(image=image, digest=result.digest, layer_digest=result.layer_digest,
-                            key_sha256=result.signature.key_id if result.signature is not None else None)
-    write_provenance(Path(dest), provenance)
-    return provenance
+    result = fetch_image(image, Path(dest), public_key=public_key, options=options,
+                         max_model_bytes=max_model_bytes or DEFAULT_MAX_BYTES)
+    return result.provenance

@@ -85,9 +85,13 @@ class ProbeRef:
     sha256: str
     rtol: float
     atol: float
+    size: int | None = None  # absent in images packaged before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "sha256": self.sha256, "rtol": self.rtol, "atol": self.atol}
+        out: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "rtol": self.rtol, "atol": self.atol}
+        if self.size is not None:
+            out["size"] = self.size
+        return out
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,8 @@ def parse_metadata(data: Mapping[str, Any]) -> ModelMetadata:
         precision=precision,
         quantization=dict(quantization) if quantization is not None else None,
         probe=ProbeRef(path=_relpath(probe, "probe."), sha256=_sha256(probe, "probe."),
-                       rtol=_float(probe, "rtol", "probe."), atol=_float(probe, "atol", "probe.")),
+                       rtol=_float(probe, "rtol", "probe."), atol=_float(probe, "atol", "probe."),
+                       size=_int(probe, "size", "probe.") if probe.get("size") is not None else None),
         runtime=RuntimeRequirements(min_onnxruntime=min_ort, execution_providers=tuple(providers)),
         created=_str(data, "created"),
         source=_str(data, "source", optional=True),
@@ -329,5 +334,5 @@ def verify_model_dir(path: str | os.PathLike[str]) -> ModelMetadata:
         raise ModelMetadataError(f"model folder {root} does not exist")
     meta = load_metadata(root / METADATA_FILE)
     _check_file(root, meta.model.path, meta.model.sha256, meta.model.size, "model")
-    _check_file(root, meta.probe.path, meta.probe.sha256, None, "probe")
+    _check_file(root, meta.probe.path, meta.probe.sha256, meta.probe.size, "probe")
     return meta

@@ -38,6 +38,7 @@ class AgentSettings:
     registry_insecure: bool = False
     registry_ca_file: str | None = None
     intra_op_threads: int = 0
+    max_model_bytes: int = 4 << 30  # per file of a fetched layer whose image records no sizes
     # telemetry
     broker_url: str | None = None
     topic_root: str = DEFAULT_ROOT
@@ -78,8 +79,8 @@ class AgentSettings:
         if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.startswith("/"):
             raise ConfigError(f"{self.topic_root!r} is not a valid topic root", field="topic_root")
         _positive(self, "interval", "probe_interval", "reconnect_min", "reconnect_max", "spool_max_age")
-        _at_least(self, 1, "spool_max_bytes", "mqtt_keepalive", "auth_retry_limit", "max_request_bytes",
-                  "error_burst_min")
+        _at_least(self, 1, "max_model_bytes", "spool_max_bytes", "mqtt_keepalive", "auth_retry_limit",
+                  "max_request_bytes", "error_burst_min")
         _at_least(self, 0, "intra_op_threads", "listen_port", "message_expiry")
         if self.listen_port > 65535:
             raise ConfigError(f"{self.listen_port} is not a TCP port", field="listen_port")

@@ -360,7 +360,7 @@ def build_metadata(model_path: Path, settings: PackageSettings) -> tuple[ModelMe
         ir_version=info.ir_version,
         precision=precision,
         quantization=summarize_report(report) if report else None,
-        probe=ProbeRef(path=PROBE_FILE, sha256=hashlib.sha256(probe).hexdigest(),
+        probe=ProbeRef(path=PROBE_FILE, sha256=hashlib.sha256(probe).hexdigest(), size=len(probe),
                        rtol=settings.rtol if settings.rtol is not None else rtol,
                        atol=settings.atol if settings.atol is not None else atol),
         runtime=RuntimeRequirements(min_onnxruntime=settings.min_onnxruntime),

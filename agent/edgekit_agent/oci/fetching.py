@@ -2,14 +2,17 @@
 
 Order matters: the signature is checked on the top-level digest before any layer is
 downloaded; the platform manifest, config and layer are each checked against the digests
-that name them; the model folder is unpacked next to ``dest`` and checked with
-``verify_model_dir``; only then does it replace ``dest`` (a rename). On any failure ``dest``
-is left as it was and the temporary files are gone.
+that name them; the model folder is unpacked next to ``dest``, bounded by the sizes the config's
+copy of ``edgekit.json`` records, and checked with ``verify_model_dir`` (and, with a key, the
+whole kept chain with ``check_chain``); the chain is kept in ``.edgekit-image/`` inside it
+(``edgekit_agent.provenance``); only then does it replace ``dest`` (a rename). On any
+failure ``dest`` is left as it was and the temporary files are gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform as _platform
 import shutil
@@ -19,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.errors import ConfigError, ImageLayoutError, ImageNotFoundError
-from edgekit_agent.modelmeta import METADATA_FILE, ModelMetadata, verify_model_dir
-from edgekit_agent.oci.mediatypes import GZIP_LAYER_TYPES, check_descriptor, parse_json_object
+from edgekit_agent.errors import ConfigError, EdgekitError, ImageLayoutError, ImageNotFoundError
+from edgekit_agent.modelmeta import METADATA_FILE, ModelMetadata, parse_metadata, verify_model_dir
+from edgekit_agent.oci.mediatypes import GZIP_LAYER_TYPES, LABEL_METADATA, check_descriptor, parse_json_object
 from edgekit_agent.oci.registry import Manifest, RegistryOptions
 from edgekit_agent.oci.signatures import SignatureReport, verify_image_signatures
 from edgekit_agent.oci.sources import ImageSource, manifest_kind, open_source
-from edgekit_agent.oci.unpacking import unpack_model_layer
+from edgekit_agent.oci.unpacking import DEFAULT_MAX_BYTES, layer_budget, unpack_model_layer
+from edgekit_agent.provenance import ImageChain, Provenance, check_chain, write_chain
 
 __all__ = ["FetchResult", "ResolvedImage", "current_platform", "fetch_image", "resolve_image"]
 
@@ -51,6 +55,14 @@ class ResolvedImage:
     layer: dict[str, Any]
     platform: str
     platforms: tuple[str, ...]
+    config_bytes: bytes = b""
+
+    def recorded_metadata(self) -> ModelMetadata | None:
+        """The config's copy of ``edgekit.json`` (``io.edgekit.metadata``), if it has a valid one."""
+        try:
+            return parse_metadata(json.loads(self.config["config"]["Labels"][LABEL_METADATA]))
+        except (EdgekitError, KeyError, TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class FetchResult:
     path: Path
     metadata: ModelMetadata
     signature: SignatureReport | None
+    provenance: Provenance
 
 
 def _platform_of(desc: dict[str, Any]) -> str:
@@ -93,7 +106,8 @@ def resolve_image(source: ImageSource, *, platform: str | None = None, top: Mani
         manifest, platforms = top, ()
     body = manifest.json()
     config_desc = check_descriptor(body.get("config"), "manifest config")
-    config = parse_json_object(source.blob(config_desc["digest"]), "image config")
+    config_bytes = source.blob(config_desc["digest"])
+    config = parse_json_object(config_bytes, "image config")
     if kind == "manifest":
         plat = f"{config.get('os', '?')}/{config.get('architecture', '?')}"
         platforms = (plat,)
@@ -110,7 +124,7 @@ def resolve_image(source: ImageSource, *, platform: str | None = None, top: Mani
                                f"tar layer, found {len(layers)} layer(s)")
     return ResolvedImage(digest=top.digest, top=top, manifest=manifest, config=config,
                          config_digest=config_desc["digest"], layer=model_layers[0], platform=want,
-                         platforms=platforms)
+                         platforms=platforms, config_bytes=config_bytes)
 
 
 def _replace_dir(new: Path, dest: Path) -> None:
@@ -136,11 +150,12 @@ def _replace_dir(new: Path, dest: Path) -> None:
 def fetch_image(ref: str, dest: str | os.PathLike[str], *, public_key: Any = None,
                 require_signature: bool = False, options: RegistryOptions | None = None,
                 platform: str | None = None, on_bytes: Callable[[int], None] | None = None,
-                max_model_bytes: int | None = None, source: ImageSource | None = None) -> FetchResult:
+                max_model_bytes: int = DEFAULT_MAX_BYTES, source: ImageSource | None = None) -> FetchResult:
     """Download, verify and unpack model image ``ref`` (registry reference or layout folder) into ``dest``.
 
     ``public_key`` (PEM path/bytes): the image's cosign signature must verify with it.
-    ``require_signature`` without a key is a configuration error.
+    ``require_signature`` without a key is a configuration error. ``max_model_bytes`` bounds each
+    file of a layer whose config records no sizes.
     """
     if require_signature and public_key is None:
         raise ConfigError("a signature is required but no public key was given", field="public_key")
@@ -157,20 +172,31 @@ def fetch_image(ref: str, dest: str | os.PathLike[str], *, public_key: Any = Non
             src.fetch_blob(image.layer["digest"], layer_file, size=image.layer["size"], on_bytes=on_bytes)
             folder = work / "model"
             folder.mkdir()
-            diff_id = unpack_model_layer(layer_file, folder, max_bytes=max_model_bytes)
+            budget = layer_budget(image.recorded_metadata(), max_bytes=max_model_bytes)
+            diff_id = unpack_model_layer(layer_file, folder, budget=budget)
             diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
             if diff_ids and diff_ids[0] != diff_id:
                 raise ImageLayoutError(f"model layer of {src.description} unpacks to {diff_id[:19]}…, "
                                        f"its config says {str(diff_ids[0])[:19]}…")
             layer_file.unlink()
             metadata = verify_model_dir(folder)
+            index = image.top.data if image.top.digest != image.manifest.digest else None
+            chain = ImageChain(image=ref, index=index, manifest=image.manifest.data, config=image.config_bytes,
+                               payload=report.payload if report else None,
+                               signature=report.signature if report else None)
+            if public_key is not None:
+                provenance = check_chain(folder, chain, metadata, public_key=public_key)
+            else:
+                provenance = Provenance(image=ref, digest=image.digest, layer_digest=image.layer["digest"],
+                                        key_sha256=None)
+            write_chain(folder, chain)
             _replace_dir(folder, dest)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(work)
         return FetchResult(reference=ref, digest=image.digest, manifest_digest=image.manifest.digest,
                            layer_digest=image.layer["digest"], platform=image.platform, path=dest,
-                           metadata=metadata, signature=report)
+                           metadata=metadata, signature=report, provenance=provenance)
     finally:
         if source is None:
             src.close()

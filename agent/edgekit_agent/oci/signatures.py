@@ -49,6 +49,7 @@ __all__ = [
     "load_public_key",
     "simple_signing_payload",
     "verify_image_signatures",
+    "verify_kept_signature",
     "verify_payload_signature",
 ]
 
@@ -117,6 +118,10 @@ class SignatureReport:
     found: int  # simple-signing layers in the .sig manifest
     verified: tuple[dict[str, Any], ...]  # payloads that verified with the key and name the digest
     key_id: str | None = None
+    # the first verified signature as fetched: payload bytes and base64 signature, kept beside the
+    # model so that every later load can verify it again without the registry
+    payload: bytes = b""
+    signature: str = ""
 
     @property
     def ok(self) -> bool:
@@ -160,6 +165,7 @@ def verify_image_signatures(source: Any, digest: str, key: Any) -> SignatureRepo
         raise SignatureMissingError(f"{source.description} ({digest[:19]}…) has a signature manifest "
                                     "without simple-signing signatures")
     verified: list[dict[str, Any]] = []
+    evidence: tuple[bytes, str] = (b"", "")
     other_image = 0
     for layer in layers:
         try:
@@ -172,6 +178,8 @@ def verify_image_signatures(source: Any, digest: str, key: Any) -> SignatureRepo
             other_image += 1
             continue
         verified.append(json.loads(payload))
+        if not evidence[0]:
+            evidence = (payload, layer["annotations"][COSIGN_SIGNATURE_ANNOTATION])
     if not verified:
         if other_image:
             raise SignatureInvalidError(f"the signature of {source.description} made with key {kid} is for "
@@ -179,4 +187,20 @@ def verify_image_signatures(source: Any, digest: str, key: Any) -> SignatureRepo
         raise SignatureInvalidError(f"none of the {len(layers)} signature(s) of {source.description} "
                                     f"({digest[:19]}…) verifies with key {kid}",
                                     hint="signed with another key, or tampered with")
-    return SignatureReport(digest=digest, found=len(layers), verified=tuple(verified), key_id=kid)
+    return SignatureReport(digest=digest, found=len(layers), verified=tuple(verified), key_id=kid,
+                           payload=evidence[0], signature=evidence[1])
+
+
+def verify_kept_signature(key: Any, payload: bytes, signature_b64: str) -> str:
+    """The image digest a kept simple-signing payload names, once its signature verifies with ``key``.
+
+    Raises ``SignatureInvalidError`` when it does not verify or is not an image signature.
+    """
+    pub = load_public_key(key)
+    if not verify_payload_signature(pub, payload, signature_b64):
+        raise SignatureInvalidError(f"the kept signature does not verify with key {key_fingerprint(pub)}",
+                                    hint="signed with another key, or tampered with")
+    digest = _claimed_digest(payload)
+    if digest is None:
+        raise SignatureInvalidError("the kept signature is not a cosign image signature")
+    return digest
