@@ -39,8 +39,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgekit_agent.errors import TelemetryAuthError, TelemetryError
-from edgekit_agent.mqtt import Backoff, Will, connack_error, connect, falls_back, new_client, protocol_for, version_name
+from edgekit_agent.errors import TelemetryError
+from edgekit_agent.mqtt import AUTH_CODES, Backoff, Will, connect, falls_back, new_client, protocol_for, version_name
+from edgekit_agent.mqtt.reasons import code_of
 from edgekit_agent.settings import AgentSettings
 from edgekit_agent.spool import Spool, SpoolEntry
 
@@ -325,7 +326,7 @@ class MqttPublisher:
             log.info("mqtt: %s does not speak MQTT 5; falling back to 3.1.1", s.broker_url)
             self.protocol = MQTTProtocolVersion.MQTTv311
             return "retry-now"
-        if isinstance(connack_error(rc, s.broker_url or ""), TelemetryAuthError):
+        if code_of(rc) in AUTH_CODES:
             self.counters.auth_failures += 1
             self.last_error = (f"broker {s.broker_url} refused the connection: {rc} "
                                f"(user {s.mqtt_username or '<none>'})")
