@@ -24,8 +24,10 @@ from edgekit_agent.errors import (
     TelemetryTLSError,
     TemporaryError,
 )
-from edgekit_agent.mqtt import Backoff, MqttSettings, Will, connack_error, connect_error, falls_back, new_client
+from edgekit_agent.mqtt import Backoff, MqttSettings, connack_error, connect_error
+from edgekit_agent.mqtt.connecting import falls_back, new_client
 from edgekit_agent.mqtt.readahead import PAHO_RANGE, PahoVersionError, ReadAheadClient, check_paho
+from edgekit_agent.mqtt.will import Will
 from edgekit_agent.settings import AgentSettings
 from paho.mqtt.enums import MQTTProtocolVersion
 

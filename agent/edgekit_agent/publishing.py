@@ -40,8 +40,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgekit_agent.errors import TelemetryError
-from edgekit_agent.mqtt import AUTH_CODES, Backoff, Will, connect, falls_back, new_client, protocol_for, version_name
+from edgekit_agent.mqtt import AUTH_CODES, Backoff
+from edgekit_agent.mqtt.connecting import connect, falls_back, new_client, protocol_for, version_name
 from edgekit_agent.mqtt.reasons import code_of
+from edgekit_agent.mqtt.will import Will
 from edgekit_agent.settings import AgentSettings
 from edgekit_agent.spool import Spool, SpoolEntry
 

@@ -35,17 +35,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from edgekit_agent.mqtt import (
-    Backoff,
-    connack_error,
-    connect,
-    connect_error,
-    falls_back,
-    new_client,
-    protocol_for,
-    suback_error,
-    version_name,
-)
+from edgekit_agent.mqtt import Backoff, connack_error, connect_error, suback_error
+from edgekit_agent.mqtt.connecting import connect, falls_back, new_client, protocol_for, version_name
 from edgekit_agent.mqtt.readahead import ReadAheadClient, check_paho
 from edgekit_agent.mqtt.reasons import short
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion

@@ -3,7 +3,6 @@ code kept as ``reason_code``). Both MQTT clients classify refusals here and nowh
 
 from __future__ import annotations
 
-import ssl
 from typing import Any, Final
 
 from edgekit_agent.errors import (
@@ -45,6 +44,8 @@ def suback_error(reason: Any, url: str, *, hint: str | None = None) -> Subscript
 
 def connect_error(exc: BaseException, url: str, *, tls_hint: str | None = None) -> TelemetryError:
     """The error a failed connect means: TLS (not worth retrying as is) or an unreachable broker."""
+    import ssl  # here, not at the top: reading settings (this package) must not pay for importing ssl
+
     if isinstance(exc, (ssl.SSLError, ssl.CertificateError)):
         return TelemetryTLSError(f"TLS with {url} failed: {short(exc)}", hint=tls_hint)
     return BrokerError(f"cannot reach {url}: {short(exc)}")
