@@ -31,8 +31,10 @@
     │   ├── GroupNotFoundError            47  device group matches no node
     │   ├── SelectorError                 48  label selector does not parse
     │   └── UnpinnedImageError            49  image reference without digest (--require-digest)
-    ├── TelemetryError                    50  MQTT / fleet telemetry (see edgekit.fleet)
-    │   ├── BrokerUnreachableError        51  no broker answered (also a TemporaryError)
+    ├── TelemetryError                    50  MQTT / fleet telemetry (50-55 defined in edgekit_agent.errors,
+    │   │                                       one family for the agent and the fleet watcher)
+    │   ├── BrokerError                   51  no broker answered (also a TemporaryError);
+    │   │                                       ``BrokerUnreachableError`` is its former name here
     │   ├── TelemetryAuthError            52  broker refused our credentials
     │   ├── TelemetryTLSError             53  TLS handshake / certificate / TLS files
     │   ├── SubscriptionDeniedError       54  broker refused the subscription (ACL)
@@ -58,6 +60,8 @@ them all and the CLI maps each to its own exit status.
 from __future__ import annotations
 
 from edgekit_agent.errors import (
+    BrokerError,
+    BrokerProtocolError,
     ConfigError,
     DigestMismatchError,
     EdgekitError,
@@ -70,10 +74,15 @@ from edgekit_agent.errors import (
     SignatureInvalidError,
     SignatureMissingError,
     SigningKeyError,
+    SubscriptionDeniedError,
+    TelemetryAuthError,
+    TelemetryError,
+    TelemetryTLSError,
     TemporaryError,
 )
 
 __all__ = [
+    "BrokerError",
     "BrokerProtocolError",
     "BrokerUnreachableError",
     "ConfigError",
@@ -221,39 +230,8 @@ class UnpinnedImageError(KubeError):
     exit_code = 49
 
 
-# --- telemetry (50-59) -----------------------------------------------------------------------
-class TelemetryError(EdgekitError):
-    exit_code = 50
-
-
-class BrokerUnreachableError(TelemetryError, TemporaryError):
-    """No configured MQTT broker accepted a connection (refused, unresolvable, timed out)."""
-
-    exit_code = 51
-
-
-class TelemetryAuthError(TelemetryError):
-    """The broker refused our username/password or client certificate."""
-
-    exit_code = 52
-
-
-class TelemetryTLSError(TelemetryError):
-    """TLS failed: handshake, certificate verification, or unreadable CA/cert/key files."""
-
-    exit_code = 53
-
-
-class SubscriptionDeniedError(TelemetryError):
-    """The broker refused to subscribe us to the telemetry topics (ACL)."""
-
-    exit_code = 54
-
-
-class BrokerProtocolError(TelemetryError):
-    """The broker and we share no MQTT version, or it broke the protocol."""
-
-    exit_code = 55
+# --- telemetry (50-59): 50-55 imported above from edgekit_agent.errors --------------------------
+BrokerUnreachableError = BrokerError  # the former name of the same error (exit 51)
 
 
 class ExporterBindError(TelemetryError):

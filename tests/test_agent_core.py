@@ -15,7 +15,8 @@ import pytest
 from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import SpoolError
 from edgekit_agent.loading import load_model
-from edgekit_agent.publishing import backoff_delay, mark_replayed
+from edgekit_agent.mqtt import backoff_delay
+from edgekit_agent.publishing import mark_replayed
 from edgekit_agent.runtime import CPU, choose_providers
 from edgekit_agent.settings import load_settings
 from edgekit_agent.spool import MemorySpool, Spool, SqliteSpool

@@ -236,7 +236,7 @@ def test_export_command_and_shared_subscription(mqtt_broker: MosquittoBroker, si
     (["--wait", "-1"], 2, "wait: must be >= 0"),
     (["--group", "a/b"], 2, "group 'a/b' cannot be used as an MQTT topic level"),
     (["--ca-file", "/nonexistent/ca.pem", "--broker", "mqtts://127.0.0.1:1"], 2,
-     "ca_file: /nonexistent/ca.pem does not exist or is not readable"),
+     "mqtt_ca_file: /nonexistent/ca.pem does not exist or is not readable"),
 ])
 def test_bad_settings(args: list[str], code: int, message: str) -> None:
     exit_code, _, err = run("fleet", "status", *args)

@@ -163,15 +163,15 @@ def test_tls_and_passwords(mqtt_broker_tls: MosquittoBroker, mqtt_broker_auth_ac
     # A CA that did not sign the broker's certificate.
     other_ca = TestCA(tmp_path / "other-ca")
     with pytest.raises(TelemetryTLSError) as err:
-        FleetWatcher(fleet_settings(mqtt_broker_tls, ca_file=str(other_ca.cert_path))).start()
+        FleetWatcher(fleet_settings(mqtt_broker_tls, mqtt_ca_file=str(other_ca.cert_path))).start()
     assert err.value.exit_code == 53 and "certificate" in err.value.one_line().lower()
     # Passwords: the read-only fleet user works, a wrong password is refused at once.
     secret = tmp_path / "pw"
     secret.write_text(MQTT_USERS["fleet"] + "\n")
-    ok = fleet_watcher(mqtt_broker_auth_acl, username="fleet", password_file=str(secret))
+    ok = fleet_watcher(mqtt_broker_auth_acl, mqtt_username="fleet", mqtt_password_file=str(secret))
     assert ok.connected
     with pytest.raises(TelemetryAuthError) as auth:
-        FleetWatcher(fleet_settings(mqtt_broker_auth_acl, username="fleet", password="wrong")).start()
+        FleetWatcher(fleet_settings(mqtt_broker_auth_acl, mqtt_username="fleet", mqtt_password="wrong")).start()
     assert auth.value.exit_code == 52
     assert auth.value.one_line().startswith(f"{mqtt_broker_auth_acl.url} refused our credentials")
 

@@ -25,10 +25,19 @@
     │   ├── ProbeFailedError          32   golden probe outputs out of tolerance
     │   ├── InferenceRequestError     33   malformed inference request (carries the HTTP status)
     │   ├── ModelNotReadyError        34   no model loaded, or probe failing
-    │   ├── BrokerError               35   MQTT broker unreachable (also a TemporaryError)
-    │   ├── BrokerAuthError           36   broker refused credentials or denied a topic
     │   └── SpoolError                37   telemetry spool cannot be opened or written
+    ├── TelemetryError            exit 50  MQTT (agent and fleet alike); ``reason_code`` keeps the broker's
+    │   ├── BrokerError               51   broker unreachable or dropped us (also a TemporaryError)
+    │   ├── TelemetryAuthError        52   broker refused our credentials
+    │   ├── TelemetryTLSError         53   TLS handshake, certificate, or unreadable TLS files
+    │   ├── SubscriptionDeniedError   54   broker refused a subscription (ACL)
+    │   └── BrokerProtocolError       55   no MQTT version in common
     └── (area trees in edgekit.errors and edgekit_agent.*)
+
+The MQTT family is one for the device's publisher and the fleet watcher (``edgekit_agent.mqtt``
+translates paho's reason codes into it). It replaces the agent's former ``BrokerError`` (35) and
+``BrokerAuthError`` (36), which no code path raised; the codes are the ones ``edgekit`` exits
+with. ``BrokerAuthError`` stays as another name of ``TelemetryAuthError``.
 
 Every subclass carries ``exit_code`` so that a CLI maps an error to a distinct exit status
 without a lookup table, and ``hint`` says what to do next. Adapters translate library errors
@@ -220,27 +229,53 @@ class ModelNotReadyError(AgentError):
     exit_code = 34
 
 
-class BrokerError(AgentError, TemporaryError):
-    """The MQTT broker cannot be reached or dropped us; ``rc`` keeps paho's reason code."""
-
-    exit_code = 35
-
-    def __init__(self, message: str, *, rc: object = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.rc = rc
-
-
-class BrokerAuthError(AgentError):
-    """The broker refused our credentials or denied publishing to a topic (not worth fast retries)."""
-
-    exit_code = 36
-
-    def __init__(self, message: str, *, rc: object = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.rc = rc
-
-
 class SpoolError(AgentError):
     """The on-disk telemetry spool cannot be opened or written."""
 
     exit_code = 37
+
+
+# --- MQTT, for the device's publisher and the fleet watcher alike (50-55) -----------------------
+# Defined here because both MQTT clients are built on ``edgekit_agent.mqtt``; edgekit.errors
+# re-exports the family and adds the fleet-only members (56-57).
+class TelemetryError(EdgekitError):
+    """An MQTT exchange failed; ``reason_code`` is the broker's (CONNACK/SUBACK) when it gave one."""
+
+    exit_code = 50
+
+    def __init__(self, message: str, *, reason_code: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason_code = reason_code
+
+
+class BrokerError(TelemetryError, TemporaryError):
+    """No broker accepted a connection (refused, unresolvable, timed out), or it dropped us."""
+
+    exit_code = 51
+
+
+class TelemetryAuthError(TelemetryError):
+    """The broker refused our username/password or client certificate (not worth fast retries)."""
+
+    exit_code = 52
+
+
+class TelemetryTLSError(TelemetryError):
+    """TLS failed: handshake, certificate verification, or unreadable CA/cert/key files."""
+
+    exit_code = 53
+
+
+class SubscriptionDeniedError(TelemetryError):
+    """The broker refused to subscribe us to the telemetry topics (ACL)."""
+
+    exit_code = 54
+
+
+class BrokerProtocolError(TelemetryError):
+    """The broker and we share no MQTT version, or it broke the protocol."""
+
+    exit_code = 55
+
+
+BrokerAuthError = TelemetryAuthError  # the agent's former name for the same refusal

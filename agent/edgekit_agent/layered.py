@@ -3,16 +3,20 @@
 Settings are plain frozen dataclasses. ``load_layered`` fills one from a JSON (or, when PyYAML is
 installed, YAML) file, then ``PREFIX_FIELD`` environment variables, then explicit overrides, and
 converts every value to the field's declared type. A bad value raises ``ConfigError`` naming the
-field, so a CLI can print one line and exit 2.
+field, so a CLI can print one line and exit 2. A renamed setting is still read under its former
+name (file key, ``PREFIX_OLD`` variable, override) with a ``DeprecationWarning`` and a log line;
+the new name wins when both are set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,6 +24,8 @@ from typing import Any, TypeVar
 from edgekit_agent.errors import ConfigError
 
 T = TypeVar("T")
+
+log = logging.getLogger("edgekit_agent")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -99,6 +105,12 @@ def _convert(field: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def _deprecated(old: str, new: str, where: str) -> None:
+    text = f"setting {old}{where and ' in ' + where} is deprecated: use {new}"
+    warnings.warn(text, DeprecationWarning, stacklevel=5)
+    log.warning("%s", text)
+
+
 def load_layered(
     cls: type[T],
     *,
@@ -106,30 +118,40 @@ def load_layered(
     env_prefix: str | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    renamed: Mapping[str, str] | None = None,
 ) -> T:
-    """Build ``cls`` from defaults < file < environment < overrides (``None`` overrides are skipped)."""
+    """Build ``cls`` from defaults < file < environment < overrides (``None`` overrides are skipped).
+
+    ``renamed`` maps former setting names to current ones; values under a former name are used
+    (unless the current name is set in the same layer) and reported as deprecated."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    renamed = renamed or {}
     raw: dict[str, Any] = {}
-    if file is not None:
-        for key, value in read_config_file(file).items():
+
+    def layer(values: Mapping[str, Any], where: str, spell: typing.Callable[[str], str]) -> None:
+        for key, value in values.items():
+            new = renamed.get(key)
+            if new is not None:
+                _deprecated(spell(key), spell(new), where)
+                if new in values:
+                    continue
+                key = new
             if key not in fields:
-                raise ConfigError(f"unknown setting in {file}", field=key)
+                raise ConfigError(f"unknown setting{where and ' in ' + where}", field=key)
             raw[key] = value
+
+    if file is not None:
+        layer(read_config_file(file), str(file), str)
     if env_prefix:
         environ = os.environ if env is None else env
-        for name in fields:
-            key = f"{env_prefix}{name.upper()}"
-            if key in environ:
-                raw[name] = environ[key]
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in fields:
-            raise ConfigError("unknown setting", field=key)
-        raw[key] = value
+        names = [*fields, *renamed]
+        found = {name: environ[f"{env_prefix}{name.upper()}"] for name in names
+                 if f"{env_prefix}{name.upper()}" in environ}
+        layer(found, "the environment", lambda name: f"{env_prefix}{name.upper()}")
+    layer({k: v for k, v in (overrides or {}).items() if v is not None}, "", str)
     values = {k: _convert(k, v, hints[k]) for k, v in raw.items()}
     try:
         obj = cls(**values)

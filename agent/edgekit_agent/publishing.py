@@ -1,6 +1,7 @@
 """The MQTT adapter: one connection per agent, fed from the spool, with backoff, will and fallback.
 
-A thin, typed layer over paho-mqtt 2.x. Each connection attempt uses a fresh paho ``Client``, so
+Built on ``edgekit_agent.mqtt`` (client set-up, will, fallback, backoff, reason codes -- shared
+with the fleet watcher). Each connection attempt uses a fresh paho ``Client``, so
 no message queued inside paho survives a disconnect: the spool is the only outbox, and what was
 not acknowledged is sent again from there, oldest first.
 
@@ -26,7 +27,6 @@ import contextlib
 import json
 import logging
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -34,18 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgekit_agent.errors import TelemetryError
+from edgekit_agent.mqtt import AUTH_CODES, Backoff
+from edgekit_agent.mqtt.connecting import connect, falls_back, new_client, protocol_for, version_name
+from edgekit_agent.mqtt.reasons import code_of
+from edgekit_agent.mqtt.will import Will
 from edgekit_agent.settings import AgentSettings
 from edgekit_agent.spool import Spool, SpoolEntry
 
 log = logging.getLogger("edgekit_agent")
 
-_AUTH_CODES = {134, 135, 140}  # bad user name or password, not authorized, bad authentication method
-_UNSUPPORTED_PROTOCOL = 132
 _WINDOW = 32  # unacknowledged publishes in flight
 
 
@@ -58,12 +61,6 @@ class PublisherCounters:
     acked: int = 0
     denied: int = 0
     replayed: int = 0
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
-    """Exponential backoff with "equal jitter": half fixed, half random, capped at ``hi``."""
-    base = min(hi, lo * (2 ** min(attempt, 30)))
-    return base / 2 + rng.uniform(0, base / 2)
 
 
 def mark_replayed(payload: bytes) -> bytes:
@@ -84,12 +81,11 @@ class MqttPublisher:
         self._status = status  # state -> (topic, payload); called for birth, will and offline
         self._on_problem = on_problem
         self.client_id = client_id or f"edgekit-agent-{settings.device}"
-        self._rng = rng or random.Random()
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max, rng)
         self.counters = PublisherCounters()
         self.state = "idle"
         self.last_error: str | None = None
-        self.protocol = (MQTTProtocolVersion.MQTTv311 if settings.mqtt_protocol == "3.1.1"
-                         else MQTTProtocolVersion.MQTTv5)
+        self.protocol = protocol_for(settings.mqtt_protocol)
         self._client: paho.Client | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
@@ -201,30 +197,15 @@ class MqttPublisher:
         return props
 
     def _new_client(self) -> paho.Client:
-        s = self.settings
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self.protocol,
-                             reconnect_on_failure=False)
+        topic, payload = self._status("will")
+        client = new_client(self.settings, client_id=self.client_id, protocol=self.protocol,
+                            tls=self.settings.broker_tls, password=self._password, will=Will(topic, payload))
         client.max_inflight_messages_set(_WINDOW)
         client.max_queued_messages_set(0)
-        if s.mqtt_username:
-            client.username_pw_set(s.mqtt_username, self._password)
-        if s.broker_tls:
-            client.tls_set(ca_certs=s.mqtt_ca_file, certfile=s.mqtt_cert_file, keyfile=s.mqtt_key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        topic, will = self._status("will")
-        client.will_set(topic, will, qos=1, retain=True, properties=self._will_props())
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
-
-    def _will_props(self) -> Properties | None:
-        if self.protocol != MQTTProtocolVersion.MQTTv5:
-            return None
-        props = Properties(PacketTypes.WILLMESSAGE)
-        props.ContentType = "application/json"
-        props.PayloadFormatIndicator = 1
-        return props
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
         self._connack = rc
@@ -244,8 +225,6 @@ class MqttPublisher:
             log.log(level, msg, *args)
 
     def _run(self) -> None:
-        s = self.settings
-        attempt = 0
         while not self._stop.is_set() and not self._stopping:
             if self.state == "rejected":
                 self._wake.wait()
@@ -259,12 +238,11 @@ class MqttPublisher:
             if outcome == "retry-now":
                 continue
             if outcome == "lost":  # we were connected: start the backoff from the bottom again
-                attempt = 0
+                self._backoff.reset()
             if outcome == "rejected":
                 self.state = "rejected"
                 continue
-            delay = backoff_delay(attempt, s.reconnect_min, s.reconnect_max, self._rng)
-            attempt += 1
+            delay = self._backoff.next()
             self.state = "backoff"
             self._wake.wait(delay)
             self._wake.clear()
@@ -273,15 +251,18 @@ class MqttPublisher:
         """One connection: connect, wait for CONNACK, run until it drops. Returns what happened."""
         s = self.settings
         self.state = "connecting"
-        client = self._new_client()
         self._connack = None
         self._lost = False
         self._acks.clear()
         try:
-            if self.protocol == MQTTProtocolVersion.MQTTv5:
-                client.connect(s.broker_host, s.broker_port, keepalive=s.mqtt_keepalive, clean_start=True)
-            else:  # 3.1.1: clean session is the Client's default
-                client.connect(s.broker_host, s.broker_port, keepalive=s.mqtt_keepalive)
+            client = self._new_client()
+        except TelemetryError as exc:   # unusable TLS files: retrying later may find good ones
+            self.counters.connect_failures += 1
+            self.last_error = exc.one_line()
+            self._log("tls", logging.ERROR, "mqtt: %s", self.last_error)
+            return "failed"
+        try:
+            connect(client, s.broker_host, s.broker_port, protocol=self.protocol, keepalive=s.mqtt_keepalive)
         except (OSError, ValueError) as exc:
             self.counters.connect_failures += 1
             self.last_error = f"cannot reach {s.broker_url}: {exc}"
@@ -337,19 +318,17 @@ class MqttPublisher:
             self.counters.auth_failures = 0
             self.state = "connected"
             self.last_error = None
-            log.info("mqtt: connected to %s (MQTT %s)", s.broker_url,
-                     "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1")
+            log.info("mqtt: connected to %s (MQTT %s)", s.broker_url, version_name(self.protocol))
             self._connected.set()
             self.publish_status()
             self._pump()
             return "connected"
         self.counters.connect_failures += 1
-        if (rc.value == _UNSUPPORTED_PROTOCOL and self.protocol == MQTTProtocolVersion.MQTTv5
-                and s.mqtt_protocol == "auto"):
+        if falls_back(s.mqtt_protocol, self.protocol, rc):
             log.info("mqtt: %s does not speak MQTT 5; falling back to 3.1.1", s.broker_url)
             self.protocol = MQTTProtocolVersion.MQTTv311
             return "retry-now"
-        if rc.value in _AUTH_CODES:
+        if code_of(rc) in AUTH_CODES:
             self.counters.auth_failures += 1
             self.last_error = (f"broker {s.broker_url} refused the connection: {rc} "
                                f"(user {s.mqtt_username or '<none>'})")

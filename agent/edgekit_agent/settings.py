@@ -2,7 +2,8 @@
 
 Every check names its field, so ``edgekit-agent check-config`` (and ``serve``) print one line and
 exit 2 on a bad value. The device id defaults to the Kubernetes node name (``NODE_NAME``, set from
-the downward API) and then the host name.
+the downward API) and then the host name. The MQTT client fields (``mqtt_*``, ``reconnect_*``) are
+``edgekit_agent.mqtt.MqttSettings``'s, shared with the fleet watcher.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from urllib.parse import urlsplit
 
 from edgekit_agent.errors import ConfigError
 from edgekit_agent.layered import load_layered
+from edgekit_agent.mqtt.settings import MQTT_PROTOCOLS, MqttSettings
 from edgekit_agent.protocol.topics import DEFAULT_ROOT, check_segment
 
 ENV_PREFIX = "EDGEKIT_AGENT_"
-MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
-class AgentSettings:
+class AgentSettings(MqttSettings):
     # identity
     device: str = ""
     group: str = "default"
@@ -39,19 +40,9 @@ class AgentSettings:
     registry_ca_file: str | None = None
     intra_op_threads: int = 0
     max_model_bytes: int = 4 << 30  # per file of a fetched layer whose image records no sizes
-    # telemetry
+    # telemetry (and the MQTT client fields of MqttSettings)
     broker_url: str | None = None
     topic_root: str = DEFAULT_ROOT
-    mqtt_protocol: str = "auto"
-    mqtt_username: str | None = None
-    mqtt_password: str | None = None
-    mqtt_password_file: str | None = None
-    mqtt_ca_file: str | None = None
-    mqtt_cert_file: str | None = None
-    mqtt_key_file: str | None = None
-    mqtt_keepalive: int = 30
-    reconnect_min: float = 0.5
-    reconnect_max: float = 60.0
     auth_retry_limit: int = 5
     message_expiry: int = 86_400
     interval: float = 10.0
@@ -78,33 +69,21 @@ class AgentSettings:
                 raise ConfigError(str(exc), field=name) from exc
         if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.startswith("/"):
             raise ConfigError(f"{self.topic_root!r} is not a valid topic root", field="topic_root")
-        _positive(self, "interval", "probe_interval", "reconnect_min", "reconnect_max", "spool_max_age")
-        _at_least(self, 1, "max_model_bytes", "spool_max_bytes", "mqtt_keepalive", "auth_retry_limit",
-                  "max_request_bytes", "error_burst_min")
+        super().__post_init__()
+        _positive(self, "interval", "probe_interval", "spool_max_age")
+        _at_least(self, 1, "max_model_bytes", "spool_max_bytes", "auth_retry_limit", "max_request_bytes",
+                  "error_burst_min")
         _at_least(self, 0, "intra_op_threads", "listen_port", "message_expiry")
         if self.listen_port > 65535:
             raise ConfigError(f"{self.listen_port} is not a TCP port", field="listen_port")
-        if self.reconnect_max < self.reconnect_min:
-            raise ConfigError("must be >= reconnect_min", field="reconnect_max")
         if not 0 < self.error_burst_ratio <= 1:
             raise ConfigError("must be in (0, 1]", field="error_burst_ratio")
-        if self.mqtt_protocol not in MQTT_PROTOCOLS:
-            raise ConfigError(f"expected one of {', '.join(MQTT_PROTOCOLS)}, got {self.mqtt_protocol!r}",
-                              field="mqtt_protocol")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}",
                               field="log_level")
         if self.broker_url is not None:
             _check_broker_url(self.broker_url)
-        if self.mqtt_password is not None and self.mqtt_password_file is not None:
-            raise ConfigError("set mqtt_password or mqtt_password_file, not both", field="mqtt_password")
-        if (self.mqtt_password is not None or self.mqtt_password_file is not None) and not self.mqtt_username:
-            raise ConfigError("a password needs mqtt_username", field="mqtt_username")
-        if (self.mqtt_cert_file is None) != (self.mqtt_key_file is None):
-            raise ConfigError("a client certificate needs both mqtt_cert_file and mqtt_key_file",
-                              field="mqtt_cert_file" if self.mqtt_cert_file is None else "mqtt_key_file")
-        tls_files = (self.mqtt_ca_file, self.mqtt_cert_file)
-        if any(tls_files) and self.broker_url and not self.broker_url.startswith("mqtts://"):
+        if self.tls_files and self.broker_url and not self.broker_url.startswith("mqtts://"):
             raise ConfigError("TLS files are set but the URL is not mqtts://", field="broker_url")
         if self.image is not None and "@sha256:" not in self.image:
             raise ConfigError(f"{self.image!r} must be pinned by digest (…@sha256:…)", field="image")
@@ -133,27 +112,18 @@ class AgentSettings:
 
         return RegistryOptions(insecure=self.registry_insecure, ca_file=self.registry_ca_file)
 
-    def read_password(self) -> str | None:
-        """The MQTT password, read from ``mqtt_password_file`` when that is set."""
-        if self.mqtt_password_file is None:
-            return self.mqtt_password
-        try:
-            with open(self.mqtt_password_file, encoding="utf-8") as fh:
-                return fh.read().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {self.mqtt_password_file}: {exc.strerror}",
-                              field="mqtt_password_file") from exc
-
-    def check_files(self) -> None:
+    def check_files(self, *more: str) -> None:
         """Check that every file setting names a readable file (``check-config`` and ``serve``)."""
-        for name in ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "public_key",
-                     "registry_ca_file"):
-            path = getattr(self, name)
-            if path is not None and not os.access(path, os.R_OK):
-                raise ConfigError(f"{path} does not exist or is not readable", field=name)
+        super().check_files("public_key", "registry_ca_file", *more)
 
     def redacted(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        # check-config lists the settings in their documented order: the shared MQTT fields
+        # (which dataclass inheritance puts first) after topic_root, where they always stood.
+        names = [f.name for f in fields(self)]
+        shared = len(fields(MqttSettings))
+        own = names[shared:]
+        at = own.index("topic_root") + 1
+        out = {name: getattr(self, name) for name in [*own[:at], *names[:shared], *own[at:]]}
         if out["mqtt_password"] is not None:
             out["mqtt_password"] = "***"
         out["execution_providers"] = list(self.execution_providers)
@@ -192,4 +162,4 @@ def load_settings(file: str | os.PathLike[str] | None = None, *, env: Mapping[st
     return load_layered(AgentSettings, file=file, env_prefix=ENV_PREFIX, env=env, overrides=overrides)
 
 
-__all__ = ["ENV_PREFIX", "AgentSettings", "load_settings"]
+__all__ = ["ENV_PREFIX", "MQTT_PROTOCOLS", "AgentSettings", "load_settings"]

@@ -31,7 +31,7 @@ _STATUS_ORDER = {"offline": 0, "unknown": 1, "online": 2}
 
 def broker_options(func: F) -> F:
     """Where the telemetry is and how to read it; every option also has an ``EDGEKIT_FLEET_*``
-    environment variable (e.g. ``EDGEKIT_FLEET_PASSWORD``) and a ``--config`` file field."""
+    environment variable (e.g. ``EDGEKIT_FLEET_MQTT_PASSWORD``) and a ``--config`` file field."""
     options = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
                      help="Fleet settings file (JSON/YAML; fields as in EDGEKIT_FLEET_* without prefix)."),
@@ -42,7 +42,7 @@ def broker_options(func: F) -> F:
         click.option("--group", "-g", default=None, help="Only this device group."),
         click.option("--username", default=None, help="MQTT user name (read-only user recommended)."),
         click.option("--password-file", type=click.Path(dir_okay=False), default=None,
-                     help="File holding the MQTT password (or set EDGEKIT_FLEET_PASSWORD)."),
+                     help="File holding the MQTT password (or set EDGEKIT_FLEET_MQTT_PASSWORD)."),
         click.option("--ca-file", type=click.Path(dir_okay=False), default=None, help="CA bundle for mqtts://."),
         click.option("--cert-file", type=click.Path(dir_okay=False), default=None, help="Client certificate."),
         click.option("--key-file", type=click.Path(dir_okay=False), default=None, help="Client certificate key."),
@@ -60,9 +60,9 @@ def _settings(kw: dict[str, Any], **extra: Any) -> FleetSettings:
     config_file = kw.pop("config_file", None)
     overrides = {
         "brokers": tuple(kw.pop("brokers", ())) or None, "topic_root": kw.pop("topic_root", None),
-        "group": kw.pop("group", None), "username": kw.pop("username", None),
-        "password_file": kw.pop("password_file", None), "ca_file": kw.pop("ca_file", None),
-        "cert_file": kw.pop("cert_file", None), "key_file": kw.pop("key_file", None),
+        "group": kw.pop("group", None), "mqtt_username": kw.pop("username", None),
+        "mqtt_password_file": kw.pop("password_file", None), "mqtt_ca_file": kw.pop("ca_file", None),
+        "mqtt_cert_file": kw.pop("cert_file", None), "mqtt_key_file": kw.pop("key_file", None),
         "mqtt_protocol": kw.pop("mqtt_protocol", None), "interval": kw.pop("interval", None), **extra,
     }
     return load_fleet_settings(config_file, overrides=overrides)

@@ -4,6 +4,10 @@ Broker URLs and credentials follow the agent's conventions (``edgekit_agent.sett
 ``mqtt://host[:port]`` or ``mqtts://host[:port]`` only, credentials in their own settings (a
 password file is preferred to a password on the command line). Several URLs are tried in order
 and rotated through on reconnects (failover between brokers of one fleet).
+
+The MQTT client fields are ``edgekit_agent.mqtt.MqttSettings``'s, named as on the agent
+(``mqtt_username``, ``mqtt_ca_file``, ...). The fleet's former names (``username``, ``ca_file``,
+...) are still read from files, ``EDGEKIT_FLEET_*`` and overrides, with a deprecation warning.
 """
 
 from __future__ import annotations
@@ -17,16 +21,20 @@ from urllib.parse import urlsplit
 
 from edgekit_agent.errors import ConfigError
 from edgekit_agent.layered import load_layered
+from edgekit_agent.mqtt.settings import MqttSettings
 from edgekit_agent.protocol import DEFAULT_ROOT
 from edgekit_agent.protocol.topics import check_segment
 
 from edgekit.fleet.decoding import DEFAULT_MAX_PAYLOAD
 from edgekit.fleet.state import TrackerConfig
 
-__all__ = ["ENV_PREFIX", "BrokerAddress", "FleetSettings", "load_fleet_settings", "parse_broker_url"]
+__all__ = ["ENV_PREFIX", "RENAMED", "BrokerAddress", "FleetSettings", "load_fleet_settings", "parse_broker_url"]
 
 ENV_PREFIX = "EDGEKIT_FLEET_"
-MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
+# former name -> the shared name (accepted with a deprecation warning by load_fleet_settings)
+RENAMED = {"username": "mqtt_username", "password": "mqtt_password", "password_file": "mqtt_password_file",
+           "ca_file": "mqtt_ca_file", "cert_file": "mqtt_cert_file", "key_file": "mqtt_key_file",
+           "keepalive": "mqtt_keepalive"}
 
 
 class BrokerAddress(NamedTuple):
@@ -52,25 +60,16 @@ def parse_broker_url(url: str, field: str = "brokers") -> BrokerAddress:
 
 
 @dataclass(frozen=True)
-class FleetSettings:
+class FleetSettings(MqttSettings):
     # where
     brokers: tuple[str, ...] = ("mqtt://127.0.0.1:1883",)
     topic_root: str = DEFAULT_ROOT
     group: str | None = None
     shared_group: str | None = None
-    # how
-    mqtt_protocol: str = "auto"
-    username: str | None = None
-    password: str | None = None
-    password_file: str | None = None
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
+    # how (and the MQTT client fields of MqttSettings)
     client_id: str | None = None
-    keepalive: int = 30
     session_expiry: int = 0          # > 0: a persistent session the broker keeps (and queues for)
     connect_timeout: float = 10.0
-    reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     # what to make of it
     interval: float = 10.0
@@ -98,28 +97,18 @@ class FleetSettings:
                     check_segment(name, value)
                 except ValueError as exc:
                     raise ConfigError(str(exc), field=name) from exc
-        if self.mqtt_protocol not in MQTT_PROTOCOLS:
-            raise ConfigError(f"expected one of {', '.join(MQTT_PROTOCOLS)}, got {self.mqtt_protocol!r}",
-                              field="mqtt_protocol")
-        for name in ("interval", "silent_after", "connect_timeout", "reconnect_min", "reconnect_max",
-                     "flood_window_s"):
+        super().__post_init__()
+        for name in ("interval", "silent_after", "connect_timeout", "flood_window_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"must be a positive number, got {value!r}", field=name)
-        for name, minimum in (("keepalive", 5), ("history", 1), ("flood_limit", 1), ("max_devices", 1),
+        for name, minimum in (("mqtt_keepalive", 5), ("history", 1), ("flood_limit", 1), ("max_devices", 1),
                               ("max_payload", 256), ("max_queue", 1000), ("session_expiry", 0)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"must be >= {minimum}, got {getattr(self, name)!r}", field=name)
         if not 0 <= self.max_error_rate <= 1:
             raise ConfigError("must be in [0, 1]", field="max_error_rate")
-        if self.password is not None and self.password_file is not None:
-            raise ConfigError("set password or password_file, not both", field="password")
-        if (self.password is not None or self.password_file is not None) and not self.username:
-            raise ConfigError("a password needs a username", field="username")
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ConfigError("a client certificate needs both cert_file and key_file",
-                              field="cert_file" if self.cert_file is None else "key_file")
-        if (self.ca_file or self.cert_file) and not addresses[0].tls:
+        if self.tls_files and not addresses[0].tls:
             raise ConfigError("TLS files are set but the broker URL is not mqtts://", field="brokers")
         if self.session_expiry and not self.client_id:
             raise ConfigError("a persistent session (session_expiry > 0) needs a fixed client_id",
@@ -134,23 +123,10 @@ class FleetSettings:
                              max_error_rate=self.max_error_rate, flood_limit=self.flood_limit,
                              flood_window_s=self.flood_window_s, max_devices=self.max_devices)
 
-    def read_password(self) -> str | None:
-        if self.password_file is None:
-            return self.password
-        try:
-            with open(self.password_file, encoding="utf-8") as fh:
-                return fh.read().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"cannot read {self.password_file}: {exc.strerror}", field="password_file") from exc
-
-    def check_files(self) -> None:
-        for name in ("password_file", "ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            if path is not None and not os.access(path, os.R_OK):
-                raise ConfigError(f"{path} does not exist or is not readable", field=name)
-
 
 def load_fleet_settings(file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
                         overrides: Mapping[str, Any] | None = None) -> FleetSettings:
-    """defaults < ``file`` < ``EDGEKIT_FLEET_*`` environment < ``overrides`` (None values skipped)."""
-    return load_layered(FleetSettings, file=file, env_prefix=ENV_PREFIX, env=env, overrides=overrides)
+    """defaults < ``file`` < ``EDGEKIT_FLEET_*`` environment < ``overrides`` (None values skipped);
+    the former names in ``RENAMED`` are read too, with a deprecation warning."""
+    return load_layered(FleetSettings, file=file, env_prefix=ENV_PREFIX, env=env, overrides=overrides,
+                        renamed=RENAMED)

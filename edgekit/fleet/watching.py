@@ -16,10 +16,9 @@ broker does not speak 5. With ``shared_group``, health and event topics are subs
 MQTT 5 shared subscription ``$share/NAME/...`` (the broker hands each message to one member), while
 status stays a plain subscription, because brokers do not send retained messages to shared ones.
 
-paho's reader makes three ``recv`` calls and one ``select`` per packet; the client below gives it a
-read-ahead buffer (one large ``recv`` serves many packets) and drains every buffered packet per
-loop turn. That is most of paho's per-message cost, and it uses only paho's socket seam
-(``_create_socket``); with a paho that lacks it the plain client is used.
+Client set-up, the 5 -> 3.1.1 fallback, backoff and reason codes come from ``edgekit_agent.mqtt``
+(shared with the agent's publisher). Messages are read by its ``ReadAheadClient``: a read-ahead
+buffer and a lean PUBLISH reader, the one place that touches paho's private methods.
 """
 
 from __future__ import annotations
@@ -29,27 +28,20 @@ import itertools
 import logging
 import os
 import socket
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
 
-import paho.mqtt as paho_mqtt
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from edgekit_agent.mqtt import Backoff, connack_error, connect_error, suback_error
+from edgekit_agent.mqtt.connecting import connect, falls_back, new_client, protocol_for, version_name
+from edgekit_agent.mqtt.readahead import ReadAheadClient, check_paho
+from edgekit_agent.mqtt.reasons import short
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
-from edgekit.errors import (
-    BrokerProtocolError,
-    BrokerUnreachableError,
-    SubscriptionDeniedError,
-    TelemetryAuthError,
-    TelemetryError,
-    TelemetryTLSError,
-)
+from edgekit.errors import BrokerError, BrokerProtocolError, TelemetryError, TelemetryTLSError
 from edgekit.fleet.decoding import Decoder
 from edgekit.fleet.ingesting import Ingestor, RateLimitedLog
 from edgekit.fleet.settings import BrokerAddress, FleetSettings
@@ -62,138 +54,10 @@ LOG: Final = logging.getLogger("edgekit.fleet.watcher")
 _BATCH: Final = 2048
 _IDLE_SLEEP: Final = 0.005
 _HANDOFF_S: Final = 0.02    # queued longer than this: the apply thread takes over
-_PUBACK: Final = 0x40
 _SAMPLE_EVERY: Final = 16
 _SAMPLES: Final = 2048
-_AUTH_CODES: Final = frozenset((134, 135, 140))   # bad user name or password, not authorized, bad auth method
-_PROTOCOL_CODES: Final = frozenset((132,))         # unsupported protocol version
+_TLS_HINT: Final = "check --ca-file / --cert-file / --key-file"
 _ids = itertools.count()
-
-
-class _ReadAhead:
-    """A socket wrapper that reads big chunks and serves paho's small reads from memory."""
-
-    __slots__ = ("_buf", "_pos", "_sock")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, n: int) -> bytes:
-        pos = self._pos
-        avail = len(self._buf) - pos
-        if avail <= 0:
-            self._buf = self._sock.recv(262_144)   # BlockingIOError / SSLWantRead propagate to paho
-            pos = self._pos = 0
-            avail = len(self._buf)
-            if avail == 0:
-                return b""
-        if n >= avail:
-            self._pos = len(self._buf)
-            return self._buf[pos:] if pos else self._buf
-        self._pos = pos + n
-        return self._buf[pos:pos + n]
-
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return self.buffered() + inner
-
-    def send(self, data: bytes | bytearray) -> int:
-        return int(self._sock.send(data))
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def fileno(self) -> int:
-        return int(self._sock.fileno())
-
-    def setblocking(self, flag: bool) -> None:
-        self._sock.setblocking(flag)
-
-    def settimeout(self, value: float | None) -> None:
-        self._sock.settimeout(value)
-
-    def getpeercert(self, binary_form: bool = False) -> Any:
-        return self._sock.getpeercert(binary_form)
-
-
-class _Client(mqtt.Client):
-    """paho's client with a read-ahead socket and a lean path for incoming QoS 0/1 PUBLISH packets.
-
-    The lean path hands (topic, payload, retained) straight to ``sink`` -- no ``MQTTMessage``, no
-    MQTT 5 ``Properties`` object (the slowest part of paho's reader), no topic matcher -- and
-    batches the PUBACKs of one read into a single write. QoS 2, odd packets, and a paho without
-    the private seams used here go through paho's own code.
-    """
-
-    # The seams are private: use them only on the paho major version they were written against.
-    _lean = str(getattr(paho_mqtt, "__version__", "")).startswith("2.") and all(
-        hasattr(mqtt.Client, name) for name in ("_create_socket", "_handle_publish", "_packet_queue"))
-
-    def __init__(self, *args: Any, sink: Callable[[str, bytes | bytearray, bool], None] | None = None,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sink = sink
-        self._acks = bytearray()
-
-    def _create_socket(self) -> Any:
-        sock = super()._create_socket()
-        return _ReadAhead(sock) if self._lean else sock
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        sock = self._sock
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and isinstance(sock, _ReadAhead) and sock.buffered():
-            before = sock.buffered()
-            rc = super().loop_read(max_packets)
-            if sock.buffered() >= before:
-                break  # an incomplete packet: wait for the socket
-            sock = self._sock
-        if self._acks and self._sock is not None:
-            acks = bytes(self._acks)
-            self._acks.clear()
-            self._packet_queue(_PUBACK, acks, 0, 0)
-        return rc
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        sink = self._sink
-        header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if sink is None or qos == 2 or not self._lean:
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        n = len(packet)
-        if n < 2:
-            return super()._handle_publish()
-        pos = 2 + ((packet[0] << 8) | packet[1])
-        topic = packet[2:pos]
-        mid: bytes | bytearray = b""
-        if qos:
-            mid = packet[pos:pos + 2]
-            pos += 2
-        if self._protocol == mqtt.MQTTv5:
-            # Skip the properties (message expiry and the like: nothing the tracker uses).
-            length, mult = 0, 1
-            while True:
-                if pos >= n or mult > 0x200000:
-                    return super()._handle_publish()
-                byte = packet[pos]
-                pos += 1
-                length += (byte & 0x7F) * mult
-                mult <<= 7
-                if not byte & 0x80:
-                    break
-            pos += length
-        if pos > n or not topic or len(mid) != qos * 2:
-            return super()._handle_publish()
-        sink(topic.decode("utf-8", "replace"), packet[pos:], bool(header & 0x01))
-        if qos:
-            self._acks += b"\x40\x02" + mid
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class _Samples:
@@ -238,7 +102,7 @@ class FleetWatcher:
         self._ready = threading.Event()          # connected and subscribed (at least once)
         self._connected = False
         self._fatal: TelemetryError | None = None
-        self._protocol = mqtt.MQTTv311 if settings.mqtt_protocol == "3.1.1" else mqtt.MQTTv5
+        self._protocol = protocol_for(settings.mqtt_protocol)
         self._client_id = settings.client_id or f"edgekit-fleet-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
         self._net: threading.Thread | None = None
         self._apply: threading.Thread | None = None
@@ -266,6 +130,7 @@ class FleetWatcher:
         """Start both threads; wait until connected and subscribed, or raise why not."""
         if self._net is not None:
             return self
+        check_paho()   # the read-ahead client's paho range: fail here, not in the network thread
         self.settings.check_files()
         self._apply = threading.Thread(target=self._apply_loop, name="edgekit-fleet-apply", daemon=True)
         self._net = threading.Thread(target=self._network_loop, name="edgekit-fleet-mqtt", daemon=True)
@@ -280,7 +145,7 @@ class FleetWatcher:
             if time.monotonic() > deadline or self._refused >= len(self._addresses):
                 error = self.last_error or "no answer"
                 self.stop()
-                raise BrokerUnreachableError(f"cannot reach {', '.join(a.url for a in self._addresses)}: {error}",
+                raise BrokerError(f"cannot reach {', '.join(a.url for a in self._addresses)}: {error}",
                                              hint="check --broker and that the broker runs")
             time.sleep(0.01)
         return self
@@ -313,7 +178,7 @@ class FleetWatcher:
         return {
             "broker": self._broker.url if self._broker else None,
             "connected": self._connected,
-            "protocol": "5" if self._protocol == mqtt.MQTTv5 else "3.1.1",
+            "protocol": version_name(self._protocol),
             "shared_group": self.settings.shared_group,
             "connects": self.connects,
             "disconnects": self.disconnects,
@@ -424,7 +289,7 @@ class FleetWatcher:
     # -- the network thread -----------------------------------------------------------------------
     def _network_loop(self) -> None:
         index = 0
-        delay = self.settings.reconnect_min
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max)
         fell_back = False
         while not self._stop.is_set():
             address = self._addresses[index % len(self._addresses)]
@@ -437,43 +302,43 @@ class FleetWatcher:
                 self._fail(exc)
                 if self._stop.is_set():
                     return
-            except (ssl.SSLError, ssl.CertificateError) as exc:
-                self._fail(TelemetryTLSError(f"TLS with {address.url} failed: {_short(exc)}",
-                                             hint="check --ca-file / --cert-file / --key-file"))
-                if self._stop.is_set():
-                    return
             except OSError as exc:
-                self.last_error = _short(exc) if len(self._addresses) == 1 else f"{address.url}: {_short(exc)}"
-                self._refused += 1
-                LOG.debug("connect to %s failed: %s", address.url, exc)
+                error = connect_error(exc, address.url, tls_hint=_TLS_HINT)
+                if isinstance(error, TelemetryTLSError):
+                    self._fail(error)
+                    if self._stop.is_set():
+                        return
+                else:
+                    self.last_error = short(exc) if len(self._addresses) == 1 else f"{address.url}: {short(exc)}"
+                    self._refused += 1
+                    LOG.debug("connect to %s failed: %s", address.url, exc)
             except Exception as exc:  # a bug must not end the thread silently: log, back off, retry
                 LOG.exception("fleet watcher: unexpected error connecting to %s", address.url)
-                self.last_error = f"{address.url}: {_short(exc)}"
+                self.last_error = f"{address.url}: {short(exc)}"
             else:
                 try:
                     ended_before_connack = self._run(client)
                 except Exception as exc:
                     LOG.exception("fleet watcher: unexpected error in the MQTT loop (reconnecting)")
-                    self.last_error = f"{address.url}: {_short(exc)}"
+                    self.last_error = f"{address.url}: {short(exc)}"
                     self._connected = False
                     ended_before_connack = False
-                refused_version = getattr(self._connack, "value", None) in _PROTOCOL_CODES
-                if (self.settings.mqtt_protocol == "auto" and not fell_back and self._protocol == mqtt.MQTTv5
-                        and (ended_before_connack or refused_version) and self.connects == 0):
+                if (not fell_back and self.connects == 0
+                        and falls_back(self.settings.mqtt_protocol, self._protocol, self._connack,
+                                       dropped_before_connack=ended_before_connack)):
                     # A broker that only speaks 3.1.1 refuses (CONNACK 0x01, which paho reads as
                     # "unsupported protocol version") or drops a version-5 CONNECT.
                     LOG.info("%s does not take MQTT 5; falling back to 3.1.1", address.url)
-                    self._protocol = mqtt.MQTTv311
+                    self._protocol = MQTTProtocolVersion.MQTTv311
                     fell_back = True
                     self._stop.wait(0.05)
                     continue
                 if self._connack is not None and not self._connack.is_failure:
-                    delay = self.settings.reconnect_min
+                    backoff.reset()
             if self._stop.is_set():
                 break
             index += 1 if len(self._addresses) > 1 else 0
-            self._stop.wait(delay)
-            delay = min(delay * 2, self.settings.reconnect_max)
+            self._stop.wait(backoff.next())
 
     def _fail(self, exc: TelemetryError) -> None:
         self.last_error = exc.message
@@ -485,20 +350,10 @@ class FleetWatcher:
 
     def _make_client(self, address: BrokerAddress) -> mqtt.Client:
         s = self.settings
-        clean = s.session_expiry == 0
-        client = _Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=self._protocol,
-                         clean_session=None if self._protocol == mqtt.MQTTv5 else clean,
-                         reconnect_on_failure=False, sink=self._on_publish)
+        client = new_client(s, client_id=self._client_id, protocol=self._protocol, tls=address.tls,
+                            password=s.read_password(), persistent=s.session_expiry > 0,
+                            client_class=ReadAheadClient, tls_hint=_TLS_HINT, sink=self._on_publish)
         client.suppress_exceptions = True
-        if s.username:
-            client.username_pw_set(s.username, s.read_password())
-        if address.tls:
-            try:
-                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file,
-                               cert_reqs=ssl.CERT_REQUIRED)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                raise TelemetryTLSError(f"cannot use the TLS files: {_short(exc)}",
-                                        hint="check --ca-file / --cert-file / --key-file") from exc
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -507,15 +362,8 @@ class FleetWatcher:
 
     def _connect(self, client: mqtt.Client, address: BrokerAddress) -> None:
         s = self.settings
-        props = None
-        kwargs: dict[str, Any] = {}
-        if self._protocol == mqtt.MQTTv5:
-            props = Properties(PacketTypes.CONNECT)
-            if s.session_expiry:
-                props.SessionExpiryInterval = s.session_expiry
-            kwargs = {"clean_start": s.session_expiry == 0, "properties": props}
-        client.connect_timeout = s.connect_timeout
-        client.connect(address.host, address.port, keepalive=s.keepalive, **kwargs)
+        connect(client, address.host, address.port, protocol=self._protocol, keepalive=s.mqtt_keepalive,
+                session_expiry=s.session_expiry, timeout=s.connect_timeout)
 
     def _run(self, client: mqtt.Client) -> bool:
         """Run paho's loop until disconnected or stopped; True when it ended before a CONNACK."""
@@ -542,16 +390,16 @@ class FleetWatcher:
         self._connack = reason
         url = self._broker.url if self._broker else "?"
         if reason.is_failure:
-            code = getattr(reason, "value", None)
-            if code in _AUTH_CODES:
-                self._fail(TelemetryAuthError(f"{url} refused our credentials: {reason}",
-                                              hint="check --username / --password-file or the client certificate"))
-            elif code in _PROTOCOL_CODES:
+            error = connack_error(reason, url, version=self.settings.mqtt_protocol,
+                                  auth_hint="check --username / --password-file or the client certificate")
+            if isinstance(error, BrokerProtocolError):
                 self.last_error = f"{url}: {reason}"
                 if self.settings.mqtt_protocol != "auto":
-                    self._fail(BrokerProtocolError(f"{url} refused MQTT {self.settings.mqtt_protocol}: {reason}"))
+                    self._fail(error)
+            elif isinstance(error, BrokerError):
+                self.last_error = error.message
             else:
-                self.last_error = f"{url} refused the connection: {reason}"
+                self._fail(error)
             return
         self._connected = True
         self.connects += 1
@@ -577,9 +425,8 @@ class FleetWatcher:
         self._pending_sub.discard(mid)
         denied = [r for r in reasons if getattr(r, "is_failure", False)]
         if denied:
-            self._fail(SubscriptionDeniedError(
-                f"{self._broker.url if self._broker else 'the broker'} refused the subscription: {denied[0]}",
-                hint="the broker ACL must let this user read the topic root"))
+            self._fail(suback_error(denied[0], self._broker.url if self._broker else "the broker",
+                                    hint="the broker ACL must let this user read the topic root"))
             return
         self._mark_subscribed()
 
@@ -597,7 +444,7 @@ class FleetWatcher:
             self.last_error = f"disconnected: {reason}"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # paho's own path (QoS 2, or a paho without the lean reader)
+        # paho's own path (QoS 2, or a packet the lean reader leaves to paho)
         self._on_publish(msg.topic, msg.payload, bool(msg.retain))
 
     def _on_publish(self, topic: str, payload: bytes | bytearray, retained: bool) -> None:
@@ -610,7 +457,3 @@ class FleetWatcher:
             return
         self._queue.append((topic, payload, retained, arrived))
 
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.split())[:200]
