@@ -34,7 +34,7 @@ from edgekit_agent.oci.mediatypes import (
 from edgekit_agent.oci.unpacking import layer_budget, unpack_model_layer
 from edgekit_agent.provenance import CHAIN_DIR
 
-from edgekit.testenv.registry import DockerRegistry
+from edgekit.rehearsal.registry import DockerRegistry
 from tests.fixtures.agent import (
     AgentProcess,
     SignedImage,
