@@ -22,6 +22,8 @@ from edgekit_agent.protocol.topics import DEFAULT_ROOT, check_segment
 ENV_PREFIX = "EDGEKIT_AGENT_"
 MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# json.loads recurses once per level; far below Python's recursion limit even on a handler thread
+MAX_JSON_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class AgentSettings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     max_request_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 32
+    max_connections: int = 64
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    api_token_file: str | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -77,9 +84,12 @@ class AgentSettings:
                 raise ConfigError(str(exc), field=name) from exc
         if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.startswith("/"):
             raise ConfigError(f"{self.topic_root!r} is not a valid topic root", field="topic_root")
-        _positive(self, "interval", "probe_interval", "reconnect_min", "reconnect_max", "spool_max_age")
+        _positive(self, "interval", "probe_interval", "reconnect_min", "reconnect_max", "spool_max_age",
+                  "header_timeout_s", "body_timeout_s")
         _at_least(self, 1, "spool_max_bytes", "mqtt_keepalive", "auth_retry_limit", "max_request_bytes",
-                  "error_burst_min")
+                  "error_burst_min", "max_json_depth", "max_connections")
+        if self.max_json_depth > MAX_JSON_DEPTH:
+            raise ConfigError(f"must be <= {MAX_JSON_DEPTH}, got {self.max_json_depth}", field="max_json_depth")
         _at_least(self, 0, "intra_op_threads", "listen_port", "message_expiry")
         if self.listen_port > 65535:
             raise ConfigError(f"{self.listen_port} is not a TCP port", field="listen_port")
@@ -143,10 +153,24 @@ class AgentSettings:
             raise ConfigError(f"cannot read {self.mqtt_password_file}: {exc.strerror}",
                               field="mqtt_password_file") from exc
 
+    def read_api_token(self) -> str | None:
+        """The bearer token the inference API requires, read from ``api_token_file`` (None: no token)."""
+        if self.api_token_file is None:
+            return None
+        try:
+            with open(self.api_token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read {self.api_token_file}: {reason}", field="api_token_file") from exc
+        if not token:
+            raise ConfigError(f"{self.api_token_file} is empty", field="api_token_file")
+        return token
+
     def check_files(self) -> None:
         """Check that every file setting names a readable file (``check-config`` and ``serve``)."""
         for name in ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file", "public_key",
-                     "registry_ca_file"):
+                     "registry_ca_file", "api_token_file"):
             path = getattr(self, name)
             if path is not None and not os.access(path, os.R_OK):
                 raise ConfigError(f"{path} does not exist or is not readable", field=name)

@@ -1,0 +1,142 @@
+"""Bounded JSON parsing of inference requests: no body makes the agent build much more than its own
+size in memory, or recurse past a depth limit.
+
+Plain ``json.loads`` costs an 8-byte list slot (and often a 24-byte float) per 2-4 bytes of
+``[0,0,...]`` text, a ~50-byte string per 4 bytes of ``["a","a",...]``, and raises RecursionError
+on 100,000 ``[``. So before anything is materialised:
+
+- every flat numeric ``"data": [...]`` array is cut out of the text; it becomes a ``FlatData`` that
+  counts its elements with one ``bytes.count`` and is parsed later straight into numpy
+  (``np.fromstring``: 1-8 bytes per element, never more than 4x its text), once its element count
+  has been checked against the declared shape;
+- the rest (the request's structure) must fit in ``STRUCTURE_LIMIT`` bytes and nest at most
+  ``max_depth`` levels (a byte scan counting brackets outside strings) before ``json.loads`` sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgekit_agent.errors import InferenceRequestError
+
+# Enough for the structure of any request plus nested (row-major) data of ~100k values; bigger
+# tensors come as flat arrays or binary.
+STRUCTURE_LIMIT = 1 << 20
+
+_TOKENS = re.compile(rb'("data"\s*:\s*)\[([^\[\]{}"]*)\]|"[^"\\]*(?:\\.[^"\\]*)*"')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NUMBER_BYTES = b"0123456789.eE+-, \t\r\n"
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_MARKER = "\x00flat:"
+
+
+@dataclass(frozen=True, eq=False)
+class FlatData:
+    """A flat array of JSON numbers, still text: ``text[start:end]`` between its brackets."""
+
+    text: bytes
+    start: int
+    end: int
+
+    def count(self) -> int:
+        commas = self.text.count(b",", self.start, self.end)
+        if commas == 0 and not self.text[self.start:self.end].strip():
+            return 0
+        return commas + 1
+
+    def to_array(self, dtype: np.dtype[Any]) -> np.ndarray[Any, Any]:
+        """The values as a 1-D array of ``dtype``; ValueError when they are not all numbers in range."""
+        count = self.count()
+        if count == 0:
+            return np.zeros(0, dtype)
+        content = self.text[self.start:self.end]
+        if dtype.kind == "f":
+            parse = dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
+        elif dtype.kind in "iu" and not any(c in content for c in (b".", b"e", b"E")):
+            parse = np.dtype(np.int64)
+        else:
+            parse = np.dtype(np.float64)
+        with warnings.catch_warnings():
+            # numpy warns (and stops) at text it cannot parse; that is a malformed request here
+            warnings.simplefilter("error", DeprecationWarning)
+            try:
+                arr = np.fromstring(content, dtype=parse, sep=",")
+            except DeprecationWarning as exc:
+                raise ValueError("data holds something that is not a number") from exc
+        del content
+        if arr.size != count:
+            raise ValueError("data holds something that is not a number")
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if not np.isfinite(arr).all() or arr.min() < info.min or arr.max() > info.max:
+                raise ValueError(f"data has values outside the range of {dtype}")
+        return arr.astype(dtype, copy=False)
+
+
+def _bad(message: str, status: int = 400) -> InferenceRequestError:
+    return InferenceRequestError(message, status=status)
+
+
+def max_depth_of(text: bytes) -> int:
+    """How deep ``[`` and ``{`` nest in JSON text, not counting brackets inside strings."""
+    brackets = _STRING.sub(b'""', text).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps).max())
+
+
+def load_request_json(text: bytes, *, max_depth: int) -> Any:
+    """``json.loads(text)``, bounded; each flat numeric ``"data"`` array comes back as a ``FlatData``."""
+    nonce = secrets.token_hex(8)
+    pieces: list[bytes] = []
+    flats: dict[str, FlatData] = {}
+    last = kept = 0
+    for m in _TOKENS.finditer(text):
+        if kept + m.start() - last > STRUCTURE_LIMIT:
+            break
+        if m.group(1) is None:
+            continue
+        start, end = m.span(2)
+        if text[start:end].translate(None, _NUMBER_BYTES):
+            continue  # booleans, null, NaN...: left to json.loads (and the structure limit)
+        key = f"{_MARKER}{nonce}:{len(flats)}"
+        pieces += [text[last:m.end(1)], json.dumps(key).encode()]
+        kept += m.end(1) - last
+        flats[key] = FlatData(text, start, end)
+        last = m.end()
+    structure = text if not flats else b"".join([*pieces, text[last:]])
+    if len(structure) > STRUCTURE_LIMIT:
+        raise _bad(f"the request's JSON has {len(structure)} bytes outside flat numeric 'data' arrays, over "
+                   f"the limit of {STRUCTURE_LIMIT}; send big tensors as flat arrays or binary data", 413)
+    depth = max_depth_of(structure)
+    if depth > max_depth:
+        raise _bad(f"the request's JSON nests {depth} levels deep, over the limit of {max_depth}")
+    try:
+        doc = json.loads(structure)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad(f"request body is not valid JSON: {exc}"[:300]) from exc
+    except RecursionError as exc:  # unreachable below the depth limit; never let it escape
+        raise _bad("the request's JSON nests too deep") from exc
+    return _restore(doc, flats) if flats else doc
+
+
+def _restore(value: Any, flats: dict[str, FlatData]) -> Any:
+    if isinstance(value, dict):
+        return {k: _restore(v, flats) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v, flats) for v in value]
+    if isinstance(value, str) and value.startswith(_MARKER):
+        return flats.get(value, value)
+    return value
+
+
+__all__ = ["STRUCTURE_LIMIT", "FlatData", "load_request_json", "max_depth_of"]
