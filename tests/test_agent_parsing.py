@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from edgekit_agent.errors import InferenceRequestError
-from edgekit_agent.parsing import STRUCTURE_LIMIT, FlatData, load_request_json, max_depth_of
+from edgekit_agent.parsing import MAX_STRINGS, STRUCTURE_LIMIT, FlatData, load_request_json, max_depth_of
 
 
 def _load(doc: Any, max_depth: int = 32) -> Any:
@@ -72,10 +72,14 @@ def test_depth_counts_brackets_outside_strings_only() -> None:
 
 
 def test_structure_over_the_limit_is_413_before_parsing() -> None:
-    body = b'{"inputs": [{"data": [' + b'"a",' * (STRUCTURE_LIMIT // 4) + b'"a"]}]}'
+    body = b'{"inputs": [{"data": [' + b"[0]," * (STRUCTURE_LIMIT // 4) + b"[0]]}]}"
     with pytest.raises(InferenceRequestError) as info:
         load_request_json(body, max_depth=32)
     assert info.value.status == 413 and "flat numeric" in info.value.message
+    strings = b'{"inputs": [{"data": [' + b'"a",' * MAX_STRINGS + b'"a"]}]}'
+    with pytest.raises(InferenceRequestError) as info:
+        load_request_json(strings, max_depth=32)
+    assert info.value.status == 413 and f"more than {MAX_STRINGS} strings" in info.value.message
     # the same number of values as flat numbers is fine
     big = b'{"inputs": [{"data": [' + b"0," * STRUCTURE_LIMIT + b"0]}]}"
     assert load_request_json(big, max_depth=32)["inputs"][0]["data"].count() == STRUCTURE_LIMIT + 1

@@ -221,18 +221,26 @@ def encode_infer_response(model_name: str, model_version: str, req: InferRequest
 
 
 # -- HTTP plumbing ----------------------------------------------------------------------------------
-_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
-            b"Retry-After: 1\r\nConnection: close\r\n\r\n{\"error\":\"too many connections\"}")
+_REFUSED = b'{"error":"too many connections"}'
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED), _REFUSED))
 
 
 class _ByteBudget:
-    """Bytes of request bodies held at once (being read, decoded or run)."""
+    """Bytes of request bodies held at once (being read, decoded or run).
+
+    Bodies up to ``SMALL`` bytes do not count: ``max_connections`` of them are bounded anyway, and
+    ordinary requests must not queue behind big ones."""
+
+    SMALL = 64 * 1024
 
     def __init__(self, total: int) -> None:
         self._free = total
         self._cond = threading.Condition()
 
     def take(self, n: int, timeout: float) -> bool:
+        if n <= self.SMALL:
+            return True
         with self._cond:
             if not self._cond.wait_for(lambda: self._free >= n, timeout):
                 return False
@@ -240,6 +248,8 @@ class _ByteBudget:
             return True
 
     def give(self, n: int) -> None:
+        if n <= self.SMALL:
+            return
         with self._cond:
             self._free += n
             self._cond.notify_all()
