@@ -116,8 +116,8 @@ def test_connections_over_the_cap_are_refused_and_counted(agent_process: Start, 
     assert _infer(agent)[0] == 200
 
 
-@pytest.mark.parametrize("bomb", [b"[" * 100_000, b'[{"a":' * 20_000, b'{"inputs":' + b"[" * 40 + b"]" * 40 + b"}"],
-                         ids=["100k-brackets", "20k-objects", "41-levels"])
+@pytest.mark.parametrize("bomb", [b"[" * 100_000, b'[{"a":' * 2_000, b'{"inputs":' + b"[" * 40 + b"]" * 40 + b"}"],
+                         ids=["100k-brackets", "2k-objects", "41-levels"])
 def test_deep_json_gets_400_and_is_counted(agent_process: Start, model_folder: Path, bomb: bytes) -> None:
     agent = _agent(agent_process, model_folder)
     before = _metrics(agent)[("edgekit_agent_requests_rejected_total", "")]
