@@ -22,10 +22,10 @@ def test_flat_numeric_data_is_cut_out_and_the_rest_parsed() -> None:
                                        {"name": "c", "data": [True, False]},
                                        {"name": "d", "data": []}]})
     a, b, c, d = (i["data"] for i in doc["inputs"])
-    assert isinstance(a, FlatData) and a.count() == 3
+    assert isinstance(a, FlatData) and a.count == 3
     assert a.to_array(np.dtype(np.float32)).tolist() == [1.0, 2.5, -300.0]
     assert b == [[1, 2], [3, 4]] and c == [True, False]  # nested and non-numeric: plain JSON
-    assert isinstance(d, FlatData) and d.count() == 0 and d.to_array(np.dtype(np.int64)).size == 0
+    assert isinstance(d, FlatData) and d.count == 0 and d.to_array(np.dtype(np.int64)).size == 0
     assert doc["id"] == "r"
 
 
@@ -82,4 +82,4 @@ def test_structure_over_the_limit_is_413_before_parsing() -> None:
     assert info.value.status == 413 and f"more than {MAX_STRINGS} strings" in info.value.message
     # the same number of values as flat numbers is fine
     big = b'{"inputs": [{"data": [' + b"0," * STRUCTURE_LIMIT + b"0]}]}"
-    assert load_request_json(big, max_depth=32)["inputs"][0]["data"].count() == STRUCTURE_LIMIT + 1
+    assert load_request_json(big, max_depth=32)["inputs"][0]["data"].count == STRUCTURE_LIMIT + 1

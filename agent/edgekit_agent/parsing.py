@@ -6,11 +6,15 @@ Plain ``json.loads`` costs an 8-byte list slot (and often a 24-byte float) per 2
 on 100,000 ``[``. So before anything is materialised:
 
 - every flat numeric ``"data": [...]`` array is cut out of the text; it becomes a ``FlatData`` that
-  counts its elements with one ``bytes.count`` and is parsed later straight into numpy, chunk by
+  counts its elements by their commas and is parsed later straight into numpy, chunk by
   chunk (``np.fromstring``: 4-8 bytes per element of at least 2 bytes of text), once its element
   count has been checked against the declared shape;
-- the rest (the request's structure) must fit in ``STRUCTURE_LIMIT`` bytes and nest at most
-  ``max_depth`` levels (a byte scan counting brackets outside strings) before ``json.loads`` sees it.
+- the rest (the request's structure) must fit in ``STRUCTURE_LIMIT`` bytes, hold at most
+  ``MAX_STRINGS`` strings and nest at most ``max_depth`` levels (a byte scan counting brackets
+  outside strings) before ``json.loads`` sees it.
+
+The passes over a big body are memchr, numpy or slices of ``_CHUNK`` bytes: the GIL is never held
+for long, so small requests on other threads keep moving while a bomb is looked at.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import secrets
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,6 +55,7 @@ class FlatData:
     start: int
     end: int
 
+    @cached_property
     def count(self) -> int:
         commas = _count(self.text, b",", self.start, self.end)
         if commas == 0 and _BLANK.fullmatch(self.text, self.start, self.end):
@@ -61,7 +67,7 @@ class FlatData:
 
         Parsed a chunk at a time into an array sized from the comma count, so the only big
         allocation is the result."""
-        count = self.count()
+        count = self.count
         if dtype.kind == "f":
             parse = dtype if dtype.itemsize >= 4 else np.dtype(np.float32)
         elif dtype.kind in "iu" and not _has_any(self.text, self.start, self.end, b".eE"):

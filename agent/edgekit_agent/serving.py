@@ -145,9 +145,9 @@ def decode_infer_request(body: bytes, header_length: int | None,
             if "data" not in item:
                 raise _bad(f"input {name!r} has no 'data' (or parameters.binary_data_size)")
             data = item["data"]
-            if isinstance(data, FlatData) and data.count() != count:
+            if isinstance(data, FlatData) and data.count != count:
                 # counted in the text: a mismatch costs no conversion
-                raise _bad(f"input {name!r}: data has {data.count()} elements, shape {list(shape)} needs {count}")
+                raise _bad(f"input {name!r}: data has {data.count} elements, shape {list(shape)} needs {count}")
             try:
                 arr = data.to_array(dtype) if isinstance(data, FlatData) else np.asarray(data, dtype=dtype)
             except (ValueError, TypeError, OverflowError) as exc:
