@@ -87,6 +87,8 @@ def test_api_token_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         AgentSettings(device="d1", api_token_file=str(tmp_path / "empty")).read_api_token()
     assert info.value.one_line().startswith("api_token_file") and "empty" in info.value.one_line()
+    with pytest.raises(ConfigError):
+        AgentSettings(device="d1", api_token_file=str(tmp_path / "empty")).check_files()
 
 
 def test_check_config_cli(tmp_path: Path) -> None:

@@ -174,6 +174,7 @@ class AgentSettings:
             path = getattr(self, name)
             if path is not None and not os.access(path, os.R_OK):
                 raise ConfigError(f"{path} does not exist or is not readable", field=name)
+        self.read_api_token()  # an empty token file would lock every client out
 
     def redacted(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
