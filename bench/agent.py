@@ -30,6 +30,7 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import os
 import socket
 import statistics
 import subprocess
@@ -447,6 +448,11 @@ def _proc_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3) -> None:
     port = free_port()
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
@@ -475,14 +481,19 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         alone: list[float] = []
         abused: list[float] = []
         # alternating rounds, so that both conditions see the same share of a busy machine's noise
+        cpu = {"alone": 0.0, "abused": 0.0}
         for _ in range(rounds):
+            c0 = _cpu_s(pid)
             alone += _normal_traffic(conn, seconds / rounds)
+            cpu["alone"] += _cpu_s(pid) - c0
             stop = ctx.Event()
             abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers),
                                  daemon=True)
             abuser.start()
             time.sleep(2.0)  # let the slow connections and the first bombs land
+            c0 = _cpu_s(pid)
             abused += _normal_traffic(conn, seconds / rounds)
+            cpu["abused"] += _cpu_s(pid) - c0
             stop.set()
             abuser.join(30)
         conn.close()
@@ -506,6 +517,10 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
     row("f", f"... under {slow} slow-header connections + {bombers} bombs/s", f"{t_abused:,.0f} req/s",
         f"{t_abused / t_alone * 100:.0f} % of alone (target ≥ 90 %); p99 {p_abused:.2f} ms = "
         f"{p_abused / p_alone:.2f}x alone (target ≤ 2x); median {statistics.median(abused) * 1000:.2f} ms")
+    row("f", "agent CPU alone / under abuse", f"{cpu['alone'] / seconds * 100:.0f} % / "
+        f"{cpu['abused'] / seconds * 100:.0f} % of a core",
+        f"{(cpu['abused'] / len(abused) - cpu['alone'] / len(alone)) / (cpu['alone'] / len(alone)) * 100:+.0f} % "
+        "CPU per normal request")
     row("f", "slow-header connections closed by the server", f"{closed.value}",
         "header_timeout_s 5; each reconnects at once")
     row("f", "bomb answers", ", ".join(f"{n} {s}: {k}" for (n, s), k in sorted(answers.items())))
