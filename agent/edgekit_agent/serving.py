@@ -17,8 +17,8 @@ One client must not take the server down, so: at most ``max_connections`` connec
 at once (more are answered 503 and closed at accept); a request's line and headers must arrive
 within ``header_timeout_s`` and its body within ``body_timeout_s`` (deadlines, not per-read
 timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes`` are refused
-from their Content-Length, and the bodies being read or decoded at once share a budget of twice
-that; JSON is parsed within bounds (``parsing.py``). With ``api_token_file`` set every endpoint but
+from their Content-Length, and the bodies over 64 KiB being read or decoded at once share a
+budget of twice that; JSON is parsed within bounds (``parsing.py``). With ``api_token_file`` set every endpoint but
 the two health probes needs ``Authorization: Bearer <token>``.
 """
 
