@@ -13,6 +13,15 @@
 (d) spool: append rate (SQLite WAL), and replay rate through mosquitto (spooled while offline,
     then drained with PUBACKs).
 (e) outage: broker stopped for --outage seconds while the core reports at 1/s; delivered share and order.
+(f) abuse: normal JSON inference (digits, batch 1, one keep-alive client) alone, then while another
+    process holds 50 slow-header connections (a header line a second; reconnecting when closed) and
+    runs 20 JSON-bomb clients in parallel, each sending a bomb a second (100k ``[``, 8 MiB flat
+    arrays of the wrong size, 8 MiB of strings, over-limit Content-Length; rotating), all against
+    the same agent (max_request_bytes 8 MiB): throughput
+    and p99 of the normal traffic, what the abusers got, and the agent's peak RSS against
+    2x idle RSS + 2x max_request_bytes.
+
+    .venv/bin/python bench/agent.py --only f     # just the abuse run
 """
 
 from __future__ import annotations
@@ -20,6 +29,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
+import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -342,6 +354,184 @@ def bench_outage(folder: Path, work: Path, seconds: float) -> None:
         broker.stop()
 
 
+# -- (f) ------------------------------------------------------------------------------------------
+ABUSE_MAX_BYTES = 8 << 20
+
+
+def _bombs() -> list[tuple[str, bytes, dict[str, str]]]:
+    n = ABUSE_MAX_BYTES // 2 - 64
+    head = b'{"inputs":[{"name":"input","shape":[1,1,8,8],"datatype":"FP32","data":['
+    return [("deep", b"[" * 100_000, {}),
+            ("wide", head + b"0," * (n - 1) + b"0]}]}", {}),
+            ("strings", head + b'"a",' * (n // 2 - 1) + b'"a"]}]}', {}),
+            ("over-limit", b"", {"Content-Length": str(1 << 30)})]
+
+
+def _slow_headers(port: int, stop: Any, closed: Any) -> None:
+    while not stop.is_set():
+        by_server = False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+                s.settimeout(1.0)
+                while not stop.is_set():
+                    try:
+                        if s.recv(4096) == b"":
+                            by_server = True
+                            break
+                    except TimeoutError:
+                        pass
+                    s.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            by_server = True
+        if by_server:
+            with closed.get_lock():
+                closed.value += 1
+
+
+def _bomber(port: int, stop: Any, index: int, results: Any, started: float) -> None:
+    bombs = _bombs()
+    k = index
+    while not stop.wait(max(0.0, k - index - (time.monotonic() - started))):  # one a second
+        name, body, headers = bombs[k % len(bombs)]
+        k += 1
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.putrequest("POST", "/v2/models/digits/infer")
+            for key, value in {"Content-Length": str(len(body)), **headers}.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            if body:
+                conn.send(body)
+            resp = conn.getresponse()
+            resp.read()
+            results.put((name, str(resp.status)))
+            conn.close()
+        except OSError as exc:
+            results.put((name, type(exc).__name__))
+
+
+def _abuse(port: int, stop: Any, closed: Any, results: Any, slow: int, bombers: int) -> None:
+    """The abusers, in their own process so that they do not share the normal client's GIL."""
+    threads = [threading.Thread(target=_slow_headers, args=(port, stop, closed), daemon=True) for _ in range(slow)]
+    threads += [threading.Thread(target=_bomber, args=(port, stop, i, results, time.monotonic()),
+                                 daemon=True) for i in range(bombers)]
+    for t in threads:
+        t.start()
+    stop.wait()
+    for t in threads:
+        t.join(10)
+
+
+def _normal_traffic(conn: http.client.HTTPConnection, seconds: float) -> list[float]:
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                   "data": np.random.default_rng(0).random(64).tolist()}]}).encode()
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while (t0 := time.perf_counter()) < end:
+        conn.request("POST", "/v2/models/digits/infer", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200, resp.status
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _p99(times: list[float]) -> float:
+    return statistics.quantiles(times, n=100)[98]
+
+
+def _proc_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3) -> None:
+    port = free_port()
+    cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
+           "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES}
+    (work / "abuse.json").write_text(json.dumps(cfg))
+    agent = ManagedProcess("abuse", [sys.executable, "-m", "edgekit_agent", "serve", "--config",
+                                     str(work / "abuse.json")], work / "abuse.log").start()
+    try:
+        def ready() -> bool:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                c.request("GET", "/v2/health/ready")
+                return c.getresponse().status == 200
+            finally:
+                c.close()
+
+        agent.wait_ready(ready, timeout=120)
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # one keep-alive client
+        _normal_traffic(conn, 2.0)  # warm up
+        idle_kb = _proc_kb(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS from here on
+        ctx = multiprocessing.get_context("fork")
+        closed, results = ctx.Value("i", 0), ctx.Queue()
+        alone: list[float] = []
+        abused: list[float] = []
+        # alternating rounds, so that both conditions see the same share of a busy machine's noise
+        cpu = {"alone": 0.0, "abused": 0.0}
+        for _ in range(rounds):
+            c0 = _cpu_s(pid)
+            alone += _normal_traffic(conn, seconds / rounds)
+            cpu["alone"] += _cpu_s(pid) - c0
+            stop = ctx.Event()
+            abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers),
+                                 daemon=True)
+            abuser.start()
+            time.sleep(2.0)  # let the slow connections and the first bombs land
+            c0 = _cpu_s(pid)
+            abused += _normal_traffic(conn, seconds / rounds)
+            cpu["abused"] += _cpu_s(pid) - c0
+            stop.set()
+            abuser.join(30)
+        conn.close()
+        peak_kb = _proc_kb(pid, "VmHWM")
+        answers: dict[tuple[str, str], int] = {}
+        while not results.empty():
+            key = results.get()
+            answers[key] = answers.get(key, 0) + 1
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("GET", "/metrics")
+        counters = {line.split()[0]: line.split()[1] for line in c.getresponse().read().decode().splitlines()
+                    if line.startswith(("edgekit_agent_connections", "edgekit_agent_requests_"))}
+        c.close()
+    finally:
+        agent.stop()
+    t_alone, t_abused = len(alone) / seconds, len(abused) / seconds
+    p_alone, p_abused = _p99(alone) * 1000, _p99(abused) * 1000
+    row("f", "normal JSON inference alone (digits, batch 1)", f"{t_alone:,.0f} req/s",
+        f"p99 {p_alone:.2f} ms, median {statistics.median(alone) * 1000:.2f} ms; "
+        f"{seconds:.0f} s in {rounds} rounds")
+    row("f", f"... under {slow} slow-header connections + {bombers} bombs/s", f"{t_abused:,.0f} req/s",
+        f"{t_abused / t_alone * 100:.0f} % of alone (target ≥ 90 %); p99 {p_abused:.2f} ms = "
+        f"{p_abused / p_alone:.2f}x alone (target ≤ 2x); median {statistics.median(abused) * 1000:.2f} ms")
+    row("f", "agent CPU alone / under abuse", f"{cpu['alone'] / seconds * 100:.0f} % / "
+        f"{cpu['abused'] / seconds * 100:.0f} % of a core",
+        f"{(cpu['abused'] / len(abused) - cpu['alone'] / len(alone)) / (cpu['alone'] / len(alone)) * 100:+.0f} % "
+        "CPU per normal request")
+    row("f", "slow-header connections closed by the server", f"{closed.value}",
+        "header_timeout_s 5; each reconnects at once")
+    row("f", "bomb answers", ", ".join(f"{n} {s}: {k}" for (n, s), k in sorted(answers.items())))
+    row("f", "agent counters after", ", ".join(f"{k.removeprefix('edgekit_agent_')} {v}"
+                                               for k, v in counters.items()))
+    limit_kb = 2 * idle_kb + 2 * ABUSE_MAX_BYTES // 1024
+    row("f", "agent RSS idle / peak under abuse", f"{idle_kb / 1024:.0f} / {peak_kb / 1024:.0f} MiB",
+        f"limit 2x idle + 2x max_request_bytes = {limit_kb / 1024:.0f} MiB: "
+        f"{'within' if peak_kb <= limit_kb else 'OVER'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blocks", type=int, default=40)
@@ -349,6 +539,11 @@ def main() -> None:
     parser.add_argument("--rest-n", type=int, default=30)
     parser.add_argument("--spool-n", type=int, default=5000)
     parser.add_argument("--outage", type=float, default=60.0, help="seconds; 0 skips (e)")
+    parser.add_argument("--abuse-seconds", type=float, default=10.0,
+                        help="length of each (f) phase, normal traffic alone and under abuse")
+    parser.add_argument("--slow", type=int, default=50, help="(f) slow-header connections")
+    parser.add_argument("--bombers", type=int, default=20, help="(f) JSON-bomb clients, one bomb a second each")
+    parser.add_argument("--only", default="abcdef", help="which sections to run, e.g. 'f'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-agent-") as tmp:
         work = Path(tmp)
@@ -356,12 +551,18 @@ def main() -> None:
         conv = build_model_folder(make_conv320(work / "conv320.onnx"), work / "conv320-folder", name="conv320")
         broker = MosquittoBroker(work / "mqtt").start()
         try:
-            bench_core_overhead(digits, broker, work, args.blocks, args.per_block)
-            bench_rest(conv, work, broker, args.rest_n)
-            bench_rss(digits, work, broker)
-            bench_spool(broker, work, args.spool_n)
-            if args.outage > 0:
+            if "a" in args.only:
+                bench_core_overhead(digits, broker, work, args.blocks, args.per_block)
+            if "b" in args.only:
+                bench_rest(conv, work, broker, args.rest_n)
+            if "c" in args.only:
+                bench_rss(digits, work, broker)
+            if "d" in args.only:
+                bench_spool(broker, work, args.spool_n)
+            if "e" in args.only and args.outage > 0:
                 bench_outage(digits, work, args.outage)
+            if "f" in args.only:
+                bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers)
         finally:
             broker.stop()
     table = Table(title="edgekit-agent benchmarks")

@@ -57,13 +57,19 @@ BAD = [
     ({"log_level": "loud"}, "log_level"),
     ({"no_such_setting": 1}, "no_such_setting"),
     ({"mqtt_ca_file": "/nonexistent/ca.pem", "broker_url": "mqtts://127.0.0.1"}, "mqtt_ca_file"),
+    ({"header_timeout_s": 0}, "header_timeout_s"),
+    ({"body_timeout_s": -1}, "body_timeout_s"),
+    ({"max_connections": 0}, "max_connections"),
+    ({"max_json_depth": 0}, "max_json_depth"),
+    ({"max_json_depth": 100_000}, "max_json_depth"),
+    ({"api_token_file": "/nonexistent/token"}, "api_token_file"),
 ]
 
 
 @pytest.mark.parametrize(("values", "field"), BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
 def test_check_config_names_the_bad_field(tmp_path: Path, values: dict[str, object], field: str) -> None:
     config = write_config(tmp_path / "c.json", {"device": "d1", **values})
-    if field == "mqtt_ca_file":
+    if field in ("mqtt_ca_file", "api_token_file"):
         with pytest.raises(ConfigError) as info:
             load_settings(config).check_files()
     else:
@@ -71,6 +77,18 @@ def test_check_config_names_the_bad_field(tmp_path: Path, values: dict[str, obje
             load_settings(config)
     assert info.value.exit_code == 2
     assert info.value.one_line().startswith(field), info.value.one_line()
+
+
+def test_api_token_file(tmp_path: Path) -> None:
+    assert AgentSettings(device="d1").read_api_token() is None
+    (tmp_path / "token").write_text("s3cret\n")
+    assert AgentSettings(device="d1", api_token_file=str(tmp_path / "token")).read_api_token() == "s3cret"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError) as info:
+        AgentSettings(device="d1", api_token_file=str(tmp_path / "empty")).read_api_token()
+    assert info.value.one_line().startswith("api_token_file") and "empty" in info.value.one_line()
+    with pytest.raises(ConfigError):
+        AgentSettings(device="d1", api_token_file=str(tmp_path / "empty")).check_files()
 
 
 def test_check_config_cli(tmp_path: Path) -> None:

@@ -118,6 +118,11 @@ class AgentCore:
         self.outbox: Outbox | None = None
         self.ready = False
         self.requests_rejected = 0
+        # the HTTP API's defences (serving.py): refused at the connection cap, closed for not
+        # sending headers or body in time, and told to come back when the body budget is spent
+        self.connections_refused = 0
+        self.connections_timed_out = {"header": 0, "body": 0}
+        self.requests_busy = 0
         self.events_sent: dict[str, int] = {}
         self._seq = {"status": 0, "health": 0, "event": 0}
         self._birth_seq: int | None = None

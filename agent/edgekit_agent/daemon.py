@@ -10,6 +10,8 @@ DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
 import sys
@@ -37,9 +39,21 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
+def return_big_buffers_to_the_os() -> None:
+    """Fix glibc's mmap threshold at 1 MiB.
+
+    glibc raises the threshold after a big block is freed, so the next multi-MiB request bodies
+    come from per-thread arenas that keep the memory: one round of 8 MiB bombs on 16 threads left
+    ~130 MiB resident. With a fixed threshold each big body is mapped and unmapped on its own.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # no mallopt outside glibc
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+
+
 def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit status."""
     settings.check_files()
+    return_big_buffers_to_the_os()
     stop = stop or threading.Event()
     core = AgentCore(settings)
     try:

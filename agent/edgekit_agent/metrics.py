@@ -78,6 +78,14 @@ def render_metrics(core: AgentCore) -> str:
     w.lines.append(f"{name}_count {st.total}")
     w.metric("edgekit_agent_requests_rejected_total", "counter", "Inference requests refused as malformed.",
              core.requests_rejected)
+    w.metric("edgekit_agent_connections_refused_total", "counter",
+             "Connections refused because max_connections were open.", core.connections_refused)
+    w.metric("edgekit_agent_connections_timed_out_total", "counter",
+             "Connections closed because headers or a body did not arrive in time, by phase.",
+             [({"phase": k}, v) for k, v in sorted(core.connections_timed_out.items())])
+    w.metric("edgekit_agent_requests_busy_total", "counter",
+             "Requests answered 503 because the bodies in flight already filled the memory budget.",
+             core.requests_busy)
     w.metric("edgekit_agent_probe_ok", "gauge", "1 when the last golden probe passed, 0 when it failed.",
              float("nan") if core.probe_ok is None else (1 if core.probe_ok else 0))
     if core.probe_ts is not None:

@@ -12,15 +12,28 @@ extension: header ``Inference-Header-Content-Length`` gives the JSON length; eac
 carries ``parameters.binary_data_size``; outputs are returned binary when asked with
 ``parameters.binary_data`` per output or ``binary_data_output`` for all). Every malformed request
 gets a 4xx with ``{"error": reason}`` and the server keeps going. Bound to 127.0.0.1 by default.
+
+One client must not take the server down, so: at most ``max_connections`` connections are served
+at once (more are answered 503 and closed at accept); a request's line and headers must arrive
+within ``header_timeout_s`` and its body within ``body_timeout_s`` (deadlines, not per-read
+timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes`` are refused
+from their Content-Length, and the bodies over 64 KiB being read or decoded at once share a
+budget of twice that; JSON is parsed within bounds (``parsing.py``). With ``api_token_file`` set every endpoint but
+the two health probes needs ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hmac
+import io
 import json
 import logging
 import math
 import re
+import socket
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,11 +46,13 @@ from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import InferenceRequestError, ModelNotReadyError
 from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgekit_agent.metrics import render_metrics
+from edgekit_agent.parsing import FlatData, load_request_json
 from edgekit_agent.runtime import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
 
 log = logging.getLogger("edgekit_agent")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # kubelet probes carry no token
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
 
 
@@ -72,7 +87,8 @@ def _check_fits(tensor: TensorInfo, shape: tuple[int, ...], datatype: str) -> No
 
 
 def decode_infer_request(body: bytes, header_length: int | None,
-                         inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo]) -> InferRequest:
+                         inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], *,
+                         max_depth: int = 32) -> InferRequest:
     """Parse and validate an OIP v2 inference request against the model's inputs and outputs."""
     if header_length is None:
         json_part, binary = body, b""
@@ -80,10 +96,7 @@ def decode_infer_request(body: bytes, header_length: int | None,
         if header_length < 0 or header_length > len(body):
             raise _bad(f"{HEADER_LENGTH} {header_length} is outside the body of {len(body)} bytes")
         json_part, binary = body[:header_length], body[header_length:]
-    try:
-        req = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _bad(f"request body is not valid JSON: {exc}"[:300]) from exc
+    req = load_request_json(json_part, max_depth=max_depth)
     if not isinstance(req, dict):
         raise _bad("request body must be a JSON object")
     raw_inputs = req.get("inputs")
@@ -131,8 +144,12 @@ def decode_infer_request(body: bytes, header_length: int | None,
         else:
             if "data" not in item:
                 raise _bad(f"input {name!r} has no 'data' (or parameters.binary_data_size)")
+            data = item["data"]
+            if isinstance(data, FlatData) and data.count != count:
+                # counted in the text: a mismatch costs no conversion
+                raise _bad(f"input {name!r}: data has {data.count} elements, shape {list(shape)} needs {count}")
             try:
-                arr = np.asarray(item["data"], dtype=dtype)
+                arr = data.to_array(dtype) if isinstance(data, FlatData) else np.asarray(data, dtype=dtype)
             except (ValueError, TypeError, OverflowError) as exc:
                 raise _bad(f"input {name!r}: data is not a regular array of {datatype}: {exc}"[:300]) from exc
             if arr.size != count:
@@ -204,10 +221,98 @@ def encode_infer_response(model_name: str, model_version: str, req: InferRequest
 
 
 # -- HTTP plumbing ----------------------------------------------------------------------------------
+_REFUSED = b'{"error":"too many connections"}'
+_REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED), _REFUSED))
+
+
+class _ByteBudget:
+    """Bytes of request bodies held at once (being read, decoded or run).
+
+    Bodies up to ``SMALL`` bytes do not count: ``max_connections`` of them are bounded anyway, and
+    ordinary requests must not queue behind big ones."""
+
+    SMALL = 64 * 1024
+
+    def __init__(self, total: int) -> None:
+        self._free = total
+        self._cond = threading.Condition()
+
+    def take(self, n: int, timeout: float) -> bool:
+        if n <= self.SMALL:
+            return True
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free >= n, timeout):
+                return False
+            self._free -= n
+            return True
+
+    def give(self, n: int) -> None:
+        if n <= self.SMALL:
+            return
+        with self._cond:
+            self._free += n
+            self._cond.notify_all()
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    core: AgentCore
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], core: AgentCore) -> None:
+        s = core.settings
+        self.core = core
+        self.token = s.read_api_token()
+        self.slots = threading.BoundedSemaphore(s.max_connections)
+        self.budget = _ByteBudget(2 * s.max_request_bytes)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # Decided at accept, before a thread exists: excess connections cost one small write.
+        if not self.slots.acquire(blocking=False):
+            self.core.connections_refused += 1
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                request.send(_REFUSAL)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as the handler's ``rfile``, each read bounded by the phase's deadline."""
+
+    def __init__(self, handler: _Handler) -> None:
+        self._handler = handler
+        self._sock: socket.socket = handler.connection
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        h = self._handler
+        remaining = h.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            h.server.core.connections_timed_out[h.phase] += 1
+            raise
+        finally:
+            self._sock.settimeout(h.server.core.settings.body_timeout_s)  # bounds our writes too
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -217,6 +322,70 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = f"edgekit-agent/{__version__}"
     server: _Server
+    deadline = math.inf
+    phase = "header"
+    unread = 0  # body bytes left unread when answering early; drained before closing
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self))
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.unread:
+                self._drain()
+
+    def _drain(self) -> None:
+        # Closing with unread bytes makes the kernel send RST, which can destroy our answer before
+        # the client reads it; so read (and drop) what the client still sends, for a bounded time.
+        sock, left, chunk = self.connection, self.unread, bytearray(65536)
+        deadline = time.monotonic() + min(2.0, self.server.core.settings.header_timeout_s)
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                sock.settimeout(remaining)
+                n = sock.recv_into(chunk)
+                if n == 0:
+                    break
+                left -= n
+
+    def _declared_length(self) -> int:
+        try:
+            return max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            return 0
+
+    def _start_phase(self, phase: str, seconds: float) -> None:
+        self.phase, self.deadline = phase, time.monotonic() + seconds
+
+    def handle_one_request(self) -> None:
+        # The request line and headers, or an idle keep-alive connection's next request, must
+        # come within header_timeout_s; the base class closes the connection on TimeoutError.
+        self._start_phase("header", self.server.core.settings.header_timeout_s)
+        try:
+            super().handle_one_request()
+        except (TimeoutError, ConnectionError):
+            self.close_connection = True
+        except Exception as exc:  # a bug of ours: one line in the log, a 500, the server goes on
+            log.error("http %s %s: %s: %s", self.command, self.path, type(exc).__name__, exc)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._json(500, {"error": "internal error"})
+
+    def _authorized(self, path: str) -> bool:
+        token = self.server.token
+        if token is None or path in OPEN_PATHS:
+            return True
+        given = self.headers.get("Authorization", "")
+        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), token.encode()):
+            return True
+        self.close_connection = True
+        self.unread = self._declared_length()
+        self._error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
@@ -234,18 +403,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, doc: Any) -> None:
-        self._send(status, json.dumps(doc, separators=(",", ":")).encode())
+    def _json(self, status: int, doc: Any, headers: Mapping[str, str] | None = None) -> None:
+        self._send(status, json.dumps(doc, separators=(",", ":")).encode(), headers=headers)
 
-    def _error(self, status: int, message: str) -> None:
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         if 400 <= status < 500:
             self.server.core.requests_rejected += 1
-        self._json(status, {"error": message})
+        self._json(status, {"error": message}, headers)
 
     # GET / HEAD
     def do_GET(self) -> None:
         core = self.server.core
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
         if path == "/v2/health/live":
             self._json(200, {"live": True})
         elif path == "/v2/health/ready":
@@ -308,6 +479,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         core = self.server.core
         path = self.path.split("?", 1)[0]
+        if not self._authorized(path):
+            return
         m = _MODEL_PATH.match(path)
         if not m or m.group("rest") != "/infer":
             self._discard_body()
@@ -315,6 +488,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.headers.get("Transfer-Encoding", "").lower() not in ("", "identity"):
             self.close_connection = True
+            self.unread = self.server.core.settings.max_request_bytes
             self._error(411, "chunked bodies are not supported; send Content-Length")
             return
         length_text = self.headers.get("Content-Length")
@@ -332,8 +506,22 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if length > core.settings.max_request_bytes:
             self.close_connection = True
+            self.unread = length
             self._error(413, f"request of {length} bytes is over the limit of {core.settings.max_request_bytes}")
             return
+        if not self.server.budget.take(length, core.settings.body_timeout_s):
+            core.requests_busy += 1
+            self.close_connection = True
+            self.unread = length
+            self._json(503, {"error": "busy: too many request bytes in flight"}, {"Retry-After": "1"})
+            return
+        try:
+            self._infer(core, m, length)
+        finally:
+            self.server.budget.give(length)
+
+    def _infer(self, core: AgentCore, m: re.Match[str], length: int) -> None:
+        self._start_phase("body", core.settings.body_timeout_s)
         body = self.rfile.read(length)
         if len(body) != length:
             self.close_connection = True
@@ -349,7 +537,8 @@ class _Handler(BaseHTTPRequestHandler):
         model = core.model
         assert model is not None
         try:
-            req = decode_infer_request(body, header_length, model.session.inputs, model.session.outputs)
+            req = decode_infer_request(body, header_length, model.session.inputs, model.session.outputs,
+                                       max_depth=core.settings.max_json_depth)
         except InferenceRequestError as exc:
             self._error(exc.status, exc.one_line())
             return
@@ -373,11 +562,15 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = 0
         if 0 < length <= self.server.core.settings.max_request_bytes:
+            self._start_phase("body", self.server.core.settings.body_timeout_s)
             self.rfile.read(length)
         elif length:
             self.close_connection = True
+            self.unread = length
 
     def do_PUT(self) -> None:
+        if not self._authorized(self.path.split("?", 1)[0]):
+            return
         self._discard_body()
         self._error(405, f"method {self.command} is not allowed")
 
@@ -392,8 +585,7 @@ class InferenceServer:
         self.core = core
         host = core.settings.listen_host if host is None else host
         port = core.settings.listen_port if port is None else port
-        self._httpd = _Server((host, port), _Handler)
-        self._httpd.core = core
+        self._httpd = _Server((host, port), core)
         address = self._httpd.server_address
         self.host, self.port = str(address[0]), int(address[1])
         self._thread: threading.Thread | None = None

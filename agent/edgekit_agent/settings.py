@@ -23,6 +23,8 @@ from edgekit_agent.protocol.topics import DEFAULT_ROOT, check_segment
 
 ENV_PREFIX = "EDGEKIT_AGENT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# json.loads recurses once per level; far below Python's recursion limit even on a handler thread
+MAX_JSON_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class AgentSettings(MqttSettings):
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
     max_request_bytes: int = 64 * 1024 * 1024
+    max_json_depth: int = 32
+    max_connections: int = 64
+    header_timeout_s: float = 5.0
+    body_timeout_s: float = 10.0
+    api_token_file: str | None = None
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -70,9 +77,11 @@ class AgentSettings(MqttSettings):
         if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.startswith("/"):
             raise ConfigError(f"{self.topic_root!r} is not a valid topic root", field="topic_root")
         super().__post_init__()
-        _positive(self, "interval", "probe_interval", "spool_max_age")
+        _positive(self, "interval", "probe_interval", "spool_max_age", "header_timeout_s", "body_timeout_s")
         _at_least(self, 1, "max_model_bytes", "spool_max_bytes", "auth_retry_limit", "max_request_bytes",
-                  "error_burst_min")
+                  "error_burst_min", "max_json_depth", "max_connections")
+        if self.max_json_depth > MAX_JSON_DEPTH:
+            raise ConfigError(f"must be <= {MAX_JSON_DEPTH}, got {self.max_json_depth}", field="max_json_depth")
         _at_least(self, 0, "intra_op_threads", "listen_port", "message_expiry")
         if self.listen_port > 65535:
             raise ConfigError(f"{self.listen_port} is not a TCP port", field="listen_port")
@@ -112,9 +121,24 @@ class AgentSettings(MqttSettings):
 
         return RegistryOptions(insecure=self.registry_insecure, ca_file=self.registry_ca_file)
 
+    def read_api_token(self) -> str | None:
+        """The bearer token the inference API requires, read from ``api_token_file`` (None: no token)."""
+        if self.api_token_file is None:
+            return None
+        try:
+            with open(self.api_token_file, encoding="utf-8") as fh:
+                token = fh.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"cannot read {self.api_token_file}: {reason}", field="api_token_file") from exc
+        if not token:
+            raise ConfigError(f"{self.api_token_file} is empty", field="api_token_file")
+        return token
+
     def check_files(self, *more: str) -> None:
         """Check that every file setting names a readable file (``check-config`` and ``serve``)."""
-        super().check_files("public_key", "registry_ca_file", *more)
+        super().check_files("public_key", "registry_ca_file", "api_token_file", *more)
+        self.read_api_token()  # an empty token file would lock every client out
 
     def redacted(self) -> dict[str, Any]:
         # check-config lists the settings in their documented order: the shared MQTT fields
