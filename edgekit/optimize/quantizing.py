@@ -10,6 +10,10 @@ The search, in order:
    worst in FP32, more each round, until the budget holds or it is no longer faster;
 6. re-time the best in-budget candidates side by side and keep the fastest, and only if it beats
    FP32; write it atomically with a report of every candidate.
+
+This module runs the steps in order against the time budget. What to try, in which order, is
+decided in ``planning`` and which candidate wins in ``judging`` (both pure); ``evaluating`` and
+``measuring`` build, score and time one candidate; ``results`` holds the report.
 """
 
 from __future__ import annotations
