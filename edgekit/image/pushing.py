@@ -23,9 +23,10 @@ from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailab
 from edgekit_agent.oci.layout import OciLayout
 from edgekit_agent.oci.mediatypes import ANN_REF_NAME, ANN_VERSION, check_descriptor, signature_tag
 from edgekit_agent.oci.reference import Reference
-from edgekit_agent.oci.registry import FileSlice, Manifest, RegistryClient, RegistryOptions
+from edgekit_agent.oci.registry import Manifest, RegistryClient, RegistryOptions
 from edgekit_agent.oci.signatures import verify_image_signatures
 from edgekit_agent.oci.sources import ImageSource, LayoutSource, RegistrySource, manifest_kind
+from edgekit_agent.oci.transport import FileSlice
 
 from edgekit.image.layouts import LayoutWriter
 

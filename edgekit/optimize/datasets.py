@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -258,3 +258,49 @@ def load_labels(path: str | os.PathLike[str], expected: int) -> np.ndarray:
     if labels.shape[0] != expected:
         raise DataError(f"labels {p} has {labels.shape[0]} entries but the eval data has {expected} samples")
     return labels
+
+
+def load_search_data(
+    inputs: Sequence[TensorInfo],
+    *,
+    calibration: str | None,
+    eval: str | None,
+    labels: str | None,
+    shapes: Mapping[str, tuple[int, ...]],
+    preprocessing: ImagePreprocessing,
+    seed: int,
+    calibration_samples: int,
+    eval_samples: int,
+) -> tuple[Dataset, Dataset, np.ndarray | None, list[str]]:
+    """(calibration data, eval data, eval labels, warnings) for a quantization search; without
+    real data, synthetic data stands in and the warnings say so."""
+    warnings: list[str] = []
+    kw: dict[str, Any] = {"shapes": dict(shapes), "preprocessing": preprocessing, "seed": seed}
+    if calibration is None:
+        warnings.append(
+            "no calibration data: calibrated on SYNTHETIC random data; accuracy was NOT "
+            "measured against real data (pass --calibration and --eval)"
+        )
+        calib = load_dataset("synthetic", inputs, samples=16, role="calibration", **kw)
+    else:
+        calib = load_dataset(calibration, inputs, role="calibration", **kw)
+        if calib.synthetic:
+            warnings.append("calibration data is SYNTHETIC: accuracy was NOT measured against real data")
+    if eval is not None:
+        evals = load_dataset(eval, inputs, role="eval", **{**kw, "seed": seed + 1})
+    elif not calib.synthetic and calib.samples >= 4:
+        # Hold part of the calibration data apart so fidelity is not judged on what calibrated.
+        cut = max(1, int(calib.samples * 0.7))
+        calib, evals = calib.split(cut)
+        warnings.append(f"no --eval data: held out {evals.samples} of the calibration samples for eval")
+    else:
+        evals = load_dataset("synthetic", inputs, samples=16, role="eval", **{**kw, "seed": seed + 1})
+    calib = Dataset({k: v[:calibration_samples] for k, v in calib.arrays.items()}, calib.source, calib.synthetic)
+    label_array = None
+    if labels:
+        label_array = load_labels(labels, evals.samples)
+    if evals.samples > eval_samples:
+        evals = Dataset({k: v[:eval_samples] for k, v in evals.arrays.items()}, evals.source, evals.synthetic)
+        if label_array is not None:
+            label_array = label_array[:eval_samples]
+    return calib, evals, label_array, warnings

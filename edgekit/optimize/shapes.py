@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 import onnx
 
 from edgekit.errors import ConfigError, DataError
-from edgekit.optimize.inspecting import TensorInfo, graph_inputs
+from edgekit.optimize.inspecting import ModelInfo, TensorInfo, graph_inputs
+
+if TYPE_CHECKING:
+    from edgekit.optimize.datasets import Dataset  # datasets imports this module
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -80,3 +84,25 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
                 d.Clear()
     del fixed.graph.value_info[:]
     return fixed
+
+
+def shapes_to_fix(info: ModelInfo, given: Shapes, sample: Dataset | None) -> Shapes:
+    """Input shapes to pin: those given, else from the data; a model whose only symbolic dim is
+    the batch keeps it (static quantization handles that), others are fixed whole."""
+    shapes: Shapes = {}
+    for inp in info.inputs:
+        if inp.name in given:
+            shapes[inp.name] = given[inp.name]
+            continue
+        if inp.shape is None or not inp.symbolic:
+            continue
+        only_batch = all(isinstance(d, int) and d > 0 for d in inp.shape[1:])
+        if only_batch:
+            continue
+        if sample is None:
+            raise DataError(
+                f"input {inp.name!r} has symbolic dimensions {inp.shape_text()}",
+                hint=f"pass --input-shape {inp.name}=D1,D2,... or calibration data",
+            )
+        shapes[inp.name] = (1, *sample.arrays[inp.name].shape[1:])
+    return shapes

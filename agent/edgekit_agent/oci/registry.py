@@ -1,5 +1,9 @@
 """A small OCI distribution API client on the standard library (so it runs on a device).
 
+The client holds the connection, the auth state and the retry loops; the pieces it builds on:
+``transport`` (connections, responses, re-sendable bodies), ``tokens`` (auth headers),
+``answers`` (registry answers as image errors), ``downloading`` (blobs, resumed and verified).
+
 What it does, and why each part is here:
 
 - one keep-alive HTTP(S) connection per client, 1 MiB socket writes (``http.client``'s default
@@ -18,41 +22,30 @@ Registry answers map onto the image error family: 401/403 -> ``RegistryAuthError
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import http.client
-import ipaddress
 import json
-import os
 import random
-import socket
 import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any
 
 from edgekit_agent import __version__
-from edgekit_agent.errors import (
-    DigestMismatchError,
-    ImageError,
-    ImageLayoutError,
-    ImageNotFoundError,
-    RegistryAuthError,
-    RegistryUnavailableError,
-)
+from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError
+from edgekit_agent.oci import downloading
+from edgekit_agent.oci.answers import answer_error, registry_message, safe_json, unreachable_error
 from edgekit_agent.oci.credentials import Credentials, load_docker_credentials, parse_challenge
-from edgekit_agent.oci.mediatypes import ACCEPT, check_digest, verify_bytes
+from edgekit_agent.oci.mediatypes import ACCEPT, sha256_digest, verify_bytes
+from edgekit_agent.oci.tokens import basic_authorization, token_from_answer, token_request
+from edgekit_agent.oci.transport import RETRY_STATUS, TRANSIENT, BodySource, Response, connect, is_loopback, ssl_context
 
-__all__ = ["BodySource", "Manifest", "RegistryClient", "RegistryOptions", "Response"]
+__all__ = ["Manifest", "RegistryClient", "RegistryOptions"]
 
-_BLOCK = 1 << 20
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _MAX_MANIFEST = 4 << 20
-_TRANSIENT = (OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -85,102 +78,6 @@ class Manifest:
         return parse_json_object(self.data, f"manifest {self.digest}")
 
 
-class BodySource(Protocol):
-    """A request body that can be sent again after a retry."""
-
-    length: int
-
-    def open(self) -> IO[bytes]: ...
-
-
-@dataclass
-class Response:
-    status: int
-    reason: str
-    headers: http.client.HTTPMessage
-    raw: http.client.HTTPResponse
-    url: str
-
-    def read(self) -> bytes:
-        try:
-            return self.raw.read()
-        finally:
-            self.raw.close()
-
-    def json(self) -> Any:
-        data = self.read()
-        try:
-            return json.loads(data) if data else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
-
-
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") or "]:" in host else host.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _registry_message(body: Any) -> str:
-    """The first error of a distribution API error body, as ``CODE: message``."""
-    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
-        err = body["errors"][0]
-        if isinstance(err, dict):
-            code, msg = err.get("code", ""), err.get("message", "")
-            return f"{code}: {msg}".strip(": ")
-    return ""
-
-
-class _ProgressReader:
-    """A file wrapper that reports bytes as ``http.client`` reads them."""
-
-    def __init__(self, fh: IO[bytes], limit: int, on_bytes: Callable[[int], None] | None) -> None:
-        self._fh, self._left, self._on_bytes = fh, limit, on_bytes
-
-    def read(self, n: int = -1) -> bytes:
-        if self._left <= 0:
-            return b""
-        n = self._left if n < 0 else min(n, self._left)
-        data = self._fh.read(n)
-        self._left -= len(data)
-        if self._on_bytes and data:
-            self._on_bytes(len(data))
-        return data
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-@dataclass
-class FileSlice:
-    """``length`` bytes of ``path`` from ``offset``: an upload body that can be re-sent."""
-
-    path: Path
-    offset: int
-    length: int
-    on_bytes: Callable[[int], None] | None = None
-    _sent: int = field(default=0, init=False)
-
-    def open(self) -> IO[bytes]:
-        fh = open(self.path, "rb")  # noqa: SIM115 - closed by the request
-        fh.seek(self.offset)
-        if self.on_bytes and self._sent:
-            self.on_bytes(-self._sent)  # a retry sends the slice again
-        self._sent = self.length
-
-        return _ProgressReader(fh, self.length, self.on_bytes)  # type: ignore[return-value]
-
-
 class RegistryClient:
     """Talks to one registry (``host[:port]``)."""
 
@@ -201,23 +98,9 @@ class RegistryClient:
         self.requests = 0  # HTTP requests sent (tests and benchmarks read it)
 
     # --- connections ---------------------------------------------------------------------------
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self.options.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            return ctx
-        try:
-            return ssl.create_default_context(cafile=self.options.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ImageError(f"cannot load CA file {self.options.ca_file}: {exc}") from exc
-
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        timeout = self.options.timeout
-        if scheme == "https":
-            return http.client.HTTPSConnection(netloc, timeout=timeout, context=self._ssl_context(),
-                                               blocksize=_BLOCK)
-        return http.client.HTTPConnection(netloc, timeout=timeout, blocksize=_BLOCK)
+        return connect(scheme, netloc, timeout=self.options.timeout,
+                       context=lambda: ssl_context(self.options.insecure, self.options.ca_file))
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -256,19 +139,14 @@ class RegistryClient:
         self._sleep(self.backoff(attempt, retry_after))
 
     def _unreachable(self, exc: BaseException, tries: int) -> RegistryUnavailableError:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
-        if isinstance(exc, TimeoutError | socket.timeout):
-            reason = "timed out"
-        return RegistryUnavailableError(
-            f"cannot reach registry {self.registry}: {reason} (after {tries} tries)",
-            hint="is the registry running and the address right?")
+        return unreachable_error(self.registry, exc, tries)
 
     # --- the ping and auth ---------------------------------------------------------------------
     def _ping(self) -> None:
         """``GET /v2/``: pick the scheme, learn the auth challenge."""
         if self._pinged:
             return
-        allow_http = self.options.plain_http is not False and (self.options.insecure or _is_loopback(self.registry))
+        allow_http = self.options.plain_http is not False and (self.options.insecure or is_loopback(self.registry))
         if self._scheme is None:
             self._scheme = "https"
         last: BaseException | None = None
@@ -289,17 +167,17 @@ class RegistryClient:
                     continue
                 raise ImageError(f"TLS handshake with registry {self.registry} failed: {exc.reason or exc}",
                                  hint="for a plain-HTTP registry pass --insecure") from exc
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 self.drop_connection()
                 last = exc
             else:
-                if status not in _RETRY_STATUS:
+                if status not in RETRY_STATUS:
                     if status == 401:
                         header = resp.headers.get("WWW-Authenticate", "")
                         self._challenge = parse_challenge(header) if header else ("basic", {})
                     elif status != 200:
                         raise ImageError(f"{self.base_url}/v2/ answered {status}: not an OCI registry? "
-                                         f"{_registry_message(_safe_json(body))}".strip())
+                                         f"{registry_message(safe_json(body))}".strip())
                     self._pinged = True
                     return
                 last = RegistryUnavailableError(f"registry {self.registry} answered {status} to GET /v2/")
@@ -313,23 +191,14 @@ class RegistryClient:
         raise self._unreachable(last, tries)
 
     def _basic(self) -> str | None:
-        if self.credentials is None:
-            return None
-        raw = f"{self.credentials.username}:{self.credentials.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+        return basic_authorization(self.credentials)
 
     def _token(self, scopes: tuple[str, ...], *, refresh: bool = False) -> str | None:
         assert self._challenge is not None
         if not refresh and scopes in self._tokens:
             return self._tokens[scopes]
-        params = self._challenge[1]
-        realm = params.get("realm")
-        if not realm:
-            raise RegistryAuthError(f"registry {self.registry} asks for a bearer token without a realm")
-        query = [("service", params["service"])] if params.get("service") else []
-        query += [("scope", s) for s in scopes]
-        url = urllib.parse.urlsplit(realm)
-        path = url.path + ("?" + url.query + "&" if url.query else "?") + urllib.parse.urlencode(query)
+        url = token_request(self.registry, self._challenge[1], scopes)
+        path = f"{url.path}?{url.query}"
         headers = {"Authorization": basic} if (basic := self._basic()) else {}
         conn = self._connect(url.scheme or "https", url.netloc)
         try:
@@ -339,28 +208,19 @@ class RegistryClient:
                     conn.request("GET", path, headers={**headers, "User-Agent": self.options.user_agent})
                     resp = conn.getresponse()
                     status, body = resp.status, resp.read()
-                except _TRANSIENT as exc:
+                except TRANSIENT as exc:
                     conn.close()
                     if attempt == self.options.retries:
                         raise RegistryUnavailableError(f"cannot reach token service {url.netloc}: {exc}") from exc
                     self._sleep(self.backoff(attempt))
                     continue
-                if status in _RETRY_STATUS and attempt < self.options.retries:
+                if status in RETRY_STATUS and attempt < self.options.retries:
                     self._sleep(self.backoff(attempt))
                     continue
                 break
         finally:
             conn.close()
-        if status in (401, 403):
-            who = f"user {self.credentials.username!r}" if self.credentials else "anonymous access"
-            raise RegistryAuthError(f"token service of {self.registry} refused {who}",
-                                    hint="check --username/--password-stdin or docker login")
-        if status != 200:
-            raise RegistryAuthError(f"token service of {self.registry} answered {status}")
-        data = _safe_json(body)
-        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RegistryAuthError(f"token service of {self.registry} sent no token")
+        token = token_from_answer(self.registry, self.credentials, status, safe_json(body))
         self._tokens[scopes] = token
         return token
 
@@ -433,7 +293,7 @@ class RegistryClient:
                 self.drop_connection()
                 raise ImageError(f"TLS verification of registry {self.registry} failed: {exc.verify_message}",
                                  hint="pass --ca-file with the registry's CA, or --insecure") from exc
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 self.drop_connection()
                 if attempt >= retries:
                     raise self._unreachable(exc, tries) from exc
@@ -447,7 +307,7 @@ class RegistryClient:
                     self._challenge = parse_challenge(header)
                 reauthed = True
                 continue
-            if resp.status in _RETRY_STATUS and resp.status not in expect:
+            if resp.status in RETRY_STATUS and resp.status not in expect:
                 resp.read()
                 if attempt >= retries:
                     raise RegistryUnavailableError(
@@ -493,24 +353,8 @@ class RegistryClient:
         raise ImageError(f"registry {self.registry}: too many redirects")
 
     def _raise_for(self, resp: Response, what: str) -> None:
-        body = resp.json()
-        msg = _registry_message(body)
-        detail = f": {msg}" if msg else ""
-        if resp.status == 401:
-            if self.credentials is None:
-                raise RegistryAuthError(f"registry {self.registry} needs credentials for {what}",
-                                        hint="pass --username/--password-stdin or docker login")
-            raise RegistryAuthError(f"registry {self.registry} refused the credentials of user "
-                                    f"{self.credentials.username!r} for {what}",
-                                    hint="check --username/--password-stdin or docker login")
-        if resp.status == 403:
-            raise RegistryAuthError(f"registry {self.registry} denied {what}{detail}")
-        if resp.status == 404:
-            code = msg.split(":", 1)[0]
-            if code == "NAME_UNKNOWN" and (repo := _repository_of(resp.url)):
-                raise ImageNotFoundError(f"repository {self.registry}/{repo} not found")
-            raise ImageNotFoundError(f"{what} not found")
-        raise ImageError(f"registry {self.registry} answered {resp.status} {resp.reason} to {what}{detail}")
+        raise answer_error(self.registry, self.credentials, status=resp.status, reason=resp.reason, url=resp.url,
+                           body=resp.json(), what=what)
 
     # --- reading -------------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str, *, accept: str = ACCEPT) -> Manifest:
@@ -524,8 +368,6 @@ class RegistryClient:
             resp.close()
             raise ImageLayoutError(f"manifest {what} is larger than {_MAX_MANIFEST} bytes")
         data = resp.read()
-        from edgekit_agent.oci.mediatypes import sha256_digest
-
         digest = sha256_digest(data)
         if reference.startswith("sha256:"):
             verify_bytes(data, reference, f"manifest {what}")
@@ -549,85 +391,10 @@ class RegistryClient:
 
     def get_blob(self, repository: str, digest: str, *, max_size: int = 16 << 20) -> bytes:
         """A small blob (config, signature payload) in memory, checked against its digest."""
-        check_digest(digest)
-        resp = self.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository,
-                            what=f"blob {digest[:19]}… of {repository}", stream=True)
-        if resp.raw.length is not None and resp.raw.length > max_size:
-            resp.close()
-            raise ImageLayoutError(f"blob {digest} is larger than {max_size} bytes")
-        return verify_bytes(resp.read(), digest, f"blob {digest[:19]}… of {repository}")
+        return downloading.get_blob(self, repository, digest, max_size=max_size)
 
     def download_blob(self, repository: str, digest: str, dest: Path, *, size: int | None = None,
                       on_bytes: Callable[[int], None] | None = None) -> None:
-        """Stream a blob into ``dest``, resuming with ``Range`` after a dropped connection.
-
-        The finished file must hash to ``digest`` (and have ``size`` bytes when given), else
-        ``DigestMismatchError`` and ``dest`` is removed.
-        """
-        check_digest(digest)
-        what = f"blob {digest[:19]}… of {repository}"
-        hasher = hashlib.sha256()
-        written = 0
-        failures = 0
-        try:
-            with open(dest, "wb") as out:
-                while True:
-                    headers = {"Range": f"bytes={written}-"} if written else {}
-                    resp = self.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository,
-                                        headers=headers, expect=(200, 206), what=what, stream=True)
-                    if written and resp.status == 200:  # the server ignored Range: start over
-                        out.seek(0)
-                        out.truncate()
-                        hasher = hashlib.sha256()
-                        if on_bytes:
-                            on_bytes(-written)
-                        written = 0
-                    try:
-                        while True:
-                            chunk = resp.raw.read(_BLOCK)
-                            if not chunk:
-                                break
-                            out.write(chunk)
-                            hasher.update(chunk)
-                            written += len(chunk)
-                            if on_bytes:
-                                on_bytes(len(chunk))
-                            if size is not None and written > size:
-                                raise DigestMismatchError(f"{what} is longer than its {size} bytes",
-                                                          hint="the content was tampered with")
-                        truncated = bool(resp.raw.length)  # bytes announced but never received
-                        resp.close()
-                        if truncated or (size is not None and written < size):
-                            raise ConnectionResetError("connection closed mid-blob")
-                        break
-                    except _TRANSIENT as exc:
-                        self.drop_connection()
-                        failures += 1
-                        if failures > self.options.retries:
-                            raise RegistryUnavailableError(
-                                f"download of {what} keeps failing at byte {written}: {exc} "
-                                f"(after {failures} tries)") from exc
-                        self._sleep(self.backoff(failures - 1))
-            actual = "sha256:" + hasher.hexdigest()
-            if actual != digest:
-                raise DigestMismatchError(f"{what} hashes to {actual[:19]}…",
-                                          hint="the blob in the registry was tampered with or corrupted")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(dest)
-            raise
-
-
-def _repository_of(url: str) -> str | None:
-    path = urllib.parse.urlsplit(url).path
-    for marker in ("/manifests/", "/blobs/", "/tags/"):
-        if path.startswith("/v2/") and marker in path:
-            return path[4:path.index(marker)]
-    return None
-
-
-def _safe_json(data: bytes) -> Any:
-    try:
-        return json.loads(data) if data else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+        """Stream a blob into ``dest``, resumed after dropped connections and verified
+        (see ``downloading.download_blob``)."""
+        downloading.download_blob(self, repository, digest, dest, size=size, on_bytes=on_bytes)

@@ -1,0 +1,96 @@
+"""What a ``quantize`` run found: one record per candidate, and the report written beside the model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.optimize import fidelity as fid
+from edgekit.optimize.recipes import Recipe
+
+__all__ = ["CandidateResult", "QuantizeReport", "report_json", "report_path"]
+
+
+@dataclass
+class CandidateResult:
+    recipe: Recipe
+    verdict: str = "pending"  # chosen | in budget | over budget | slower | failed | skipped
+    reason: str = ""
+    size_bytes: int | None = None
+    latency_ms: float | None = None
+    latency_ratio: float | None = None
+    fidelity: fid.Fidelity | None = None
+    seconds: float = 0.0
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.recipe.name,
+            "settings": self.recipe.to_dict(),
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "size_bytes": self.size_bytes,
+            "latency_p50_ms": self.latency_ms,
+            "latency_ratio": self.latency_ratio,
+            "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class QuantizeReport:
+    model: str
+    output: str
+    chosen: str  # candidate name, or "fp32"
+    reason: str
+    metric: str
+    budget: str
+    threads: int
+    baseline: dict[str, Any]
+    candidates: list[CandidateResult]
+    calibration: dict[str, Any]
+    eval: dict[str, Any]
+    steps: list[str]
+    warnings: list[str]
+    seconds: float
+
+    @property
+    def chosen_result(self) -> CandidateResult | None:
+        return next((c for c in self.candidates if c.verdict == "chosen"), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        chosen = self.chosen_result
+        return {
+            "schema": 1,
+            "model": self.model,
+            "output": self.output,
+            "chosen": self.chosen,
+            "reason": self.reason,
+            "precision": "fp32" if chosen is None else ("mixed" if chosen.recipe.exclude else "int8"),
+            "method": None if chosen is None else chosen.recipe.method,
+            "metric": self.metric,
+            "budget": self.budget,
+            "threads": self.threads,
+            "baseline": self.baseline,
+            "result": None if chosen is None else chosen.to_dict(),
+            "candidates": [c.to_dict() for c in self.candidates],
+            "calibration": self.calibration,
+            "eval": self.eval,
+            "steps": self.steps,
+            "warnings": self.warnings,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def report_path(out: Path) -> Path:
+    return out.with_name(out.name + ".report.json")
+
+
+def report_json(data: dict[str, Any]) -> bytes:
+    return (
+        json.dumps(data, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)) + "\n"
+    ).encode()

@@ -1,0 +1,39 @@
+"""Writing the result: refuse a bad output path before any slow work, then replace it atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from edgekit.errors import OutputError
+
+__all__ = ["atomic_write", "check_output_path"]
+
+
+def check_output_path(out: Path, model: Path) -> None:
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.resolve() == model.resolve():
+        raise OutputError(f"output {out} would overwrite the input model")
+    if out.is_dir():
+        raise OutputError(f"output {out} is a directory; give a file name like model.int8.onnx")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {out}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {out}: folder {parent} is not writable")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
