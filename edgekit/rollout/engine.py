@@ -187,7 +187,7 @@ class Engine:
                     self._step()
                 except TemporaryError as exc:
                     log.warning("rollout %s: %s; retrying", name, exc.one_line())
-                    self._sleep(exc.delay or self.options.retry_s)
+                    self._sleep(exc.retry_after or self.options.retry_s)
             clean = True
             return self.ro
         except (Exception, KeyboardInterrupt, SystemExit):

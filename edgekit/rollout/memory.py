@@ -19,10 +19,10 @@ from typing import Any
 
 from edgekit.errors import (
     EmptyGroupError,
+    GroupNotFoundError,
     KubeConflictError,
     RolloutInProgressError,
     RolloutNotFoundError,
-    UnknownGroupError,
 )
 from edgekit.rollout import resource as r
 from edgekit.rollout.leasing import LeaseRecord
@@ -122,7 +122,7 @@ class MemoryCluster:
     def group_nodes(self, group: str, profile: str = "k3s") -> dict[str, dict[str, str]]:
         self._call("list-nodes")
         if group not in self.groups:
-            raise UnknownGroupError(f"device group {group!r} does not exist")
+            raise GroupNotFoundError(f"device group {group!r} does not exist")
         if not self.groups[group]:
             raise EmptyGroupError(f"device group {group!r} has no nodes")
         return {n: dict(self.nodes[n]) for n in sorted(self.groups[group])}

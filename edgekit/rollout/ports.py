@@ -40,7 +40,7 @@ class ClusterPort(Protocol):
     # device groups ---------------------------------------------------------------------------
     def group_nodes(self, group: str, profile: str = "k3s") -> dict[str, dict[str, str]]:
         """Node name -> labels for the group (``profile``: k3s | kubeedge | openyurt decides what a
-        bare group name means). UnknownGroupError / EmptyGroupError."""
+        bare group name means). GroupNotFoundError / EmptyGroupError."""
         ...
 
     def nodes_on_revision(self, app: str, revision: str) -> list[str]: ...
