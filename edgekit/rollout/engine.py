@@ -63,7 +63,7 @@ class EngineOptions:
     tick_s: float = 0.5              # how often a holding wave is looked at again
     refresh_s: float = 5.0           # how often live figures are written while nothing changes
     cleanup_timeout_s: float = 60.0  # wait this long for a DaemonSet to run nowhere, then delete it
-    retry_s: float = 2.0             # back-off after a temporary API failure
+    retry_s: float = 2.0             # back-off after a temporary API failure that names no delay
     holder: str | None = None
 
 
@@ -186,8 +186,7 @@ class Engine:
                     lease.renew()
                     self._step()
                 except TemporaryError as exc:
-                    log.warning("rollout %s: %s; retrying", name, exc.one_line())
-                    self._sleep(exc.retry_after or self.options.retry_s)
+                    self._back_off(name, exc)
             clean = True
             return self.ro
         except (Exception, KeyboardInterrupt, SystemExit):
@@ -223,6 +222,16 @@ class Engine:
         status is ours."""
         assert self.live is not None
         self.live.rollout = replace(self.ro, spec=latest.spec, resource_version=latest.resource_version)
+
+    def _back_off(self, name: str, exc: TemporaryError) -> None:
+        """Wait before retrying a step: as long as the server asked (``retry_after``, not cut short
+        by rollout changes: it asked for quiet), else our own ``retry_s``."""
+        if exc.retry_after is None:
+            log.warning("rollout %s: %s; retrying", name, exc.one_line())
+            self._sleep(self.options.retry_s)
+        else:
+            log.warning("rollout %s: %s; retrying in %.1fs as asked", name, exc.one_line(), exc.retry_after)
+            self.stop.wait(exc.retry_after)
 
     def _sleep(self, seconds: float) -> None:
         if seconds <= 0:

@@ -82,6 +82,7 @@ class MemoryCluster:
         self.version = 0
         self.changed = threading.Condition()
         self._crash: Callable[[str, Any], bool] | None = None
+        self._crash_error: BaseException | None = None
         self._lock = threading.RLock()
 
     # --- test controls ----------------------------------------------------------------------
@@ -90,14 +91,17 @@ class MemoryCluster:
         for name, labels in members.items():
             self.nodes.setdefault(name, {}).update(labels)
 
-    def crash_when(self, predicate: Callable[[str, Any], bool] | None) -> None:
+    def crash_when(self, predicate: Callable[[str, Any], bool] | None, error: BaseException | None = None) -> None:
+        """Fail the first call ``predicate(kind, detail)`` picks: with ``SimulatedCrash``, or with
+        ``error`` (an API failure, e.g. a ``KubeUnavailableError``)."""
         self._crash = predicate
+        self._crash_error = error
 
     def _call(self, kind: str, detail: Any = None) -> None:
         self.calls[kind] += 1
         if self._crash is not None and self._crash(kind, detail):
             self._crash = None
-            raise SimulatedCrash(kind)
+            raise self._crash_error or SimulatedCrash(kind)
 
     def _bump(self) -> None:
         with self.changed:
