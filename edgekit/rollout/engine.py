@@ -45,7 +45,6 @@ from edgekit.rollout.gating import (
     KubeFigures,
     TelemetryFigures,
     Verdict,
-    figures_from_window,
     judge,
 )
 from edgekit.rollout.leasing import Lease
@@ -350,7 +349,7 @@ class Engine:
         since = self.telemetry.observing_since()
         if since > now - window and now - since < window:
             return _WAIT
-        stats = figures_from_window(self.telemetry.window(wave.nodes, now - window, None))
+        stats = self.telemetry.window(wave.nodes, now - window, None)
         if stats.reported == 0:
             return None
         return Baseline(stats.p95_ms, stats.error_rate, stats.reported)
@@ -420,7 +419,7 @@ class Engine:
         if self.telemetry is None:
             return TelemetryFigures(expected=len(wave.nodes))
         since = wave.ready_at or wave.moved_at or self.clock()
-        return figures_from_window(self.telemetry.window(wave.nodes, since, self.ro.spec.target.digest))
+        return self.telemetry.window(wave.nodes, since, self.ro.spec.target.digest)
 
     def _bake_and_judge(self, wave: WaveStatus, paused: bool) -> None:
         st, strategy = self.ro.status, self.ro.spec.strategy

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -25,6 +25,7 @@ from edgekit.errors import (
     RolloutNotFoundError,
 )
 from edgekit.rollout import resource as r
+from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
 
@@ -272,7 +273,7 @@ class MemoryTelemetry:
         image = self.cluster.daemonsets.get((self.namespace, self.app, rev)) if rev else None
         return image.digest if image else None
 
-    def window(self, devices: list[str], since: float, digest: str | None) -> dict[str, Any]:
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
         self.calls += 1
         reported, silent, offline, on, off = [], [], [], [], []
         inferences = errors = probe_failures = 0
@@ -295,7 +296,8 @@ class MemoryTelemetry:
             p95s.append(float(b.get("p95_ms", 5.0)))
             probe_failures += 0 if b.get("probe_ok", True) else 1
         p95 = max(p95s) if p95s else None
-        return {"expected": len(devices), "reported": reported, "silent": silent, "offline": offline,
-                "on_digest": on, "off_digest": off, "inferences": inferences, "errors": errors,
-                "error_rate": errors / inferences if inferences else None, "p50_ms": p95, "p95_ms": p95,
-                "p99_ms": p95, "probe_failures": probe_failures}
+        return TelemetryFigures(
+            expected=len(devices), reported=len(reported), on_digest=len(on), off_digest=len(off),
+            inferences=inferences, errors=errors, error_rate=errors / inferences if inferences else None,
+            p50_ms=p95, p95_ms=p95, p99_ms=p95, probe_failures=probe_failures,
+            silent=tuple(sorted(silent)), offline=tuple(sorted(offline)))
