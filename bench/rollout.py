@@ -37,6 +37,7 @@ from edgekit.rehearsal.cluster import Cluster
 from edgekit.rehearsal.nodes import FleetSpec
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import Engine, EngineOptions
+from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.kubecluster import KubeCluster
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec, revision_for
 from edgekit.rollout.strategy import build_strategy
@@ -61,12 +62,12 @@ class SyntheticTelemetry:
     def observing_since(self) -> float:
         return self.started
 
-    def window(self, devices: Sequence[str], since: float, digest: str | None) -> dict[str, Any]:
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
         n = len(devices)
         bad = self.breach_at is not None and digest is not None and n >= self.breach_at
-        return {"expected": n, "reported": n, "on_digest": n, "off_digest": 0,
-                "inferences": 100 * n, "errors": 30 * n if bad else 0, "error_rate": 0.3 if bad else 0.0,
-                "p50_ms": 2.0, "p95_ms": 4.0, "p99_ms": 5.0, "probe_failures": 0, "silent": [], "offline": []}
+        return TelemetryFigures(expected=n, reported=n, on_digest=n, off_digest=0, inferences=100 * n,
+                                errors=30 * n if bad else 0, error_rate=0.3 if bad else 0.0,
+                                p50_ms=2.0, p95_ms=4.0, p99_ms=5.0, probe_failures=0)
 
 
 class TimedCluster:

@@ -1,8 +1,9 @@
 """edgekit's exception tree (central side). The root lives in ``edgekit_agent.errors``.
 
     EdgekitError                          1
-    ├── ConfigError                       2   bad flag/setting/config field
-    ├── TemporaryError                    75  retry may succeed
+    ├── ConfigError                       2   bad flag/setting/config field                        [P]
+    ├── PermanentError                    3   retrying will not help until something changes
+    ├── TemporaryError                    75  retry may succeed (``retry_after``: when, if known)
     ├── ModelError                        10  model file problems
     │   ├── ModelNotFoundError            11
     │   ├── InvalidModelError             12  not ONNX, truncated, fails the checker
@@ -12,49 +13,55 @@
     ├── OutputError                       16  cannot write the output path
     ├── ImageError                        20  model image / registry (defined in edgekit_agent.errors,
     │   │                                       the device reads images too)
-    │   ├── RegistryUnavailableError      21  down, persistent 5xx, dropped connections
-    │   ├── RegistryAuthError             22  credentials refused
-    │   ├── ImageNotFoundError            23  repository / tag / blob missing
-    │   ├── DigestMismatchError           24  tampered or truncated content
-    │   ├── SignatureInvalidError         25  wrong key or signature names another image
-    │   ├── SignatureMissingError         26  unsigned image where a signature is required
-    │   ├── ImageLayoutError              27  corrupt OCI layout folder / manifest
-    │   ├── ImageReferenceError           28  unparsable image reference
-    │   └── SigningKeyError               29  unreadable key, wrong password
+    │   ├── RegistryUnavailableError      21  down, 429/5xx, dropped connections                   [T]
+    │   ├── RegistryAuthError             22  credentials refused                                  [P]
+    │   ├── ImageNotFoundError            23  repository / tag / blob missing                      [P]
+    │   ├── DigestMismatchError           24  tampered or truncated content                        [P]
+    │   ├── SignatureInvalidError         25  wrong key or signature names another image           [P]
+    │   ├── SignatureMissingError         26  unsigned image where a signature is required         [P]
+    │   ├── ImageLayoutError              27  corrupt OCI layout folder / manifest                 [P]
+    │   ├── ImageReferenceError           28  unparsable image reference                           [P]
+    │   └── SigningKeyError               29  unreadable key, wrong password                       [P]
     ├── KubeError                         40  Kubernetes (see edgekit.kube)
-    │   ├── KubeUnavailableError          41  API server unreachable (also a TemporaryError)
-    │   ├── KubeAuthError                 42  credentials refused/expired
-    │   ├── KubeForbiddenError            43  RBAC forbidden
-    │   ├── KubeNotFoundError             44  object / kind / namespace missing
-    │   ├── KubeConflictError             45  field manager conflict
-    │   ├── KubeInvalidError              46  object rejected as invalid
-    │   ├── GroupNotFoundError            47  device group matches no node
-    │   ├── SelectorError                 48  label selector does not parse
-    │   └── UnpinnedImageError            49  image reference without digest (--require-digest)
+    │   ├── KubeUnavailableError          41  API server unreachable, 429/5xx                      [T]
+    │   ├── KubeAuthError                 42  credentials refused/expired                          [P]
+    │   ├── KubeForbiddenError            43  RBAC forbidden                                       [P]
+    │   ├── KubeNotFoundError             44  object / kind / namespace missing                    [P]
+    │   ├── KubeConflictError             45  field manager conflict, or the object changed meanwhile
+    │   ├── KubeInvalidError              46  object rejected as invalid                           [P]
+    │   └── SelectorError                 48  label selector does not parse                        [P]
     ├── TelemetryError                    50  MQTT / fleet telemetry (50-55 defined in edgekit_agent.errors,
     │   │                                       one family for the agent and the fleet watcher)
-    │   ├── BrokerError                   51  no broker answered (also a TemporaryError);
+    │   ├── BrokerError                   51  no broker answered                                   [T]
     │   │                                       ``BrokerUnreachableError`` is its former name here
-    │   ├── TelemetryAuthError            52  broker refused our credentials
-    │   ├── TelemetryTLSError             53  TLS handshake / certificate / TLS files
-    │   ├── SubscriptionDeniedError       54  broker refused the subscription (ACL)
+    │   ├── TelemetryAuthError            52  broker refused our credentials                       [P]
+    │   ├── TelemetryTLSError             53  TLS handshake / certificate / TLS files              [P]
+    │   ├── SubscriptionDeniedError       54  broker refused the subscription (ACL)                [P]
     │   ├── BrokerProtocolError           55  no MQTT version in common, broken session
     │   ├── ExporterBindError             56  cannot listen on the exporter address
     │   └── NoTelemetryError              57  nothing (of the asked group) received in time
-    └── RolloutError                      60  rollout engine; a command that does not fit the state
-        ├── UnknownGroupError             61  the device group does not exist
-        ├── EmptyGroupError               62  the device group has no nodes
-        ├── DigestRequiredError           63  image reference without a resolvable digest
-        ├── SignatureRequiredError        64  no valid signature while one is required
+    └── RolloutError                      60  rollouts, device groups and what they ship; a command
+        │                                       that does not fit the rollout's state
+        ├── GroupNotFoundError            61  no such device group (no node carries its label), or [P]
+        │                                       none of its nodes has the accelerator asked for
+        ├── EmptyGroupError               62  the device group exists but has no nodes
+        ├── DigestRequiredError           63  image reference without a digest (--require-digest), [P]
+        │                                       or the registry answered another digest
+        ├── SignatureRequiredError        64  no valid signature while one is required             [P]
         ├── RolloutInProgressError        65  a rollout already runs on this app/group,
         │   └── EngineConflictError       65  or another engine holds this rollout
-        ├── InvalidWavesError             66  waves that do not parse or do not add up
-        ├── ThresholdRangeError           67  a gate threshold or duration out of range
-        ├── RolloutNotFoundError          68  no such EdgeRollout
+        ├── InvalidWavesError             66  waves that do not parse or do not add up             [P]
+        ├── ThresholdRangeError           67  a gate threshold or duration out of range            [P]
+        ├── RolloutNotFoundError          68  no such EdgeRollout                                  [P]
         └── RolledBackError               69  the rollout ended rolled back (a gate failed or aborted)
 
+[T]: also a ``TemporaryError``, worth retrying (after ``retry_after`` when the server said how
+long). [P]: also a ``PermanentError``, not worth retrying as it is. Errors marked neither depend on
+the situation (a conflict may clear, a rollback is an outcome).
+
 Areas add subclasses here, with exit codes inside their range, so ``edgekit --help`` can list
-them all and the CLI maps each to its own exit status.
+them all and the CLI maps each to its own exit status. Codes 47 and 49 are retired: a device
+group that matches no node and an unpinned image are 61 and 63 from every command.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from edgekit_agent.errors import (
     ImageLayoutError,
     ImageNotFoundError,
     ImageReferenceError,
+    PermanentError,
     RegistryAuthError,
     RegistryUnavailableError,
     SignatureInvalidError,
@@ -112,6 +120,7 @@ __all__ = [
     "ModelNotFoundError",
     "NoTelemetryError",
     "OutputError",
+    "PermanentError",
     "QuantizationError",
     "RegistryAuthError",
     "RegistryUnavailableError",
@@ -130,8 +139,6 @@ __all__ = [
     "TelemetryTLSError",
     "TemporaryError",
     "ThresholdRangeError",
-    "UnknownGroupError",
-    "UnpinnedImageError",
 ]
 
 
@@ -182,19 +189,19 @@ class KubeUnavailableError(KubeError, TemporaryError):
     exit_code = 41
 
 
-class KubeAuthError(KubeError):
+class KubeAuthError(KubeError, PermanentError):
     """The API server refused the credentials (401: expired or unknown token/certificate)."""
 
     exit_code = 42
 
 
-class KubeForbiddenError(KubeError):
+class KubeForbiddenError(KubeError, PermanentError):
     """RBAC forbids the request (403)."""
 
     exit_code = 43
 
 
-class KubeNotFoundError(KubeError):
+class KubeNotFoundError(KubeError, PermanentError):
     """An object, namespace or API kind (e.g. the EdgeRollout CRD) does not exist (404)."""
 
     exit_code = 44
@@ -206,28 +213,16 @@ class KubeConflictError(KubeError):
     exit_code = 45
 
 
-class KubeInvalidError(KubeError):
+class KubeInvalidError(KubeError, PermanentError):
     """The API server rejected an object as invalid (400/422)."""
 
     exit_code = 46
 
 
-class GroupNotFoundError(KubeError):
-    """A device group matches no node."""
-
-    exit_code = 47
-
-
-class SelectorError(KubeError):
+class SelectorError(KubeError, PermanentError):
     """A label selector does not parse."""
 
     exit_code = 48
-
-
-class UnpinnedImageError(KubeError):
-    """An image reference has no digest where one is required (render --require-digest)."""
-
-    exit_code = 49
 
 
 # --- telemetry (50-59): 50-55 imported above from edgekit_agent.errors --------------------------
@@ -246,24 +241,32 @@ class NoTelemetryError(TelemetryError):
     exit_code = 57
 
 
-# --- rollouts (60-69) ------------------------------------------------------------------------
+# --- rollouts, device groups and the images they ship (60-69) ------------------------------
 class RolloutError(EdgekitError):
     exit_code = 60
 
 
-class UnknownGroupError(RolloutError):
+class GroupNotFoundError(RolloutError, PermanentError):
+    """No such device group: no node carries its label (or, with an accelerator, none of its nodes
+    advertises it). ``edgekit push``, ``groups show`` and ``render --apply`` all raise this one."""
+
     exit_code = 61
 
 
 class EmptyGroupError(RolloutError):
+    """The device group exists (a KubeEdge NodeGroup, an OpenYurt NodePool, a selector) but has no nodes."""
+
     exit_code = 62
 
 
-class DigestRequiredError(RolloutError):
+class DigestRequiredError(RolloutError, PermanentError):
+    """An image reference has no digest where one is required (``--require-digest`` on ``push`` and
+    ``render``), or the registry answered another digest than the reference names."""
+
     exit_code = 63
 
 
-class SignatureRequiredError(RolloutError):
+class SignatureRequiredError(RolloutError, PermanentError):
     exit_code = 64
 
 
@@ -277,15 +280,15 @@ class EngineConflictError(RolloutInProgressError):
     """Another engine holds this rollout's lease (same exit code: someone else is at work)."""
 
 
-class InvalidWavesError(RolloutError):
+class InvalidWavesError(RolloutError, PermanentError):
     exit_code = 66
 
 
-class ThresholdRangeError(RolloutError):
+class ThresholdRangeError(RolloutError, PermanentError):
     exit_code = 67
 
 
-class RolloutNotFoundError(RolloutError):
+class RolloutNotFoundError(RolloutError, PermanentError):
     exit_code = 68
 
 

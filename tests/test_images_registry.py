@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from edgekit_agent.errors import EdgekitError
+from edgekit_agent.errors import EdgekitError, RegistryUnavailableError, TemporaryError
 from edgekit_agent.modelmeta import verify_model_dir
 from edgekit_agent.oci import OciLayout, RegistryOptions, fetch_image, parse_reference
+from edgekit_agent.oci.registry import RegistryClient
 
 from edgekit.image.pushing import TransferSettings, push_layout
 from edgekit.rehearsal.faultproxy import Fault, FaultProxy
@@ -217,6 +218,24 @@ def test_500_then_recover(registry_proxy: FaultProxy, digits_layout: Path, tmp_p
     registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/", status=500, times=100))
     assert_error(invoke("pull", ref, "-o", tmp_path / "bad", "--retries", "2"), 21, "answered 500")
     assert not (tmp_path / "bad").exists() and leftovers(tmp_path) == []
+
+
+def test_503_with_retry_after_is_waited_out_then_reported(registry_proxy: FaultProxy, digits_layout: Path) -> None:
+    push_layout(digits_layout, parse_reference(f"{registry_proxy.host}/busy/digits:1.0"))
+    registry_proxy.clear()
+    slept: list[float] = []
+    options = RegistryOptions(retries=2, backoff=0.05, max_backoff=8.0)  # own backoff: about 0.05 s
+    registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/1\.0", status=503, headers={"Retry-After": "3"}))
+    with RegistryClient(registry_proxy.host, options, sleep=slept.append) as client:
+        client.get_manifest("busy/digits", "1.0")
+        assert slept == [3.0]                          # as the registry asked, not the 0.05 s backoff
+        registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/", status=429, times=100,
+                                       headers={"Retry-After": "30"}))
+        with pytest.raises(RegistryUnavailableError) as err:
+            client.get_manifest("busy/digits", "1.0")
+    assert isinstance(err.value, TemporaryError) and err.value.retry_after == 30.0
+    assert slept[1:] == [8.0, 8.0]                     # longer asks wait max_backoff between tries
+    assert [s for _m, _p, s in registry_proxy.requests if s >= 400] == [503, 429, 429, 429]
 
 
 def test_dropped_connection_mid_blob_resumes(registry_proxy: FaultProxy, digits_layout: Path,

@@ -216,9 +216,9 @@ def test_api_calls_do_not_grow_with_the_fleet(kube_cluster: KubeHandle, kube_nam
 # --- faults: one line, distinct exit codes, nothing half-applied --------------------------------
 def test_group_matching_no_node(kube_cluster: KubeHandle) -> None:
     one_line_error(run("groups", "show", "no-such-group", "--kubeconfig", str(kube_cluster.kubeconfig)),
-                   47, "matches no node")
+                   61, "matches no node")
     one_line_error(run("render", IMAGE, "-g", "kubeedge:nowhere", "-a", "x", "--apply",
-                       "--kubeconfig", str(kube_cluster.kubeconfig)), 47, "matches no node")
+                       "--kubeconfig", str(kube_cluster.kubeconfig)), 61, "matches no node")
 
 
 def test_unreachable_api_server(kube_cluster: KubeHandle, tmp_path: Path) -> None:

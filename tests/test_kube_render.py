@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from edgekit.cli import cli
-from edgekit.errors import ConfigError, ImageReferenceError, SelectorError, UnpinnedImageError
+from edgekit.errors import ConfigError, DigestRequiredError, ImageReferenceError, SelectorError
 from edgekit.kube import names
 from edgekit.kube.applying import sort_for_apply
 from edgekit.kube.groups import node_states, parse_group, summarize
@@ -227,9 +227,9 @@ def test_render_is_pure_and_deterministic() -> None:
 def test_require_digest() -> None:
     settings = RenderSettings(app="digits", image="registry.local/models/digits:v2", group=parse_group("c"),
                               require_digest=True)
-    with pytest.raises(UnpinnedImageError) as err:
+    with pytest.raises(DigestRequiredError) as err:
         render(settings)
-    assert err.value.exit_code == 49
+    assert err.value.exit_code == 63
 
 
 @pytest.mark.parametrize(("field", "value"), [("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER")])
@@ -273,7 +273,7 @@ def test_engine_rbac_is_least_privilege() -> None:
 # --- CLI: bad input, one line, distinct exit codes --------------------------------------------
 @pytest.mark.parametrize(("args", "code", "text"), [
     (["render", IMAGE, "--group", "selector:a in (b", "--app", "digits"], 48, "does not parse"),
-    (["render", "registry.local/models/digits:v2", "--group", "c", "--app", "digits", "--require-digest"], 49,
+    (["render", "registry.local/models/digits:v2", "--group", "c", "--app", "digits", "--require-digest"], 63,
      "has no digest"),
     (["render", "Not An Image", "--group", "c", "--app", "digits"], 28, "not an image reference"),
     (["render", IMAGE, "--group", "c", "--app", "Bad_App"], 2, "app"),

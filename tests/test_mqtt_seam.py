@@ -86,7 +86,7 @@ def test_broker_errors_are_one_family_rooted_in_the_agent() -> None:
     assert issubclass(edgekit.errors.NoTelemetryError, TelemetryError)
     err = BrokerError("down", reason_code=136, hint="later")
     assert (err.exit_code, err.reason_code, err.one_line()) == (51, 136, "down (later)")
-    assert isinstance(err, EdgekitError) and err.delay is None
+    assert isinstance(err, EdgekitError) and err.retry_after is None
 
 
 @pytest.mark.parametrize(("code", "kind", "exit_code"), [

@@ -6,10 +6,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
-from edgekit.errors import EngineConflictError, RolloutError, RolloutInProgressError
+from edgekit.errors import EngineConflictError, KubeUnavailableError, RolloutError, RolloutInProgressError
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import Engine, EngineOptions, request_abort, request_pause, request_promote
 from edgekit.rollout.memory import MemoryCluster, MemoryTelemetry, SimulatedCrash
@@ -141,6 +142,26 @@ def test_first_install_rolls_back_to_no_label() -> None:
     assert ro.status.phase == "RolledBack"
     assert revisions(cluster) == {None}
     assert not cluster.daemonsets
+
+
+def test_a_temporary_failure_waits_the_servers_retry_after_instead_of_the_own_backoff() -> None:
+    cluster, telemetry = fleet(5)
+    engine = Engine(cluster, telemetry, options=replace(FAST, retry_s=60.0))  # own backoff: longer than the test
+    ro = engine.prepare(namespace=NS, app=APP, group=GROUP, image=NEW, strategy=strategy())  # type: ignore[arg-type]
+    engine.create(ro)
+    relabel, relabelled_at = cluster.relabel_nodes, []
+
+    def timed_relabel(app: str, moves: dict[str, str | None]) -> None:
+        relabelled_at.append(time.monotonic())
+        relabel(app, moves)
+    cluster.relabel_nodes = timed_relabel  # type: ignore[method-assign]
+    cluster.crash_when(lambda kind, _: kind == "patch-node",
+                       KubeUnavailableError("the Kubernetes API answered 429", retry_after=0.3))
+    thread, out = in_thread(lambda: engine.run(NS, ro.name))
+    thread.join(10)
+    assert not thread.is_alive(), "the engine waited its own 60 s backoff"
+    assert isinstance(out[0], r.EdgeRollout) and out[0].status.phase == "Succeeded"
+    assert relabelled_at[1] - relabelled_at[0] >= 0.3  # the retry came no sooner than asked
 
 
 def test_crash_mid_wave_then_resume_finishes() -> None:

@@ -157,3 +157,18 @@ def test_figures_from_window_accepts_counts_or_device_lists() -> None:
     f = figures_from_window({"expected": 5, "on_digest": ["a", "b"], "silent": 3, "error_rate": None})
     assert (f.on_digest, f.silent, f.error_rate) == (2, (), None)
     assert TelemetryFigures.from_json(f.to_json()) == f
+
+
+def test_fleet_telemetry_hands_the_engine_the_gates_figures() -> None:
+    from edgekit.rollout.service import FleetTelemetry
+    from tests.test_fleet_state import NEW, OLD, T0, Fleet
+
+    f = Fleet()
+    f.health("a", 1, T0 + 10, digest=NEW, inferences=100, errors=2, p95=20)
+    f.health("b", 1, T0 + 10, digest=OLD)
+    f.status("c", False, 0, T0)
+    telemetry = FleetTelemetry(SimpleNamespace(view=lambda: f.view, subscribed_at=T0 - 5))  # type: ignore[arg-type]
+    assert telemetry.observing_since() == T0 - 5
+    assert telemetry.window(["a", "b", "c", "x"], T0, NEW) == TelemetryFigures(
+        expected=4, reported=1, on_digest=1, off_digest=1, inferences=100, errors=2, error_rate=0.02,
+        p50_ms=10.0, p95_ms=20.0, p99_ms=30.0, probe_failures=0, silent=("c", "x"), offline=("c",))

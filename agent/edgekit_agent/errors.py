@@ -1,25 +1,26 @@
 """The root of edgekit's one exception tree, shared by the agent and the central package.
 
     EdgekitError                  exit 1   anything edgekit raises on purpose
-    ├── ConfigError               exit 2   a setting or flag has a bad value (names the field)
-    ├── TemporaryError            exit 75  worth retrying later (network, broker, registry down)
+    ├── ConfigError               exit 2   a setting or flag has a bad value (names the field)     [P]
+    ├── PermanentError            exit 3   retrying will not help until something is changed
+    ├── TemporaryError            exit 75  worth retrying later; ``retry_after`` says when, if known
     ├── ImageError                exit 20  model images, registries, signatures (here: the device reads them)
-    │   ├── RegistryUnavailableError  21   (also a TemporaryError)
-    │   ├── RegistryAuthError         22
-    │   ├── ImageNotFoundError        23
-    │   ├── DigestMismatchError       24
-    │   ├── SignatureInvalidError     25
-    │   ├── SignatureMissingError     26
-    │   ├── ImageLayoutError          27
+    │   ├── RegistryUnavailableError  21   down, 429/5xx, dropped connections                      [T]
+    │   ├── RegistryAuthError         22                                                           [P]
+    │   ├── ImageNotFoundError        23                                                           [P]
+    │   ├── DigestMismatchError       24                                                           [P]
+    │   ├── SignatureInvalidError     25                                                           [P]
+    │   ├── SignatureMissingError     26                                                           [P]
+    │   ├── ImageLayoutError          27                                                           [P]
     │   │   ├── UnexpectedLayerEntryError 81  a layer entry that is not one of the model files
     │   │   ├── LayerTooLargeError        82  a layer unpacks past the recorded sizes (or the cap)
     │   │   ├── TooManyLayerEntriesError  83
     │   │   └── TrailingLayerDataError    84  data after the end of the tar archive
-    │   ├── ImageReferenceError       28
-    │   └── SigningKeyError           29
+    │   ├── ImageReferenceError       28                                                           [P]
+    │   └── SigningKeyError           29                                                           [P]
     ├── ModelMetadataError        exit 38  model folder: edgekit.json missing or malformed
     │   └── ModelIntegrityError       39   model.onnx / probe.npz do not match edgekit.json
-    ├── ProvenanceError           exit 80  a model folder's stored signature chain is missing, forged or broken
+    ├── ProvenanceError           exit 80  a folder's signature chain is missing, forged or broken [P]
     ├── AgentError                exit 30  the on-device agent
     │   ├── ModelRejectedError        31   verified, but cannot be served here
     │   ├── ProbeFailedError          32   golden probe outputs out of tolerance
@@ -27,12 +28,16 @@
     │   ├── ModelNotReadyError        34   no model loaded, or probe failing
     │   └── SpoolError                37   telemetry spool cannot be opened or written
     ├── TelemetryError            exit 50  MQTT (agent and fleet alike); ``reason_code`` keeps the broker's
-    │   ├── BrokerError               51   broker unreachable or dropped us (also a TemporaryError)
-    │   ├── TelemetryAuthError        52   broker refused our credentials
-    │   ├── TelemetryTLSError         53   TLS handshake, certificate, or unreadable TLS files
-    │   ├── SubscriptionDeniedError   54   broker refused a subscription (ACL)
+    │   ├── BrokerError               51   broker unreachable or dropped us                        [T]
+    │   ├── TelemetryAuthError        52   broker refused our credentials                          [P]
+    │   ├── TelemetryTLSError         53   TLS handshake, certificate, or unreadable TLS files     [P]
+    │   ├── SubscriptionDeniedError   54   broker refused a subscription (ACL)                     [P]
     │   └── BrokerProtocolError       55   no MQTT version in common
     └── (area trees in edgekit.errors and edgekit_agent.*)
+
+[T] is also a ``TemporaryError``, [P] also a ``PermanentError``: "should I retry?" is in the type,
+so a retry loop catches ``TemporaryError`` and waits ``retry_after`` (when the other side said how
+long, e.g. an HTTP ``Retry-After``) or its own backoff; anything else stops it.
 
 The MQTT family is one for the device's publisher and the fleet watcher (``edgekit_agent.mqtt``
 translates paho's reason codes into it). It replaces the agent's former ``BrokerError`` (35) and
@@ -64,7 +69,13 @@ class EdgekitError(Exception):
         return text
 
 
-class ConfigError(EdgekitError):
+class PermanentError(EdgekitError):
+    """Retrying as it is cannot succeed: credentials, names, content or settings must change first."""
+
+    exit_code = 3
+
+
+class ConfigError(PermanentError):
     """A setting, flag or config file field has a value we cannot use."""
 
     exit_code = 2
@@ -77,13 +88,36 @@ class ConfigError(EdgekitError):
 
 
 class TemporaryError(EdgekitError):
-    """Something outside us failed in a way that may pass: retrying later can succeed."""
+    """Something outside us failed in a way that may pass: retrying later can succeed.
+
+    ``retry_after`` is how long the other side asked us to wait (seconds, e.g. from an HTTP
+    ``Retry-After``); None leaves the delay to the retrying loop's own backoff."""
 
     exit_code = 75  # EX_TEMPFAIL
 
-    def __init__(self, message: str, *, delay: float | None = None, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.delay = delay
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from an HTTP ``Retry-After`` value (delta-seconds or an HTTP date); None
+    when absent or unparsable."""
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    import email.utils
+    import time
+
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 # --- model images: registry, OCI layout, signatures (20-29) ------------------------------------
@@ -101,37 +135,37 @@ class RegistryUnavailableError(ImageError, TemporaryError):
     exit_code = 21
 
 
-class RegistryAuthError(ImageError):
+class RegistryAuthError(ImageError, PermanentError):
     """The registry refused our credentials (401/403)."""
 
     exit_code = 22
 
 
-class ImageNotFoundError(ImageError):
+class ImageNotFoundError(ImageError, PermanentError):
     """No such repository, tag, manifest or blob."""
 
     exit_code = 23
 
 
-class DigestMismatchError(ImageError):
+class DigestMismatchError(ImageError, PermanentError):
     """Content does not hash to the digest that names it (tampered or truncated)."""
 
     exit_code = 24
 
 
-class SignatureInvalidError(ImageError):
+class SignatureInvalidError(ImageError, PermanentError):
     """A signature exists but does not verify with the given key, or names another image."""
 
     exit_code = 25
 
 
-class SignatureMissingError(ImageError):
+class SignatureMissingError(ImageError, PermanentError):
     """A signature is required and the image has none."""
 
     exit_code = 26
 
 
-class ImageLayoutError(ImageError):
+class ImageLayoutError(ImageError, PermanentError):
     """An OCI layout folder, index, manifest or config is malformed."""
 
     exit_code = 27
@@ -161,13 +195,13 @@ class TrailingLayerDataError(ImageLayoutError):
     exit_code = 84
 
 
-class ImageReferenceError(ImageError):
+class ImageReferenceError(ImageError, PermanentError):
     """An image reference cannot be parsed."""
 
     exit_code = 28
 
 
-class SigningKeyError(ImageError):
+class SigningKeyError(ImageError, PermanentError):
     """A signing or verification key cannot be read (bad PEM, wrong password, not P-256)."""
 
     exit_code = 29
@@ -186,7 +220,7 @@ class ModelIntegrityError(ModelMetadataError):
     exit_code = 39
 
 
-class ProvenanceError(EdgekitError):
+class ProvenanceError(PermanentError):
     """A model folder is not tied to a signed image: its stored chain (signature, manifest, config)
     is missing, does not verify with the configured key, or names other files than the folder holds."""
 
@@ -254,19 +288,19 @@ class BrokerError(TelemetryError, TemporaryError):
     exit_code = 51
 
 
-class TelemetryAuthError(TelemetryError):
+class TelemetryAuthError(TelemetryError, PermanentError):
     """The broker refused our username/password or client certificate (not worth fast retries)."""
 
     exit_code = 52
 
 
-class TelemetryTLSError(TelemetryError):
+class TelemetryTLSError(TelemetryError, PermanentError):
     """TLS failed: handshake, certificate verification, or unreadable CA/cert/key files."""
 
     exit_code = 53
 
 
-class SubscriptionDeniedError(TelemetryError):
+class SubscriptionDeniedError(TelemetryError, PermanentError):
     """The broker refused to subscribe us to the telemetry topics (ACL)."""
 
     exit_code = 54

@@ -57,7 +57,7 @@ def latency_value(bucket: int) -> float:
     """A representative value of a latency bucket (its geometric middle)."""
     if bucket <= 0:
         return _LAT_MIN
-    return _LAT_MIN * _LAT_GROWTH ** (bucket - 0.5)
+    return _LAT_MIN * math.pow(_LAT_GROWTH, bucket - 0.5)  # float ** float is typed as Any
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError
 from edgekit_agent.oci.layout import OciLayout
 from edgekit_agent.oci.mediatypes import ANN_REF_NAME, ANN_VERSION, check_descriptor, signature_tag
-from edgekit_agent.oci.reference import Reference
+from edgekit_agent.oci.reference import Reference, parse_reference
 from edgekit_agent.oci.registry import Manifest, RegistryClient, RegistryOptions
 from edgekit_agent.oci.signatures import verify_image_signatures
 from edgekit_agent.oci.sources import ImageSource, LayoutSource, RegistrySource, manifest_kind
@@ -30,8 +30,8 @@ from edgekit_agent.oci.transport import FileSlice
 
 from edgekit.image.layouts import LayoutWriter
 
-__all__ = ["PullResult", "PushResult", "TransferProgress", "TransferSettings", "pull_image", "push_layout",
-           "upload_blob"]
+__all__ = ["PullResult", "PushResult", "TransferProgress", "TransferSettings", "pull_image", "push",
+           "push_layout", "upload_blob"]
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,13 @@ def push_layout(layout: str | Path, ref: Reference, *, options: RegistryOptions 
             result.signatures += 1
         result.requests = client.requests
     return result
+
+
+def push(layout: str | Path, reference: str, *, options: RegistryOptions | None = None,
+         progress: TransferProgress | None = None) -> PushResult:
+    """Push the image in an OCI layout folder (what ``package`` writes) to ``reference``
+    (``host[:port]/repository[:tag]``; without a tag, the layout's own), as ``edgekit push``."""
+    return push_layout(layout, parse_reference(reference), options=options, progress=progress)
 
 
 def _version_of(top: Manifest) -> str | None:

@@ -4,7 +4,8 @@ Every request edgekit makes goes through :meth:`KubeClient.request`, which count
 tests assert that group listing and applying take a constant number of calls, not one per node),
 decodes JSON, and translates failures into the ``KubeError`` family:
 
-    connection refused / timeout / TLS / 5xx / 429  -> KubeUnavailableError  41 (a TemporaryError)
+    connection refused / timeout / TLS / 5xx / 429  -> KubeUnavailableError  41 (a TemporaryError;
+                                                       ``retry_after`` from a ``Retry-After`` header)
     401                                             -> KubeAuthError         42
     403                                             -> KubeForbiddenError    43
     404                                             -> KubeNotFoundError     44
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import urllib3
+from edgekit_agent.errors import retry_after_seconds
 
 if TYPE_CHECKING:
     from kubernetes import client as k8s
@@ -61,8 +63,9 @@ def _status_message(body: bytes | str | None, fallback: str) -> str:
     return fallback
 
 
-def error_for_status(status: int, message: str, *, server: str = "") -> KubeError:
-    """The ``KubeError`` subclass for an HTTP status from the API server."""
+def error_for_status(status: int, message: str, *, server: str = "", retry_after: str | None = None) -> KubeError:
+    """The ``KubeError`` subclass for an HTTP status from the API server (``retry_after``: the
+    answer's ``Retry-After`` header, kept on the temporary error so a retrying caller waits that long)."""
     where = f" ({server})" if server else ""
     if status == 401:
         return KubeAuthError(f"the Kubernetes API{where} refused the credentials: {message}",
@@ -80,7 +83,8 @@ def error_for_status(status: int, message: str, *, server: str = "") -> KubeErro
     if status in (400, 422):
         return KubeInvalidError(f"rejected by the API server: {message}")
     if status == 429 or status >= 500:
-        return KubeUnavailableError(f"the Kubernetes API{where} answered {status}: {message}")
+        return KubeUnavailableError(f"the Kubernetes API{where} answered {status}: {message}",
+                                    retry_after=retry_after_seconds(retry_after))
     return KubeError(f"the Kubernetes API{where} answered {status}: {message}")
 
 
@@ -105,7 +109,7 @@ def translating(server: str = "") -> Iterator[None]:
         if exc.status in (0, None):
             raise _unavailable(server, exc) from exc
         raise error_for_status(int(exc.status), _status_message(exc.body, str(exc.reason)),
-                               server=server) from exc
+                               server=server, retry_after=(exc.headers or {}).get("Retry-After")) from exc
     except urllib3.exceptions.HTTPError as exc:
         raise _unavailable(server, exc) from exc
 
@@ -192,7 +196,7 @@ class KubeClient:
             raw = response.read()
         if response.status >= 400:
             raise error_for_status(response.status, _status_message(raw, str(response.reason)),
-                                   server=self.server)
+                                   server=self.server, retry_after=response.headers.get("Retry-After"))
         if not raw:
             return None
         return json.loads(raw)

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from edgekit.errors import ConfigError, ImageReferenceError, UnpinnedImageError
+from edgekit.errors import ConfigError, DigestRequiredError, ImageReferenceError
 from edgekit.kube import names
 from edgekit.kube.groups import DeviceGroup
 from edgekit.kube.selectors import to_match_expressions
@@ -227,8 +227,8 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     """ServiceAccount, ConfigMap, Service and DaemonSet for one revision, in apply order."""
     image = parse_image(s.image)
     if s.require_digest and not image.digest:
-        raise UnpinnedImageError(f"image {s.image!r} has no digest",
-                                 hint="pin it as repository@sha256:<digest> (see `edgekit push`)")
+        raise DigestRequiredError(f"image {s.image!r} has no digest",
+                                  hint="pin it as repository@sha256:<digest> (see `edgekit push`)")
     revision = s.revision or revision_for(image)
     target = TARGETS[s.target]
     source = target.model_source if s.model_source == "auto" else s.model_source

@@ -136,7 +136,8 @@ def max_abs(reference: Outputs, candidate: Outputs) -> float:
 def _argmax(out: np.ndarray) -> np.ndarray:
     if out.ndim < 2:
         raise DataError(f"top-1 needs an output with a class axis, got shape {list(out.shape)}")
-    return out.reshape(out.shape[0], -1, out.shape[-1]).argmax(-1) if out.ndim > 2 else out.argmax(-1)
+    top: np.ndarray = out.reshape(out.shape[0], -1, out.shape[-1]).argmax(-1) if out.ndim > 2 else out.argmax(-1)
+    return top
 
 
 def top1(reference: Outputs, candidate: Outputs) -> float:

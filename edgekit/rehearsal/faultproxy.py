@@ -5,6 +5,7 @@ misbehave on purpose:
 
     proxy = FaultProxy("127.0.0.1:5000").start()
     proxy.add_fault(Fault(method="GET", path=r"/blobs/", status=500, times=2))   # 500, 500, then pass
+    proxy.add_fault(Fault(path=r"/manifests/", status=503, headers={"Retry-After": "1"}))
     proxy.add_fault(Fault(method="GET", path=r"/blobs/", drop_response_after=1 << 20))  # cut mid-blob
     proxy.add_fault(Fault(method="PATCH", path=r"/uploads/", drop_request_after=8 << 20))
     proxy.requests      # [(method, path, status), ...]
@@ -21,7 +22,7 @@ import http.client
 import re
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from edgekit.rehearsal.processes import free_port
@@ -37,6 +38,7 @@ class Fault:
     method: str | None = None
     path: str = ""
     status: int | None = None  # answer this instead of forwarding
+    headers: dict[str, str] = field(default_factory=dict)  # sent with ``status`` (e.g. Retry-After)
     drop_request_after: int | None = None
     drop_response_after: int | None = None
     times: int = 1
@@ -104,6 +106,8 @@ class FaultProxy:
                     self.send_response(fault.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
+                    for key, value in fault.headers.items():
+                        self.send_header(key, value)
                     self.end_headers()
                     self.wfile.write(body)
                     proxy._record(method, path, fault.status)

@@ -45,7 +45,6 @@ from edgekit.rollout.gating import (
     KubeFigures,
     TelemetryFigures,
     Verdict,
-    figures_from_window,
     judge,
 )
 from edgekit.rollout.leasing import Lease
@@ -63,7 +62,7 @@ class EngineOptions:
     tick_s: float = 0.5              # how often a holding wave is looked at again
     refresh_s: float = 5.0           # how often live figures are written while nothing changes
     cleanup_timeout_s: float = 60.0  # wait this long for a DaemonSet to run nowhere, then delete it
-    retry_s: float = 2.0             # back-off after a temporary API failure
+    retry_s: float = 2.0             # back-off after a temporary API failure that names no delay
     holder: str | None = None
 
 
@@ -186,8 +185,7 @@ class Engine:
                     lease.renew()
                     self._step()
                 except TemporaryError as exc:
-                    log.warning("rollout %s: %s; retrying", name, exc.one_line())
-                    self._sleep(exc.delay or self.options.retry_s)
+                    self._back_off(name, exc)
             clean = True
             return self.ro
         except (Exception, KeyboardInterrupt, SystemExit):
@@ -223,6 +221,16 @@ class Engine:
         status is ours."""
         assert self.live is not None
         self.live.rollout = replace(self.ro, spec=latest.spec, resource_version=latest.resource_version)
+
+    def _back_off(self, name: str, exc: TemporaryError) -> None:
+        """Wait before retrying a step: as long as the server asked (``retry_after``, not cut short
+        by rollout changes: it asked for quiet), else our own ``retry_s``."""
+        if exc.retry_after is None:
+            log.warning("rollout %s: %s; retrying", name, exc.one_line())
+            self._sleep(self.options.retry_s)
+        else:
+            log.warning("rollout %s: %s; retrying in %.1fs as asked", name, exc.one_line(), exc.retry_after)
+            self.stop.wait(exc.retry_after)
 
     def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -341,7 +349,7 @@ class Engine:
         since = self.telemetry.observing_since()
         if since > now - window and now - since < window:
             return _WAIT
-        stats = figures_from_window(self.telemetry.window(wave.nodes, now - window, None))
+        stats = self.telemetry.window(wave.nodes, now - window, None)
         if stats.reported == 0:
             return None
         return Baseline(stats.p95_ms, stats.error_rate, stats.reported)
@@ -411,7 +419,7 @@ class Engine:
         if self.telemetry is None:
             return TelemetryFigures(expected=len(wave.nodes))
         since = wave.ready_at or wave.moved_at or self.clock()
-        return figures_from_window(self.telemetry.window(wave.nodes, since, self.ro.spec.target.digest))
+        return self.telemetry.window(wave.nodes, since, self.ro.spec.target.digest)
 
     def _bake_and_judge(self, wave: WaveStatus, paused: bool) -> None:
         st, strategy = self.ro.status, self.ro.spec.strategy

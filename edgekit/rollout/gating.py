@@ -18,11 +18,14 @@ Order of judgement (first match wins):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from edgekit.rollout.strategy import GatePolicy, fmt_duration, fmt_percent
+
+if TYPE_CHECKING:
+    from edgekit.fleet.views import WindowStats
 
 Decision = Literal["advance", "hold", "rollback"]
 ADVANCE: Decision = "advance"
@@ -92,9 +95,11 @@ def _count(value: Any) -> int:
     return len(value)
 
 
-def figures_from_window(stats: Any) -> TelemetryFigures:
-    """Read a ``WindowStats``-like record (attributes or mapping). Device lists or counts both work."""
-    get = stats.get if isinstance(stats, dict) else (lambda key, default=None: getattr(stats, key, default))
+def figures_from_window(stats: WindowStats | Mapping[str, Any]) -> TelemetryFigures:
+    """The gates' figures from a fleet ``WindowStats`` (or a mapping of its fields, as bench and
+    test doubles write them). Device lists or counts both work."""
+    get: Callable[..., Any] = (stats.get if isinstance(stats, Mapping)
+                               else (lambda key, default=None: getattr(stats, key, default)))
     error_rate = get("error_rate")
     return TelemetryFigures(
         expected=_count(get("expected")), reported=_count(get("reported")),

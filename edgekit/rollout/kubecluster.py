@@ -26,7 +26,6 @@ from edgekit.errors import (
     KubeNotFoundError,
     RolloutInProgressError,
     RolloutNotFoundError,
-    UnknownGroupError,
 )
 from edgekit.kube import names
 from edgekit.kube.applying import FIELD_MANAGER, delete_object, patch_labels, sort_for_apply
@@ -129,7 +128,7 @@ class KubeCluster:
             if parsed.kind == "selector" or self._group_object_exists(parsed):
                 raise EmptyGroupError(f"device group {group!r} has no nodes (selector {parsed.selector})",
                                       hint="check the nodes' labels; nothing was changed") from exc
-            raise UnknownGroupError(
+            raise GroupNotFoundError(
                 f"unknown device group {group!r}: no node is labelled {parsed.selector}",
                 hint="see `edgekit groups list`; nothing was changed") from exc
         return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in nodes}

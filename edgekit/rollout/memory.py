@@ -13,18 +13,19 @@ from __future__ import annotations
 import copy
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from edgekit.errors import (
     EmptyGroupError,
+    GroupNotFoundError,
     KubeConflictError,
     RolloutInProgressError,
     RolloutNotFoundError,
-    UnknownGroupError,
 )
 from edgekit.rollout import resource as r
+from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
 
@@ -82,6 +83,7 @@ class MemoryCluster:
         self.version = 0
         self.changed = threading.Condition()
         self._crash: Callable[[str, Any], bool] | None = None
+        self._crash_error: BaseException | None = None
         self._lock = threading.RLock()
 
     # --- test controls ----------------------------------------------------------------------
@@ -90,14 +92,17 @@ class MemoryCluster:
         for name, labels in members.items():
             self.nodes.setdefault(name, {}).update(labels)
 
-    def crash_when(self, predicate: Callable[[str, Any], bool] | None) -> None:
+    def crash_when(self, predicate: Callable[[str, Any], bool] | None, error: BaseException | None = None) -> None:
+        """Fail the first call ``predicate(kind, detail)`` picks: with ``SimulatedCrash``, or with
+        ``error`` (an API failure, e.g. a ``KubeUnavailableError``)."""
         self._crash = predicate
+        self._crash_error = error
 
     def _call(self, kind: str, detail: Any = None) -> None:
         self.calls[kind] += 1
         if self._crash is not None and self._crash(kind, detail):
             self._crash = None
-            raise SimulatedCrash(kind)
+            raise self._crash_error or SimulatedCrash(kind)
 
     def _bump(self) -> None:
         with self.changed:
@@ -122,7 +127,7 @@ class MemoryCluster:
     def group_nodes(self, group: str, profile: str = "k3s") -> dict[str, dict[str, str]]:
         self._call("list-nodes")
         if group not in self.groups:
-            raise UnknownGroupError(f"device group {group!r} does not exist")
+            raise GroupNotFoundError(f"device group {group!r} does not exist")
         if not self.groups[group]:
             raise EmptyGroupError(f"device group {group!r} has no nodes")
         return {n: dict(self.nodes[n]) for n in sorted(self.groups[group])}
@@ -268,7 +273,7 @@ class MemoryTelemetry:
         image = self.cluster.daemonsets.get((self.namespace, self.app, rev)) if rev else None
         return image.digest if image else None
 
-    def window(self, devices: list[str], since: float, digest: str | None) -> dict[str, Any]:
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
         self.calls += 1
         reported, silent, offline, on, off = [], [], [], [], []
         inferences = errors = probe_failures = 0
@@ -291,7 +296,8 @@ class MemoryTelemetry:
             p95s.append(float(b.get("p95_ms", 5.0)))
             probe_failures += 0 if b.get("probe_ok", True) else 1
         p95 = max(p95s) if p95s else None
-        return {"expected": len(devices), "reported": reported, "silent": silent, "offline": offline,
-                "on_digest": on, "off_digest": off, "inferences": inferences, "errors": errors,
-                "error_rate": errors / inferences if inferences else None, "p50_ms": p95, "p95_ms": p95,
-                "p99_ms": p95, "probe_failures": probe_failures}
+        return TelemetryFigures(
+            expected=len(devices), reported=len(reported), on_digest=len(on), off_digest=len(off),
+            inferences=inferences, errors=errors, error_rate=errors / inferences if inferences else None,
+            p50_ms=p95, p95_ms=p95, p99_ms=p95, probe_failures=probe_failures,
+            silent=tuple(sorted(silent)), offline=tuple(sorted(offline)))

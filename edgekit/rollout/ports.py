@@ -1,6 +1,11 @@
 """The narrow seams between the rollout engine and the world: the cluster, the fleet's telemetry,
-and the image registry. ``edgekit.rollout.kubecluster`` and ``edgekit.rollout.telemetry`` are the
-real implementations; ``edgekit.rollout.memory`` is an in-memory cluster for fast engine tests.
+and the image registry.
+
+- ``ClusterPort``: ``edgekit.rollout.kubecluster.KubeCluster`` on a live API server;
+  ``edgekit.rollout.memory.MemoryCluster`` in memory, for fast engine tests.
+- ``TelemetryPort``: ``edgekit.rollout.service.FleetTelemetry`` on a running
+  ``edgekit.fleet.FleetWatcher``; ``edgekit.rollout.memory.MemoryTelemetry`` in memory.
+- ``ImagePort``: ``edgekit.rollout.images.RegistryImages`` on an OCI registry.
 
 Every cluster call is idempotent, so the engine can repeat the step it was in after a crash.
 """
@@ -10,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
 
@@ -40,7 +46,7 @@ class ClusterPort(Protocol):
     # device groups ---------------------------------------------------------------------------
     def group_nodes(self, group: str, profile: str = "k3s") -> dict[str, dict[str, str]]:
         """Node name -> labels for the group (``profile``: k3s | kubeedge | openyurt decides what a
-        bare group name means). UnknownGroupError / EmptyGroupError."""
+        bare group name means). GroupNotFoundError / EmptyGroupError."""
         ...
 
     def nodes_on_revision(self, app: str, revision: str) -> list[str]: ...
@@ -96,8 +102,9 @@ class ClusterPort(Protocol):
 
 
 class TelemetryPort(Protocol):
-    def window(self, devices: Sequence[str], since: float, digest: str | None) -> Any:
-        """A ``WindowStats``-like record for these devices since ``since`` on ``digest``."""
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
+        """What these devices reported since ``since`` (device time) on ``digest`` (None: any),
+        as the gates read it (``edgekit.fleet.FleetView.window`` gives the full record)."""
         ...
 
     def observing_since(self) -> float:
@@ -106,14 +113,16 @@ class TelemetryPort(Protocol):
 
 
 class ImagePort(Protocol):
-    def resolve_digest(self, image: str) -> str:
-        """The manifest digest of ``image`` (resolving a tag once). DigestRequiredError."""
+    def pin(self, image: str) -> ImageRef:
+        """``image`` (tag or digest) -> ``repository@sha256:…``, resolving a tag once.
+        DigestRequiredError when a digest is required and missing, or the registry answers another."""
         ...
 
-    def verify_signature(self, image: str, digest: str) -> None:
-        """Raise SignatureRequiredError unless a valid signature exists (when a key is set)."""
+    def verify_signature(self, image: ImageRef) -> str | None:
+        """The key id that verified ``image``; None when no key is configured.
+        SignatureRequiredError when a key is configured and no signature verifies."""
         ...
 
-    def image_size(self, image: str, digest: str) -> int | None:
+    def image_size(self, image: ImageRef) -> int | None:
         """Bytes a node downloads for the image (for plans); None when unknown."""
         ...

@@ -10,9 +10,9 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.errors import EngineConflictError, RolloutError, RolloutNotFoundError
 from edgekit.rollout import resource as r
@@ -25,11 +25,15 @@ from edgekit.rollout.engine import (
     request_pause,
     request_promote,
 )
-from edgekit.rollout.images import RegistryImages
-from edgekit.rollout.ports import ClusterPort, TelemetryPort
+from edgekit.rollout.gating import TelemetryFigures, figures_from_window
+from edgekit.rollout.ports import ClusterPort, ImagePort, TelemetryPort
 from edgekit.rollout.resource import EdgeRollout
 from edgekit.rollout.settings import RolloutSettings
 from edgekit.rollout.strategy import Strategy
+
+if TYPE_CHECKING:
+    from edgekit.fleet.settings import FleetSettings
+    from edgekit.fleet.watching import FleetWatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +41,21 @@ log = logging.getLogger(__name__)
 class FleetTelemetry:
     """``TelemetryPort`` on a running ``edgekit.fleet.FleetWatcher``."""
 
-    def __init__(self, watcher: Any) -> None:
+    def __init__(self, watcher: FleetWatcher) -> None:
         self.watcher = watcher
         self.started = time.time()
 
     def observing_since(self) -> float:
-        return float(getattr(self.watcher, "subscribed_at", None) or self.started)
+        return float(self.watcher.subscribed_at or self.started)
 
-    def window(self, devices: list[str], since: float, digest: str | None) -> Any:
-        return self.watcher.view().window(devices, since, digest)
+    def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
+        return figures_from_window(self.watcher.view().window(devices, since, digest))
 
     def close(self) -> None:
         self.watcher.stop()
 
 
-def open_fleet_telemetry(fleet_settings: Any) -> FleetTelemetry:
+def open_fleet_telemetry(fleet_settings: FleetSettings) -> FleetTelemetry:
     from edgekit.fleet.watching import FleetWatcher
 
     watcher = FleetWatcher(fleet_settings).start()
@@ -63,7 +67,7 @@ def open_fleet_telemetry(fleet_settings: Any) -> FleetTelemetry:
 class Session:
     cluster: ClusterPort
     settings: RolloutSettings
-    images: RegistryImages | None = None
+    images: ImagePort | None = None
     telemetry_factory: Callable[[], TelemetryPort] | None = None
     telemetry: TelemetryPort | None = None
     stop: threading.Event = field(default_factory=threading.Event)

@@ -165,4 +165,5 @@ class ListWatch:
                 failures += 1
                 log.debug("watch %s: %s", self.path, exc)
                 version = None
-                self._stop.wait(min(0.2 * 2 ** failures, 5.0))
+                asked = getattr(exc, "retry_after", None)  # a throttling API server said how long
+                self._stop.wait(asked if asked is not None else min(0.2 * 2 ** failures, 5.0))

@@ -12,8 +12,9 @@ What it does, and why each part is here:
   HTTP is tried when the server does not speak TLS, also for loopback registries);
 - auth: the ``WWW-Authenticate`` challenge of ``/v2/`` decides between HTTP basic and bearer
   tokens (fetched per scope from the realm, with basic credentials when we have them);
-- retries with exponential backoff (and ``Retry-After``) on 429/5xx answers and on connection
-  resets, refusals and timeouts; once they are used up, ``RegistryUnavailableError``;
+- retries with exponential backoff (or the answer's ``Retry-After``, up to ``max_backoff``) on
+  429/5xx answers and on connection resets, refusals and timeouts; once they are used up,
+  ``RegistryUnavailableError`` (with ``retry_after`` when the registry named a delay);
 - blob downloads that resume with ``Range`` after a dropped connection, and verify the digest.
 
 Registry answers map onto the image error family: 401/403 -> ``RegistryAuthError``,
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__
-from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError
+from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError, retry_after_seconds
 from edgekit_agent.oci import downloading
 from edgekit_agent.oci.answers import answer_error, registry_message, safe_json, unreachable_error
 from edgekit_agent.oci.credentials import Credentials, load_docker_credentials, parse_challenge
@@ -128,9 +129,9 @@ class RegistryClient:
 
     # --- retries -------------------------------------------------------------------------------
     def backoff(self, attempt: int, retry_after: str | None = None) -> float:
-        if retry_after:
-            with contextlib.suppress(ValueError):
-                return min(float(retry_after), self.options.max_backoff)
+        asked = retry_after_seconds(retry_after)
+        if asked is not None:
+            return min(asked, self.options.max_backoff)
         delay = min(self.options.backoff * (2 ** attempt), self.options.max_backoff)
         return delay * random.uniform(0.8, 1.2)
 
@@ -153,6 +154,7 @@ class RegistryClient:
         tries = attempt = 0
         while attempt <= self.options.retries:
             tries += 1
+            asked: str | None = None  # the answer's Retry-After
             try:
                 resp = self._send_once("GET", "/v2/", {})
                 status, body = resp.status, resp.read()
@@ -180,12 +182,14 @@ class RegistryClient:
                                          f"{registry_message(safe_json(body))}".strip())
                     self._pinged = True
                     return
-                last = RegistryUnavailableError(f"registry {self.registry} answered {status} to GET /v2/")
+                asked = resp.headers.get("Retry-After")
+                last = RegistryUnavailableError(f"registry {self.registry} answered {status} to GET /v2/",
+                                                retry_after=retry_after_seconds(asked))
             if attempt < self.options.retries:
-                self._sleep(self.backoff(attempt))
+                self._sleep(self.backoff(attempt, asked))
             attempt += 1
         if isinstance(last, RegistryUnavailableError):
-            raise RegistryUnavailableError(f"{last.message} (after {tries} tries)",
+            raise RegistryUnavailableError(f"{last.message} (after {tries} tries)", retry_after=last.retry_after,
                                            hint="the registry keeps failing; try again later")
         assert last is not None
         raise self._unreachable(last, tries)
@@ -312,7 +316,8 @@ class RegistryClient:
                 if attempt >= retries:
                     raise RegistryUnavailableError(
                         f"registry {self.registry} answered {resp.status} {resp.reason} to {what} "
-                        f"(after {tries} tries)", hint="the registry keeps failing; try again later")
+                        f"(after {tries} tries)", hint="the registry keeps failing; try again later",
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")))
                 self._sleep(self.backoff(attempt, resp.headers.get("Retry-After")))
                 attempt += 1
                 continue
