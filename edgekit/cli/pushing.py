@@ -9,8 +9,9 @@ from typing import Any
 import click
 
 from edgekit.cli.images import push_cmd as upload_cmd
-from edgekit.cli.rollout_options import GROUP_FORMS, pop_strategy, starting_options
+from edgekit.cli.rollout_options import pop_strategy, starting_options
 from edgekit.cli.rollout_session import opened, start
+from edgekit.kube.targets import GROUP_FORMS
 
 
 @click.command("push")

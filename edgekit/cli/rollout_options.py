@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-GROUP_FORMS = "NAME, kubeedge:NAME, openyurt:NAME or selector:EXPR"
-
 
 def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     """The decorators applied as if written one above the other, first on top."""

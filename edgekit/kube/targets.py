@@ -10,7 +10,7 @@ from typing import Any, Literal
 from edgekit.errors import ConfigError
 from edgekit.kube import names
 
-__all__ = ["DEFAULT_TARGET", "TARGETS", "Target", "check_target"]
+__all__ = ["DEFAULT_TARGET", "GROUP_FORMS", "TARGETS", "Target", "check_target"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,10 @@ TARGETS: dict[str, Target] = {
 }
 
 DEFAULT_TARGET = "k3s"
+
+# How a device group is written (help texts, the CRD schema): "NAME, kubeedge:NAME, ... or selector:EXPR".
+GROUP_FORMS = ", ".join(["NAME", *(f"{t.group_kind}:NAME" for t in TARGETS.values() if t.group_kind != "label")]) \
+    + " or selector:EXPR"
 
 
 def check_target(name: str) -> None:
