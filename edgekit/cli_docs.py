@@ -81,10 +81,8 @@ def _walk(command: click.Command, path: str, parent: click.Context | None) -> It
 
 
 def _modes(command: click.Command) -> list[tuple[str, click.Command]]:
-    rollout, image = getattr(command, "rollout", None), getattr(command, "image", None)
-    if isinstance(rollout, click.Command) and isinstance(image, click.Command):
-        return [("with --group: a rollout", rollout), ("without --group: upload an image layout", image)]
-    return []
+    """(label, command) for each mode of a command that has several (``edgekit push``)."""
+    return list(getattr(command, "modes", ()))
 
 
 def help_text(entry: Entry) -> str:

@@ -56,12 +56,26 @@ def test_help_and_version() -> None:
     assert runner.invoke(cli, ["--version"]).output.startswith("edgekit, version ")
 
 
-def test_running_one_command_loads_only_its_area() -> None:
+def _loaded_after(argv: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``edgekit ARGV``."""
     code = (
         "import sys; from edgekit.cli import cli\n"
-        "try:\n    cli(['inspect', '--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
-        "print('LOADED:' + ','.join(m for m in ('kubernetes', 'edgekit.cli.rollout', 'edgekit.cli.fleet')"
-        " if m in sys.modules))"
+        f"try:\n    cli({argv!r}, standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED:' + ','.join(m for m in {modules!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "LOADED:"
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("LOADED:"), out
+    return [m for m in last.removeprefix("LOADED:").split(",") if m]
+
+
+def test_running_one_command_loads_only_its_area() -> None:
+    rollout_areas = ("edgekit.cli.pushing", "edgekit.cli.rollout", "edgekit.cli.controller", "edgekit.cli.sim")
+    assert _loaded_after(["inspect", "--help"], ("kubernetes", *rollout_areas, "edgekit.cli.fleet")) == []
+    assert _loaded_after(["rollout", "status", "--help"], rollout_areas) == ["edgekit.cli.rollout"]
+
+
+def test_help_of_cluster_commands_loads_no_cluster_client() -> None:
+    # The Kubernetes client and the rollout service load only when a command talks to a cluster.
+    for argv in (["push", "--help"], ["push", "-g", "g", "--help"], ["rollout", "status", "--help"]):
+        assert _loaded_after(argv, ("kubernetes", "edgekit.rollout.service")) == [], argv

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from edgekit.cli import cli
-from edgekit.cli.rollout import render, summary
+from edgekit.cli.rollout_view import render, summary
 from edgekit.rollout.engine import Live
 from edgekit.rollout.gating import Elapsed, KubeFigures, TelemetryFigures, judge
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec, RolloutStatus, WaveStatus

@@ -15,7 +15,7 @@ import click
 from edgekit import __version__
 from edgekit.errors import EdgekitError
 
-_AREAS = ("optimize", "images", "kube", "fleet", "rollout", "dev")
+_AREAS = ("optimize", "images", "kube", "fleet", "pushing", "rollout", "controller", "sim", "dev")
 
 # Which area module holds each top-level command. Areas are imported only when one of their
 # commands runs (or help lists them all): `edgekit push` need not load onnx, `quantize` need not
@@ -26,7 +26,7 @@ COMMAND_AREAS = {
     "show": "images",
     "groups": "kube", "render": "kube", "install": "kube",
     "fleet": "fleet",
-    "push": "rollout", "rollout": "rollout", "controller": "rollout", "sim": "rollout",
+    "push": "pushing", "rollout": "rollout", "controller": "controller", "sim": "sim",
     "dev": "dev",
 }
 

@@ -19,7 +19,8 @@ from edgekit.kube.deploying import deploy_revision, install
 from edgekit.kube.groups import GroupSummary, list_groups, parse_group, show_group
 from edgekit.kube.install import install_objects
 from edgekit.kube.kubeconfigs import find_kubeconfig
-from edgekit.kube.rendering import DEFAULT_AGENT_IMAGE, TARGETS, RenderSettings, render
+from edgekit.kube.rendering import DEFAULT_AGENT_IMAGE, RenderSettings, render
+from edgekit.kube.targets import DEFAULT_TARGET, TARGETS
 from edgekit.kube.yamlio import dump_all
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +98,7 @@ def groups_list(namespace: str | None, kubeconfig: Path | None, context: str | N
 
 @groups.command("show")
 @click.argument("group")
-@click.option("--target", type=click.Choice(sorted(TARGETS)), default=None,
+@click.option("--target", type=click.Choice(list(TARGETS)), default=None,
               help="Platform whose label a bare group NAME means (default: edgekit.io/group).")
 @click.option("--namespace", "-n", default=None, help="Only look at edgekit pods in this namespace.")
 @click.option("--nodes/--no-nodes", "with_nodes", default=True, show_default=True,
@@ -165,7 +166,7 @@ def _print_report(report: ApplyReport) -> None:
 @click.option("--group", "-g", "group", required=True, help="Device group (NAME, kubeedge:NAME, openyurt:NAME, "
               "selector:EXPR).")
 @click.option("--app", "-a", required=True, help="Application name (DaemonSets are APP-REVISION).")
-@click.option("--target", "-t", type=click.Choice(sorted(TARGETS)), default="k3s", show_default=True,
+@click.option("--target", "-t", type=click.Choice(list(TARGETS)), default=DEFAULT_TARGET, show_default=True,
               help="Cluster flavour: tolerations, affinity and how the model arrives.")
 @click.option("--namespace", "-n", default=names.DEFAULT_NAMESPACE, show_default=True)
 @click.option("--revision", default=None, help="Revision name (default: first 12 hex digits of the digest).")

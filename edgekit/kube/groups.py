@@ -23,6 +23,7 @@ from edgekit.errors import GroupNotFoundError, SelectorError
 from edgekit.kube import names
 from edgekit.kube.client import KubeClient
 from edgekit.kube.selectors import Requirement, format_selector, matches, parse_selector
+from edgekit.kube.targets import TARGETS
 
 __all__ = [
     "DeviceGroup",
@@ -37,9 +38,8 @@ __all__ = [
 ]
 
 GroupKind = Literal["label", "kubeedge", "openyurt", "selector"]
-_KIND_LABEL = {"label": names.GROUP_LABEL, "kubeedge": names.KUBEEDGE_GROUP_LABEL,
-               "openyurt": names.OPENYURT_POOL_LABEL}
-_TARGET_KIND: dict[str, GroupKind] = {"kubeedge": "kubeedge", "openyurt": "openyurt"}
+_KIND_LABEL: dict[str, str] = {t.group_kind: t.group_label for t in TARGETS.values()}  # kind -> its label
+_TARGET_KIND: dict[str, GroupKind] = {name: t.group_kind for name, t in TARGETS.items()}
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def parse_group(text: str, target: str | None = None) -> DeviceGroup:
     """``NAME`` | ``kubeedge:NAME`` | ``openyurt:NAME`` | ``selector:EXPR`` (or a bare selector)."""
     text = text.strip()
     prefix, sep, rest = text.partition(":")
-    if sep and prefix in ("kubeedge", "openyurt", "label"):
+    if sep and prefix in _KIND_LABEL:
         kind: GroupKind = prefix  # type: ignore[assignment]
         name = rest.strip()
     elif sep and prefix == "selector":

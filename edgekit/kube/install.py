@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgekit.kube import names
+from edgekit.kube.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = ["ENGINE_NAME", "edgerollout_crd", "engine_rbac", "install_objects"]
 
@@ -51,7 +52,7 @@ def _schema() -> dict[str, Any]:
                       "description": "Model image reference, pinned by digest."},
             "revision": {"type": "string", "maxLength": 22, "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                          "description": "Revision name (default: derived from the image digest)."},
-            "target": {"type": "string", "enum": ["k3s", "kubeedge", "openyurt"], "default": "k3s"},
+            "target": {"type": "string", "enum": list(TARGETS), "default": DEFAULT_TARGET},
             "waves": {"type": "array", "maxItems": 20, "items": wave_step,
                       "description": "Wave sizes, canary first."},
             "bakeTime": {"type": "string", "pattern": _DURATION, "default": "60s",

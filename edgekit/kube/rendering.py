@@ -29,6 +29,7 @@ from edgekit.errors import ConfigError, DigestRequiredError, ImageReferenceError
 from edgekit.kube import names
 from edgekit.kube.groups import DeviceGroup
 from edgekit.kube.selectors import to_match_expressions
+from edgekit.kube.targets import DEFAULT_TARGET, TARGETS, Target, check_target
 
 __all__ = [
     "ACCELERATORS",
@@ -120,41 +121,13 @@ def accelerator_for(resource: str, provider: str | None = None) -> Accelerator:
 
 
 @dataclass(frozen=True)
-class Target:
-    """Per-platform scheduling: which nodes are edge nodes, what to tolerate, how the model arrives."""
-
-    name: str
-    model_source: Literal["image-volume", "init-container"]
-    node_terms: tuple[dict[str, Any], ...] = ()  # extra matchExpressions
-    tolerations: tuple[dict[str, Any], ...] = ()
-
-
-TARGETS: dict[str, Target] = {
-    "k3s": Target("k3s", "image-volume"),
-    # edgecore has no image volumes; edge nodes carry node-role.kubernetes.io/edge (and often its taint)
-    "kubeedge": Target(
-        "kubeedge", "init-container",
-        node_terms=({"key": names.KUBEEDGE_EDGE_LABEL, "operator": "Exists"},),
-        tolerations=({"key": names.KUBEEDGE_EDGE_LABEL, "operator": "Exists", "effect": "NoSchedule"},),
-    ),
-    "openyurt": Target(
-        "openyurt", "image-volume",
-        node_terms=({"key": names.OPENYURT_EDGE_LABEL, "operator": "In", "values": ["true"]},),
-        # keep pods through cloud-edge disconnects (node autonomy): never evict for unreachable
-        tolerations=({"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
-                     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"}),
-    ),
-}
-
-
-@dataclass(frozen=True)
 class RenderSettings:
     """Everything that decides the manifests of one revision (defaults fit a small ARM device)."""
 
     app: str
     image: str
     group: DeviceGroup
-    target: str = "k3s"
+    target: str = DEFAULT_TARGET
     namespace: str = names.DEFAULT_NAMESPACE
     revision: str | None = None
     agent_image: str = DEFAULT_AGENT_IMAGE
@@ -176,8 +149,7 @@ class RenderSettings:
 
     def __post_init__(self) -> None:
         names.check_app_name(self.app)
-        if self.target not in TARGETS:
-            raise ConfigError(f"unknown target {self.target!r} (k3s, kubeedge, openyurt)", field="target")
+        check_target(self.target)
         if self.revision is not None:
             names.check_revision(self.revision)
         if self.model_source not in ("auto", "image-volume", "init-container"):

@@ -33,6 +33,7 @@ from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import DeviceGroup, group_nodes, parse_group
 from edgekit.kube.rendering import RenderSettings, render
 from edgekit.kube.resources import resource_for
+from edgekit.kube.targets import TARGETS
 from edgekit.rollout import resource as r
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
@@ -135,8 +136,7 @@ class KubeCluster:
 
     def _group_object_exists(self, group: DeviceGroup) -> bool:
         """A KubeEdge NodeGroup / OpenYurt NodePool may exist with no nodes in it (an empty group)."""
-        kinds = {"kubeedge": ("apps.kubeedge.io/v1alpha1", "NodeGroup"),
-                 "openyurt": ("apps.openyurt.io/v1beta1", "NodePool")}
+        kinds = {t.group_kind: t.group_object for t in TARGETS.values() if t.group_object}
         if group.kind not in kinds:
             return False
         res = resource_for(*kinds[group.kind])

@@ -15,6 +15,7 @@ from edgekit_agent.layered import load_layered
 
 from edgekit.errors import ConfigError
 from edgekit.kube import names
+from edgekit.kube.targets import DEFAULT_TARGET, check_target
 
 ENV_PREFIX = "EDGEKIT_ROLLOUT_"
 
@@ -22,7 +23,7 @@ ENV_PREFIX = "EDGEKIT_ROLLOUT_"
 @dataclass(frozen=True)
 class RolloutSettings:
     namespace: str = names.DEFAULT_NAMESPACE
-    target: str = "k3s"                   # k3s | kubeedge | openyurt
+    target: str = DEFAULT_TARGET          # a name in edgekit.kube.targets.TARGETS
     public_key: str | None = None         # when set, images must carry a valid signature
     require_digest: bool = False          # refuse tags instead of resolving them once
     registry_insecure: bool = False
@@ -37,8 +38,7 @@ class RolloutSettings:
     tick_seconds: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.target not in ("k3s", "kubeedge", "openyurt"):
-            raise ConfigError(f"unknown target {self.target!r} (k3s, kubeedge, openyurt)", field="target")
+        check_target(self.target)
         if self.mqtt_auth not in ("node-cert", "none"):
             raise ConfigError(f"expected node-cert or none, got {self.mqtt_auth!r}", field="mqtt_auth")
         if self.public_key is not None and not os.path.isfile(self.public_key):

@@ -1,0 +1,90 @@
+"""``edgekit push``: one name for two commands, picked by the arguments. With ``--group`` it rolls
+an image out to a device group (this module); without, ``push LAYOUT REF`` uploads an image layout
+(``edgekit.cli.images``). Both were specified under the same name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from edgekit.cli.images import push_cmd as upload_cmd
+from edgekit.cli.rollout_options import pop_strategy, starting_options
+from edgekit.cli.rollout_session import opened, start
+from edgekit.kube.targets import GROUP_FORMS
+
+
+@click.command("push")
+@click.argument("image")
+@click.option("--group", "-g", required=True, help=f"Device group: {GROUP_FORMS}.")
+@click.option("--app", "-a", required=True, help="Application name; its DaemonSets are <app>-<revision>.")
+@starting_options("Create the rollout and return; `edgekit controller` runs it.")
+def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **kw: Any) -> None:
+    """Roll IMAGE out to a device group in health-gated waves, rolling back by itself when a
+    wave's gate fails.
+
+    The tag is resolved once and the rollout pinned to that digest; with a public key configured
+    the image must carry a valid signature. Each wave relabels its nodes to the new revision, waits
+    for the pods to be Ready and for the bake time, then judges the wave from the devices' own
+    telemetry: error rate, p95 latency (absolute and against the same devices before the move),
+    golden probe, share of devices reporting the new model. All state lives in an EdgeRollout, so
+    `edgekit rollout resume` continues from any machine if this process dies.
+
+    Without --group, `edgekit push LAYOUT REF` uploads an image layout to a registry.
+
+    \b
+    Examples:
+      edgekit push registry.local/detector:1.4 --group cameras --app detector
+      edgekit push registry.local/detector:1.4 -g cameras -a detector --waves 1,5%,25%,100% \\
+          --bake 2m --spread-by topology.kubernetes.io/zone --max-error-rate 1% --max-p95-regression 20%
+      edgekit push registry.local/detector@sha256:3f2a… -g kubeedge:cams -a detector --manual-promote
+    """
+    from edgekit.rollout import service
+
+    strategy = pop_strategy(kw)
+    with opened(kw, images=True, telemetry=not detach) as session:
+        plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy)
+        start(session, plan, output, detach=detach,
+              created=lambda ro: f"created rollout {ro.name}: {len(ro.status.waves)} waves over "
+                                 f"{sum(len(w.nodes) for w in ro.status.waves)} nodes; "
+                                 f"`edgekit rollout status {ro.name} --watch` follows it",
+              starting=lambda ro: f"rollout {ro.name}: {app} {plan.rollout.spec.target.image} on {group}, "
+                                  f"{len(ro.status.waves)} waves")
+
+
+def _wants_rollout(args: list[str]) -> bool:
+    return any(a in ("--group", "-g") or a.startswith(("--group=", "-g")) for a in args)
+
+
+class PushCommand(click.Command):
+    """``edgekit push``: the arguments pick the command that parses and runs them (``--group``: the
+    rollout; otherwise the upload), so each mode keeps its own options, errors and completion. Its
+    help shows both modes; ``modes`` lists them for the CLI reference."""
+
+    def __init__(self, rollout: click.Command, upload: click.Command) -> None:
+        super().__init__("push", help=rollout.help,
+                         short_help="Roll an image out to a device group in health-gated waves (with --group), "
+                                    "or upload an image layout to a registry.")
+        self.rollout, self.upload = rollout, upload
+        self.modes = (("with --group: a rollout", rollout), ("without --group: upload an image layout", upload))
+
+    def get_help(self, ctx: click.Context) -> str:
+        def page(mode: click.Command) -> str:
+            return mode.get_help(click.Context(mode, info_name=ctx.info_name, parent=ctx.parent))
+        return f"{page(self.rollout)}\n\nWithout --group:\n\n{page(self.upload)}"
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        mode = self.rollout if _wants_rollout(args) else self.upload
+        if mode is self.upload and any(a in ("--help", "-h") for a in args):
+            ctx = click.Context(self, info_name=info_name, parent=parent)
+            click.echo(self.get_help(ctx))
+            ctx.exit(0)
+        return mode.make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # ``ctx`` is the picked mode's context (see make_context); reached through ``PushCommand.main``.
+        return ctx.command.invoke(ctx)
+
+
+COMMANDS: list[click.Command] = [PushCommand(push_rollout, upload_cmd)]

@@ -1,0 +1,118 @@
+"""The option declarations of ``edgekit push``, ``edgekit rollout ...`` and ``edgekit controller``,
+each written once and stacked by the commands in the order their help lists them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from edgekit.cli._output import output_option
+from edgekit.cli.kube import cluster_options
+from edgekit.kube.targets import TARGETS
+from edgekit.rollout.strategy import DEFAULT_WAVES, build_strategy
+
+if TYPE_CHECKING:
+    from edgekit.rollout.strategy import Strategy
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
+    """The decorators applied as if written one above the other, first on top."""
+    def apply(func: F) -> F:
+        for decorator in reversed(decorators):
+            func = decorator(func)
+        return func
+    return apply
+
+
+# Strategy flags whose absence means "the default" (None); the two flags below them always have a value.
+_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "max_error_rate", "max_p95_ms", "max_p95_regression",
+                          "min_reporting", "offline_policy", "wave_timeout", "silence_deadline", "baseline")
+_STRATEGY_FLAGS = (*_VALUED_STRATEGY_FLAGS, "probe_must_pass", "auto_promote")
+
+strategy_options = stacked(
+    click.option("--waves", default=None, metavar="LIST",
+                 help=f"Cumulative wave targets, canary first: counts or percentages [{DEFAULT_WAVES}]."),
+    click.option("--bake", default=None, metavar="DURATION", help="Time each wave runs before its gate [2m]."),
+    click.option("--spread-by", default=None, metavar="LABEL",
+                 help="Spread every wave over this node label, e.g. topology.kubernetes.io/zone."),
+    click.option("--max-error-rate", default=None, metavar="PCT", help="Gate: inference error rate [1%]."),
+    click.option("--max-p95-ms", default=None, metavar="MS", help="Gate: absolute p95 latency."),
+    click.option("--max-p95-regression", default=None, metavar="PCT",
+                 help="Gate: p95 increase vs the same devices before the move, e.g. 20%."),
+    click.option("--min-reporting", default=None, metavar="PCT",
+                 help="Gate: share of the wave's devices reporting the new model [90%]."),
+    click.option("--probe-must-pass", is_flag=True, default=False, help="Gate: the golden probe passes everywhere."),
+    click.option("--offline-policy", type=click.Choice(["fail", "skip"]), default=None,
+                 help="Silent/offline devices: count as failing, or skip and report them [fail]."),
+    click.option("--silence-deadline", default=None, metavar="DURATION",
+                 help="With --offline-policy skip: skip silent devices after this [the wave timeout]."),
+    click.option("--wave-timeout", default=None, metavar="DURATION",
+                 help="Hold a wave at most this long, then roll back [10m]."),
+    click.option("--auto-promote/--manual-promote", default=True, show_default=True,
+                 help="Advance by itself when the gates pass, or wait for `edgekit rollout promote`."),
+    click.option("--baseline", default=None, metavar="DURATION",
+                 help="Telemetry window before the move used as the baseline [the bake, 5s-60s]."),
+)
+
+image_options = stacked(
+    click.option("--target", type=click.Choice(list(TARGETS)), default=None,
+                 help="Platform profile of the group's nodes [k3s]."),
+    click.option("--public-key", type=click.Path(dir_okay=False), default=None,
+                 help="Require a valid cosign signature by this key [EDGEKIT_ROLLOUT_PUBLIC_KEY]."),
+    click.option("--require-digest", is_flag=True, default=None,
+                 help="Refuse a tag instead of resolving it once to its digest."),
+    click.option("--insecure-registry", is_flag=True, default=None, help="Allow plain HTTP / unverified TLS."),
+    click.option("--agent-image", default=None, help="Container image of edgekit-agent for the DaemonSets."),
+    click.option("--agent-broker", default=None, metavar="URL", help="Broker URL the agents publish to."),
+    click.option("--mqtt-auth", type=click.Choice(["node-cert", "none"]), default=None,
+                 help="How agents authenticate to the broker [node-cert]."),
+)
+
+telemetry_options = stacked(
+    click.option("--broker", "brokers", multiple=True, metavar="URL",
+                 help="MQTT broker(s) the gates read telemetry from [EDGEKIT_FLEET_BROKERS, mqtt://127.0.0.1:1883]."),
+    click.option("--topic-root", default=None, help="Telemetry topic root [edgekit/v1]."),
+    click.option("--health-interval", type=float, default=None, metavar="S",
+                 help="Seconds between the agents' health reports [10]; also rendered into the agents."),
+)
+
+
+# Where the rollouts live.
+session_options = stacked(
+    click.option("--namespace", "-n", default=None, help="Namespace of the rollouts and DaemonSets [edgekit]."),
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                 help="Rollout settings file (JSON/YAML); env EDGEKIT_ROLLOUT_* overrides it."),
+    cluster_options,
+)
+
+
+# Every command that answers with a rollout (or a list of them) ends with these.
+session_and_output = stacked(session_options, output_option)
+
+# NAME, or the newest rollout of --app (on --group): how the steering commands address a rollout.
+name_args = stacked(
+    click.argument("name", required=False),
+    click.option("--app", "-a", default=None, help="Without NAME: the newest rollout of this app."),
+    click.option("--group", "-g", default=None, help="... on this group."),
+)
+
+
+def starting_options(detach_help: str) -> Callable[[F], F]:
+    """The flags of a command that creates a rollout and runs it here (push, undo)."""
+    return stacked(strategy_options, image_options, telemetry_options,
+                   click.option("--detach", is_flag=True, help=detach_help), session_and_output)
+
+
+def strategy_given(kw: dict[str, Any]) -> bool:
+    """Whether any strategy flag with a default was given (undo keeps the old strategy otherwise)."""
+    return any(kw.get(k) is not None for k in _VALUED_STRATEGY_FLAGS)
+
+
+def pop_strategy(kw: dict[str, Any]) -> Strategy:
+    """The strategy the flags ask for (removed from ``kw``); flags not given keep their defaults."""
+    args = {k: kw.pop(k) for k in _STRATEGY_FLAGS}
+    return build_strategy(**{k: v for k, v in args.items() if v is not None})
