@@ -267,8 +267,8 @@ def test_error_counts_and_bool_int_inputs(tmp_path: Path) -> None:
 
 
 def test_binary_extension_little_endian_fp16_roundtrip() -> None:
+    from edgekit_agent.oip import InferRequest, decode_infer_request, encode_infer_response
     from edgekit_agent.runtime import TensorInfo
-    from edgekit_agent.serving import InferRequest, decode_infer_request, encode_infer_response
 
     arr = np.arange(6, dtype=np.float16).reshape(2, 3)
     head = json.dumps({"inputs": [{"name": "h", "shape": [2, 3], "datatype": "FP16",

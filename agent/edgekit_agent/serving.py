@@ -34,190 +34,22 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import numpy as np
 
 from edgekit_agent import __version__
 from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import InferenceRequestError, ModelNotReadyError
 from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgekit_agent.metrics import render_metrics
-from edgekit_agent.parsing import FlatData, load_request_json
-from edgekit_agent.runtime import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
+from edgekit_agent.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
+from edgekit_agent.runtime import TensorInfo
 
 log = logging.getLogger("edgekit_agent")
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})  # kubelet probes carry no token
 _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<rest>/ready|/infer)?$")
-
-
-def _bad(message: str, status: int = 400) -> InferenceRequestError:
-    return InferenceRequestError(message, status=status)
-
-
-# -- request decoding (pure) ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class InferRequest:
-    id: str | None
-    feeds: dict[str, np.ndarray[Any, Any]]
-    outputs: list[str]
-    binary_outputs: set[str]
-
-
-def _shape(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):
-        raise _bad(f"{where}.shape must be a list of non-negative integers, got {value!r}"[:300])
-    return tuple(value)
-
-
-def _check_fits(tensor: TensorInfo, shape: tuple[int, ...], datatype: str) -> None:
-    expected = tensor.oip_datatype
-    if datatype != expected:
-        raise _bad(f"input {tensor.name!r} has datatype {datatype}, the model expects {expected}")
-    if len(shape) != len(tensor.shape) or any(want not in (-1, got) for want, got in zip(tensor.shape, shape,
-                                                                                        strict=True)):
-        want_text = "[" + ", ".join("N" if d < 0 else str(d) for d in tensor.shape) + "]"
-        raise _bad(f"input {tensor.name!r} has shape {list(shape)}, the model expects {want_text}")
-
-
-def decode_infer_request(body: bytes, header_length: int | None,
-                         inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], *,
-                         max_depth: int = 32) -> InferRequest:
-    """Parse and validate an OIP v2 inference request against the model's inputs and outputs."""
-    if header_length is None:
-        json_part, binary = body, b""
-    else:
-        if header_length < 0 or header_length > len(body):
-            raise _bad(f"{HEADER_LENGTH} {header_length} is outside the body of {len(body)} bytes")
-        json_part, binary = body[:header_length], body[header_length:]
-    req = load_request_json(json_part, max_depth=max_depth)
-    if not isinstance(req, dict):
-        raise _bad("request body must be a JSON object")
-    raw_inputs = req.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise _bad("request needs a non-empty 'inputs' list")
-    by_name = {t.name: t for t in inputs}
-    feeds: dict[str, np.ndarray[Any, Any]] = {}
-    offset = 0
-    for i, item in enumerate(raw_inputs):
-        where = f"inputs[{i}]"
-        if not isinstance(item, dict):
-            raise _bad(f"{where} must be an object")
-        name = item.get("name")
-        if not isinstance(name, str):
-            raise _bad(f"{where}.name must be a string")
-        if name not in by_name:
-            raise _bad(f"unknown input {name!r}; the model's inputs are {sorted(by_name)}")
-        if name in feeds:
-            raise _bad(f"input {name!r} is given twice")
-        datatype = item.get("datatype")
-        if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
-            raise _bad(f"{where}.datatype {datatype!r} is not one of {', '.join(OIP_TO_NUMPY)}")
-        shape = _shape(item.get("shape"), where)
-        tensor = by_name[name]
-        _check_fits(tensor, shape, datatype)
-        dtype = np.dtype(OIP_TO_NUMPY[datatype])
-        count = math.prod(shape)
-        params = item.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise _bad(f"{where}.parameters must be an object")
-        size = params.get("binary_data_size")
-        if size is not None:
-            if "data" in item:
-                raise _bad(f"input {name!r} has both 'data' and binary_data_size")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise _bad(f"input {name!r}: binary_data_size must be a non-negative integer")
-            if size != count * dtype.itemsize:
-                raise _bad(f"input {name!r}: binary_data_size {size} does not match shape {list(shape)} of "
-                           f"{datatype} ({count * dtype.itemsize} bytes)")
-            if offset + size > len(binary):
-                raise _bad(f"input {name!r}: body ends after {len(binary) - offset} of {size} binary bytes")
-            arr = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
-            offset += size
-            feeds[name] = arr.astype(dtype, copy=False).reshape(shape)
-        else:
-            if "data" not in item:
-                raise _bad(f"input {name!r} has no 'data' (or parameters.binary_data_size)")
-            data = item["data"]
-            if isinstance(data, FlatData) and data.count != count:
-                # counted in the text: a mismatch costs no conversion
-                raise _bad(f"input {name!r}: data has {data.count} elements, shape {list(shape)} needs {count}")
-            try:
-                arr = data.to_array(dtype) if isinstance(data, FlatData) else np.asarray(data, dtype=dtype)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise _bad(f"input {name!r}: data is not a regular array of {datatype}: {exc}"[:300]) from exc
-            if arr.size != count:
-                raise _bad(f"input {name!r}: data has {arr.size} elements, shape {list(shape)} needs {count}")
-            feeds[name] = arr.reshape(shape)
-    if offset != len(binary):
-        raise _bad(f"{len(binary) - offset} unused bytes after the binary inputs")
-    missing = sorted(set(by_name) - set(feeds))
-    if missing:
-        raise _bad(f"missing input(s) {missing}")
-    out_names = [o.name for o in outputs]
-    all_binary = _flag(req.get("parameters"), "binary_data_output")
-    wanted: list[str] = []
-    binary_out: set[str] = set()
-    raw_outputs = req.get("outputs")
-    if raw_outputs is not None:
-        if not isinstance(raw_outputs, list):
-            raise _bad("'outputs' must be a list")
-        for j, o in enumerate(raw_outputs):
-            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-                raise _bad(f"outputs[{j}] must be an object with a 'name'")
-            if o["name"] not in out_names:
-                raise _bad(f"unknown output {o['name']!r}; the model's outputs are {out_names}")
-            wanted.append(o["name"])
-            if all_binary or _flag(o.get("parameters"), "binary_data"):
-                binary_out.add(o["name"])
-    if not wanted:
-        wanted = out_names
-        if all_binary:
-            binary_out = set(out_names)
-    req_id = req.get("id")
-    return InferRequest(str(req_id) if req_id is not None else None, feeds, wanted, binary_out)
-
-
-def _flag(params: Any, key: str) -> bool:
-    if params is None:
-        return False
-    if not isinstance(params, dict):
-        raise _bad("'parameters' must be an object")
-    value = params.get(key, False)
-    if not isinstance(value, bool):
-        raise _bad(f"parameter {key} must be true or false")
-    return value
-
-
-def encode_infer_response(model_name: str, model_version: str, req: InferRequest,
-                          results: Sequence[np.ndarray[Any, Any]]) -> tuple[bytes, int | None]:
-    """The response body and, when it carries binary outputs, the JSON header length."""
-    outs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, arr in zip(req.outputs, results, strict=True):
-        arr = np.asarray(arr)
-        entry: dict[str, Any] = {"name": name, "datatype": NUMPY_TO_OIP.get(arr.dtype, "BYTES"),
-                                 "shape": list(arr.shape)}
-        if name in req.binary_outputs:
-            blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = arr.ravel().tolist()
-        outs.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outs}
-    if req.id is not None:
-        doc["id"] = req.id
-    head = json.dumps(doc, separators=(",", ":")).encode()
-    if not blobs:
-        return head, None
-    return head + b"".join(blobs), len(head)
 
 
 # -- HTTP plumbing ----------------------------------------------------------------------------------
