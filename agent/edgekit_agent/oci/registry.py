@@ -36,17 +36,26 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__
-from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError, retry_after_seconds
+from edgekit_agent.errors import ImageError, RegistryUnavailableError, retry_after_seconds
 from edgekit_agent.oci import downloading
 from edgekit_agent.oci.answers import answer_error, registry_message, safe_json, unreachable_error
 from edgekit_agent.oci.credentials import Credentials, load_docker_credentials, parse_challenge
 from edgekit_agent.oci.mediatypes import ACCEPT, sha256_digest, verify_bytes
 from edgekit_agent.oci.tokens import basic_authorization, token_from_answer, token_request
-from edgekit_agent.oci.transport import RETRY_STATUS, TRANSIENT, BodySource, Response, connect, is_loopback, ssl_context
+from edgekit_agent.oci.transport import (
+    MAX_ANSWER,
+    RETRY_STATUS,
+    TRANSIENT,
+    BodySource,
+    Response,
+    connect,
+    is_loopback,
+    read_capped,
+    ssl_context,
+)
 
 __all__ = ["Manifest", "RegistryClient", "RegistryOptions"]
 
-_MAX_MANIFEST = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ class RegistryClient:
             asked: str | None = None  # the answer's Retry-After
             try:
                 resp = self._send_once("GET", "/v2/", {})
-                status, body = resp.status, resp.read()
+                status, body = resp.status, resp.discard()
             except ssl.SSLCertVerificationError as exc:
                 self.drop_connection()
                 raise ImageError(f"TLS verification of registry {self.registry} failed: {exc.verify_message}",
@@ -211,7 +220,7 @@ class RegistryClient:
                     self.requests += 1
                     conn.request("GET", path, headers={**headers, "User-Agent": self.options.user_agent})
                     resp = conn.getresponse()
-                    status, body = resp.status, resp.read()
+                    status, body = resp.status, read_capped(resp, MAX_ANSWER, f"token answer of {url.netloc}")
                 except TRANSIENT as exc:
                     conn.close()
                     if attempt == self.options.retries:
@@ -258,7 +267,7 @@ class RegistryClient:
         finally:
             if payload is not None and not isinstance(payload, bytes):
                 payload.close()
-        return Response(raw.status, raw.reason, raw.headers, raw, url)
+        return Response(raw.status, raw.reason, raw.headers, raw, url, abandon=self.drop_connection)
 
     def request(self, method: str, path: str, *, repository: str | None = None,
                 actions: Iterable[str] = ("pull",), extra_scopes: Iterable[str] = (),
@@ -306,13 +315,13 @@ class RegistryClient:
                 continue
             if resp.status == 401 and not reauthed:
                 header = resp.headers.get("WWW-Authenticate")
-                resp.read()
+                resp.discard()
                 if header:
                     self._challenge = parse_challenge(header)
                 reauthed = True
                 continue
             if resp.status in RETRY_STATUS and resp.status not in expect:
-                resp.read()
+                resp.discard()
                 if attempt >= retries:
                     raise RegistryUnavailableError(
                         f"registry {self.registry} answered {resp.status} {resp.reason} to {what} "
@@ -324,7 +333,7 @@ class RegistryClient:
             if resp.status not in expect:
                 self._raise_for(resp, what)
             if not stream and method == "HEAD":
-                resp.read()
+                resp.discard()
             return resp
 
     def _relative(self, path: str) -> str:
@@ -338,7 +347,7 @@ class RegistryClient:
     def _follow(self, method: str, resp: Response, headers: dict[str, str]) -> Response:
         for _ in range(5):
             location = resp.headers.get("Location")
-            resp.read()
+            resp.discard()
             if not location:
                 raise ImageError(f"registry {self.registry} redirected without a location")
             target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{self.base_url}{resp.url}", location))
@@ -368,11 +377,7 @@ class RegistryClient:
         what = f"{self.registry}/{repository}{sep}{reference}"
         resp = self.request("GET", f"/v2/{repository}/manifests/{reference}", repository=repository,
                             headers={"Accept": accept}, what=f"image {what}", stream=True)
-        length = resp.raw.length
-        if length is not None and length > _MAX_MANIFEST:
-            resp.close()
-            raise ImageLayoutError(f"manifest {what} is larger than {_MAX_MANIFEST} bytes")
-        data = resp.read()
+        data = resp.read(MAX_ANSWER, f"manifest {what}")
         digest = sha256_digest(data)
         if reference.startswith("sha256:"):
             verify_bytes(data, reference, f"manifest {what}")
@@ -394,7 +399,7 @@ class RegistryClient:
                             actions=actions, expect=(200, 404), what=f"blob {digest}")
         return resp.status == 200
 
-    def get_blob(self, repository: str, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def get_blob(self, repository: str, digest: str, *, max_size: int = MAX_ANSWER) -> bytes:
         """A small blob (config, signature payload) in memory, checked against its digest."""
         return downloading.get_blob(self, repository, digest, max_size=max_size)
 

@@ -22,6 +22,7 @@ from edgekit_agent.oci.mediatypes import (
 )
 from edgekit_agent.oci.reference import Reference, parse_reference
 from edgekit_agent.oci.registry import Manifest, RegistryClient, RegistryOptions
+from edgekit_agent.oci.transport import MAX_ANSWER
 
 
 class ImageSource(Protocol):
@@ -67,7 +68,7 @@ class RegistrySource:
     def manifest(self, digest: str) -> Manifest:
         return self.client.get_manifest(self.ref.repository, digest)
 
-    def blob(self, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def blob(self, digest: str, *, max_size: int = MAX_ANSWER) -> bytes:
         return self.client.get_blob(self.ref.repository, digest, max_size=max_size)
 
     def fetch_blob(self, digest: str, dest: Path, *, size: int | None = None,
