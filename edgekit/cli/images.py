@@ -13,11 +13,12 @@ from edgekit_agent.oci.fetching import fetch_image
 from edgekit_agent.oci.reference import parse_reference
 from edgekit_agent.oci.registry import RegistryOptions
 from edgekit_agent.oci.signatures import key_fingerprint, load_public_key
+from edgekit_agent.oci.sources import not_an_image
 from rich.markup import escape
 from rich.table import Table
 
 from edgekit.cli._output import console, emit_json, output_option
-from edgekit.errors import ConfigError, OutputError, SigningKeyError
+from edgekit.errors import ConfigError, ImageReferenceError, OutputError, SigningKeyError
 from edgekit.image.options import RegistrySettings, load_registry_settings
 from edgekit.image.progress import RichTransferProgress
 from edgekit.image.pushing import TransferSettings, pull_image, push_layout
@@ -249,6 +250,8 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
       edgekit pull localhost:5000/models/digits:1.2.0 -o digits-1.2.0 --insecure
       edgekit pull registry.example.com/models/digits:1.2.0 -o model/ --model-folder --key cosign.pub
     """
+    if (why := not_an_image(ref)) is not None:  # before parse_reference reads it as a Docker Hub name
+        raise ImageReferenceError(why, hint="pull takes registry/repository:tag")
     target = parse_reference(ref)
     options, _ = _registry(kwargs)
     if require_signature and key is None:
