@@ -398,3 +398,25 @@ def test_blob_longer_than_its_descriptor_stops_at_size_plus_one(registry_proxy: 
     with pytest.raises(DigestMismatchError):
         fetch_image(ref, tmp_path / "model", options=FAST)
     assert not (tmp_path / "model").exists() and leftovers(tmp_path) == []
+
+
+def test_credentials_are_not_sent_to_a_token_realm_on_another_host(tmp_path: Path, digits_layout: Path) -> None:
+    from edgekit.rehearsal.registry import TokenServer
+
+    class Elsewhere(TokenServer):  # what a spoofed registry does: name a realm that collects passwords
+        @property
+        def realm(self) -> str:
+            return f"http://localhost:{self.port}/token"
+
+    creds = ("-u", REGISTRY_USER, "--password-stdin")
+    with Elsewhere(tmp_path / "tokens", users={REGISTRY_USER: REGISTRY_PASSWORD}) as tokens, \
+            DockerRegistry(tmp_path / "registry", token_server=tokens) as reg:
+        refused = invoke("push", digits_layout, f"{reg.host}/tok/a", *creds, input=REGISTRY_PASSWORD)
+        assert_error(refused, 22, "not sent to its token service because its token realm localhost is another host")
+        assert "EDGEKIT_REGISTRY_TOKEN_HOSTS" in refused.stderr
+        assert tokens.requests and {user for user, _ in tokens.requests} == {None}  # asked anonymously only
+        # the user vouches for that host: the credentials go there
+        allowed = invoke("push", digits_layout, f"{reg.host}/tok/a", *creds, input=REGISTRY_PASSWORD,
+                         env={"EDGEKIT_REGISTRY_TOKEN_HOSTS": "localhost"})
+        assert allowed.exit_code == 0, allowed.stderr
+        assert REGISTRY_USER in {user for user, _ in tokens.requests}
