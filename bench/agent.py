@@ -163,6 +163,7 @@ def _api_ready(port: int) -> bool:
     finally:
         c.close()
 
+
 def _start_agent(folder: Path, work: Path, name: str, broker: MosquittoBroker | None) -> tuple[ManagedProcess, int]:
     port = free_port()
     cfg = {"device": name, "group": "bench", "model_dir": str(folder), "listen_port": port,
