@@ -93,7 +93,8 @@ def test_unsigned_image_with_a_key_is_refused(pushed: Pushed, tmp_path: Path) ->
 def _image_volume(pushed: Pushed, tmp_path: Path) -> Path:
     """What an image volume mounts: the model folder, without a fetch record."""
     dest = tmp_path / "fetched"
-    assert run_cli("fetch", pushed.signed, "--to", str(dest)).returncode == 0
+    key = str(pushed.image.public_key)
+    assert run_cli("fetch", pushed.signed, "--to", str(dest), "--public-key", key).returncode == 0
     shutil.rmtree(dest / CHAIN_DIR)
     return dest
 
