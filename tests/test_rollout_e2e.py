@@ -234,7 +234,7 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         (["push", v2, "-g", "no-such-group", "-a", fleet.app], 61, "unknown device group 'no-such-group'"),
         (["push", v2, "-g", "selector:edgekit.io/group=nobody-here", "-a", fleet.app], 62, "has no nodes"),
         (["push", tag, "-g", fleet.group, "-a", fleet.app, "--require-digest"], 63, "has no digest"),
-        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--public-key", str(pub)], 64, "not signed"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--public-key", str(pub)], 64, "verifies with key"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,2,3"], 66, "cover 3 of 5 nodes"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,50%"], 66, "must reach 100%"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--max-error-rate", "120%"], 67, "--max-error-rate"),
@@ -247,6 +247,18 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         assert result.returncode == code, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("edgekit: error: "), result.stderr
         assert fragment in lines[0], (fragment, lines[0])
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
+    # signed by default: without a public key (and without --allow-unsigned) nothing starts or runs
+    unkeyed = env.env(EDGEKIT_ROLLOUT_PUBLIC_KEY="")
+    for args in (["push", v2, "-g", fleet.group, "-a", fleet.app],
+                 ["push", v2, "-g", fleet.group, "-a", fleet.app, "--detach"],
+                 ["rollout", "undo", "-a", fleet.app, "-g", fleet.group],
+                 ["rollout", "resume", "--app", fleet.app, "--group", fleet.group],
+                 ["controller"]):
+        result = env.cli(*args, env=unkeyed, timeout=60)
+        assert result.returncode == 85, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "requires a public key" in result.stderr, result.stderr
     assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
 
     # the gates cannot read telemetry: refused before anything is created
