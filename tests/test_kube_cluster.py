@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from edgekit.cli import cli
 from edgekit.errors import (
+    ConfigError,
     GroupNotFoundError,
     KubeConflictError,
     KubeForbiddenError,
@@ -174,6 +175,25 @@ def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_nam
     assert diff.exit_code == 0 and "+        image: edgekit/edgekit-agent:9.9" in diff.output
     assert "daemonset/" + kube_namespace + "/digits-5e1d5e1d5e1d would be configured" in diff.output
     assert client.get(path)["spec"]["template"]["spec"]["containers"][0]["image"] == "edgekit/edgekit-agent:0.1.0"
+
+
+def test_push_ships_the_key_once_and_never_replaces_another(kube_cluster: KubeHandle, kube_namespace: str,
+                                                            tmp_path: Path) -> None:
+    """What ``edgekit push --public-key`` does before it creates a rollout (``ClusterPort.ship_key``)."""
+    from edgekit.rollout.kubecluster import KubeCluster
+
+    client = kube_cluster.client()
+    cluster = KubeCluster(client)
+    _, pub = make_keypair(tmp_path, "release")
+    _, other = make_keypair(tmp_path, "other")
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps/edgekit-cosign-key"
+    cluster.ship_key(kube_namespace, "edgekit-cosign-key", pub.read_text())
+    created = client.get(path)
+    assert created["data"] == {"cosign.pub": pub.read_text()}
+    cluster.ship_key(kube_namespace, "edgekit-cosign-key", pub.read_text())  # the same key: nothing to do
+    with pytest.raises(ConfigError, match="holds another public key"):
+        cluster.ship_key(kube_namespace, "edgekit-cosign-key", other.read_text())
+    assert client.get(path)["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
 
 
 def test_init_container_pods_become_ready(kube_cluster: KubeHandle, kube_namespace: str) -> None:
