@@ -211,3 +211,14 @@ def test_three_hundred_devices(rollout_env: Any, new_fleet: Any) -> None:
         assert len(rows) == 300 and {r.signature for r in rows} == {"verified"}
         print(f"\n300 virtual devices: {cpu:.2f} CPU cores for the simulator, the fleet watcher and the "
               f"test process together; p95 {stats.p95_ms} ms")
+
+
+def test_sim_requires_a_key_or_allow_unsigned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Refused before the cluster is contacted (the kubeconfig does not even exist)."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    monkeypatch.delenv("EDGEKIT_ROLLOUT_PUBLIC_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["sim", "--kubeconfig", str(tmp_path / "none"), "--duration", "0"])
+    assert result.exit_code == 85 and "edgekit sim requires a public key" in result.output, result.output
