@@ -48,6 +48,17 @@ def test_healthy_model_rolls_out_over_200_nodes_in_4_waves(rollout_env: RolloutE
     assert set(fleet.revisions().values()) == {revision_of(new)}
     assert fleet.daemonsets() == {f"{fleet.app}-{revision_of(new)}"}   # the old DaemonSet is gone
     fleet.wait_running(revision_of(new))
+    # signed: the devices verify with the push's key, shipped in the ConfigMap their pods mount
+    ns = env.namespace
+    key_map = env.client.get(f"/api/v1/namespaces/{ns}/configmaps/edgekit-cosign-key")
+    assert key_map["data"] == {"cosign.pub": env.public_key.read_text()}
+    ds = env.client.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/{fleet.app}-{revision_of(new)}")
+    keys = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys")
+    assert keys["configMap"]["name"] == "edgekit-cosign-key"
+    config = env.client.get(f"/api/v1/namespaces/{ns}/configmaps/{fleet.app}-{revision_of(new)}")
+    assert json.loads(config["data"]["config.json"])["public_key"] == "/etc/edgekit-agent/keys/cosign.pub"
+    devices = [s.device for n, s in env.sim.slots.items() if n in fleet.nodes and s.device is not None]
+    assert devices and {d.core.signature for d in devices} == {"verified"}
 
 
 def test_error_rate_is_stopped_at_the_canary_and_rolled_back(rollout_env: RolloutEnv, new_fleet: NewFleet,
