@@ -58,6 +58,7 @@ from edgekit.rehearsal.processes import ManagedProcess, free_port  # noqa: E402
 from tests.fixtures.agent import build_model_folder, make_conv320  # noqa: E402
 from tests.fixtures.mqtt import MqttRecorder  # noqa: E402
 
+# The benches serve model folders built here, unsigned: their agents run with allow_unsigned.
 DIGITS = ROOT / "models" / "digits" / "digits.onnx"
 console = Console()
 rows: list[tuple[str, str, str, str]] = []
@@ -79,7 +80,7 @@ def _rss_kb(pid: int) -> int:
 def bench_core_overhead(folder: Path, broker: MosquittoBroker, work: Path, blocks: int, per_block: int) -> None:
     settings = load_settings(overrides={"device": "bench", "group": "bench", "model_dir": str(folder),
                                         "broker_url": broker.url, "spool_dir": str(work / "spool-a"),
-                                        "interval": 1.0})
+                                        "interval": 1.0, "allow_unsigned": True})
     core = AgentCore(settings)
     core.start_telemetry()
     assert core.load(), core.rejected
@@ -168,7 +169,7 @@ def _start_agent(folder: Path, work: Path, name: str, broker: MosquittoBroker | 
     port = free_port()
     cfg = {"device": name, "group": "bench", "model_dir": str(folder), "listen_port": port,
            "spool_dir": str(work / f"spool-{name}"), "interval": 1.0, "log_level": "warning",
-           "max_request_bytes": 256 << 20}
+           "max_request_bytes": 256 << 20, "allow_unsigned": True}
     if broker is not None:
         cfg["broker_url"] = broker.url
     config = work / f"{name}.json"
@@ -320,7 +321,8 @@ def bench_outage(folder: Path, work: Path, seconds: float) -> None:
         rec = MqttRecorder(broker, "edgekit/v1/bench/outage/health", persistent=True)
         settings = load_settings(overrides={"device": "outage", "group": "bench", "model_dir": str(folder),
                                             "broker_url": broker.url, "spool_dir": str(work / "spool-e"),
-                                            "interval": 1.0, "reconnect_min": 0.5, "reconnect_max": 4.0})
+                                            "interval": 1.0, "reconnect_min": 0.5, "reconnect_max": 4.0,
+                                            "allow_unsigned": True})
         core = AgentCore(settings)
         core.start_telemetry()
         core.load()
@@ -458,7 +460,8 @@ def _cpu_s(pid: int) -> float:
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3) -> None:
     port = free_port()
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
-           "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES}
+           "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES,
+           "allow_unsigned": True}
     (work / "abuse.json").write_text(json.dumps(cfg))
     agent = ManagedProcess("abuse", [sys.executable, "-m", "edgekit_agent", "serve", "--config",
                                      str(work / "abuse.json")], work / "abuse.log").start()

@@ -2,6 +2,8 @@
 
     EdgekitError                          1
     ├── ConfigError                       2   bad flag/setting/config field                        [P]
+    │   └── PublicKeyRequiredError        85  no public key and no --allow-unsigned (defined in         [P]
+    │                                           edgekit_agent.errors: the device refuses the same way)
     ├── PermanentError                    3   retrying will not help until something changes
     ├── TemporaryError                    75  retry may succeed (``retry_after``: when, if known)
     ├── ModelError                        10  model file problems
@@ -77,6 +79,7 @@ from edgekit_agent.errors import (
     ImageNotFoundError,
     ImageReferenceError,
     PermanentError,
+    PublicKeyRequiredError,
     RegistryAuthError,
     RegistryUnavailableError,
     SignatureInvalidError,
@@ -121,6 +124,7 @@ __all__ = [
     "NoTelemetryError",
     "OutputError",
     "PermanentError",
+    "PublicKeyRequiredError",
     "QuantizationError",
     "RegistryAuthError",
     "RegistryUnavailableError",

@@ -15,3 +15,27 @@ def cache_dir() -> Path:
     if env := os.environ.get("EDGEKIT_CACHE_DIR"):
         return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgekit"
+
+
+def require_public_key(public_key: str | None, allow_unsigned: bool, *, what: str, key_from: str) -> None:
+    """Signed by default: ``what`` needs a public key (``key_from`` says where one is set) unless
+    unsigned images are explicitly allowed. Checked before anything is contacted or changed."""
+    from edgekit_agent.errors import PublicKeyRequiredError
+
+    if public_key is None and not allow_unsigned:
+        raise PublicKeyRequiredError(f"{what} requires a public key: images are signed by default",
+                                     hint=f"{key_from}, or --allow-unsigned to run unsigned images")
+
+
+def read_public_key_pem(path: str) -> str:
+    """The PEM text of the cosign public key at ``path`` (checked to be one), to ship to devices."""
+    from edgekit_agent.errors import ConfigError
+    from edgekit_agent.oci.signatures import load_public_key
+
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a PEM file"
+        raise ConfigError(f"cannot read {path}: {reason}", field="public_key") from exc
+    load_public_key(text.encode())
+    return text

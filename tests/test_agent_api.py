@@ -25,7 +25,7 @@ X = np.random.default_rng(1).random((2, 1, 8, 8), dtype=np.float32)
 @pytest.fixture(scope="module")
 def api(digits_folder: Path) -> Iterator[tuple[AgentCore, str]]:
     settings = load_settings(overrides={"device": "api-test", "model_dir": str(digits_folder), "listen_port": 0,
-                                        "max_request_bytes": 1 << 20})
+                                        "max_request_bytes": 1 << 20, "allow_unsigned": True})
     core = AgentCore(settings)
     assert core.load()
     server = InferenceServer(core).start()
@@ -214,7 +214,8 @@ def test_not_ready_model_answers_503(tmp_path: Path, digits_folder: Path) -> Non
     folder = tmp_path / "m"
     shutil.copytree(digits_folder, folder)
     (folder / "probe.npz").write_bytes(b"garbage")
-    core = AgentCore(load_settings(overrides={"device": "api-503", "model_dir": str(folder), "listen_port": 0}))
+    core = AgentCore(load_settings(overrides={"device": "api-503", "model_dir": str(folder), "listen_port": 0,
+                                     "allow_unsigned": True}))
     assert not core.load()
     server = InferenceServer(core).start()
     try:
@@ -246,7 +247,8 @@ def test_error_counts_and_bool_int_inputs(tmp_path: Path) -> None:
     probe = tmp_path / "probe.npz"
     np.savez(probe, n=np.array([1, 2, 3], np.int64), flag=np.array([True, True, False]))
     folder = build_model_folder(tmp_path / "i.onnx", tmp_path / "folder", name="ints", probe_data=probe)
-    core = AgentCore(load_settings(overrides={"device": "api-ints", "model_dir": str(folder), "listen_port": 0}))
+    core = AgentCore(load_settings(overrides={"device": "api-ints", "model_dir": str(folder), "listen_port": 0,
+                                     "allow_unsigned": True}))
     assert core.load(), core.rejected
     server = InferenceServer(core).start()
     try:

@@ -195,7 +195,7 @@ class FakeClock:
 
 def test_many_cores_share_one_session_with_their_own_clock(digits_folder: Path) -> None:
     """What the fleet simulator does: one verified model, one onnxruntime session, many devices."""
-    model = load_model(digits_folder)
+    model = load_model(digits_folder, allow_unsigned=True)
     clock = FakeClock()
     cores = [AgentCore(load_settings(overrides={"device": f"sim-{i}", "group": "sim", "interval": 10,
                                                 "probe_interval": 60}), clock=clock) for i in range(50)]
@@ -245,7 +245,7 @@ def test_error_burst_event(digits_folder: Path) -> None:
             pass
 
     core.outbox = Box()
-    core.use_model(load_model(digits_folder))
+    core.use_model(load_model(digits_folder, allow_unsigned=True))
     with pytest.raises(Exception, match="inference failed"):
         core.infer({"input": np.zeros((1, 2, 8, 8), np.float32)})
     for _ in range(4):
@@ -265,7 +265,7 @@ def test_choose_providers_prefers_what_exists_and_keeps_cpu_last() -> None:
 
 
 def test_unavailable_provider_falls_back_to_cpu(digits_folder: Path) -> None:
-    model = load_model(digits_folder, providers=("CUDAExecutionProvider",))
+    model = load_model(digits_folder, allow_unsigned=True, providers=("CUDAExecutionProvider",))
     assert model.session.providers == (CPU,)
 
 

@@ -55,7 +55,8 @@ def device(mqtt_broker: MosquittoBroker, mqtt_recorder: Callable[..., MqttRecord
         rec = mqtt_recorder(mqtt_broker, f"edgekit/v1/{GROUP}/{name}/#")
         settings = load_settings(overrides={"device": name, "group": GROUP, "broker_url": mqtt_broker.url,
                                             "spool_dir": str(tmp_path / name), "model_dir": str(model_dir),
-                                            "interval": 60, **overrides})
+                                            "interval": 60, "allow_unsigned": "public_key" not in overrides,
+                                            **overrides})
         core = AgentCore(settings)
         core.start_telemetry()
         made.append(core)

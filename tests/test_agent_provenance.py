@@ -110,8 +110,12 @@ def test_signature_of_another_key_or_none_is_refused(fetched: Path, digits_signe
     _fails(run_cli("verify", str(fetched), "--public-key", str(digits_signed_layout.other_public_key)), 80,
            "not verified with key")
     unsigned = tmp_path / "unsigned"
-    assert run_cli("fetch", str(digits_signed_layout.layout), "--to", str(unsigned)).returncode == 0
-    assert run_cli("verify", str(unsigned)).returncode == 0  # no key: unsigned images load as before
+    # no key: refused by default, before anything is fetched; allowed only when asked
+    _fails(run_cli("fetch", str(digits_signed_layout.layout), "--to", str(unsigned)), 85, "no public key")
+    assert not unsigned.exists()
+    assert run_cli("fetch", str(digits_signed_layout.layout), "--to", str(unsigned), "--allow-unsigned").returncode == 0
+    _fails(run_cli("verify", str(unsigned)), 85, "unsigned models are refused")
+    assert run_cli("verify", str(unsigned), "--allow-unsigned").returncode == 0
     _fails(run_cli("verify", str(unsigned), "--public-key", str(digits_signed_layout.public_key)), 80,
            "keeps no signature")
     # a kept index swapped for another one is not what the signature names
@@ -258,7 +262,7 @@ def test_a_tar_bomb_is_refused(registry: DockerRegistry, crafted: Crafted, tmp_p
     assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
     # an image that records no sizes is held to the hard cap
     bare = _push(registry, crafted, "bomb-bare", layer_tar, metadata=None)
-    _fails(run_cli("fetch", bare, "--to", str(tmp_path / "m"), "--max-bytes", str(10 * MiB)), 82,
+    _fails(run_cli("fetch", bare, "--to", str(tmp_path / "m"), "--max-bytes", str(10 * MiB), "--allow-unsigned"), 82,
            "more than the 10485760")
     assert not (tmp_path / "m").exists() and _leftovers(tmp_path) == []
 

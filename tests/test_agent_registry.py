@@ -58,8 +58,11 @@ def test_serve_fetches_the_pinned_signed_image(pushed: Pushed, mqtt_broker: Mosq
                            "image": pushed.signed, "public_key": str(pushed.image.public_key),
                            "broker_url": mqtt_broker.url, "interval": 0.2}, wait="ready")
     msgs = rec.wait_for(lambda m: any(json.loads(x.payload).get("kind") == "model_loaded" for x in m))
-    loaded = next(d for k, d in telemetry_checker.check_all(msgs) if k == "event")
+    checked = telemetry_checker.check_all(msgs)
+    loaded = next(d for k, d in checked if k == "event")
     assert loaded["model"]["digest"] == pushed.image.digest and loaded["data"]["signature_verified"]
+    births = [d for k, d in checked if k == "status" and d["state"] == "online"]
+    assert births and {d["signature"] for d in births} == {"verified"}
     kept = read_chain(tmp_path / "model")
     assert kept is not None and kept.digest == pushed.image.digest and kept.signature
     assert agent.terminate() == 0
@@ -84,6 +87,63 @@ def test_serve_refuses_an_image_signed_with_another_key(pushed: Pushed, mqtt_bro
     assert agent.terminate() == 0
 
 
+# --- signed by default --------------------------------------------------------------------------
+def test_fetch_without_a_key_is_refused_unless_unsigned_is_allowed(pushed: Pushed, tmp_path: Path) -> None:
+    for image in (pushed.unsigned, pushed.signed):
+        result = run_cli("fetch", image, "--to", str(tmp_path / "m"))
+        assert result.returncode == 85, result.stderr
+        assert result.stderr.count("\n") == 1 and "unsigned models are refused" in result.stderr
+        assert not (tmp_path / "m").exists() and list(tmp_path.iterdir()) == []
+    ok = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "flag"), "--allow-unsigned")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["signature_verified"] is False
+    by_env = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "env"), env={"EDGEKIT_AGENT_ALLOW_UNSIGNED": "1"})
+    assert by_env.returncode == 0, by_env.stderr
+    off = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "off"), env={"EDGEKIT_AGENT_ALLOW_UNSIGNED": "no"})
+    assert off.returncode == 85, off.stderr
+    # a key always wins: an unsigned image stays refused even when unsigned images are allowed
+    keyed = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "keyed"), "--allow-unsigned",
+                    "--public-key", str(pushed.image.public_key))
+    assert keyed.returncode == 26, keyed.stderr
+
+
+def test_serve_without_a_key_refuses_the_image(pushed: Pushed, mqtt_broker: MosquittoBroker,
+                                               mqtt_recorder: Callable[..., MqttRecorder],
+                                               agent_process: Callable[..., AgentProcess], tmp_path: Path,
+                                               telemetry_checker: TelemetryChecker) -> None:
+    dev = f"reg-{uuid.uuid4().hex[:6]}"
+    rec = mqtt_recorder(mqtt_broker, f"edgekit/v1/reg/{dev}/#")
+    agent = agent_process({"device": dev, "group": "reg", "model_dir": str(tmp_path / "model"),
+                           "image": pushed.unsigned, "allow_unsigned": False,
+                           "broker_url": mqtt_broker.url, "interval": 0.2})
+    msgs = rec.wait_for(lambda m: any(json.loads(x.payload).get("kind") == "model_rejected" for x in m))
+    rejected = next(d for k, d in telemetry_checker.check_all(msgs) if k == "event")
+    assert rejected["data"]["error"] == "PublicKeyRequiredError" and rejected["data"]["exit_code"] == 85
+    status, body = agent.get("/v2/health/ready")
+    assert status == 503 and "unsigned models are refused" in str(body)
+    assert not (tmp_path / "model").exists()  # refused before fetching
+    assert agent.terminate() == 0
+
+
+def test_serve_with_allow_unsigned_says_so_in_its_birth(pushed: Pushed, mqtt_broker: MosquittoBroker,
+                                                        mqtt_recorder: Callable[..., MqttRecorder],
+                                                        agent_process: Callable[..., AgentProcess], tmp_path: Path,
+                                                        telemetry_checker: TelemetryChecker) -> None:
+    dev = f"reg-{uuid.uuid4().hex[:6]}"
+    rec = mqtt_recorder(mqtt_broker, f"edgekit/v1/reg/{dev}/#")
+    agent = agent_process({"device": dev, "group": "reg", "model_dir": str(tmp_path / "model"),
+                           "image": pushed.unsigned, "allow_unsigned": True,
+                           "broker_url": mqtt_broker.url, "interval": 0.2}, wait="ready")
+    msgs = rec.wait_for(lambda m: any(json.loads(x.payload).get("ready") is True for x in m
+                                      if x.topic.endswith("/status")))
+    checked = telemetry_checker.check_all(msgs)  # every message against the shipped JSON Schemas
+    births = [d for k, d in checked if k == "status" and d["state"] == "online"]
+    assert births and {d["signature"] for d in births} == {"unverified"}
+    loaded = next(d for k, d in checked if k == "event" and d["kind"] == "model_loaded")
+    assert loaded["data"]["signature_verified"] is False
+    assert agent.terminate() == 0
+
+
 def test_unsigned_image_with_a_key_is_refused(pushed: Pushed, tmp_path: Path) -> None:
     result = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "m"),
                      "--public-key", str(pushed.image.public_key))
@@ -93,7 +153,8 @@ def test_unsigned_image_with_a_key_is_refused(pushed: Pushed, tmp_path: Path) ->
 def _image_volume(pushed: Pushed, tmp_path: Path) -> Path:
     """What an image volume mounts: the model folder, without a fetch record."""
     dest = tmp_path / "fetched"
-    assert run_cli("fetch", pushed.signed, "--to", str(dest)).returncode == 0
+    key = str(pushed.image.public_key)
+    assert run_cli("fetch", pushed.signed, "--to", str(dest), "--public-key", key).returncode == 0
     shutil.rmtree(dest / CHAIN_DIR)
     return dest
 

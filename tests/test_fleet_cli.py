@@ -47,6 +47,7 @@ def populated(mqtt_broker: MosquittoBroker, sim_fleet: Sim) -> Iterator[tuple[st
     group = uid()
     fleet = sim_fleet(mqtt_broker, group, 11)
     fleet.birth()
+    fleet.birth(fleet.devices[3:4], signature="unverified")  # runs unsigned images (allow_unsigned)
     SimDevice(mqtt_broker, group, "dead-1").die()
     yield group, fleet
 
@@ -95,6 +96,9 @@ def test_status_table(mqtt_broker: MosquittoBroker, populated: tuple[str, SimFle
     assert "unhealthy" in by_device[fleet.devices[0]] and "50.00%" in by_device[fleet.devices[0]]
     assert "FAILED" in by_device[fleet.devices[1]]
     assert "silent" in by_device[fleet.devices[10]]
+    assert "unverified" in by_device[fleet.devices[3]]
+    assert [d for d, line in by_device.items() if "unverified" in line] == [fleet.devices[3]]
+    assert "(1 unverified)" in row
     assert "\x1b[" not in out                      # plain text when not a terminal
     # --sort status: offline first, then silent, then unhealthy.
     order = [line.split()[0] for line in lines if line.split() and (line.split()[0] in fleet.devices
@@ -113,6 +117,10 @@ def test_status_json(mqtt_broker: MosquittoBroker, populated: tuple[str, SimFlee
     assert (g["devices"], g["online"], g["offline"], g["reporting"]) == (12, 11, 1, 10)
     assert g["healthy"] == 8
     assert len(data["devices"]) == 12
+    assert g["unverified"] == 1
+    signatures = {d["device"]: d["signature"] for d in data["devices"]}
+    assert signatures[fleet.devices[3]] == "unverified" and signatures["dead-1"] is None
+    assert {s for d, s in signatures.items() if d not in (fleet.devices[3], "dead-1")} == {"verified"}
     assert data["ingest"]["rejected"]["malformed_json"] == 0
     assert data["watcher"]["connected"] is True
 

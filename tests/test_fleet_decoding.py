@@ -51,6 +51,19 @@ def test_real_payloads_decode() -> None:
     assert isinstance(e, EventReport) and e.event == "probe_failed"
 
 
+def test_status_signature_decodes_and_nothing_else_does() -> None:
+    topic = "edgekit/v1/g1/dev-1/status"
+    for signature in ("verified", "unverified", None):
+        s = Decoder().decode(topic, enc(status_payload(
+            device="dev-1", group="g1", session="s-1", seq=0, ts=1.0, model=None, state="online",
+            agent_version="0.1.0", ready=True, signature=signature)))  # type: ignore[arg-type]
+        assert isinstance(s, StatusReport) and s.signature == signature
+    for bad in ("maybe", True, ["verified"]):
+        payload = dict(status_payload(device="dev-1", group="g1", session="s-1", seq=0, ts=1.0, model=None,
+                                      state="online", agent_version="0.1.0"), signature=bad)
+        assert reason(Decoder().decode(topic, enc(payload))) == "invalid_value"
+
+
 def test_models_are_interned() -> None:
     d = Decoder()
     a = d.decode(TOPIC, enc(health()))

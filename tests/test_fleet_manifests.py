@@ -38,6 +38,23 @@ def test_base_install_matches_edgekit_install() -> None:
         "regenerate: edgekit install --print --namespace edgekit > fleet-manifests/base/install.yaml"
 
 
+def test_controller_runs_signed_with_the_devices_key() -> None:
+    """The controller Deployment gives `edgekit controller` the public key the devices verify with
+    (it refuses to start without one, exit 85), from the cosign key ConfigMap the agents mount too."""
+    from edgekit.kube.rendering import KEY_CONFIGMAP, KEY_FILE
+
+    deploy = yaml.safe_load((MANIFESTS / "controller" / "deployment.yaml").read_text())
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    key = env["EDGEKIT_ROLLOUT_PUBLIC_KEY"]
+    assert "EDGEKIT_ROLLOUT_ALLOW_UNSIGNED" not in env
+    mount = next(m for m in container["volumeMounts"] if key.startswith(m["mountPath"] + "/"))
+    assert key == f"{mount['mountPath']}/{KEY_FILE}" and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == KEY_CONFIGMAP
+
+
 def test_broker_acl_is_the_recommended_device_acl() -> None:
     assert (MANIFESTS / "base" / "mosquitto" / "acl").read_text() == device_acl()
 

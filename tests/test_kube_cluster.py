@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from edgekit.cli import cli
 from edgekit.errors import (
+    ConfigError,
     GroupNotFoundError,
     KubeConflictError,
     KubeForbiddenError,
@@ -31,6 +32,7 @@ from edgekit.kube.rendering import RenderSettings, render
 from edgekit.rehearsal.nodes import FleetSpec
 from edgekit.rehearsal.pki import write_kubeconfig
 from edgekit.rehearsal.processes import free_port
+from tests.fixtures.agent import make_keypair
 from tests.fixtures.kube import KubeHandle
 
 pytestmark = pytest.mark.kube
@@ -132,18 +134,29 @@ def test_engine_rbac_allows_its_job_and_nothing_more(installed: KubeHandle) -> N
 
 
 # --- render --apply / --dry-run, DaemonSet on the labelled nodes ----------------------------
-def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_namespace: str) -> None:
+def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_namespace: str,
+                                              tmp_path: Path) -> None:
     pool = kube_cluster.unique("move")
     nodes = kube_cluster.add_nodes(12, pools=f"{pool}=12", arch="arm64=0.5,amd64=0.5")
     kc = str(kube_cluster.kubeconfig)
     args = ["render", IMAGE, "--group", pool, "--app", "digits", "-n", kube_namespace, "--kubeconfig", kc]
+    client = kube_cluster.client()
+    path = f"/apis/apps/v1/namespaces/{kube_namespace}/daemonsets/digits-5e1d5e1d5e1d"
+    key_path = f"/api/v1/namespaces/{kube_namespace}/configmaps/edgekit-cosign-key"
+    # signed by default: without a key (or --allow-unsigned) nothing reaches the cluster
+    before = client.list(f"/api/v1/namespaces/{kube_namespace}/configmaps")
+    one_line_error(run(*args, "--apply"), 85, "requires a public key")
+    assert client.get_or_none(path) is None and client.get_or_none(key_path) is None
+    assert client.list(f"/api/v1/namespaces/{kube_namespace}/configmaps") == before
+    _, pub = make_keypair(tmp_path)
+    args += ["--public-key", str(pub)]
     out = run(*args, "--apply")
     assert out.exit_code == 0, out.output
     assert "daemonset/" + kube_namespace + "/digits-5e1d5e1d5e1d created" in out.output
+    assert "configmap/" + kube_namespace + "/edgekit-cosign-key created" in out.output
+    assert client.get(key_path)["data"] == {"cosign.pub": pub.read_text()}
     again = run(*args, "--apply")
-    assert again.output.count("unchanged") == 4, again.output
-    client = kube_cluster.client()
-    path = f"/apis/apps/v1/namespaces/{kube_namespace}/daemonsets/digits-5e1d5e1d5e1d"
+    assert again.output.count("unchanged") == 5, again.output
     volumes = client.get(path)["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "model", "image": {"reference": IMAGE, "pullPolicy": "IfNotPresent"}}
     label_nodes(client, nodes[:5], {rollout_label("digits"): "5e1d5e1d5e1d"})
@@ -162,6 +175,25 @@ def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_nam
     assert diff.exit_code == 0 and "+        image: edgekit/edgekit-agent:9.9" in diff.output
     assert "daemonset/" + kube_namespace + "/digits-5e1d5e1d5e1d would be configured" in diff.output
     assert client.get(path)["spec"]["template"]["spec"]["containers"][0]["image"] == "edgekit/edgekit-agent:0.1.0"
+
+
+def test_push_ships_the_key_once_and_never_replaces_another(kube_cluster: KubeHandle, kube_namespace: str,
+                                                            tmp_path: Path) -> None:
+    """What ``edgekit push --public-key`` does before it creates a rollout (``ClusterPort.ship_key``)."""
+    from edgekit.rollout.kubecluster import KubeCluster
+
+    client = kube_cluster.client()
+    cluster = KubeCluster(client)
+    _, pub = make_keypair(tmp_path, "release")
+    _, other = make_keypair(tmp_path, "other")
+    path = f"/api/v1/namespaces/{kube_namespace}/configmaps/edgekit-cosign-key"
+    cluster.ship_key(kube_namespace, "edgekit-cosign-key", pub.read_text())
+    created = client.get(path)
+    assert created["data"] == {"cosign.pub": pub.read_text()}
+    cluster.ship_key(kube_namespace, "edgekit-cosign-key", pub.read_text())  # the same key: nothing to do
+    with pytest.raises(ConfigError, match="holds another public key"):
+        cluster.ship_key(kube_namespace, "edgekit-cosign-key", other.read_text())
+    assert client.get(path)["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
 
 
 def test_init_container_pods_become_ready(kube_cluster: KubeHandle, kube_namespace: str) -> None:
@@ -217,7 +249,7 @@ def test_api_calls_do_not_grow_with_the_fleet(kube_cluster: KubeHandle, kube_nam
 def test_group_matching_no_node(kube_cluster: KubeHandle) -> None:
     one_line_error(run("groups", "show", "no-such-group", "--kubeconfig", str(kube_cluster.kubeconfig)),
                    61, "matches no node")
-    one_line_error(run("render", IMAGE, "-g", "kubeedge:nowhere", "-a", "x", "--apply",
+    one_line_error(run("render", IMAGE, "-g", "kubeedge:nowhere", "-a", "x", "--apply", "--allow-unsigned",
                        "--kubeconfig", str(kube_cluster.kubeconfig)), 61, "matches no node")
 
 
@@ -251,7 +283,7 @@ def test_conflicting_field_manager_applies_nothing(kube_cluster: KubeHandle, kub
     apply_objects(client, [{**ds, "spec": {**ds["spec"], "revisionHistoryLimit": 7}}], namespace=kube_namespace,
                   field_manager="someone-else")
     kc = str(kube_cluster.kubeconfig)
-    args = ["render", IMAGE, "-g", pool, "-a", "conf", "-n", kube_namespace, "--kubeconfig", kc]
+    args = ["render", IMAGE, "-g", pool, "-a", "conf", "-n", kube_namespace, "--kubeconfig", kc, "--allow-unsigned"]
     one_line_error(run(*args, "--apply"), 45, "--force-conflicts")
     # preflight failed, so the objects ordered before the DaemonSet were not written either
     assert client.get_or_none(f"/api/v1/namespaces/{kube_namespace}/configmaps/conf-5e1d5e1d5e1d") is None

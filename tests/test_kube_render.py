@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from edgekit.kube.install import edgerollout_crd, engine_rbac, install_objects
 from edgekit.kube.rendering import RenderSettings, parse_image, render, revision_for
 from edgekit.kube.selectors import format_selector, matches, parse_selector
 from edgekit.rehearsal.nodes import FleetSpec, node_objects, parse_counts, spread
+from tests.fixtures.agent import make_keypair
 
 DIGEST = "sha256:" + "3f2a9c1b7d0e" + "0" * 52
 IMAGE = f"registry.local:5000/models/digits:v2@{DIGEST}"
@@ -272,11 +274,14 @@ def test_engine_rbac_is_least_privilege() -> None:
 
 # --- CLI: bad input, one line, distinct exit codes --------------------------------------------
 @pytest.mark.parametrize(("args", "code", "text"), [
-    (["render", IMAGE, "--group", "selector:a in (b", "--app", "digits"], 48, "does not parse"),
-    (["render", "registry.local/models/digits:v2", "--group", "c", "--app", "digits", "--require-digest"], 63,
-     "has no digest"),
-    (["render", "Not An Image", "--group", "c", "--app", "digits"], 28, "not an image reference"),
-    (["render", IMAGE, "--group", "c", "--app", "Bad_App"], 2, "app"),
+    (["render", IMAGE, "--group", "selector:a in (b", "--app", "digits", "--allow-unsigned"], 48, "does not parse"),
+    (["render", "registry.local/models/digits:v2", "--group", "c", "--app", "digits", "--require-digest",
+      "--allow-unsigned"], 63, "has no digest"),
+    (["render", "Not An Image", "--group", "c", "--app", "digits", "--allow-unsigned"], 28, "not an image reference"),
+    (["render", IMAGE, "--group", "c", "--app", "Bad_App", "--allow-unsigned"], 2, "app"),
+    (["render", IMAGE, "--group", "c", "--app", "digits"], 85, "requires a public key"),
+    (["render", IMAGE, "--group", "c", "--app", "digits", "--public-key", "/nonexistent/cosign.pub"], 2,
+     "cannot read /nonexistent/cosign.pub"),
     (["groups", "show", "selector:x in (", "--kubeconfig", "/nonexistent/kubeconfig"], 48, "does not parse"),
     (["groups", "list", "--kubeconfig", "/nonexistent/kubeconfig"], 2, "does not exist"),
 ])
@@ -287,14 +292,64 @@ def test_cli_bad_input(args: list[str], code: int, text: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("edgekit: error:") and text in lines[0]
 
 
-def test_cli_render_yaml_and_json() -> None:
-    out = CliRunner().invoke(cli, ["render", IMAGE, "--group", "cameras", "--app", "digits"])
+def test_cli_render_yaml_and_json(tmp_path: Path) -> None:
+    _, pub = make_keypair(tmp_path)
+    out = CliRunner().invoke(cli, ["render", IMAGE, "--group", "cameras", "--app", "digits", "--public-key", str(pub)])
     assert out.exit_code == 0, out.output
     docs = list(yaml.safe_load_all(out.output))
-    assert [d["kind"] for d in docs] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
     assert "&id" not in out.output  # no YAML anchors
-    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-t", "kubeedge", "-f", "json"])
-    assert json.loads(out.output)[3]["spec"]["template"]["spec"]["initContainers"]
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-t", "kubeedge", "-f", "json"],
+                             env={"EDGEKIT_ROLLOUT_PUBLIC_KEY": str(pub)})
+    assert json.loads(out.output)[4]["spec"]["template"]["spec"]["initContainers"]
+    # a private key or any other file is not a key to ship
+    (tmp_path / "not.pub").write_text("hello")
+    bad = CliRunner().invoke(cli, ["render", IMAGE, "-g", "c", "-a", "d", "--public-key", str(tmp_path / "not.pub")])
+    assert bad.exit_code == 29 and "is not a PEM public key" in bad.output
+
+
+@pytest.mark.parametrize("target", ["k3s", "kubeedge"])
+def test_render_with_a_public_key_ships_it_and_points_the_agent_at_it(tmp_path: Path, target: str) -> None:
+    """``render --public-key FILE``: ConfigMap edgekit-cosign-key holds the key, mounted where the
+    agent config (and the init container's fetch) read it; the real agent settings load it."""
+    from edgekit_agent.settings import load_settings
+
+    _, pub = make_keypair(tmp_path)
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "digits", "-t", target, "-f", "json",
+                                   "--public-key", str(pub)])
+    assert out.exit_code == 0, out.output
+    objects = json.loads(out.output)
+    key_map = objects[0]
+    assert key_map["kind"] == "ConfigMap" and key_map["metadata"]["name"] == "edgekit-cosign-key"
+    assert key_map["data"] == {"cosign.pub": pub.read_text()}
+    spec = pod_spec(objects)
+    assert {"name": "keys", "configMap": {"name": "edgekit-cosign-key"}} in spec["volumes"]
+    agent = spec["containers"][0]
+    keys_mount = next(m for m in agent["volumeMounts"] if m["name"] == "keys")
+    config = json.loads(next(o for o in objects if o["kind"] == "ConfigMap" and o is not key_map)
+                        ["data"]["config.json"])
+    assert config["public_key"] == keys_mount["mountPath"] + "/cosign.pub" and "allow_unsigned" not in config
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    settings = load_settings(tmp_path / "config.json", env={"EDGEKIT_AGENT_DEVICE": "cam-1"})
+    assert settings.public_key == config["public_key"] and not settings.allow_unsigned
+    assert settings.signature == "verified"
+    if target == "kubeedge":
+        fetch = spec["initContainers"][0]
+        assert fetch["command"][-2:] == ["--public-key", config["public_key"]]
+        assert any(m["name"] == "keys" for m in fetch["volumeMounts"])
+
+
+def test_render_allow_unsigned_renders_agents_that_run_unsigned_images() -> None:
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "digits", "-t", "kubeedge", "-f", "json",
+                                   "--allow-unsigned"])
+    assert out.exit_code == 0, out.output
+    objects = json.loads(out.output)
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+    assert config["allow_unsigned"] is True and "public_key" not in config
+    spec = pod_spec(objects)
+    assert "--allow-unsigned" in spec["initContainers"][0]["command"]
+    assert all(v["name"] != "keys" for v in spec["volumes"])
 
 
 def test_cli_install_print() -> None:

@@ -61,7 +61,7 @@ def test_rollout_client_plans_pushes_and_reads_back_on_the_in_memory_cluster() -
             return 1000
 
     cluster = MemoryCluster({"cameras": {f"edge-{i}": {} for i in range(4)}})
-    session = Session(cluster, RolloutSettings(tick_seconds=0.01), images=Images(),
+    session = Session(cluster, RolloutSettings(tick_seconds=0.01, allow_unsigned=True), images=Images(),
                       telemetry=MemoryTelemetry(cluster, "detector"))
     strategy = {"waves": "1,100%", "bake": "0.05s", "baseline": "0s"}
     with edgekit.RolloutClient(session) as rollouts:

@@ -48,6 +48,17 @@ def test_healthy_model_rolls_out_over_200_nodes_in_4_waves(rollout_env: RolloutE
     assert set(fleet.revisions().values()) == {revision_of(new)}
     assert fleet.daemonsets() == {f"{fleet.app}-{revision_of(new)}"}   # the old DaemonSet is gone
     fleet.wait_running(revision_of(new))
+    # signed: the devices verify with the push's key, shipped in the ConfigMap their pods mount
+    ns = env.namespace
+    key_map = env.client.get(f"/api/v1/namespaces/{ns}/configmaps/edgekit-cosign-key")
+    assert key_map["data"] == {"cosign.pub": env.public_key.read_text()}
+    ds = env.client.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets/{fleet.app}-{revision_of(new)}")
+    keys = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys")
+    assert keys["configMap"]["name"] == "edgekit-cosign-key"
+    config = env.client.get(f"/api/v1/namespaces/{ns}/configmaps/{fleet.app}-{revision_of(new)}")
+    assert json.loads(config["data"]["config.json"])["public_key"] == "/etc/edgekit-agent/keys/cosign.pub"
+    devices = [s.device for n, s in env.sim.slots.items() if n in fleet.nodes and s.device is not None]
+    assert devices and {d.core.signature for d in devices} == {"verified"}
 
 
 def test_error_rate_is_stopped_at_the_canary_and_rolled_back(rollout_env: RolloutEnv, new_fleet: NewFleet,
@@ -234,7 +245,7 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         (["push", v2, "-g", "no-such-group", "-a", fleet.app], 61, "unknown device group 'no-such-group'"),
         (["push", v2, "-g", "selector:edgekit.io/group=nobody-here", "-a", fleet.app], 62, "has no nodes"),
         (["push", tag, "-g", fleet.group, "-a", fleet.app, "--require-digest"], 63, "has no digest"),
-        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--public-key", str(pub)], 64, "not signed"),
+        (["push", v2, "-g", fleet.group, "-a", fleet.app, "--public-key", str(pub)], 64, "verifies with key"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,2,3"], 66, "cover 3 of 5 nodes"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--waves", "1,50%"], 66, "must reach 100%"),
         (["push", v2, "-g", fleet.group, "-a", fleet.app, "--max-error-rate", "120%"], 67, "--max-error-rate"),
@@ -247,6 +258,18 @@ def test_bad_inputs_change_nothing(rollout_env: RolloutEnv, new_fleet: NewFleet,
         assert result.returncode == code, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("edgekit: error: "), result.stderr
         assert fragment in lines[0], (fragment, lines[0])
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
+    # signed by default: without a public key (and without --allow-unsigned) nothing starts or runs
+    unkeyed = env.env(EDGEKIT_ROLLOUT_PUBLIC_KEY="")
+    for args in (["push", v2, "-g", fleet.group, "-a", fleet.app],
+                 ["push", v2, "-g", fleet.group, "-a", fleet.app, "--detach"],
+                 ["rollout", "undo", "-a", fleet.app, "-g", fleet.group],
+                 ["rollout", "resume", "--app", fleet.app, "--group", fleet.group],
+                 ["controller"]):
+        result = env.cli(*args, env=unkeyed, timeout=60)
+        assert result.returncode == 85, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "requires a public key" in result.stderr, result.stderr
     assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
 
     # the gates cannot read telemetry: refused before anything is created

@@ -5,6 +5,7 @@ simulator following Kubernetes is exercised by tests/test_rollout_e2e.py; 300 de
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ from edgekit_agent.loading import LoadedModel, fetch_model, load_model
 from edgekit_agent.probing import run_probe
 from edgekit_agent.protocol import load_schema
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, PublicKeyRequiredError, SignatureInvalidError
 from edgekit.rehearsal.sim.devices import Placement, VirtualDevice
 from edgekit.rehearsal.sim.faults import Fault, FaultBook, parse_fault
 from edgekit.rehearsal.sim.fleet import placements_from_pods
 from edgekit.rehearsal.sim.models import ModelStore
+from tests.fixtures.agent import SignedImage
 
 
 def test_parse_faults() -> None:
@@ -73,10 +75,12 @@ def test_placements_follow_the_newest_live_pod() -> None:
 
 
 @pytest.fixture(scope="module")
-def digits_loaded(digits_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+def digits_loaded(digits_signed_layout: SignedImage, tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The simulator's devices run signed images, verified as the agent verifies them."""
     folder = tmp_path_factory.mktemp("sim-model") / "model"
-    fetch_model(f"oci:{digits_layout}", folder)
-    return load_model(folder, intra_op_threads=1)
+    key = str(digits_signed_layout.public_key)
+    fetch_model(f"oci:{digits_signed_layout.layout}", folder, public_key=key)
+    return load_model(folder, public_key=key, intra_op_threads=1)
 
 
 def _device(loaded: LoadedModel, fault: Fault, rate: float = 50.0) -> VirtualDevice:
@@ -98,6 +102,10 @@ def _health(device: VirtualDevice, n: int) -> dict[str, Any]:
 def test_device_runs_the_real_model(digits_loaded: LoadedModel) -> None:
     device = _device(digits_loaded, Fault())
     assert device.core.ready and device.core.probe_ok
+    _, birth = device.core.status_message("online")
+    status = json.loads(birth)
+    jsonschema.validate(status, load_schema("status"))
+    assert status["signature"] == "verified" and status["ready"] is True
     payload = _health(device, 40)
     assert payload["inferences"] == 40 and payload["errors"] == 0
     assert payload["model"]["digest"] == digits_loaded.digest
@@ -128,6 +136,39 @@ def test_failing_probe_makes_the_device_not_ready(digits_loaded: LoadedModel, tm
     assert payload["probe"]["ok"] is False and payload["inferences"] == 0
     assert device.core.events_sent.get("probe_failed") == 1
     store.close()
+
+
+@pytest.mark.registry
+def test_model_store_verifies_with_the_key_and_refuses_unsigned_by_default(digits_signed_layout: SignedImage,
+                                                                         registry: Any, tmp_path: Path) -> None:
+    from edgekit_agent.oci.reference import parse_reference
+    from edgekit_agent.oci.registry import RegistryOptions
+
+    from edgekit.image.pushing import push_layout
+
+    options = RegistryOptions(insecure=True)
+    repo = f"{registry.host}/sim-tests/digits"
+    push_layout(digits_signed_layout.layout, parse_reference(f"{repo}:1.0.0"), options=options)
+    image = f"{repo}@{digits_signed_layout.digest}"
+    keyed = ModelStore(tmp_path / "keyed", public_key=str(digits_signed_layout.public_key), registry_options=options)
+    unkeyed = ModelStore(tmp_path / "unkeyed", registry_options=options)
+    other = ModelStore(tmp_path / "other", public_key=str(digits_signed_layout.other_public_key),
+                       registry_options=options)
+    unsigned = ModelStore(tmp_path / "unsigned", allow_unsigned=True, registry_options=options)
+    try:
+        loaded = keyed.get(image).result(timeout=60)
+        assert loaded.provenance is not None and loaded.provenance.key_sha256
+        with pytest.raises(PublicKeyRequiredError):
+            unkeyed.get(image).result(timeout=60)
+        with pytest.raises(SignatureInvalidError):
+            other.get(image).result(timeout=60)
+        assert not (tmp_path / "unkeyed").exists() or not any((tmp_path / "unkeyed").iterdir())
+        run_unsigned = unsigned.get(image).result(timeout=60)
+        device = _device(run_unsigned, Fault())
+        assert device.core.signature == "unverified"
+    finally:
+        for store in (keyed, unkeyed, other, unsigned):
+            store.close()
 
 
 def test_silent_device_never_reports(digits_loaded: LoadedModel) -> None:
@@ -165,5 +206,19 @@ def test_three_hundred_devices(rollout_env: Any, new_fleet: Any) -> None:
         cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (time.monotonic() - wall)
         stats = watcher.view().window(fleet.nodes, time.time() - 5, digest)
         assert stats.reported == 300 and not stats.silent and stats.error_rate == 0
+        # every device verified the image with the key (their birth statuses say so)
+        rows = [r for r in watcher.view().devices() if r.device in set(fleet.nodes)]
+        assert len(rows) == 300 and {r.signature for r in rows} == {"verified"}
         print(f"\n300 virtual devices: {cpu:.2f} CPU cores for the simulator, the fleet watcher and the "
               f"test process together; p95 {stats.p95_ms} ms")
+
+
+def test_sim_requires_a_key_or_allow_unsigned(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Refused before the cluster is contacted (the kubeconfig does not even exist)."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    monkeypatch.delenv("EDGEKIT_ROLLOUT_PUBLIC_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["sim", "--kubeconfig", str(tmp_path / "none"), "--duration", "0"])
+    assert result.exit_code == 85 and "edgekit sim requires a public key" in result.output, result.output

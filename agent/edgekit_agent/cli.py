@@ -5,6 +5,8 @@
     edgekit-agent fetch registry.local/models/digits@sha256:... --to /model --public-key cosign.pub
     edgekit-agent verify /model --public-key cosign.pub
 
+Images must be signed: without a public key (``public_key``, ``--public-key``) the agent refuses
+them unless ``allow_unsigned`` (``EDGEKIT_AGENT_ALLOW_UNSIGNED=1``, ``--allow-unsigned``) is set.
 Settings come from the config file < ``EDGEKIT_AGENT_*`` environment < flags. Errors print one
 line, ``edgekit-agent: error: ...``, and exit with the error's code (2 for a bad setting).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -50,12 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(check)
 
     fetch = sub.add_parser("fetch", help="fetch a model image into a folder (init container)",
-                           description="Fetch an OCI model image by digest, verify its layer digest and "
-                           "(with --public-key) its signature, and unpack the model folder into DIR.")
+                           description="Fetch an OCI model image by digest, verify its signature with "
+                           "--public-key (or, with --allow-unsigned, skip that) and its layer digest, and unpack "
+                           "the model folder into DIR.")
     fetch.add_argument("ref", metavar="REF", help="image reference, pinned by digest (repo@sha256:...)")
     fetch.add_argument("--to", dest="dest", required=True, metavar="DIR", help="model folder to create")
     fetch.add_argument("--public-key", metavar="PEM", default=None,
                        help="cosign public key; the image must carry a signature it verifies")
+    fetch.add_argument("--allow-unsigned", action="store_true", default=None,
+                       help="without --public-key, fetch an unsigned image [EDGEKIT_AGENT_ALLOW_UNSIGNED]")
     fetch.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
     fetch.add_argument("--ca-file", metavar="PEM", default=None, help="CA bundle for the registry")
     fetch.add_argument("--allow-tag", action="store_true", help="accept a reference without a digest")
@@ -70,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("model_dir", metavar="DIR", help="model folder")
     verify.add_argument("--public-key", metavar="PEM", default=None,
                         help="cosign public key the folder's kept signature must verify with")
+    verify.add_argument("--allow-unsigned", action="store_true", default=None,
+                        help="without --public-key, check an unsigned folder [EDGEKIT_AGENT_ALLOW_UNSIGNED]")
     verify.add_argument("--image", metavar="REF", default=None,
                         help="the pinned image the folder must hold (repo@sha256:...)")
     return parser
@@ -84,6 +92,17 @@ def _settings(args: argparse.Namespace) -> Any:
     return settings
 
 
+def _allow_unsigned(args: argparse.Namespace) -> bool:
+    """``--allow-unsigned``, else ``EDGEKIT_AGENT_ALLOW_UNSIGNED`` read as the settings read it."""
+    if args.allow_unsigned:
+        return True
+    from edgekit_agent.layered import parse_bool
+    from edgekit_agent.settings import ENV_PREFIX
+
+    value = os.environ.get(f"{ENV_PREFIX}ALLOW_UNSIGNED", "").strip()
+    return bool(value) and parse_bool(f"{ENV_PREFIX}ALLOW_UNSIGNED", value)
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from edgekit_agent.errors import ConfigError
     from edgekit_agent.loading import fetch_model
@@ -94,8 +113,8 @@ def _fetch(args: argparse.Namespace) -> int:
     from edgekit_agent.oci import RegistryOptions
 
     options = RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
-    provenance = fetch_model(args.ref, args.dest, public_key=args.public_key, options=options,
-                             max_model_bytes=args.max_bytes)
+    provenance = fetch_model(args.ref, args.dest, public_key=args.public_key,
+                             allow_unsigned=_allow_unsigned(args), options=options, max_model_bytes=args.max_bytes)
     print(json.dumps({"image": provenance.image, "digest": provenance.digest,
                       "layer_digest": provenance.layer_digest, "dest": args.dest,
                       "signature_verified": provenance.key_sha256 is not None}))
@@ -108,7 +127,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.image is not None and "@sha256:" not in args.image:
         raise ConfigError(f"{args.image!r} is not pinned by digest (use REF@sha256:...)", field="--image")
-    model = load_model(args.model_dir, image=args.image, public_key=args.public_key)
+    model = load_model(args.model_dir, image=args.image, public_key=args.public_key,
+                       allow_unsigned=_allow_unsigned(args))
     print(json.dumps({"name": model.name, "version": model.meta.version, "digest": model.digest,
                       "dest": args.model_dir,
                       "signature_verified": bool(model.provenance and model.provenance.key_sha256)}))

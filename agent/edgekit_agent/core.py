@@ -187,7 +187,7 @@ class AgentCore:
         payload = status_payload(device=self.settings.device, group=self.settings.group, session=self.session,
                                  seq=seq, ts=self.clock.time(), model=self.model_ref,
                                  state=st, agent_version=__version__,
-                                 ready=self.ready if st == "online" else False)
+                                 ready=self.ready if st == "online" else False, signature=self.signature)
         return self._topics["status"], _encode(payload)
 
     def _send(self, kind: str, payload: Mapping[str, Any]) -> None:
@@ -226,7 +226,8 @@ class AgentCore:
         folder = Path(model_dir or s.model_dir)
         started = _perf()
         try:
-            loaded = load_model(folder, image=s.image, public_key=s.public_key, providers=s.execution_providers,
+            loaded = load_model(folder, image=s.image, public_key=s.public_key, allow_unsigned=s.allow_unsigned,
+                                providers=s.execution_providers,
                                 intra_op_threads=s.intra_op_threads, name=s.model_name,
                                 registry_options=s.registry_options() if s.public_key and s.image else None)
         except EdgekitError as exc:
@@ -304,6 +305,14 @@ class AgentCore:
         if self.probe_ok is False:
             return f"golden probe failing: {self.probe_detail}"
         return "model not ready"
+
+    @property
+    def signature(self) -> Literal["verified", "unverified"]:
+        """``verified`` when the model was (or, not loaded yet, will have to be) verified by the key."""
+        model = self.model
+        if model is not None:
+            return "verified" if model.provenance and model.provenance.key_sha256 else "unverified"
+        return self.settings.signature
 
     @property
     def not_ready_reason(self) -> str | None:

@@ -84,6 +84,7 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
             try:
                 log.info("fetching %s into %s", settings.image, folder)
                 fetch_model(settings.image, folder, public_key=settings.public_key,
+                            allow_unsigned=settings.allow_unsigned,
                             options=settings.registry_options(), max_model_bytes=settings.max_model_bytes)
             except EdgekitError as exc:
                 core.reject(folder, exc)

@@ -21,6 +21,7 @@
     ├── ModelMetadataError        exit 38  model folder: edgekit.json missing or malformed
     │   └── ModelIntegrityError       39   model.onnx / probe.npz do not match edgekit.json
     ├── ProvenanceError           exit 80  a folder's signature chain is missing, forged or broken [P]
+    ├── PublicKeyRequiredError    exit 85  no public key configured and unsigned not allowed (a ConfigError) [P]
     ├── AgentError                exit 30  the on-device agent
     │   ├── ModelRejectedError        31   verified, but cannot be served here
     │   ├── ProbeFailedError          32   golden probe outputs out of tolerance
@@ -225,6 +226,13 @@ class ProvenanceError(PermanentError):
     is missing, does not verify with the configured key, or names other files than the folder holds."""
 
     exit_code = 80
+
+
+class PublicKeyRequiredError(ConfigError):
+    """No public key is configured and unsigned images are not explicitly allowed: edgekit runs
+    signed images by default, so this is a setting to make, not a default to fall back on."""
+
+    exit_code = 85
 
 
 # --- the agent (30-37) ---------------------------------------------------------------------------

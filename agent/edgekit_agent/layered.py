@@ -105,6 +105,11 @@ def _convert(field: str, value: Any, tp: Any) -> Any:
     return value
 
 
+def parse_bool(field: str, value: Any) -> bool:
+    """A true/false setting as the layers read it (for a flag that also reads its variable alone)."""
+    return bool(_convert(field, value, bool))
+
+
 def _deprecated(old: str, new: str, where: str) -> None:
     text = f"setting {old}{where and ' in ' + where} is deprecated: use {new}"
     warnings.warn(text, DeprecationWarning, stacklevel=5)

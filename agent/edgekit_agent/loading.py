@@ -10,7 +10,8 @@ Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
    configured ``image`` digest must be the chain's. With a public key the chain is checked
    again at every load, offline: kept signature -> index/manifest -> config -> the config's copy
    of ``edgekit.json`` (before step 1) -> the file hashes -> the files; nothing in the folder is
-   trusted because it says so. A folder without a chain (an image volume) is accepted as is without a key.
+   trusted because it says so. Without a key nothing loads unless ``allow_unsigned`` says so; then a
+   folder without a chain (an image volume) is accepted as is.
    With a key it must be tied to a signed image: the agent verifies the signature of the
    configured ``image`` digest at the registry, follows the digest-checked chain index ->
    platform manifest -> config, and requires the metadata recorded in the config
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent.errors import ModelRejectedError
+from edgekit_agent.errors import ModelRejectedError, PublicKeyRequiredError
 from edgekit_agent.modelmeta import ModelMetadata, load_metadata, verify_model_dir
 from edgekit_agent.probing import Probe, check_probe_fits, load_probe
 from edgekit_agent.protocol.payloads import ModelRef
@@ -65,10 +66,21 @@ def describe_folder(model_dir: Path, image: str | None = None) -> ModelRef | Non
     return {"name": meta.name, "version": meta.version, "digest": digest}
 
 
+def require_key(public_key: str | None, allow_unsigned: bool) -> None:
+    """Signed by default: without a key, refuse unless unsigned models are explicitly allowed."""
+    if public_key is None and not allow_unsigned:
+        raise PublicKeyRequiredError("no public key is configured, and unsigned models are refused",
+                                     field="public_key",
+                                     hint="set public_key to the release key (cosign.pub), or allow_unsigned: true "
+                                          "(EDGEKIT_AGENT_ALLOW_UNSIGNED=1, --allow-unsigned) to run unsigned")
+
+
 def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, public_key: str | None = None,
-               providers: tuple[str, ...] = (), intra_op_threads: int = 0, name: str | None = None,
-               registry_options: Any = None) -> LoadedModel:
-    """Verify ``model_dir`` and build its session. Raises on anything that does not check out."""
+               allow_unsigned: bool = False, providers: tuple[str, ...] = (), intra_op_threads: int = 0,
+               name: str | None = None, registry_options: Any = None) -> LoadedModel:
+    """Verify ``model_dir`` and build its session. Raises on anything that does not check out;
+    without ``public_key`` only when ``allow_unsigned`` (``PublicKeyRequiredError`` otherwise)."""
+    require_key(public_key, allow_unsigned)
     root = Path(model_dir)
     chain = read_chain(root)
     provenance: Provenance | None = None
@@ -140,8 +152,10 @@ def verify_folder_signature(root: Path, meta: ModelMetadata, image: str, public_
 
 
 def fetch_model(image: str, dest: str | os.PathLike[str], *, public_key: str | None = None,
-                options: Any = None, max_model_bytes: int | None = None) -> Provenance:
-    """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image``, which keeps its chain."""
+                allow_unsigned: bool = False, options: Any = None, max_model_bytes: int | None = None) -> Provenance:
+    """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image``, which keeps its chain.
+    Without ``public_key`` only when ``allow_unsigned``, and before any network."""
+    require_key(public_key, allow_unsigned)
     from edgekit_agent.oci import fetch_image
     from edgekit_agent.oci.unpacking import DEFAULT_MAX_BYTES
 

@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from edgekit_agent.errors import ConfigError
@@ -37,6 +37,7 @@ class AgentSettings(MqttSettings):
     model_name: str | None = None
     image: str | None = None
     public_key: str | None = None
+    allow_unsigned: bool = False  # without public_key, serve unsigned models (reported as "unverified")
     execution_providers: tuple[str, ...] = ()
     registry_insecure: bool = False
     registry_ca_file: str | None = None
@@ -111,6 +112,12 @@ class AgentSettings(MqttSettings):
     @property
     def broker_tls(self) -> bool:
         return bool(self.broker_url and self.broker_url.startswith("mqtts://"))
+
+    @property
+    def signature(self) -> Literal["verified", "unverified"]:
+        """What the agent's birth status says of signatures: ``unverified`` when it runs unsigned
+        models (no key, ``allow_unsigned``), else ``verified`` (only what the key verifies loads)."""
+        return "unverified" if self.public_key is None and self.allow_unsigned else "verified"
 
     @property
     def image_digest(self) -> str | None:

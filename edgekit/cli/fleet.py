@@ -108,10 +108,11 @@ def group_table(con: Console, groups: list[GroupStats], rates: Rates | None = No
     for g in groups:
         share = "-" if g.healthy_share is None else f"{g.healthy} ({g.healthy_share * 100:.0f}%)"
         inf_rate = rates.inferences.get(g.group, g.inference_rate) if rates else g.inference_rate
-        bad = g.offline or g.silent or g.healthy < g.devices
+        bad = g.offline or g.silent or g.healthy < g.devices or g.unverified
+        models = _models(g) + (f" ({g.unverified} unverified)" if g.unverified else "")
         t.add_row(escape(g.group), str(g.devices), str(g.online), str(g.offline), str(g.reporting), str(g.silent),
                   share, _pct(g.error_rate), f"{_ms(g.p50_of_p95_ms)}/{_ms(g.p95_of_p95_ms)}", f"{inf_rate:.1f}",
-                  _models(g), style="yellow" if bad and not _plain(con) else None)
+                  models, style="yellow" if bad and not _plain(con) else None)
     return t
 
 
@@ -138,6 +139,8 @@ def device_table(con: Console, rows: list[DeviceRow], sort: str = "name", limit:
         state = r.status if r.reporting or r.status == "offline" else f"{r.status},silent"
         if r.reporting and not r.healthy:
             state += ",unhealthy"
+        if r.signature == "unverified":  # runs unsigned images (allow_unsigned)
+            state += ",unverified"
         style = None
         if not _plain(con):
             style = "dim" if r.status == "offline" else "yellow" if not r.reporting else None if r.healthy else "red"

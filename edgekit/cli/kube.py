@@ -180,6 +180,11 @@ def _print_report(report: ApplyReport) -> None:
 @click.option("--broker-url", default=None, help="MQTT broker for telemetry (default: the fleet broker).")
 @click.option("--registry-insecure", is_flag=True, help="The model registry speaks plain HTTP (local demos).")
 @click.option("--require-digest", is_flag=True, help="Refuse an image reference without @sha256:.")
+@click.option("--public-key", type=click.Path(dir_okay=False), envvar="EDGEKIT_ROLLOUT_PUBLIC_KEY", default=None,
+              help="Cosign public key the devices verify images with: shipped as ConfigMap edgekit-cosign-key "
+                   "[EDGEKIT_ROLLOUT_PUBLIC_KEY].")
+@click.option("--allow-unsigned", is_flag=True, envvar="EDGEKIT_ROLLOUT_ALLOW_UNSIGNED",
+              help="Without --public-key, let the devices run unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED].")
 @click.option("--format", "-f", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--apply", "do_apply", is_flag=True, help="Server-side apply to the cluster (field manager edgekit).")
 @click.option("--dry-run", is_flag=True, help="Server dry run: validate and print the diff, change nothing.")
@@ -188,7 +193,7 @@ def _print_report(report: ApplyReport) -> None:
 def render_cmd(image: str, group: str, app: str, target: str, namespace: str, revision: str | None,
                agent_image: str | None, model_source: str, accelerator: str | None,
                execution_provider: str | None, broker_url: str | None, registry_insecure: bool,
-               require_digest: bool, fmt: str,
+               require_digest: bool, public_key: str | None, allow_unsigned: bool, fmt: str,
                do_apply: bool, dry_run: bool, force_conflicts: bool, kubeconfig: Path | None,
                context: str | None) -> None:
     """Print the manifests of one revision of an app on a device group: DaemonSet APP-REVISION
@@ -196,18 +201,29 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
     ConfigMap, ServiceAccount and node-local Service. With --apply or --dry-run, check the group
     against the cluster and server-side apply (or diff) instead.
 
+    Images are signed by default: --public-key FILE ships the key to the devices (ConfigMap
+    edgekit-cosign-key, mounted at /etc/edgekit-agent/keys) and the agents refuse images it does not
+    verify; --allow-unsigned renders agents that run unsigned images. One of the two is required.
+
     \b
     Examples:
-      edgekit render registry.local/models/digits@sha256:3f2a... --group cameras --app digits
+      edgekit render registry.local/models/digits@sha256:3f2a... --group cameras --app digits --public-key release.pub
+      export EDGEKIT_ROLLOUT_PUBLIC_KEY=release.pub
       edgekit render REF --group kubeedge:cameras --app digits --target kubeedge --format json
       edgekit render REF --group gpu-boxes --app det --accelerator nvidia.com/gpu --apply
       edgekit render REF --group cameras --app digits --require-digest --dry-run
     """
+    from edgekit.settings import read_public_key_pem, require_public_key
+
+    require_public_key(public_key, allow_unsigned, what="edgekit render",
+                       key_from="pass --public-key FILE (or set EDGEKIT_ROLLOUT_PUBLIC_KEY), the key the devices "
+                                "verify images with")
     settings = RenderSettings(
         app=app, image=image, group=parse_group(group, target), target=target, namespace=namespace,
         revision=revision, model_source=model_source,  # type: ignore[arg-type]
         require_digest=require_digest, accelerator=accelerator, accelerator_provider=execution_provider,
         broker_url=broker_url, agent_image=agent_image or DEFAULT_AGENT_IMAGE, registry_insecure=registry_insecure,
+        public_key_pem=read_public_key_pem(public_key) if public_key else None, allow_unsigned=allow_unsigned,
     )
     if not (do_apply or dry_run):
         objects = render(settings)

@@ -23,8 +23,10 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
     """Roll IMAGE out to a device group in health-gated waves, rolling back by itself when a
     wave's gate fails.
 
-    The tag is resolved once and the rollout pinned to that digest; with a public key configured
-    the image must carry a valid signature. Each wave relabels its nodes to the new revision, waits
+    The tag is resolved once and the rollout pinned to that digest. Images are signed by default:
+    the image must carry a valid signature by --public-key (EDGEKIT_ROLLOUT_PUBLIC_KEY), which the
+    devices verify with too (ConfigMap edgekit-cosign-key, created when missing); --allow-unsigned
+    rolls out unsigned images instead. Each wave relabels its nodes to the new revision, waits
     for the pods to be Ready and for the bake time, then judges the wave from the devices' own
     telemetry: error rate, p95 latency (absolute and against the same devices before the move),
     golden probe, share of devices reporting the new model. All state lives in an EdgeRollout, so
@@ -42,7 +44,7 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
     from edgekit.rollout import service
 
     strategy = pop_strategy(kw)
-    with opened(kw, images=True, telemetry=not detach) as session:
+    with opened(kw, images=True, telemetry=not detach, trust="edgekit push") as session:
         plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy)
         start(session, plan, output, detach=detach,
               created=lambda ro: f"created rollout {ro.name}: {len(ro.status.waves)} waves over "

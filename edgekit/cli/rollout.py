@@ -17,6 +17,7 @@ from edgekit.cli.rollout_options import (
     strategy_given,
     strategy_options,
     telemetry_options,
+    trust_options,
 )
 from edgekit.cli.rollout_session import drive, opened, start
 from edgekit.cli.rollout_view import Follower, answer, print_history, print_plan, show, summary
@@ -133,11 +134,13 @@ Examples:
 @rollout.command("resume")
 @name_args
 @click.option("--detach", is_flag=True, help="Only lift the pause; leave the work to a running engine/controller.")
+@trust_options
 @telemetry_options
 @session_and_output
 def resume_cmd(name: str | None, app: str | None, group: str | None, detach: bool, output: str, **kw: Any) -> None:
     """Resume a rollout: lift a pause, and run its engine here from exactly where it stopped (after
-    a crash, a lost machine or Ctrl-C). Refused while another engine holds the rollout.
+    a crash, a lost machine or Ctrl-C). Refused while another engine holds the rollout. Running the
+    engine needs the devices' public key (--public-key, EDGEKIT_ROLLOUT_PUBLIC_KEY) or --allow-unsigned.
 
     \b
     Examples:
@@ -147,7 +150,7 @@ def resume_cmd(name: str | None, app: str | None, group: str | None, detach: boo
     from edgekit.errors import EngineConflictError
     from edgekit.rollout import service
 
-    with opened(kw, telemetry=not detach) as session:
+    with opened(kw, telemetry=not detach, trust=None if detach else "edgekit rollout resume") as session:
         ro = service.find(session, name, app=app, group=group)
         was_paused = ro.spec.paused
         ro = service.unpause(session, ro.name)
@@ -200,7 +203,7 @@ def undo_cmd(app: str, group: str, detach: bool, output: str, **kw: Any) -> None
 
     explicit = strategy_given(kw)
     strategy = pop_strategy(kw)
-    with opened(kw, images=True, telemetry=not detach) as session:
+    with opened(kw, images=True, telemetry=not detach, trust="edgekit rollout undo") as session:
         plan = service.plan_undo(session, app=app, group=group, strategy=strategy if explicit else None)
         start(session, plan, output, detach=detach, created=lambda ro: f"created rollout {ro.name}")
 

@@ -58,11 +58,19 @@ strategy_options = stacked(
                  help="Telemetry window before the move used as the baseline [the bake, 5s-60s]."),
 )
 
+# Signed by default: what creates or runs a rollout needs one of the two.
+trust_options = stacked(
+    click.option("--public-key", type=click.Path(dir_okay=False), default=None,
+                 help="Require a valid cosign signature by this key; the devices verify with it too "
+                      "(ConfigMap edgekit-cosign-key) [EDGEKIT_ROLLOUT_PUBLIC_KEY]."),
+    click.option("--allow-unsigned", is_flag=True, default=None,
+                 help="Without a public key, roll out unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED]."),
+)
+
 image_options = stacked(
     click.option("--target", type=click.Choice(list(TARGETS)), default=None,
                  help="Platform profile of the group's nodes [k3s]."),
-    click.option("--public-key", type=click.Path(dir_okay=False), default=None,
-                 help="Require a valid cosign signature by this key [EDGEKIT_ROLLOUT_PUBLIC_KEY]."),
+    trust_options,
     click.option("--require-digest", is_flag=True, default=None,
                  help="Refuse a tag instead of resolving it once to its digest."),
     click.option("--insecure-registry", is_flag=True, default=None, help="Allow plain HTTP / unverified TLS."),

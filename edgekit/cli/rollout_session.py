@@ -42,18 +42,21 @@ def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
     return connect_from_kubeconfig(kubeconfig, context)
 
 
-def _session(kw: dict[str, Any], *, images: bool, telemetry: bool) -> Session:
+def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | None) -> Session:
     from edgekit.rollout import service
     from edgekit.rollout.images import RegistryImages
     from edgekit.rollout.kubecluster import KubeCluster
     from edgekit.rollout.settings import load_rollout_settings
 
     overrides = {"namespace": kw.pop("namespace", None), "target": kw.pop("target", None),
-                 "public_key": kw.pop("public_key", None), "require_digest": kw.pop("require_digest", None),
+                 "public_key": kw.pop("public_key", None), "allow_unsigned": kw.pop("allow_unsigned", None),
+                 "require_digest": kw.pop("require_digest", None),
                  "registry_insecure": kw.pop("insecure_registry", None), "agent_image": kw.pop("agent_image", None),
                  "agent_broker": kw.pop("agent_broker", None), "mqtt_auth": kw.pop("mqtt_auth", None),
                  "telemetry_interval": kw.get("health_interval")}
     settings = load_rollout_settings(kw.pop("config_file", None), **overrides)
+    if trust is not None:  # before the cluster is contacted: nothing changes without a key
+        settings.require_trust(trust)
     client = connect(kw.pop("kubeconfig", None), kw.pop("context", None))
     cluster = KubeCluster(client, render_options=settings.render_options())
     session = service.Session(cluster, settings)
@@ -76,10 +79,12 @@ def _session(kw: dict[str, Any], *, images: bool, telemetry: bool) -> Session:
 
 
 @contextmanager
-def opened(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False) -> Iterator[Session]:
+def opened(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False,
+           trust: str | None = None) -> Iterator[Session]:
     """A session from the flags in ``kw`` (removed from it): ``images`` to resolve and verify images,
-    ``telemetry`` to judge gates from the fleet's reports."""
-    session = _session(kw, images=images, telemetry=telemetry)
+    ``telemetry`` to judge gates from the fleet's reports, ``trust`` (the command's name) to require a
+    public key or ``--allow-unsigned`` first."""
+    session = _session(kw, images=images, telemetry=telemetry, trust=trust)
     try:
         yield session
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,13 +34,14 @@ from edgekit.cli.rollout_session import connect, stop_on_sigterm
               help="Where fetched models are kept [~/.cache/edgekit/sim-models].")
 @click.option("--insecure-registry", is_flag=True, help="Allow plain HTTP / unverified TLS to the registry.")
 @click.option("--public-key", type=click.Path(dir_okay=False), default=None,
-              help="Devices refuse images without a valid signature by this key.")
+              help="Devices refuse images without a valid signature by this key [EDGEKIT_ROLLOUT_PUBLIC_KEY].")
+@click.option("--allow-unsigned", is_flag=True, help="Without --public-key, devices run unsigned images.")
 @click.option("--duration", type=click.FloatRange(0), default=None, metavar="S", help="Stop after S seconds.")
 @cluster_options
 @output_option
 def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str, interval: float, rate: float,
             fault_specs: tuple[str, ...], faults_file: Path | None, cache_dir: Path | None,
-            insecure_registry: bool, public_key: str | None, duration: float | None, output: str,
+            insecure_registry: bool, public_key: str | None, allow_unsigned: bool, duration: float | None, output: str,
             **kw: Any) -> None:
     """Run the fleet simulator: one virtual device per node that runs an edgekit pod, each the real
     agent core (real onnxruntime session on the model the pod names, fetched once per digest; its own
@@ -57,6 +59,11 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
     from edgekit.rehearsal.sim import FaultBook, SimSettings, Simulator, parse_fault
     from edgekit.rehearsal.sim.faults import Fault
     from edgekit.settings import cache_dir as default_cache
+    from edgekit.settings import require_public_key
+
+    public_key = public_key or os.environ.get("EDGEKIT_ROLLOUT_PUBLIC_KEY") or None
+    require_public_key(public_key, allow_unsigned, what="edgekit sim",
+                       key_from="pass --public-key (or EDGEKIT_ROLLOUT_PUBLIC_KEY), the key devices verify with")
 
     def read(path: Path | None) -> list[str]:
         if path is None or not path.exists():
@@ -68,7 +75,8 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
     client = connect(kw.pop("kubeconfig", None), kw.pop("context", None))
     settings = SimSettings(broker_url=broker, cache_dir=cache_dir or default_cache() / "sim-models",
                            topic_root=topic_root, interval=interval, rate=rate, namespace=namespace, app=app,
-                           public_key=public_key, registry_options=RegistryOptions(insecure=insecure_registry))
+                           public_key=public_key, allow_unsigned=allow_unsigned,
+                           registry_options=RegistryOptions(insecure=insecure_registry))
     stop = threading.Event()
     con = console(stderr=output == "json")
     sim = Simulator(client, settings, faults).start()

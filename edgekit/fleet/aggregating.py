@@ -113,6 +113,7 @@ class GroupStats:
     reports_total: int = 0     # health reports received (latest or late, not duplicates), ever
     inferences_total: int = 0  # their inferences and errors, summed: counters for rate()
     errors_total: int = 0
+    unverified: int = 0        # devices whose birth status says they run unsigned images
 
     def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}

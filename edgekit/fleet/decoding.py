@@ -28,6 +28,7 @@ MAX_ID_LEN: Final = 253
 MAX_SESSION_LEN: Final = 64
 MAX_DETAIL_LEN: Final = 4096
 MAX_MODEL_FIELD_LEN: Final = 256
+SIGNATURES: Final = ("verified", "unverified")  # the status field "signature"
 MAX_DIGESTS: Final = 10_000
 
 _NUM: Final = (int, float)
@@ -188,11 +189,13 @@ class Decoder:
             state = d.get("state")
             agent_version = d.get("agent_version")
             ready = d.get("ready")
+            signature = d.get("signature")
             if (state != "online" and state != "offline") or type(agent_version) is not str \
-                    or not (ready is None or type(ready) is bool) or len(agent_version) > MAX_MODEL_FIELD_LEN:
+                    or not (ready is None or type(ready) is bool) or len(agent_version) > MAX_MODEL_FIELD_LEN \
+                    or not (signature is None or signature in SIGNATURES):
                 return None
             return StatusReport(group, device, session, seq, float(ts), model, state == "online",
-                                agent_version, ready)
+                                agent_version, ready, signature)
         event = d.get("kind")
         detail = d.get("detail")
         replayed = d.get("replayed")
@@ -253,7 +256,11 @@ class Decoder:
             ready = d.get("ready")
             if not (ready is None or type(ready) is bool):
                 raise _Invalid("wrong_type", f"ready: expected boolean, got {_jtype(ready)}")
-            return StatusReport(group, device, session, seq, ts, model, state == "online", agent_version, ready)
+            signature = d.get("signature")
+            if not (signature is None or signature in SIGNATURES):
+                raise _Invalid("invalid_value", f"signature: {str(signature)[:32]!r} is not verified/unverified")
+            return StatusReport(group, device, session, seq, ts, model, state == "online", agent_version, ready,
+                                signature)
         event = _field(d, "kind", str)
         if not 0 < len(event) <= 64:
             raise _Invalid("invalid_value", "kind: length not in 1..64")

@@ -67,6 +67,7 @@ class StatusReport(_Envelope):
     online: bool
     agent_version: str
     ready: bool | None
+    signature: str | None = None  # "verified" | "unverified"; None from agents before issue 12
 
     def __repr__(self) -> str:
         return (f"StatusReport({self.group}/{self.device} {'online' if self.online else 'offline'} "

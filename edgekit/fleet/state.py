@@ -148,7 +148,7 @@ class DeviceState:
     __slots__ = ("agent_version", "contrib", "device", "ev_seq_hi", "event", "flood_count", "flood_epoch", "gaps_open",
                  "group", "health_ok", "health_seq", "health_session", "health_ts", "last",
                  "model", "model_ts", "probe_fail_digest", "probe_fail_ts", "ready", "ring", "ring_pos", "seen",
-                 "seq_hi", "seq_session", "status", "status_session", "status_ts")
+                 "seq_hi", "seq_session", "signature", "status", "status_session", "status_ts")
 
     def __init__(self, device: str, group: str) -> None:
         self.device = device
@@ -158,6 +158,7 @@ class DeviceState:
         self.status_ts = -1.0
         self.agent_version: str | None = None
         self.ready: bool | None = None
+        self.signature: str | None = None
         self.model: Model | None = None
         self.model_ts = -1.0
         self.health_session: str | None = None
@@ -428,6 +429,7 @@ class FleetState:
         st.status_ts = r.ts
         st.agent_version = r.agent_version
         st.ready = r.ready
+        st.signature = r.signature
         self._set_model(st, r.model, r.ts)
         c = st.contrib
         self._update(st, c._replace(status=st.status, digest=st.model.digest if st.model else None,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgekit.fleet.aggregating import OFFLINE, GroupStats, percentile
@@ -76,6 +77,7 @@ class DeviceRow:
     status: str
     ready: bool | None
     agent_version: str | None
+    signature: str | None         # "verified" | "unverified" (the birth status); None: not said
     model: str | None
     version: str | None
     digest: str | None
@@ -207,8 +209,9 @@ class FleetView:
 
     def _groups(self, now: float, group: str | None) -> list[GroupStats]:
         since = self._recent_since(now)
-        return [agg.stats(since) for name, agg in sorted(self.state.groups.items())
-                if (group is None or name == group) and agg.devices]
+        unverified = Counter(st.group for st in self.state.devices.values() if st.signature == "unverified")
+        return [replace(agg.stats(since), unverified=unverified[name])
+                for name, agg in sorted(self.state.groups.items()) if (group is None or name == group) and agg.devices]
 
     def devices(self, *, group: str | None = None, now: float | None = None) -> list[DeviceRow]:
         with self._lock:
@@ -242,7 +245,8 @@ class FleetView:
             rate = round(h.errors / max(h.inferences, h.errors), 6)
         return DeviceRow(
             device=st.device, group=st.group, status=st.status_name, ready=st.ready,
-            agent_version=st.agent_version, model=m.name if m else None, version=m.version if m else None,
+            agent_version=st.agent_version, signature=st.signature, model=m.name if m else None,
+            version=m.version if m else None,
             digest=m.digest if m else None, reporting=reporting,
             healthy=reporting and st.contrib.healthy,
             last_seen=st.seen if st.seen >= 0 else None,

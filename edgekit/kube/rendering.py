@@ -9,6 +9,10 @@ For app ``A`` at revision ``R`` on group ``G``:
 - The model: a Kubernetes image volume (the model image itself, mounted at ``/model``), or an init
   container ``edgekit-agent fetch <ref@digest> --to /model`` for clusters without image volumes
   (KubeEdge's edgecore, Kubernetes < 1.35).
+- Images are signed by default: with the cosign public key (``public_key_pem``, from
+  ``edgekit render --public-key FILE``) ConfigMap ``edgekit-cosign-key`` carries it to the devices and
+  the agent config points at it; the rollout engine only names that ConfigMap
+  (``public_key_configmap``). With ``allow_unsigned`` the agents run unsigned images.
 - ConfigMap ``A-R`` (the agent's ``config.json``), ServiceAccount ``A`` (no API token), and Service
   ``A`` with ``internalTrafficPolicy: Local`` so device applications reach the agent on their own
   node only.
@@ -33,11 +37,13 @@ from edgekit.kube.targets import DEFAULT_TARGET, TARGETS, Target, check_target
 
 __all__ = [
     "ACCELERATORS",
+    "KEY_CONFIGMAP",
     "TARGETS",
     "Accelerator",
     "ImageRef",
     "RenderSettings",
     "Target",
+    "key_configmap",
     "parse_image",
     "render",
     "revision_for",
@@ -47,6 +53,8 @@ AGENT_PORT = 8080
 AGENT_CONFIG_DIR = "/etc/edgekit-agent"
 MODEL_DIR = "/model"
 DEFAULT_AGENT_IMAGE = "edgekit/edgekit-agent:0.1.0"
+KEY_CONFIGMAP = "edgekit-cosign-key"  # the devices' trust: cosign public key under ``cosign.pub``
+KEY_FILE = "cosign.pub"
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -143,6 +151,8 @@ class RenderSettings:
     mqtt_auth: Literal["node-cert", "none"] = "node-cert"
     device_credentials_dir: str = "/etc/edgekit/device"  # on the node: tls.crt/tls.key with CN=<node>
     public_key_configmap: str | None = None  # cosign public key (key ``cosign.pub``) to verify images
+    public_key_pem: str | None = None  # the key itself: rendered as that ConfigMap (default KEY_CONFIGMAP)
+    allow_unsigned: bool = False  # agents without a key run unsigned images (refused otherwise)
     registry_insecure: bool = False  # plain-HTTP registry (local demos): fetch and agent skip TLS
     telemetry_interval: float = 10.0
     extra_config: Mapping[str, Any] = field(default_factory=dict)
@@ -154,6 +164,8 @@ class RenderSettings:
             names.check_revision(self.revision)
         if self.model_source not in ("auto", "image-volume", "init-container"):
             raise ConfigError(f"unknown model source {self.model_source!r}", field="model_source")
+        if self.public_key_pem is not None and not self.public_key_configmap:
+            object.__setattr__(self, "public_key_configmap", KEY_CONFIGMAP)
 
 
 def _group_name(group: DeviceGroup) -> str:
@@ -188,15 +200,26 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
         config["mqtt_cert_file"] = "/etc/edgekit-agent/device/tls.crt"
         config["mqtt_key_file"] = "/etc/edgekit-agent/device/tls.key"
     if s.public_key_configmap:
-        config["public_key"] = f"{AGENT_CONFIG_DIR}/keys/cosign.pub"
+        config["public_key"] = f"{AGENT_CONFIG_DIR}/keys/{KEY_FILE}"
+    elif s.allow_unsigned:
+        config["allow_unsigned"] = True
     if s.registry_insecure:
         config["registry_insecure"] = True
     config.update(s.extra_config)
     return config
 
 
+def key_configmap(namespace: str, pem: str, name: str | None = None) -> dict[str, Any]:
+    """The ConfigMap that carries the cosign public key to the devices (``keys`` volume)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name or KEY_CONFIGMAP, "namespace": namespace,
+                         "labels": dict(names.MANAGED_BY_LABELS)},
+            "data": {KEY_FILE: pem}}
+
+
 def render(s: RenderSettings) -> list[dict[str, Any]]:
-    """ServiceAccount, ConfigMap, Service and DaemonSet for one revision, in apply order."""
+    """ServiceAccount, ConfigMap, Service and DaemonSet for one revision, in apply order (the key
+    ConfigMap first when ``public_key_pem`` is given)."""
     image = parse_image(s.image)
     if s.require_digest and not image.digest:
         raise DigestRequiredError(f"image {s.image!r} has no digest",
@@ -270,7 +293,9 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         volumes.insert(0, {"name": "model", "emptyDir": {"sizeLimit": "1Gi"}})
         fetch = ["edgekit-agent", "fetch", image.pinned, "--to", MODEL_DIR]
         if s.public_key_configmap:
-            fetch += ["--public-key", f"{AGENT_CONFIG_DIR}/keys/cosign.pub"]
+            fetch += ["--public-key", f"{AGENT_CONFIG_DIR}/keys/{KEY_FILE}"]
+        elif s.allow_unsigned:
+            fetch.append("--allow-unsigned")
         if s.registry_insecure:
             fetch.append("--insecure")
         if not image.digest:
@@ -322,7 +347,9 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
 
     config = _agent_config(s, image, accel)
     meta: dict[str, Any] = {"namespace": ns, "labels": labels}
+    key = [key_configmap(ns, s.public_key_pem, s.public_key_configmap)] if s.public_key_pem is not None else []
     return copy.deepcopy([  # no shared sub-objects: callers may edit, YAML needs no anchors
+        *key,
         {"apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
          "metadata": {"name": app, "namespace": ns, "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}}},
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, **meta},

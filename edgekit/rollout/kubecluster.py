@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from edgekit.errors import (
+    ConfigError,
     EmptyGroupError,
     GroupNotFoundError,
     KubeConflictError,
@@ -31,7 +32,7 @@ from edgekit.kube import names
 from edgekit.kube.applying import FIELD_MANAGER, delete_object, patch_labels, sort_for_apply
 from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import DeviceGroup, group_nodes, parse_group
-from edgekit.kube.rendering import RenderSettings, render
+from edgekit.kube.rendering import KEY_FILE, RenderSettings, key_configmap, render
 from edgekit.kube.resources import resource_for
 from edgekit.kube.targets import TARGETS
 from edgekit.rollout import resource as r
@@ -43,6 +44,7 @@ _ROLLOUTS = resource_for(r.API_VERSION, r.KIND)
 _LEASES = resource_for("coordination.k8s.io/v1", "Lease")
 _DAEMONSETS = resource_for("apps/v1", "DaemonSet")
 _PODS = resource_for("v1", "Pod")
+_CONFIGMAPS = resource_for("v1", "ConfigMap")
 _INSTALL_HINT = "is edgekit installed in this namespace? run `edgekit install`"
 
 
@@ -170,6 +172,16 @@ class KubeCluster:
             raise errors[0]
 
     # --- workloads --------------------------------------------------------------------------
+    def ship_key(self, namespace: str, name: str, pem: str) -> None:
+        held = self.client.get_or_none(_CONFIGMAPS.path(namespace, name))
+        if held is None:
+            self.client.request("POST", _CONFIGMAPS.path(namespace), body=key_configmap(namespace, pem, name))
+        elif (held.get("data") or {}).get(KEY_FILE) != pem:
+            raise ConfigError(f"ConfigMap {namespace}/{name} holds another public key than the one given",
+                              field="public_key",
+                              hint="to change the devices' key: edgekit render ... --public-key FILE --apply; "
+                                   "or pass the key that ConfigMap holds")
+
     def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None:
         """Server-side apply of the revision's objects, one PATCH each (field manager ``edgekit``).
         No dry-run round first: these are edgekit's own objects, rendered and checked by

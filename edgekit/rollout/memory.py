@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from edgekit.errors import (
+    ConfigError,
     EmptyGroupError,
     GroupNotFoundError,
     KubeConflictError,
@@ -78,6 +79,7 @@ class MemoryCluster:
         self.daemonsets: dict[tuple[str, str, str], ImageRef] = {}
         self.rollouts: dict[tuple[str, str], dict[str, Any]] = {}
         self.leases: dict[tuple[str, str], LeaseRecord] = {}
+        self.keys: dict[tuple[str, str], str] = {}
         self.never_ready: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.version = 0
@@ -158,6 +160,12 @@ class MemoryCluster:
         if (namespace, app, revision) not in self.daemonsets:
             return None
         return len(self.nodes_on_revision(app, revision))
+
+    def ship_key(self, namespace: str, name: str, pem: str) -> None:
+        with self._lock:
+            held = self.keys.setdefault((namespace, name), pem)
+        if held != pem:
+            raise ConfigError(f"ConfigMap {namespace}/{name} holds another public key", field="public_key")
 
     def delete_daemonset(self, namespace: str, app: str, revision: str) -> None:
         self._call("delete-daemonset", revision)

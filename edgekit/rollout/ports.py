@@ -57,6 +57,12 @@ class ClusterPort(Protocol):
         ...
 
     # workloads -------------------------------------------------------------------------------
+    def ship_key(self, namespace: str, name: str, pem: str) -> None:
+        """Create ConfigMap ``name`` with the devices' cosign public key when it is missing;
+        ``ConfigError`` when it holds another key (replacing the devices' trust is not a side
+        effect of a push: ``edgekit render --public-key NEW --apply`` does that)."""
+        ...
+
     def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None: ...
 
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:

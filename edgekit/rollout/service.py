@@ -136,11 +136,22 @@ def plan_push(session: Session, *, image: str, group: str, app: str, strategy: S
 
 
 def start(session: Session, plan: PushPlan) -> EdgeRollout:
+    """Create the planned rollout. Signed by default: a public key (whose ConfigMap the devices
+    verify with is created first when missing) or ``allow_unsigned``."""
+    settings = session.settings
+    settings.require_trust("a rollout")
+    if settings.public_key is not None:
+        from edgekit.kube.rendering import KEY_CONFIGMAP
+        from edgekit.settings import read_public_key_pem
+
+        session.cluster.ship_key(session.namespace, settings.public_key_configmap or KEY_CONFIGMAP,
+                                 read_public_key_pem(settings.public_key))
     return session.cluster.create_rollout(plan.rollout)
 
 
 def run(session: Session, name: str, on_change: Callable[[Live], None] | None = None) -> EdgeRollout:
     """Drive a rollout to its end in this process (EngineConflictError when another engine has it)."""
+    session.settings.require_trust("the rollout engine")
     engine = session.engine()
     engine.on_change = on_change
     return engine.run(session.namespace, name)
@@ -205,6 +216,7 @@ def control(session: Session, *, on_event: Callable[[str], None] | None = None, 
             rescan_s: float = 5.0) -> None:
     """``edgekit controller``: run every active EdgeRollout of the namespace that no engine holds,
     until ``session.stop`` is set. One engine thread per rollout, at most ``parallel`` at once."""
+    session.settings.require_trust("the rollout engine")
     say = on_event or (lambda message: log.info("%s", message))
     running: dict[str, threading.Thread] = {}
 

@@ -15,7 +15,9 @@ from edgekit_agent.layered import load_layered
 
 from edgekit.errors import ConfigError
 from edgekit.kube import names
+from edgekit.kube.rendering import KEY_CONFIGMAP
 from edgekit.kube.targets import DEFAULT_TARGET, check_target
+from edgekit.settings import require_public_key
 
 ENV_PREFIX = "EDGEKIT_ROLLOUT_"
 
@@ -24,7 +26,8 @@ ENV_PREFIX = "EDGEKIT_ROLLOUT_"
 class RolloutSettings:
     namespace: str = names.DEFAULT_NAMESPACE
     target: str = DEFAULT_TARGET          # a name in edgekit.kube.targets.TARGETS
-    public_key: str | None = None         # when set, images must carry a valid signature
+    public_key: str | None = None         # images must carry a valid signature by it (or allow_unsigned)
+    allow_unsigned: bool = False          # without a key: roll out unsigned images, agents run them
     require_digest: bool = False          # refuse tags instead of resolving them once
     registry_insecure: bool = False
     # what the rendered DaemonSets tell the agents
@@ -32,7 +35,7 @@ class RolloutSettings:
     agent_broker: str | None = None       # broker URL the agents publish to
     mqtt_auth: str = "node-cert"          # node-cert | none
     telemetry_interval: float = 10.0
-    public_key_configmap: str | None = None
+    public_key_configmap: str | None = None  # the devices' key (default: edgekit-cosign-key with a key)
     # the engine
     lease_seconds: float = 15.0
     tick_seconds: float = 0.5
@@ -54,9 +57,19 @@ class RolloutSettings:
             out["agent_image"] = self.agent_image
         if self.agent_broker:
             out["broker_url"] = self.agent_broker
-        if self.public_key_configmap:
-            out["public_key_configmap"] = self.public_key_configmap
+        # The engine only names the key's ConfigMap: the key is written by `edgekit render
+        # --public-key` / `edgekit push --public-key` (an operator), never by the engine itself.
+        if self.public_key is not None or self.public_key_configmap:
+            out["public_key_configmap"] = self.public_key_configmap or KEY_CONFIGMAP
+        elif self.allow_unsigned:
+            out["allow_unsigned"] = True
         return out
+
+    def require_trust(self, what: str) -> None:
+        """``PublicKeyRequiredError`` unless a public key or ``allow_unsigned`` is set."""
+        require_public_key(self.public_key, self.allow_unsigned, what=what,
+                           key_from="pass --public-key FILE or set EDGEKIT_ROLLOUT_PUBLIC_KEY (or public_key "
+                                    "in the --config file)")
 
 
 def load_rollout_settings(file: str | None = None, **overrides: Any) -> RolloutSettings:

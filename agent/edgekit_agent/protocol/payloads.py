@@ -53,6 +53,7 @@ class Status(_Common):
     state: Literal["online", "offline"]
     agent_version: str
     ready: NotRequired[bool]
+    signature: NotRequired[Literal["verified", "unverified"]]
 
 
 class Health(_Common):
@@ -96,11 +97,14 @@ def status_payload(
     state: Literal["online", "offline"],
     agent_version: str,
     ready: bool | None = None,
+    signature: Literal["verified", "unverified"] | None = None,
 ) -> Status:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
     payload.update(state=state, agent_version=agent_version)
     if ready is not None:
         payload["ready"] = ready
+    if signature is not None:
+        payload["signature"] = signature
     return payload  # type: ignore[return-value]
 
 

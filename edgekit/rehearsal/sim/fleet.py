@@ -46,7 +46,8 @@ class SimSettings:
     rate: float = 1.0              # inferences per second per device (throttled on purpose)
     namespace: str | None = None   # only pods of this namespace (None: all)
     app: str | None = None         # only pods of this app
-    public_key: str | None = None
+    public_key: str | None = None  # devices verify with it, as the agent does
+    allow_unsigned: bool = False   # without a key: devices run unsigned images (refused otherwise)
     registry_options: Any = None
     restart_delay: float = 1.0     # crash loop: seconds dead before the agent comes back
     seed: int = 0
@@ -99,7 +100,7 @@ class Simulator:
         self.settings = settings
         self.faults = faults or FaultBook()
         self.models = ModelStore(settings.cache_dir, registry_options=settings.registry_options,
-                                 public_key=settings.public_key)
+                                 public_key=settings.public_key, allow_unsigned=settings.allow_unsigned)
         self.slots: dict[str, _Slot] = {}
         self._heap: list[tuple[float, int, str, VirtualDevice]] = []
         self._heap_lock = threading.Lock()

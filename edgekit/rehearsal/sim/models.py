@@ -36,10 +36,11 @@ class ModelStore:
     """``image@digest`` -> LoadedModel, fetched and loaded at most once, in the background."""
 
     def __init__(self, cache_dir: Path, *, registry_options: Any = None, public_key: str | None = None,
-                 workers: int = 2) -> None:
+                 allow_unsigned: bool = False, workers: int = 2) -> None:
         self.cache_dir = Path(cache_dir)
         self.registry_options = registry_options
         self.public_key = public_key
+        self.allow_unsigned = allow_unsigned
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sim-fetch")
         self._futures: dict[str, Future[LoadedModel]] = {}
         self._variants: dict[tuple[str, str], LoadedModel] = {}
@@ -68,8 +69,10 @@ class ModelStore:
         folder = self.cache_dir / hashlib.sha256(image.encode()).hexdigest()[:24]
         try:
             if not (folder / "edgekit.json").exists():
-                fetch_model(image, folder, public_key=self.public_key, options=self.registry_options)
-            loaded = load_model(folder, image=image, public_key=self.public_key, intra_op_threads=1,
+                fetch_model(image, folder, public_key=self.public_key, allow_unsigned=self.allow_unsigned,
+                            options=self.registry_options)
+            loaded = load_model(folder, image=image, public_key=self.public_key,
+                                allow_unsigned=self.allow_unsigned, intra_op_threads=1,
                                 registry_options=self.registry_options)
         except EdgekitError as exc:
             log.warning("sim: cannot load %s: %s", image, exc.one_line())
