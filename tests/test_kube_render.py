@@ -23,6 +23,9 @@ from edgekit.rehearsal.nodes import FleetSpec, node_objects, parse_counts, sprea
 
 DIGEST = "sha256:" + "3f2a9c1b7d0e" + "0" * 52
 IMAGE = f"registry.local:5000/models/digits:v2@{DIGEST}"
+RESTRICTED = {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+              "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+              "seccompProfile": {"type": "RuntimeDefault"}, "capabilities": {"drop": ["ALL"]}}
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -140,7 +143,7 @@ def test_bad_image_reference(ref: str) -> None:
 # --- rendering -------------------------------------------------------------------------------
 def test_render_k3s_revision_daemonset() -> None:
     objects = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras")))
-    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "DaemonSet"]
     assert [o["kind"] for o in sort_for_apply(objects)] == [o["kind"] for o in objects]
     ds = by_kind(objects)["DaemonSet"]
     assert ds["metadata"]["name"] == "digits-3f2a9c1b7d0e"
@@ -154,9 +157,16 @@ def test_render_k3s_revision_daemonset() -> None:
     assert agent["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert agent["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
-    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert agent["securityContext"] == RESTRICTED
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+    # what the agent writes lives in emptyDirs; the only hostPath is the read-only device folder
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert set(volumes) == {"model", "config", "tmp", "spool", "mqtt-ca", "device"}
+    assert volumes["spool"]["emptyDir"] and volumes["tmp"]["emptyDir"]
+    assert [n for n, v in volumes.items() if "hostPath" in v] == ["device"]
+    assert volumes["device"]["hostPath"]["path"] == "/etc/edgekit/device"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["device"]["readOnly"] is True and mounts["spool"]["mountPath"] == "/var/lib/edgekit-agent/spool"
     env = {e["name"]: e for e in agent["env"]}
     assert env["EDGEKIT_AGENT_DEVICE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["EDGEKIT_AGENT_GROUP"]["value"] == "cameras"
@@ -169,6 +179,7 @@ def test_render_k3s_revision_daemonset() -> None:
     config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
     assert config["listen_port"] == 8080 and config["listen_host"] == "0.0.0.0"
     assert config["group"] == "cameras" and config["image"].endswith(DIGEST)
+    assert config["spool_dir"] == mounts["spool"]["mountPath"]
     svc = by_kind(objects)["Service"]["spec"]
     assert svc["internalTrafficPolicy"] == "Local"
 
@@ -178,6 +189,8 @@ def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
                                     target="kubeedge"))
     spec = pod_spec(objects)
     (init,) = spec["initContainers"]
+    assert init["securityContext"] == RESTRICTED
+    assert init["securityContext"] is not spec["containers"][0]["securityContext"]  # callers may edit one
     assert init["command"] == ["edgekit-agent", "fetch", f"registry.local:5000/models/digits@{DIGEST}",
                                "--to", "/model"]
     assert next(v for v in spec["volumes"] if v["name"] == "model")["emptyDir"]
@@ -185,6 +198,21 @@ def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
     assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists"} in terms[0]["matchExpressions"]
+
+
+def test_network_policy_lets_only_the_named_namespaces_reach_the_api() -> None:
+    closed = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"))))["NetworkPolicy"]
+    assert closed["metadata"]["name"] == "d"
+    # every revision's pods of the app; no ingress rule: only the node itself (NetworkPolicy never
+    # filters a pod's own node) reaches the agent
+    assert closed["spec"] == {"podSelector": {"matchLabels": {"edgekit.io/app": "d"}}, "policyTypes": ["Ingress"],
+                              "ingress": []}
+    opened = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
+                                           api_from_namespaces=("shop", "apps", "shop"))))["NetworkPolicy"]
+    assert opened["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}},
+                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]}]
 
 
 def test_render_insecure_registry_for_local_demos() -> None:
@@ -232,8 +260,13 @@ def test_require_digest() -> None:
     assert err.value.exit_code == 63
 
 
-@pytest.mark.parametrize(("field", "value"), [("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER")])
-def test_bad_render_settings(field: str, value: str) -> None:
+@pytest.mark.parametrize(("field", "value"), [
+    ("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER"),
+    # the admission policy allows the device hostPath only below /etc/edgekit/
+    ("device_credentials_dir", "/etc/kubernetes/pki"), ("device_credentials_dir", "/etc/edgekit/../shadow"),
+    ("device_credentials_dir", "/etc/edgekit/"), ("api_from_namespaces", ("Not A Namespace",)),
+])
+def test_bad_render_settings(field: str, value: Any) -> None:
     kwargs: dict[str, Any] = {"app": "digits", "image": IMAGE, "group": parse_group("c"), field: value}
     with pytest.raises(ConfigError) as err:
         RenderSettings(**kwargs)
@@ -267,7 +300,20 @@ def test_engine_rbac_is_least_privilege() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "secrets" not in rule["resources"]
     assert objs["Role"]["metadata"]["namespace"] == "fleet"
-    assert [o["kind"] for o in install_objects()][:2] == ["CustomResourceDefinition", "Namespace"]
+    writes = [r for r in objs["Role"]["rules"] if "configmaps" in r["resources"] and "create" in r["verbs"]]
+    assert writes == [{"apiGroups": [""], "resources": ["configmaps"],
+                       "verbs": ["create", "patch", "update", "delete"]}]  # names: admission decides
+    installed = install_objects("fleet")
+    assert [o["kind"] for o in installed][:2] == ["CustomResourceDefinition", "Namespace"]
+    assert installed[1]["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+    assert installed[1]["metadata"]["labels"]["pod-security.kubernetes.io/audit"] == "restricted"
+    policies = [o for o in installed if o["kind"] == "ValidatingAdmissionPolicy"]
+    bindings = [o for o in installed if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert [b["spec"]["policyName"] for b in bindings] == [p["metadata"]["name"] for p in policies]
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)
+    for p in policies:  # only the engine of this namespace is held to them
+        (cond,) = p["spec"]["matchConditions"]
+        assert cond["expression"] == "request.userInfo.username == 'system:serviceaccount:fleet:edgekit-engine'"
 
 
 # --- CLI: bad input, one line, distinct exit codes --------------------------------------------
@@ -291,10 +337,10 @@ def test_cli_render_yaml_and_json() -> None:
     out = CliRunner().invoke(cli, ["render", IMAGE, "--group", "cameras", "--app", "digits"])
     assert out.exit_code == 0, out.output
     docs = list(yaml.safe_load_all(out.output))
-    assert [d["kind"] for d in docs] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [d["kind"] for d in docs] == ["ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "DaemonSet"]
     assert "&id" not in out.output  # no YAML anchors
     out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-t", "kubeedge", "-f", "json"])
-    assert json.loads(out.output)[3]["spec"]["template"]["spec"]["initContainers"]
+    assert json.loads(out.output)[4]["spec"]["template"]["spec"]["initContainers"]
 
 
 def test_cli_install_print() -> None:
@@ -302,6 +348,21 @@ def test_cli_install_print() -> None:
     assert out.exit_code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
     assert kinds[0] == "CustomResourceDefinition" and "RoleBinding" in kinds
+    assert kinds.count("ValidatingAdmissionPolicy") == kinds.count("ValidatingAdmissionPolicyBinding") == 3
+    out = CliRunner().invoke(cli, ["install", "--print", "--agent-repository", "registry.local/agent:1.2",
+                                   "--agent-repository", "ghcr.io/acme/agent"])
+    policy = next(d for d in yaml.safe_load_all(out.output) if d["metadata"]["name"].startswith("edgekit-engine-daem"))
+    repos = next(v for v in policy["spec"]["variables"] if v["name"] == "repositories")
+    assert repos["expression"] == "['registry.local/agent', 'ghcr.io/acme/agent']"
+
+
+def test_cli_render_api_from_namespaces() -> None:
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-f", "json",
+                                   "--api-from-namespace", "shop", "--api-from-namespace", "apps"])
+    assert out.exit_code == 0, out.output
+    (rule,) = json.loads(out.output)[3]["spec"]["ingress"]
+    assert [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]] == \
+        ["apps", "shop"]
 
 
 @pytest.mark.parametrize("target", ["k3s", "kubeedge", "openyurt"])

@@ -33,6 +33,7 @@ class RolloutSettings:
     mqtt_auth: str = "node-cert"          # node-cert | none
     telemetry_interval: float = 10.0
     public_key_configmap: str | None = None
+    api_from_namespaces: tuple[str, ...] = ()  # pods of these namespaces may reach the agents' API
     # the engine
     lease_seconds: float = 15.0
     tick_seconds: float = 0.5
@@ -56,6 +57,8 @@ class RolloutSettings:
             out["broker_url"] = self.agent_broker
         if self.public_key_configmap:
             out["public_key_configmap"] = self.public_key_configmap
+        if self.api_from_namespaces:
+            out["api_from_namespaces"] = tuple(self.api_from_namespaces)
         return out
 
 
