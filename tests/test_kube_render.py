@@ -387,3 +387,16 @@ def test_rendered_agent_config_loads_in_the_agent(tmp_path: Any, target: str, ac
         assert file_setting and any(file_setting.startswith(m + "/") for m in mounted), file_setting
     if accelerator:
         assert settings.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_rollouts_render_the_same_network_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine re-renders the per-app NetworkPolicy at every rollout: the namespaces come from the
+    rollout settings (env: comma-separated), or a rollout would close what `render` opened."""
+    from edgekit.rollout.settings import load_rollout_settings
+
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_API_FROM_NAMESPACES", "shop,apps")
+    options = load_rollout_settings().render_options()
+    assert options["api_from_namespaces"] == ("shop", "apps")
+    policy = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), **options)))["NetworkPolicy"]
+    assert policy == by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
+                                                   api_from_namespaces=("apps", "shop"))))["NetworkPolicy"]
