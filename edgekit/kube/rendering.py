@@ -378,12 +378,13 @@ def _unshared(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _network_policy(app: str, namespace: str, from_namespaces: tuple[str, ...]) -> dict[str, Any]:
     """Ingress to the app's pods (every revision): the API port from the named namespaces, nothing
-    else. Egress stays open (the broker and the registry may be anywhere)."""
-    ingress = [{"from": [{"namespaceSelector": {"matchLabels": {names.NAMESPACE_NAME_LABEL: ns}}}
-                         for ns in sorted(set(from_namespaces))],
-                "ports": [{"port": AGENT_PORT, "protocol": "TCP"}]}] if from_namespaces else []
+    else (no rule at all: no pod). Egress stays open (the broker and the registry may be anywhere)."""
+    spec: dict[str, Any] = {"podSelector": {"matchLabels": {names.APP_LABEL: app}}, "policyTypes": ["Ingress"]}
+    if from_namespaces:  # (an empty list would read back as absent: every apply a change)
+        spec["ingress"] = [{"from": [{"namespaceSelector": {"matchLabels": {names.NAMESPACE_NAME_LABEL: ns}}}
+                                     for ns in sorted(set(from_namespaces))],
+                            "ports": [{"port": AGENT_PORT, "protocol": "TCP"}]}]
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": app, "namespace": namespace,
                          "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}},
-            "spec": {"podSelector": {"matchLabels": {names.APP_LABEL: app}}, "policyTypes": ["Ingress"],
-                     "ingress": ingress}}
+            "spec": spec}
