@@ -51,7 +51,7 @@ def test_overlay_renders_and_applies(kube_cluster: KubeHandle, overlay: str) -> 
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                             "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "ConfigMap",
                             "ConfigMap", "Service", "Deployment"]
-                          + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 3)
+                          + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 5)
     cluster_scoped = ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
                       "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     for doc in docs:

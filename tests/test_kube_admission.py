@@ -89,7 +89,8 @@ def test_the_api_server_runs_both_admission_plugins(engine: Engine) -> None:
     assert {"validatingadmissionpolicies", "validatingadmissionpolicybindings"} <= found
     policies = engine.admin.list("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies")
     ours = {p["metadata"]["name"]: p for p in policies if p["metadata"]["name"].endswith("." + engine.namespace)}
-    assert set(ours) == {f"{ENGINE_NAME}-{k}.{engine.namespace}" for k in ("daemonsets", "nodes", "configmaps")}
+    kinds = ("daemonsets", "nodes", "configmaps", "services", "networkpolicies")
+    assert set(ours) == {f"{ENGINE_NAME}-{k}.{engine.namespace}" for k in kinds}
     for policy in ours.values():  # every CEL expression compiled and type-checked against the schemas
         assert not (policy.get("status") or {}).get("typeChecking", {}).get("expressionWarnings"), policy["status"]
     ns = engine.admin.get(f"/api/v1/namespaces/{engine.namespace}")["metadata"]["labels"]
@@ -306,6 +307,29 @@ def test_trust_configmaps_are_read_only_to_the_engine(engine: Engine) -> None:
     engine.client.request("DELETE", f"/api/v1/namespaces/{ns}/configmaps/{cm['metadata']['name']}")
     with pytest.raises(KubeForbiddenError):  # RBAC: still no Secrets
         engine.client.list(f"/api/v1/namespaces/{ns}/secrets")
+
+
+def test_the_engine_keeps_the_api_inside_the_cluster(engine: Engine) -> None:
+    objs = {o["kind"]: o for o in render(RenderSettings(app="net", image=IMAGE, group=parse_group("cams"),
+                                                        namespace=engine.namespace, api_from_namespaces=("apps",)))}
+    apply_objects(engine.client, [objs["Service"], objs["NetworkPolicy"]])
+    svc, netpol = objs["Service"], objs["NetworkPolicy"]
+    exposed: list[tuple[dict[str, Any], str]] = [
+        ({**svc, "spec": {**svc["spec"], "type": "NodePort"}}, "node-local ClusterIP"),
+        ({**svc, "spec": {**svc["spec"], "externalIPs": ["203.0.113.7"]}}, "node-local ClusterIP"),
+        ({**svc, "spec": {**svc["spec"], "internalTrafficPolicy": "Cluster"}}, "node-local ClusterIP"),
+        ({**svc, "metadata": {**svc["metadata"], "name": "kubernetes-ish"}}, "only Services <app>"),
+        ({**netpol, "spec": {**netpol["spec"], "ingress": [{}]}}, "only namespaces named"),
+        ({**netpol, "spec": {**netpol["spec"], "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}},
+         "only namespaces named"),
+        ({**netpol, "spec": {**netpol["spec"], "ingress": [{"from": [{"namespaceSelector": {}}]}]}},
+         "only namespaces named"),
+        ({**netpol, "spec": {**netpol["spec"], "podSelector": {}}}, "select the app's pods"),
+    ]
+    for obj, text in exposed:
+        with pytest.raises(KubeForbiddenError, match="denied request") as err:
+            apply_objects(engine.client, [obj])
+        assert text in str(err.value)
 
 
 def test_the_agent_pod_is_restricted_but_for_the_spool(engine: Engine, kube_namespace: str) -> None:

@@ -347,7 +347,7 @@ def test_cli_install_print() -> None:
     assert out.exit_code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
     assert kinds[0] == "CustomResourceDefinition" and "RoleBinding" in kinds
-    assert kinds.count("ValidatingAdmissionPolicy") == kinds.count("ValidatingAdmissionPolicyBinding") == 3
+    assert kinds.count("ValidatingAdmissionPolicy") == kinds.count("ValidatingAdmissionPolicyBinding") == 5
     out = CliRunner().invoke(cli, ["install", "--print", "--agent-repository", "registry.local/agent:1.2",
                                    "--agent-repository", "ghcr.io/acme/agent"])
     policy = next(d for d in yaml.safe_load_all(out.output) if d["metadata"]["name"].startswith("edgekit-engine-daem"))

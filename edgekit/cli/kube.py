@@ -238,7 +238,7 @@ def install_cmd(namespace: str, dry_run: bool, print_only: bool, force_conflicts
     """Install the EdgeRollout CRD (edgekit.io/v1alpha1), the namespace (Pod Security warn/audit
     restricted), least-privilege RBAC for the rollout engine (ServiceAccount edgekit-engine) and
     the ValidatingAdmissionPolicies that hold the engine to edgekit's DaemonSets, rollout labels on
-    nodes and its own ConfigMaps; CRD and RBAC first.
+    nodes and its own ConfigMaps, Services and NetworkPolicies; CRD and RBAC first.
 
     \b
     Examples:

@@ -16,6 +16,10 @@ apply only to requests of ``system:serviceaccount:<namespace>:edgekit-engine``:
   unschedulable), annotations, finalizers, owners and every other label stay as they were.
 - **ConfigMaps** (create/update/delete): only the per-revision agent configs ``<app>-<revision>``
   (labelled so); never the trust ConfigMaps that ``edgekit install`` and the operator write.
+- **Services** (create/update): node-local ClusterIP Services ``<app>`` only (no NodePort,
+  LoadBalancer, ExternalName or external IPs): the agents' API never leaves the cluster this way.
+- **NetworkPolicies** (create/update): ``<app>`` selecting the app's pods, letting in only whole
+  namespaces named by ``kubernetes.io/metadata.name`` (no IP blocks, no "from anywhere").
 """
 
 from __future__ import annotations
@@ -169,6 +173,39 @@ def _configmap_policy(name: str, user: str) -> dict[str, Any]:
                    validations)
 
 
+def _service_policy(name: str, user: str) -> dict[str, Any]:
+    app = f"object.metadata.?labels[?{_cel_string(names.APP_LABEL)}].orValue('')"
+    checks = [
+        (f"{app} != '' && object.metadata.name == {app}",
+         f"the engine writes only Services <app> (label {names.APP_LABEL})"),
+        ("object.spec.?type.orValue('ClusterIP') == 'ClusterIP' && object.spec.?externalIPs.orValue([]).size() == 0 "
+         "&& object.spec.?internalTrafficPolicy.orValue('') == 'Local'",
+         "the engine writes only node-local ClusterIP Services (internalTrafficPolicy: Local, no external IPs)"),
+    ]
+    validations = [{"expression": e, "message": m, "reason": "Forbidden"} for e, m in checks]
+    return _policy(name, user, [_rules([""], ["services"], ["CREATE", "UPDATE"])], [], validations)
+
+
+def _network_policy_policy(name: str, user: str) -> dict[str, Any]:
+    app = f"object.metadata.?labels[?{_cel_string(names.APP_LABEL)}].orValue('')"
+    ns_label = _cel_string(names.NAMESPACE_NAME_LABEL)
+    checks = [
+        (f"{app} != '' && object.metadata.name == {app} && "
+         f"object.spec.podSelector.?matchLabels.orValue({{}}) == {{{_cel_string(names.APP_LABEL)}: {app}}} && "
+         f"!has(object.spec.podSelector.matchExpressions)",
+         f"the engine writes only NetworkPolicies <app> that select the app's pods (label {names.APP_LABEL})"),
+        (f"object.spec.?ingress.orValue([]).all(r, r.?from.orValue([]).size() > 0 && r.from.all(p, "
+         f"!has(p.ipBlock) && !has(p.podSelector) && has(p.namespaceSelector) && "
+         f"!has(p.namespaceSelector.matchExpressions) && "
+         f"p.namespaceSelector.?matchLabels.orValue({{}}).size() == 1 && "
+         f"{ns_label} in p.namespaceSelector.matchLabels))",
+         "the engine's NetworkPolicies let in only namespaces named by kubernetes.io/metadata.name"),
+    ]
+    validations = [{"expression": e, "message": m, "reason": "Forbidden"} for e, m in checks]
+    return _policy(name, user, [_rules(["networking.k8s.io"], ["networkpolicies"], ["CREATE", "UPDATE"])], [],
+                   validations)
+
+
 def _rules(groups: list[str], resources: list[str], operations: list[str]) -> dict[str, Any]:
     return {"apiGroups": groups, "apiVersions": ["v1"], "resources": resources, "operations": operations,
             "scope": "*"}
@@ -187,7 +224,7 @@ def _policy(name: str, user: str, rules: list[dict[str, Any]], variables: list[d
                                  "namespaceSelector": {}, "objectSelector": {}},
             # Only the engine is held to edgekit's shape; people and other controllers are not.
             "matchConditions": [{"name": "engine", "expression": f"request.userInfo.username == {_cel_string(user)}"}],
-            "variables": variables,
+            **({"variables": variables} if variables else {}),  # (an empty list reads back as absent)
             "validations": validations,
         },
     }
@@ -202,7 +239,7 @@ def _binding(policy: dict[str, Any]) -> dict[str, Any]:
 
 def engine_admission(namespace: str, service_account: str,
                      agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES) -> list[dict[str, Any]]:
-    """The three policies and their bindings for the engine of ``namespace`` (cluster-scoped objects,
+    """The policies and their bindings for the engine of ``namespace`` (cluster-scoped objects,
     named after the namespace so installs in several namespaces live side by side)."""
     user = engine_username(namespace, service_account)
     repositories = [parse_image(r).repository for r in agent_repositories]
@@ -210,5 +247,7 @@ def engine_admission(namespace: str, service_account: str,
         _daemonset_policy(f"{service_account}-daemonsets.{namespace}", user, repositories),
         _node_policy(f"{service_account}-nodes.{namespace}", user),
         _configmap_policy(f"{service_account}-configmaps.{namespace}", user),
+        _service_policy(f"{service_account}-services.{namespace}", user),
+        _network_policy_policy(f"{service_account}-networkpolicies.{namespace}", user),
     ]
     return [*policies, *(_binding(p) for p in policies)]

@@ -6,10 +6,11 @@ so any machine can pick a rollout up. The engine's identity (ServiceAccount ``ed
 get/list/watch/patch nodes (relabelling moves a node between revisions), and in its own namespace
 manage DaemonSets, EdgeRollouts (+status), the per-revision ConfigMaps/ServiceAccounts/Services/
 NetworkPolicies it renders, read pods, hold a Lease, and write Events. Nothing else. RBAC cannot
-say what a DaemonSet may hold, which node fields a patch may touch or which ConfigMap names may be
-created, so ``edgekit.kube.admission`` adds ValidatingAdmissionPolicies for that. The namespace
-carries Pod Security ``warn``/``audit: restricted`` (not ``enforce``: the agent's spool will be a
-hostPath, which Pod Security forbids and edgekit's own policy allows under one prefix).
+say what a DaemonSet, Service or NetworkPolicy may hold, which node fields a patch may touch or
+which ConfigMap names may be created, so ``edgekit.kube.admission`` adds ValidatingAdmissionPolicies
+for that. The namespace carries Pod Security ``warn``/``audit: restricted`` (not ``enforce``: the
+agent's spool will be a hostPath, which Pod Security forbids and edgekit's own policy allows under
+one prefix).
 """
 
 from __future__ import annotations
