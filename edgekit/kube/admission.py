@@ -71,8 +71,8 @@ def _daemonset_policy(name: str, user: str, repositories: Sequence[str]) -> dict
         "v.name == 'tmp' ? has(v.emptyDir) : "
         f"v.name == 'spool' ? (has(v.emptyDir) || (has(v.hostPath) && variables.app != '' && "
         f"{_under('v.hostPath.path', _cel_string(SPOOL_HOST_PREFIX) + ' + variables.app')})) : "
-        f"v.name == 'device' ? (has(v.hostPath) && v.hostPath.path.startsWith({_cel_string(DEVICE_HOST_PREFIX)}) "
-        f"&& {_under('v.hostPath.path', _cel_string(DEVICE_HOST_PREFIX.rstrip('/')))}) : false"
+        f"v.name == 'device' ? (has(v.hostPath) && v.hostPath.path.startsWith({_cel_string(DEVICE_HOST_PREFIX)})) "
+        f": false"
     )
     variables = [
         {"name": "app", "expression": f"object.metadata.?labels[?{_cel_string(names.APP_LABEL)}].orValue('')"},
