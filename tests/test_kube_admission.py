@@ -4,7 +4,6 @@ its RBAC, edgekit's ValidatingAdmissionPolicies and Pod Security admission."""
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from edgekit.kube.deploying import install
 from edgekit.kube.groups import parse_group
 from edgekit.kube.install import ENGINE_NAME
 from edgekit.kube.rendering import RenderSettings, render
-from tests.fixtures.kube import KubeHandle
+from tests.fixtures.kube import KubeHandle, wait_until_admission_enforced
 
 pytestmark = pytest.mark.kube
 
@@ -49,25 +48,10 @@ def engine(kube_cluster: KubeHandle) -> Iterator[Engine]:
     install(admin, namespace)
     kubeconfig = kube_cluster.cluster.service_account_kubeconfig(namespace, ENGINE_NAME)
     client = KubeClient.from_kubeconfig(kubeconfig)
-    _wait_until_enforced(client, namespace)
+    wait_until_admission_enforced(client, namespace)
     yield Engine(kube_cluster, namespace, admin, client)
     client.close()
     admin.request("DELETE", f"/api/v1/namespaces/{namespace}")
-
-
-def _wait_until_enforced(engine: KubeClient, namespace: str, timeout: float = 30.0) -> None:
-    """New policies take effect once the API server's informers have them (about a second): probe
-    with a dry run that only the engine's policies deny."""
-    deadline = time.monotonic() + timeout
-    probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "namespace": namespace}}
-    while True:
-        try:
-            engine.request("POST", f"/api/v1/namespaces/{namespace}/configmaps", body=probe, query={"dryRun": "All"})
-        except KubeForbiddenError as exc:
-            if "denied request" in str(exc):
-                return
-        assert time.monotonic() < deadline, "the admission policies did not take effect"
-        time.sleep(0.2)
 
 
 def _pod(ds: dict[str, Any]) -> dict[str, Any]:
