@@ -46,7 +46,9 @@ def _env(tree: Path, pycache: Path) -> dict[str, str]:
 def _cli_once(tree: Path, args: tuple[str, ...], pycache: Path) -> tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "edgekit", *args], env=_env(tree, pycache), capture_output=True, check=True)
+    # cwd=tree: `python -m` puts the working folder first on sys.path
+    subprocess.run([sys.executable, "-m", "edgekit", *args], env=_env(tree, pycache), cwd=tree, capture_output=True,
+                   check=True)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -73,7 +75,7 @@ def startup(trees: list[Path], runs: int, tmp: Path) -> list[tuple[str, list[flo
 def _watch_child(tree: Path, **args: Any) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{tree / 'agent'}")
     proc = subprocess.Popen([sys.executable, str(tree / "bench" / "telemetry.py"), "_watch", json.dumps(args)],
-                            stdout=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=tree)
     return tel._result(proc)
 
 

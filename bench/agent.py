@@ -154,6 +154,16 @@ def bench_core_overhead(folder: Path, broker: MosquittoBroker, work: Path, block
 
 
 # -- (b) + (c) ------------------------------------------------------------------------------------
+
+def _api_ready(port: int) -> bool:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        c.request("GET", "/v2/health/ready")
+        return c.getresponse().status == 200
+    finally:
+        c.close()
+
+
 def _start_agent(folder: Path, work: Path, name: str, broker: MosquittoBroker | None) -> tuple[ManagedProcess, int]:
     port = free_port()
     cfg = {"device": name, "group": "bench", "model_dir": str(folder), "listen_port": port,
@@ -166,15 +176,7 @@ def _start_agent(folder: Path, work: Path, name: str, broker: MosquittoBroker | 
     proc = ManagedProcess(name, [sys.executable, "-m", "edgekit_agent", "serve", "--config", str(config)],
                           work / f"{name}.log").start()
 
-    def ready() -> bool:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        try:
-            c.request("GET", "/v2/health/ready")
-            return c.getresponse().status == 200
-        finally:
-            c.close()
-
-    proc.wait_ready(ready, timeout=120)
+    proc.wait_ready(lambda: _api_ready(port), timeout=120)
     return proc, port
 
 
@@ -461,15 +463,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
     agent = ManagedProcess("abuse", [sys.executable, "-m", "edgekit_agent", "serve", "--config",
                                      str(work / "abuse.json")], work / "abuse.log").start()
     try:
-        def ready() -> bool:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                c.request("GET", "/v2/health/ready")
-                return c.getresponse().status == 200
-            finally:
-                c.close()
-
-        agent.wait_ready(ready, timeout=120)
+        agent.wait_ready(lambda: _api_ready(port), timeout=120)
         assert agent.proc is not None
         pid = agent.proc.pid
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)  # one keep-alive client

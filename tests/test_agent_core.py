@@ -19,7 +19,7 @@ from edgekit_agent.mqtt import backoff_delay
 from edgekit_agent.publishing import mark_replayed
 from edgekit_agent.runtime import CPU, choose_providers
 from edgekit_agent.settings import load_settings
-from edgekit_agent.spool import MemorySpool, Spool, SqliteSpool
+from edgekit_agent.spool import KEEP_CORRUPT, MemorySpool, Spool, SqliteSpool
 from edgekit_agent.stats import InferenceStats
 
 
@@ -81,6 +81,39 @@ def test_sqlite_spool_survives_reopen_and_moves_corruption_aside(tmp_path: Path)
     fresh = SqliteSpool(tmp_path, 1 << 20, 3600)
     assert fresh.stats() == (0, 0) and fresh.take_dropped().corrupt
     assert any(p.name.startswith("spool.sqlite3.corrupt-") for p in tmp_path.iterdir())
+
+
+def test_sqlite_spool_files_are_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        spool = SqliteSpool(tmp_path / "spool", 1 << 20, 3600)
+        spool.append("t", b"x", 1.0, replayed=False)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "spool").iterdir()}
+        spool.close()
+        assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+        assert modes == {"spool.sqlite3": 0o600, "spool.sqlite3-wal": 0o600, "spool.sqlite3-shm": 0o600}
+        # a spool an older agent left world-readable is restricted when opened
+        for p in (tmp_path / "spool").iterdir():
+            p.chmod(0o644)
+        (tmp_path / "spool").chmod(0o755)
+        SqliteSpool(tmp_path / "spool", 1 << 20, 3600).close()
+        assert (tmp_path / "spool").stat().st_mode & 0o777 == 0o700
+        assert {p.stat().st_mode & 0o777 for p in (tmp_path / "spool").iterdir()} == {0o600}
+    finally:
+        os.umask(old)
+
+
+def test_only_the_newest_corrupt_spool_copies_are_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for stamp in range(1000, 1005):
+        (tmp_path / f"spool.sqlite3.corrupt-{stamp}").write_bytes(b"old")
+    (tmp_path / "spool.sqlite3.corrupt-1000-wal").write_bytes(b"old")
+    (tmp_path / "spool.sqlite3").write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    with caplog.at_level("WARNING", logger="edgekit_agent"):
+        SqliteSpool(tmp_path, 1 << 20, 3600).close()
+    copies = sorted(p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name)
+    assert len(copies) == KEEP_CORRUPT == 3
+    assert copies[:2] == ["spool.sqlite3.corrupt-1003", "spool.sqlite3.corrupt-1004"]  # and the one just made
+    assert "removed 3 older corrupt spool copies" in caplog.text
 
 
 def test_sqlite_spool_unwritable_dir_is_a_spool_error(tmp_path: Path) -> None:

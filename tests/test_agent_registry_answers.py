@@ -6,7 +6,7 @@ import pytest
 from edgekit_agent.errors import ImageError, ImageNotFoundError, RegistryAuthError, RegistryUnavailableError
 from edgekit_agent.oci.answers import answer_error, registry_message, repository_of, unreachable_error
 from edgekit_agent.oci.credentials import Credentials
-from edgekit_agent.oci.tokens import basic_authorization, token_from_answer, token_request
+from edgekit_agent.oci.tokens import basic_authorization, credentials_withheld, token_from_answer, token_request
 from edgekit_agent.oci.transport import is_loopback
 
 USER = Credentials("ci", "s3cret")
@@ -67,6 +67,29 @@ def test_token_request_and_answer() -> None:
         token_from_answer("r", None, 200, ["token"])
     assert basic_authorization(USER) == "Basic Y2k6czNjcmV0"
     assert basic_authorization(None) is None
+
+
+@pytest.mark.parametrize(("registry", "realm", "allowed", "why"), [
+    ("reg.example", "https://reg.example/token", (), None),
+    ("reg.example:5000", "https://reg.example:5001/token", (), None),          # the same host, another port
+    ("127.0.0.1:5000", "http://127.0.0.1:5001/token", (), None),               # loopback may be plain HTTP
+    ("registry-1.docker.io", "https://auth.docker.io/token", (), None),        # a known token service
+    ("registry.gitlab.com", "https://gitlab.com/jwt/auth", (), None),
+    ("reg.example", "https://auth.example/token", ("AUTH.example",), None),    # allowlisted
+    ("reg.example", "http://reg.example/token", (), "is not HTTPS"),
+    ("reg.example", "http://auth.example/token", ("auth.example",), "is not HTTPS"),
+    ("reg.example", "https://collector.evil/token", (), "another host"),
+    ("127.0.0.1:5000", "http://localhost:5001/token", (), "another host"),
+])
+def test_credentials_go_only_to_the_registry_s_own_https_realm(registry: str, realm: str, allowed: tuple[str, ...],
+                                                                why: str | None) -> None:
+    url = token_request(registry, {"realm": realm}, ())
+    result = credentials_withheld(registry, url, allowed)
+    assert result is None if why is None else why in (result or "")
+    if why is not None:
+        with pytest.raises(RegistryAuthError, match=f"not sent because its token realm .*{why}") as err:
+            token_from_answer(registry, USER, 401, {}, withheld=result)
+        assert "EDGEKIT_REGISTRY_TOKEN_HOSTS" in (err.value.hint or "")
 
 
 @pytest.mark.parametrize(("host", "loopback"), [

@@ -52,6 +52,7 @@ BAD = [
     ({"mqtt_password": "x"}, "mqtt_username"),
     ({"mqtt_cert_file": "/etc/hostname"}, "mqtt_key_file"),
     ({"broker_url": "mqtt://127.0.0.1", "mqtt_ca_file": "/etc/hostname"}, "broker_url"),
+    ({"broker_url": "mqtt://broker.example", "mqtt_username": "u", "mqtt_password": "x"}, "broker_url"),
     ({"image": "registry.local/models/digits:1.0"}, "image"),
     ({"error_burst_ratio": 2}, "error_burst_ratio"),
     ({"log_level": "loud"}, "log_level"),

@@ -227,6 +227,24 @@ def _corrupt_copies(digits_layout: Path, tmp_path: Path) -> dict[str, Path]:
     return cases
 
 
+def test_show_of_a_file_says_so_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("show of a file must not reach for a registry")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.chdir(tmp_path)
+    Path("model.onnx").write_bytes(b"onnx")
+    assert_error(invoke("show", "model.onnx"), 27, "model.onnx is a file, not an OCI image layout folder")
+    assert_error(invoke("show", tmp_path / "model.onnx"), 27, "is a file")
+    assert_error(invoke("show", "other.onnx"), 27, "other.onnx looks like a file name")
+    assert_error(invoke("pull", "model.onnx", "-o", tmp_path / "x"), 28, "is a file")
+    # references that merely contain dots still go to the registry (refused here by the guard)
+    with pytest.raises(AssertionError, match="must not reach"):
+        invoke("show", "registry.example:5000/models/digits.v2:1.0", "--retries", "0")
+
+
 def test_corrupt_layouts_are_refused(digits_layout: Path, tmp_path: Path) -> None:
     cases = _corrupt_copies(digits_layout, tmp_path / "cases")
     assert_error(invoke("show", cases["no-index"]), 27, "index.json")

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from edgekit_agent.errors import EdgekitError, RegistryUnavailableError, TemporaryError
+from edgekit_agent.errors import DigestMismatchError, EdgekitError, RegistryUnavailableError, TemporaryError
 from edgekit_agent.modelmeta import verify_model_dir
 from edgekit_agent.oci import OciLayout, RegistryOptions, fetch_image, parse_reference
 from edgekit_agent.oci.registry import RegistryClient
+from edgekit_agent.oci.transport import MAX_ANSWER, AnswerTooLargeError
 
 from edgekit.image.pushing import TransferSettings, push_layout
 from edgekit.rehearsal.faultproxy import Fault, FaultProxy
@@ -331,3 +332,91 @@ def test_big_model_chunked_upload_and_resume(registry_proxy: FaultProxy, big_mod
 def test_registry_error_is_one_line(registry: DockerRegistry) -> None:
     result: Result = invoke("push", "/nonexistent/layout", f"{registry.host}/x/y:1")
     assert_error(result, 27, "not a folder")
+
+
+# --- bounded reads: a registry that omits or lies about Content-Length -----------------------------
+def _layer(layout_path: Path) -> tuple[str, dict[str, object]]:
+    """The image manifest digest and the layer descriptor of a layout."""
+    layout = OciLayout(layout_path)
+    index = json.loads(layout.read_blob(layout.find()["digest"]))
+    digest = index["manifests"][0]["digest"]
+    return digest, json.loads(layout.read_blob(digest))["layers"][0]
+
+
+def test_manifest_without_length_is_cut_at_the_cap(registry_proxy: FaultProxy, digits_layout: Path) -> None:
+    push_layout(digits_layout, parse_reference(f"{registry_proxy.host}/bounded/digits:1.0"))
+    registry_proxy.clear()
+    endless = registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/1\.0", omit_length=True,
+                                             extra_bytes=64 << 20))
+    with RegistryClient(registry_proxy.host, FAST) as client:
+        with pytest.raises(AnswerTooLargeError) as err:
+            client.get_manifest("bounded/digits", "1.0")
+        assert err.value.exit_code == 27 and f"larger than {MAX_ANSWER} bytes" in err.value.one_line()
+        assert endless.relayed < 32 << 20  # the client stopped reading and hung up
+        # a Content-Length past the cap is refused before the body is read
+        registry_proxy.add_fault(Fault(method="GET", path=r"/manifests/1\.0", content_length=MAX_ANSWER + 1))
+        with pytest.raises(AnswerTooLargeError, match="Content-Length"):
+            client.get_manifest("bounded/digits", "1.0")
+        # the same client goes on on a fresh connection
+        assert client.get_manifest("bounded/digits", "1.0").digest == layout_digest(digits_layout)
+    # a small blob (config, signature payload) read into memory is capped the same way
+    manifest_digest, _ = _layer(digits_layout)
+    config = json.loads(OciLayout(digits_layout).read_blob(manifest_digest))["config"]["digest"]
+    registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{config}", omit_length=True, extra_bytes=8 << 20))
+    with RegistryClient(registry_proxy.host, FAST) as client, pytest.raises(AnswerTooLargeError):
+        client.get_blob("bounded/digits", config, max_size=1 << 20)
+
+
+def test_blob_longer_than_its_descriptor_stops_at_size_plus_one(registry_proxy: FaultProxy, digits_layout: Path,
+                                                                 tmp_path: Path) -> None:
+    ref = f"{registry_proxy.host}/bounded/layer:1.0"
+    push_layout(digits_layout, parse_reference(ref))
+    _, layer = _layer(digits_layout)
+    digest, size = str(layer["digest"]), int(str(layer["size"]))
+    registry_proxy.clear()
+    endless = registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{digest}", omit_length=True,
+                                             extra_bytes=64 << 20))
+    got: list[int] = []
+    with RegistryClient(registry_proxy.host, FAST) as client:
+        with pytest.raises(DigestMismatchError, match=f"longer than its {size} bytes"):
+            client.download_blob("bounded/layer", digest, tmp_path / "blob", size=size, on_bytes=got.append)
+        assert sum(got) == size + 1 and not (tmp_path / "blob").exists()
+        assert endless.relayed < 32 << 20
+        # a Content-Length longer than the descriptor: refused before any byte is read
+        registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{digest}", content_length=size + 5,
+                                       extra_bytes=5))
+        got.clear()
+        with pytest.raises(DigestMismatchError, match="announced"):
+            client.download_blob("bounded/layer", digest, tmp_path / "blob", size=size, on_bytes=got.append)
+        assert got == []
+        # the true length followed by stray bytes: only the announced bytes are read, and they verify
+        registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{digest}", extra_bytes=1 << 20))
+        client.download_blob("bounded/layer", digest, tmp_path / "blob", size=size)
+        assert (tmp_path / "blob").stat().st_size == size
+    # the agent's fetch stops the same way, with nothing left behind
+    registry_proxy.add_fault(Fault(method="GET", path=f"/blobs/{digest}", omit_length=True, extra_bytes=8 << 20))
+    with pytest.raises(DigestMismatchError):
+        fetch_image(ref, tmp_path / "model", options=FAST)
+    assert not (tmp_path / "model").exists() and leftovers(tmp_path) == []
+
+
+def test_credentials_are_not_sent_to_a_token_realm_on_another_host(tmp_path: Path, digits_layout: Path) -> None:
+    from edgekit.rehearsal.registry import TokenServer
+
+    class Elsewhere(TokenServer):  # what a spoofed registry does: name a realm that collects passwords
+        @property
+        def realm(self) -> str:
+            return f"http://localhost:{self.port}/token"
+
+    creds = ("-u", REGISTRY_USER, "--password-stdin")
+    with Elsewhere(tmp_path / "tokens", users={REGISTRY_USER: REGISTRY_PASSWORD}) as tokens, \
+            DockerRegistry(tmp_path / "registry", token_server=tokens) as reg:
+        refused = invoke("push", digits_layout, f"{reg.host}/tok/a", *creds, input=REGISTRY_PASSWORD)
+        assert_error(refused, 22, "not sent to its token service because its token realm localhost is another host")
+        assert "EDGEKIT_REGISTRY_TOKEN_HOSTS" in refused.stderr
+        assert tokens.requests and {user for user, _ in tokens.requests} == {None}  # asked anonymously only
+        # the user vouches for that host: the credentials go there
+        allowed = invoke("push", digits_layout, f"{reg.host}/tok/a", *creds, input=REGISTRY_PASSWORD,
+                         env={"EDGEKIT_REGISTRY_TOKEN_HOSTS": "localhost"})
+        assert allowed.exit_code == 0, allowed.stderr
+        assert REGISTRY_USER in {user for user, _ in tokens.requests}

@@ -58,9 +58,45 @@ def test_pkcs8_keys_and_wrong_passwords(tmp_path: Path) -> None:
         with pytest.raises(EdgekitError) as info:
             load_private_key(path, b"nope")
         assert info.value.exit_code == 29 and "wrong password" in info.value.one_line()
-    private, _ = generate_keypair(b"")  # cosign allows an empty password
-    (tmp_path / "empty.key").write_bytes(private)
-    assert load_private_key(tmp_path / "empty.key", b"")
+
+
+
+def test_keys_anyone_could_use_are_refused_unless_allowed(pushed: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edgekit.image.signing import SIGSTORE_PEM, _pem, encrypt_cosign_key
+
+    monkeypatch.delenv("EDGEKIT_ALLOW_UNENCRYPTED_KEY", raising=False)
+    for fmt in ("cosign", "pkcs8"):
+        with pytest.raises(EdgekitError, match="empty password") as info:
+            generate_keypair(b"", fmt=fmt)
+        assert info.value.exit_code == 2
+    assert_error(invoke("keygen", "--output-key-prefix", tmp_path / "k", env={"EDGEKIT_KEY_PASSWORD": ""}), 2,
+                 "empty password")
+    assert not (tmp_path / "k.key").exists()
+    key = ec.generate_private_key(ec.SECP256R1())
+    plain = tmp_path / "plain.key"
+    plain.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    empty = tmp_path / "empty.key"  # cosign itself lets a key be encrypted with an empty password
+    empty.write_bytes(_pem(SIGSTORE_PEM, encrypt_cosign_key(
+        key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption()), b"")))
+    assert_error(invoke("sign", pushed, "--key", plain, env=ENV), 29, "plain.key is not encrypted")
+    assert_error(invoke("sign", pushed, "--key", empty, env={"EDGEKIT_KEY_PASSWORD": ""}), 29,
+                 "empty password for")
+    assert_error(invoke("package", "model.onnx", "--name", "m", "--version", "1", "--push", pushed,
+                        "--sign-key", plain), 29, "not encrypted")
+    # allowed explicitly: by the flag or the environment
+    signed = invoke("sign", pushed, "--key", plain, "--allow-unencrypted-key", "--output", "json")
+    assert signed.exit_code == 0, signed.stderr
+    assert load_private_key(empty, b"", allow_unencrypted=True).curve.name == "secp256r1"
+    monkeypatch.setenv("EDGEKIT_ALLOW_UNENCRYPTED_KEY", "1")
+    again = invoke("sign", pushed, "--key", empty, "--output", "json", env={"EDGEKIT_KEY_PASSWORD": ""})
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["added"] is False  # the same key: already signed
 
 
 def test_sign_verify_and_the_signature_format(pushed: str, keys: dict[str, Path], registry: DockerRegistry,

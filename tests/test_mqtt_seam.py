@@ -18,6 +18,7 @@ from edgekit_agent.errors import (
     BrokerAuthError,
     BrokerError,
     BrokerProtocolError,
+    ConfigError,
     EdgekitError,
     TelemetryAuthError,
     TelemetryError,
@@ -28,7 +29,7 @@ from edgekit_agent.mqtt import Backoff, MqttSettings, connack_error, connect_err
 from edgekit_agent.mqtt.connecting import falls_back, new_client
 from edgekit_agent.mqtt.readahead import PAHO_RANGE, PahoVersionError, ReadAheadClient, check_paho
 from edgekit_agent.mqtt.will import Will
-from edgekit_agent.settings import AgentSettings
+from edgekit_agent.settings import AgentSettings, load_settings
 from paho.mqtt.enums import MQTTProtocolVersion
 
 import edgekit.errors
@@ -75,6 +76,44 @@ def test_current_fleet_names_raise_no_warning(recwarn: pytest.WarningsRecorder) 
     s = load_fleet_settings(env={"EDGEKIT_FLEET_MQTT_USERNAME": "fleet", "EDGEKIT_FLEET_MQTT_KEEPALIVE": "15"})
     assert (s.mqtt_username, s.mqtt_keepalive) == ("fleet", 15)
     assert not [w for w in recwarn if issubclass(w.category, DeprecationWarning)]
+
+
+@pytest.mark.parametrize("load", ["agent", "fleet"])
+def test_a_password_over_plain_mqtt_off_loopback_is_refused(load: str, tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("pw")
+
+    def settings(url: str, env: dict[str, str] | None = None, **more: object) -> object:
+        login = {"mqtt_username": "u", "mqtt_password_file": str(secret), **more}
+        if load == "agent":
+            return load_settings(env=env or {}, overrides={"broker_url": url, "device": "d", **login})
+        return load_fleet_settings(env=env or {}, overrides={"brokers": [url], **login})
+
+    field = "broker_url" if load == "agent" else "brokers"
+    with pytest.raises(ConfigError, match="clear text") as err:
+        settings("mqtt://broker.example:1883")
+    assert err.value.field == field and err.value.exit_code == 2 and "mqtts://" in (err.value.hint or "")
+    for url in ("mqtt://127.0.0.1:1883", "mqtt://localhost", "mqtt://[::1]:1883", "mqtts://broker.example"):
+        settings(url)                                                   # loopback or TLS: fine
+    settings("mqtt://broker.example", mqtt_allow_plaintext_password=True)  # said so explicitly
+    prefix = "EDGEKIT_AGENT_" if load == "agent" else "EDGEKIT_FLEET_"
+    settings("mqtt://broker.example", env={f"{prefix}MQTT_ALLOW_PLAINTEXT_PASSWORD": "true"})
+    if load == "fleet":  # no password, no problem
+        load_fleet_settings(env={}, overrides={"brokers": ["mqtt://broker.example"], "mqtt_username": "u"})
+
+
+def test_fleet_cli_refuses_a_plaintext_password_in_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    secret = tmp_path / "pw"
+    secret.write_text("pw")
+    result = CliRunner().invoke(cli, ["fleet", "status", "--broker", "mqtt://broker.example:1883", "--username", "u",
+                                      "--password-file", str(secret)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().startswith("edgekit: error: brokers: mqtt://broker.example:1883 is plain MQTT")
+    assert "Traceback" not in result.stderr
 
 
 # --- one error family ----------------------------------------------------------------------------

@@ -249,6 +249,7 @@ def bad_files(tmp_path: Path, digits_model: Path) -> dict[str, Path]:
         ("metric", 2, "unknown metric 'f1'"),
         ("budget", 2, "cannot parse budget"),
         ("unwritable", 16, "does not exist"),
+        ("proc", 16, "cannot write /proc/edgekit-out.onnx"),  # os.access says yes (as root); creating fails
         ("overwrite", 16, "would overwrite the input model"),
         ("threads", 2, "--threads"),
         ("budget-time", 2, "--budget-time"),
@@ -273,6 +274,8 @@ def test_quantize_bad_input(case: str, code: int, needle: str, bad_files: dict[s
         args += ["--max-drop", "lots"]
     elif case == "unwritable":
         args[3] = d / "no" / "such" / "dir" / "out.onnx"
+    elif case == "proc":
+        args[3] = Path("/proc/edgekit-out.onnx")
     elif case == "overwrite":
         copy = d / "model.onnx"
         shutil.copy(model, copy)
@@ -286,5 +289,6 @@ def test_quantize_bad_input(case: str, code: int, needle: str, bad_files: dict[s
         assert result.exit_code == 2 and needle in result.stderr
     else:
         assert_error(result, code, needle)
+        assert "candidate" not in result.stderr  # refused before the search
     assert not out.exists() and not Path(str(out) + ".report.json").exists()
     assert not list(d.glob(".out.onnx.*"))  # no temp file left behind

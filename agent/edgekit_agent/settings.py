@@ -94,6 +94,7 @@ class AgentSettings(MqttSettings):
             _check_broker_url(self.broker_url)
         if self.tls_files and self.broker_url and not self.broker_url.startswith("mqtts://"):
             raise ConfigError("TLS files are set but the URL is not mqtts://", field="broker_url")
+        self.check_plaintext_password([self.broker_url] if self.broker_url else [], "broker_url")
         if self.image is not None and "@sha256:" not in self.image:
             raise ConfigError(f"{self.image!r} must be pinned by digest (…@sha256:…)", field="image")
 

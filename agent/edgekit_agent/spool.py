@@ -37,6 +37,9 @@ from edgekit_agent.errors import SpoolError
 log = logging.getLogger("edgekit_agent")
 
 _OVERHEAD = 32  # bytes accounted per entry beyond topic and payload
+# Corrupt spools moved aside that are kept for a post-mortem; older ones are deleted so a spool
+# that keeps breaking cannot fill the disk.
+KEEP_CORRUPT = 3
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,33 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 
+def _restrict(path: Path, mode: int) -> None:
+    try:
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+    except PermissionError:  # not ours (a directory an operator made): say so, still run
+        log.warning("cannot restrict %s to mode %o", path, mode)
+
+
+def _remove_old_corrupt(path: Path) -> None:
+    """Keep the ``KEEP_CORRUPT`` newest ``<spool>.corrupt-<time>`` copies (with their -wal/-shm)."""
+    copies = sorted((p for p in path.parent.glob(f"{path.name}.corrupt-*") if p.name.split("-")[-1].isdigit()),
+                    key=lambda p: int(p.name.rsplit("-", 1)[1]), reverse=True)
+    old = copies[KEEP_CORRUPT:]
+    for copy in old:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{copy}{suffix}")
+    if old:
+        log.warning("removed %d older corrupt spool copies, kept the %d newest", len(old), KEEP_CORRUPT)
+
+
 class SqliteSpool(_Bounded):
-    """The on-disk spool: ``<directory>/spool.sqlite3`` (WAL)."""
+    """The on-disk spool: ``<directory>/spool.sqlite3`` (WAL).
+
+    Telemetry may say more about a site than it should to other local users: the directory is
+    0700 and the files 0600 (SQLite gives its ``-wal``/``-shm`` files the database's mode).
+    """
 
     FILE = "spool.sqlite3"
 
@@ -205,7 +233,8 @@ class SqliteSpool(_Bounded):
         super().__init__(max_bytes, max_age)
         self.path = Path(directory) / self.FILE
         try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
+            Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
+            _restrict(Path(directory), 0o700)
             self._db = self._open()
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the spool at {self.path}: {exc}",
@@ -231,10 +260,15 @@ class SqliteSpool(_Bounded):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
             self._dropped.corrupt = True
+            _remove_old_corrupt(self.path)
             db = self._connect()
         return db
 
     def _connect(self) -> sqlite3.Connection:
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):  # also the files of an older agent's spool
+            if os.path.exists(f"{self.path}{suffix}"):
+                _restrict(Path(f"{self.path}{suffix}"), 0o600)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")

@@ -13,16 +13,18 @@ from edgekit_agent.oci.fetching import fetch_image
 from edgekit_agent.oci.reference import parse_reference
 from edgekit_agent.oci.registry import RegistryOptions
 from edgekit_agent.oci.signatures import key_fingerprint, load_public_key
+from edgekit_agent.oci.sources import not_an_image
 from rich.markup import escape
 from rich.table import Table
 
 from edgekit.cli._output import console, emit_json, output_option
-from edgekit.errors import ConfigError, OutputError, SigningKeyError
+from edgekit.errors import ConfigError, ImageReferenceError, OutputError, SigningKeyError
 from edgekit.image.options import RegistrySettings, load_registry_settings
 from edgekit.image.progress import RichTransferProgress
 from edgekit.image.pushing import TransferSettings, pull_image, push_layout
 from edgekit.image.showing import show_image
 from edgekit.image.signing import (
+    ALLOW_UNENCRYPTED_ENV,
     PASSWORD_ENV,
     load_private_key,
     password_from_env,
@@ -78,8 +80,14 @@ def _password(confirm: bool, what: str) -> bytes:
                         default="", show_default=False).encode()
 
 
-def _load_signing_key(path: Path) -> Any:
-    return load_private_key(path, lambda confirm: _password(confirm, str(path)))
+_ALLOW_UNENCRYPTED = click.option(
+    "--allow-unencrypted-key", is_flag=True,
+    help=f"Accept an unencrypted private key or an empty password (or {ALLOW_UNENCRYPTED_ENV}=1).")
+
+
+def _load_signing_key(path: Path, allow_unencrypted: bool) -> Any:
+    return load_private_key(path, lambda confirm: _password(confirm, str(path)),
+                            allow_unencrypted=allow_unencrypted or None)
 
 
 def _size(n: float | None) -> str:
@@ -102,6 +110,7 @@ def _size(n: float | None) -> str:
 @click.option("--push", "push_ref", metavar="REF", help="Push straight to this registry reference.")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
               help="With --push: sign the pushed image with this private key.")
+@_ALLOW_UNENCRYPTED
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Quantization report to embed [default: <model>.report.json when present].")
 @click.option("--probe-data", type=click.Path(dir_okay=False, path_type=Path),
@@ -118,7 +127,8 @@ def _size(n: float | None) -> str:
 @registry_options
 @output_option
 def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push_ref: str | None,
-                sign_key: Path | None, report: Path | None, probe_data: Path | None, probe_shapes: tuple[str, ...],
+                sign_key: Path | None, allow_unencrypted_key: bool, report: Path | None, probe_data: Path | None,
+                probe_shapes: tuple[str, ...],
                 rtol: float | None, atol: float | None, source: str | None, created: str | None,
                 platforms: tuple[str, ...], force: bool, output: str, **kwargs: Any) -> None:
     """Build a model image: the ONNX model, its metadata and a golden probe, as an OCI image.
@@ -161,7 +171,8 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
     assert push_ref is not None
     ref = parse_reference(push_ref)
     options, reg = _registry(kwargs)
-    key = _load_signing_key(sign_key) if sign_key is not None else None  # ask before the long part
+    # ask before the long part
+    key = _load_signing_key(sign_key, allow_unencrypted_key) if sign_key is not None else None
     image, tmp = package_to_temp(model, settings)
     try:
         with RichTransferProgress(err, "pushing") as progress:
@@ -249,6 +260,8 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
       edgekit pull localhost:5000/models/digits:1.2.0 -o digits-1.2.0 --insecure
       edgekit pull registry.example.com/models/digits:1.2.0 -o model/ --model-folder --key cosign.pub
     """
+    if (why := not_an_image(ref)) is not None:  # before parse_reference reads it as a Docker Hub name
+        raise ImageReferenceError(why, hint="pull takes registry/repository:tag")
     target = parse_reference(ref)
     options, _ = _registry(kwargs)
     if require_signature and key is None:
@@ -314,9 +327,11 @@ def keygen_cmd(prefix: str, fmt: str, force: bool, output: str) -> None:
 @click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Private key.")
 @click.option("--annotation", "-a", "annotations", multiple=True, metavar="KEY=VALUE",
               help="Extra claim in the signed payload's optional section. Repeatable.")
+@_ALLOW_UNENCRYPTED
 @registry_options
 @output_option
-def sign_cmd(ref: str, key: Path, annotations: tuple[str, ...], output: str, **kwargs: Any) -> None:
+def sign_cmd(ref: str, key: Path, annotations: tuple[str, ...], allow_unencrypted_key: bool, output: str,
+             **kwargs: Any) -> None:
     """Sign an image in a registry (cosign-compatible: `cosign verify --key` accepts it).
 
     \b
@@ -332,7 +347,8 @@ def sign_cmd(ref: str, key: Path, annotations: tuple[str, ...], output: str, **k
         if not sep or not k:
             raise ConfigError(f"expected KEY=VALUE, got {item!r}", field="--annotation")
         extra[k] = v
-    result = sign_image(target, _load_signing_key(key), options=options, annotations=extra or None)
+    result = sign_image(target, _load_signing_key(key, allow_unencrypted_key), options=options,
+                        annotations=extra or None)
     if output == "json":
         emit_json(result.to_dict())
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -11,11 +12,12 @@ from rich.table import Table
 
 from edgekit.cli._output import console, emit_json, output_option
 from edgekit.errors import ConfigError
-from edgekit.optimize.benchmarking import bench_models
-from edgekit.optimize.datasets import ImagePreprocessing, parse_floats
-from edgekit.optimize.inspecting import inspect_model
-from edgekit.optimize.quantizing import CandidateResult, QuantizeReport, QuantizeSettings, quantize, report_path
-from edgekit.optimize.shapes import parse_input_shapes
+
+if TYPE_CHECKING:
+    from edgekit.optimize.quantizing import CandidateResult, QuantizeReport
+
+# The optimize modules load onnx and onnxruntime (over half a second); each command imports what
+# it runs, so `edgekit --help` and the other areas' commands do not pay for them.
 
 input_shape_option = click.option(
     "--input-shape",
@@ -47,6 +49,8 @@ def inspect_cmd(model: Path, output: str) -> None:
       edgekit inspect models/digits/digits.onnx
       edgekit inspect model.onnx --output json | jq .inputs
     """
+    from edgekit.optimize.inspecting import inspect_model
+
     info = inspect_model(model)
     if output == "json":
         emit_json(info.to_dict())
@@ -113,6 +117,9 @@ def bench_cmd(
       edgekit bench model.onnx model.int8.onnx --threads 2 --runs 500
       edgekit bench det.onnx --input-shape x=1,3,640,640
     """
+    from edgekit.optimize.benchmarking import bench_models
+    from edgekit.optimize.shapes import parse_input_shapes
+
     shapes = parse_input_shapes(input_shapes)
     con = console(stderr=True)
     with Progress(
@@ -325,6 +332,10 @@ def quantize_cmd(
       edgekit quantize det.onnx -o det.int8.onnx --calibration imgs/ --input-shape x=1,3,640,640 \\
           --metric edgekit.optimize.task_metrics:text_mask_iou --max-drop 0.95 --budget-time 10m
     """
+    from edgekit.optimize.datasets import ImagePreprocessing, parse_floats
+    from edgekit.optimize.quantizing import QuantizeSettings, quantize, report_path
+    from edgekit.optimize.shapes import parse_input_shapes
+
     size = None
     if image_size:
         try:

@@ -110,6 +110,7 @@ class FleetSettings(MqttSettings):
             raise ConfigError("must be in [0, 1]", field="max_error_rate")
         if self.tls_files and not addresses[0].tls:
             raise ConfigError("TLS files are set but the broker URL is not mqtts://", field="brokers")
+        self.check_plaintext_password(self.brokers, "brokers")
         if self.session_expiry and not self.client_id:
             raise ConfigError("a persistent session (session_expiry > 0) needs a fixed client_id",
                               field="client_id")

@@ -24,6 +24,7 @@ class RegistrySettings:
     retries: int = 4
     timeout: float = 60.0
     chunk_size_mb: int = 64  # uploads above this size go in PATCH chunks of this size
+    token_hosts: tuple[str, ...] = ()  # token realms on other hosts than the registry that may see credentials
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"RegistrySettings(insecure={self.insecure}, ca_file={self.ca_file!r}, username={self.username!r})"
@@ -40,7 +41,8 @@ class RegistrySettings:
             raise ConfigError("must be >= 1", field="chunk_size_mb")
         creds = Credentials(self.username, self.password) if self.username and self.password is not None else None
         return RegistryOptions(insecure=self.insecure, ca_file=self.ca_file, credentials=creds,
-                               docker_config=self.docker_config, retries=self.retries, timeout=self.timeout)
+                               docker_config=self.docker_config, retries=self.retries, timeout=self.timeout,
+                               token_hosts=self.token_hosts)
 
 
 def load_registry_settings(**overrides: Any) -> RegistrySettings:

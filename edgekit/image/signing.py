@@ -6,7 +6,10 @@ DER, the JSON envelope of go-securesystemslib's ``encrypted`` package), so the s
 with ``cosign sign --key``; ``--format pkcs8`` writes a standard encrypted PKCS#8 PEM instead.
 Signing reads either, plus cosign's older ``ENCRYPTED COSIGN PRIVATE KEY`` and unencrypted
 PKCS#8/SEC1 PEM. The password comes from ``EDGEKIT_KEY_PASSWORD`` (or cosign's
-``COSIGN_PASSWORD``) or a prompt.
+``COSIGN_PASSWORD``) or a prompt. A key anyone who reads the file could use (unencrypted, or
+encrypted with an empty password) is refused unless the caller allows it explicitly
+(``--allow-unencrypted-key``, ``EDGEKIT_ALLOW_UNENCRYPTED_KEY=1``): the release key signs what
+every device will run.
 
 A signature is what ``cosign sign --key`` makes: a simple-signing payload naming the image
 digest, signed with ECDSA-SHA256 (DER, base64 in the ``dev.cosignproject.cosign/signature``
@@ -54,6 +57,8 @@ from edgekit_agent.oci.sources import RegistrySource, open_source
 from edgekit.errors import ConfigError, OutputError, SigningKeyError
 
 __all__ = [
+    "ALLOW_UNENCRYPTED_ENV",
+    "PASSWORD_ENV",
     "SignResult",
     "decrypt_cosign_key",
     "encrypt_cosign_key",
@@ -61,11 +66,13 @@ __all__ = [
     "load_private_key",
     "password_from_env",
     "sign_image",
+    "unencrypted_allowed_from_env",
     "verify_image",
     "write_keypair",
 ]
 
 PASSWORD_ENV = "EDGEKIT_KEY_PASSWORD"
+ALLOW_UNENCRYPTED_ENV = "EDGEKIT_ALLOW_UNENCRYPTED_KEY"
 COSIGN_PASSWORD_ENV = "COSIGN_PASSWORD"
 SIGSTORE_PEM = "ENCRYPTED SIGSTORE PRIVATE KEY"
 COSIGN_PEM = "ENCRYPTED COSIGN PRIVATE KEY"
@@ -80,6 +87,13 @@ def password_from_env() -> bytes | None:
         if (value := os.environ.get(name)) is not None:
             return value.encode()
     return None
+
+
+def unencrypted_allowed_from_env() -> bool:
+    return os.environ.get(ALLOW_UNENCRYPTED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+_ALLOW_HINT = f"pass --allow-unencrypted-key (or set {ALLOW_UNENCRYPTED_ENV}=1) to use it anyway"
 
 
 # --- cosign's encrypted key envelope --------------------------------------------------------------
@@ -152,14 +166,15 @@ def _pem(label: str, data: bytes) -> bytes:
 # --- keys ------------------------------------------------------------------------------------------
 def generate_keypair(password: bytes, *, fmt: str = "cosign") -> tuple[bytes, bytes]:
     """A new ECDSA P-256 key pair as (encrypted private PEM, public PEM)."""
+    if not password:
+        raise ConfigError("an empty password would leave the private key readable by anyone who gets the file",
+                          field="password", hint=f"set {PASSWORD_ENV} or type a password at the prompt")
     key = ec.generate_private_key(ec.SECP256R1())
     der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     if fmt == "cosign":
         private = _pem(SIGSTORE_PEM, encrypt_cosign_key(der, password))
     elif fmt == "pkcs8":
-        if not password:
-            raise ConfigError("an encrypted PKCS#8 key needs a non-empty password", field="password")
         private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.BestAvailableEncryption(password))
     else:
@@ -190,10 +205,13 @@ def write_keypair(prefix: str | os.PathLike[str], password: bytes, *, fmt: str =
     return key_path, pub_path
 
 
-def load_private_key(path: str | os.PathLike[str], password: PasswordSource | bytes | None = None
-                     ) -> ec.EllipticCurvePrivateKey:
-    """An ECDSA P-256 private key from cosign's format, encrypted PKCS#8, or plain PEM."""
+def load_private_key(path: str | os.PathLike[str], password: PasswordSource | bytes | None = None, *,
+                     allow_unencrypted: bool | None = None) -> ec.EllipticCurvePrivateKey:
+    """An ECDSA P-256 private key from cosign's format or encrypted PKCS#8; plain PEM and empty
+    passwords only with ``allow_unencrypted`` (None: ``EDGEKIT_ALLOW_UNENCRYPTED_KEY``)."""
     where = str(path)
+    if allow_unencrypted is None:
+        allow_unencrypted = unencrypted_allowed_from_env()
     try:
         pem = Path(path).read_bytes()
     except OSError as exc:
@@ -201,14 +219,19 @@ def load_private_key(path: str | os.PathLike[str], password: PasswordSource | by
 
     def get_password() -> bytes:
         if isinstance(password, bytes):
-            return password
-        if password is None:
+            given = password
+        elif password is None:
             env = password_from_env()
             if env is None:
                 raise SigningKeyError(f"{where} is encrypted and no password was given",
                                       hint=f"set {PASSWORD_ENV}")
-            return env
-        return password(False)
+            given = env
+        else:
+            given = password(False)
+        if not given and not allow_unencrypted:
+            raise SigningKeyError(f"empty password for {where}: a key with an empty password is as good as "
+                                  "unencrypted", hint=f"set {PASSWORD_ENV}; {_ALLOW_HINT}")
+        return given
 
     try:
         label, body = _pem_block(pem)
@@ -228,6 +251,9 @@ def load_private_key(path: str | os.PathLike[str], password: PasswordSource | by
             raise SigningKeyError(f"wrong password for {where} (or a damaged key)",
                                   hint=f"set {PASSWORD_ENV} or type the password used at keygen") from exc
     elif label in ("PRIVATE KEY", "EC PRIVATE KEY"):
+        if not allow_unencrypted:
+            raise SigningKeyError(f"{where} is not encrypted: anyone who reads the file can sign as you",
+                                  hint=f"make an encrypted key with edgekit keygen; {_ALLOW_HINT}")
         try:
             key = serialization.load_pem_private_key(pem, password=None)
         except (ValueError, TypeError) as exc:

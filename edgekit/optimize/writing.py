@@ -21,10 +21,21 @@ def check_output_path(out: Path, model: Path) -> None:
         raise OutputError(f"cannot write {out}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"cannot write {out}: folder {parent} is not writable")
+    # os.access says yes to root and knows nothing of read-only mounts or /proc: create the
+    # temporary file the result will be written through, and remove it again.
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

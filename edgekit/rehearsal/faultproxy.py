@@ -13,6 +13,15 @@ misbehave on purpose:
 ``drop_request_after`` forwards that many body bytes upstream and then closes both sides, as
 a connection that dies mid-upload does; ``drop_response_after`` relays that many response body
 bytes and then closes. Each fault fires ``times`` times, then the proxy passes traffic through.
+
+A lying or hostile registry, for the client's size bounds:
+
+    proxy.add_fault(Fault(path=r"/manifests/", omit_length=True, extra_bytes=64 << 20))  # chunked, endless
+    proxy.add_fault(Fault(path=r"/blobs/", content_length=10, extra_bytes=1 << 20))     # lies, then streams on
+
+``omit_length`` sends the body chunked with no Content-Length; ``content_length`` announces that
+value instead of the real one; ``extra_bytes`` streams that many bytes after the real body (then
+closes, unless chunked). ``relayed`` counts the body bytes the proxy got into the socket.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import http.client
 import re
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -41,7 +51,15 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)  # sent with ``status`` (e.g. Retry-After)
     drop_request_after: int | None = None
     drop_response_after: int | None = None
+    omit_length: bool = False
+    content_length: int | None = None
+    extra_bytes: int = 0
     times: int = 1
+    relayed: int = 0
+
+    @property
+    def rewrites_body(self) -> bool:
+        return self.omit_length or self.content_length is not None or self.extra_bytes > 0
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and (self.method in (None, method)) and bool(re.search(self.path, path))
@@ -135,6 +153,10 @@ class FaultProxy:
                         sent += len(chunk)
                         left -= len(chunk)
                     resp = upstream.getresponse()
+                    if fault and fault.rewrites_body and method != "HEAD":
+                        proxy._record(method, path, resp.status)
+                        self._rewrite(resp, fault)
+                        return
                     self.send_response_only(resp.status, resp.reason)
                     for key, value in resp.getheaders():
                         if key.lower() not in _HOP:
@@ -157,6 +179,42 @@ class FaultProxy:
                         relayed += len(chunk)
                 finally:
                     upstream.close()
+
+            def _rewrite(self, resp: http.client.HTTPResponse, fault: Fault) -> None:
+                self.send_response_only(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in _HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                real = resp.getheader("Content-Length")
+                if fault.omit_length:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif fault.content_length is not None or real is not None:
+                    self.send_header("Content-Length", str(fault.content_length if fault.content_length is not None
+                                                           else real))
+                self.end_headers()
+                filler = bytes(_BLOCK)
+
+                def chunks() -> Iterator[bytes]:
+                    while chunk := resp.read(_BLOCK):
+                        yield chunk
+                    left = fault.extra_bytes
+                    while left > 0:
+                        yield filler[: min(_BLOCK, left)]
+                        left -= min(_BLOCK, left)
+
+                try:
+                    for chunk in chunks():
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if fault.omit_length else chunk)
+                        self.wfile.flush()
+                        with proxy._lock:
+                            fault.relayed += len(chunk)
+                    if fault.omit_length:
+                        self.wfile.write(b"0\r\n\r\n")
+                        self.wfile.flush()
+                except OSError:  # the client stopped reading and closed
+                    pass
+                if fault.extra_bytes or fault.content_length is not None:
+                    self._cut()
 
             def _cut(self) -> None:
                 self.close_connection = True

@@ -2,19 +2,32 @@
 
 ``AgentSettings`` and ``FleetSettings`` inherit these fields, so a name means the same in an agent's
 ``config.json``, in ``EDGEKIT_AGENT_*`` and in ``EDGEKIT_FLEET_*``. Where a broker URL lives differs
-(one ``broker_url`` on a device, a failover list ``brokers`` for the fleet), so the check that TLS
-files come with an ``mqtts://`` URL stays with each subclass.
+(one ``broker_url`` on a device, a failover list ``brokers`` for the fleet), so the checks that TLS
+files come with an ``mqtts://`` URL, and that a password does not cross the network in clear text
+(``check_plaintext_password``), are called by each subclass.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from edgekit_agent.errors import ConfigError
 
 __all__ = ["MQTT_FILE_FIELDS", "MQTT_PROTOCOLS", "MqttSettings"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 MQTT_FILE_FIELDS = ("mqtt_password_file", "mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file")
@@ -30,6 +43,9 @@ class MqttSettings:
     mqtt_cert_file: str | None = None
     mqtt_key_file: str | None = None
     mqtt_keepalive: int = 30
+    # A password over plain mqtt:// to a broker off this host is readable by anyone on the path:
+    # refused unless this says the network is trusted.
+    mqtt_allow_plaintext_password: bool = False
     reconnect_min: float = 0.5               # backoff between attempts, with jitter
     reconnect_max: float = 60.0
 
@@ -57,6 +73,17 @@ class MqttSettings:
     def tls_files(self) -> bool:
         """Whether a CA or a client certificate is set (then the URL must be ``mqtts://``)."""
         return bool(self.mqtt_ca_file or self.mqtt_cert_file)
+
+    def check_plaintext_password(self, urls: Iterable[str], field: str) -> None:
+        """Refuse a password that would go to a broker in clear text (``mqtt://``, not loopback)."""
+        if self.mqtt_allow_plaintext_password or (self.mqtt_password is None and self.mqtt_password_file is None):
+            return
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme == "mqtt" and not _is_loopback(parts.hostname or ""):
+                raise ConfigError(f"{url} is plain MQTT: the password would cross the network in clear text",
+                                  field=field, hint="use mqtts:// (and mqtt_ca_file), or set "
+                                                    "mqtt_allow_plaintext_password on a network you trust")
 
     def read_password(self) -> str | None:
         """The MQTT password, read from ``mqtt_password_file`` when that is set."""

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgekit_agent.errors import DigestMismatchError, ImageLayoutError, RegistryUnavailableError
+from edgekit_agent.errors import DigestMismatchError, RegistryUnavailableError
 from edgekit_agent.oci.mediatypes import check_digest, verify_bytes
-from edgekit_agent.oci.transport import BLOCK, TRANSIENT
+from edgekit_agent.oci.transport import BLOCK, MAX_ANSWER, TRANSIENT
 
 if TYPE_CHECKING:
     from edgekit_agent.oci.registry import RegistryClient
@@ -20,15 +20,13 @@ if TYPE_CHECKING:
 __all__ = ["download_blob", "get_blob"]
 
 
-def get_blob(client: RegistryClient, repository: str, digest: str, *, max_size: int = 16 << 20) -> bytes:
-    """A small blob (config, signature payload) in memory, checked against its digest."""
+def get_blob(client: RegistryClient, repository: str, digest: str, *, max_size: int = MAX_ANSWER) -> bytes:
+    """A small blob (config, signature payload) in memory, checked against its digest; at most
+    ``max_size + 1`` bytes are read whatever the answer's Content-Length says."""
     check_digest(digest)
-    resp = client.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository,
-                          what=f"blob {digest[:19]}… of {repository}", stream=True)
-    if resp.raw.length is not None and resp.raw.length > max_size:
-        resp.close()
-        raise ImageLayoutError(f"blob {digest} is larger than {max_size} bytes")
-    return verify_bytes(resp.read(), digest, f"blob {digest[:19]}… of {repository}")
+    what = f"blob {digest[:19]}… of {repository}"
+    resp = client.request("GET", f"/v2/{repository}/blobs/{digest}", repository=repository, what=what, stream=True)
+    return verify_bytes(resp.read(max_size, what), digest, what)
 
 
 def download_blob(client: RegistryClient, repository: str, digest: str, dest: Path, *, size: int | None = None,
@@ -36,7 +34,8 @@ def download_blob(client: RegistryClient, repository: str, digest: str, dest: Pa
     """Stream a blob into ``dest``, resuming with ``Range`` after a dropped connection.
 
     The finished file must hash to ``digest`` (and have ``size`` bytes when given), else
-    ``DigestMismatchError`` and ``dest`` is removed.
+    ``DigestMismatchError`` and ``dest`` is removed. With ``size`` (the descriptor's), no more
+    than ``size + 1`` bytes are read, whatever the answer's Content-Length says.
     """
     check_digest(digest)
     what = f"blob {digest[:19]}… of {repository}"
@@ -56,9 +55,15 @@ def download_blob(client: RegistryClient, repository: str, digest: str, dest: Pa
                     if on_bytes:
                         on_bytes(-written)
                     written = 0
+                announced = resp.raw.length
+                if size is not None and announced is not None and announced > size - written:
+                    resp.close()
+                    client.drop_connection()
+                    raise DigestMismatchError(f"{what} is announced with {written + announced} bytes, not {size}",
+                                              hint="the content was tampered with")
                 try:
                     while True:
-                        chunk = resp.raw.read(BLOCK)
+                        chunk = resp.raw.read(BLOCK if size is None else min(BLOCK, size + 1 - written))
                         if not chunk:
                             break
                         out.write(chunk)
@@ -67,6 +72,7 @@ def download_blob(client: RegistryClient, repository: str, digest: str, dest: Pa
                         if on_bytes:
                             on_bytes(len(chunk))
                         if size is not None and written > size:
+                            client.drop_connection()  # the rest of the body stays unread
                             raise DigestMismatchError(f"{what} is longer than its {size} bytes",
                                                       hint="the content was tampered with")
                     truncated = bool(resp.raw.length)  # bytes announced but never received

@@ -11,7 +11,10 @@ What it does, and why each part is here:
 - TLS with the system trust store, a custom CA file, or ``insecure`` (no verification; plain
   HTTP is tried when the server does not speak TLS, also for loopback registries);
 - auth: the ``WWW-Authenticate`` challenge of ``/v2/`` decides between HTTP basic and bearer
-  tokens (fetched per scope from the realm, with basic credentials when we have them);
+  tokens (fetched per scope from the realm, with basic credentials when we have them and the realm
+  may see them: ``tokens.credentials_withheld``);
+- bounded reads: an answer held in memory stops at 4 MiB (``transport.MAX_ANSWER``) and a blob
+  at its descriptor's size + 1, whatever Content-Length says;
 - retries with exponential backoff (or the answer's ``Retry-After``, up to ``max_backoff``) on
   429/5xx answers and on connection resets, refusals and timeouts; once they are used up,
   ``RegistryUnavailableError`` (with ``retry_after`` when the registry named a delay);
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import random
 import ssl
 import time
@@ -36,17 +40,34 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_agent import __version__
-from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError, retry_after_seconds
+from edgekit_agent.errors import ImageError, RegistryAuthError, RegistryUnavailableError, retry_after_seconds
 from edgekit_agent.oci import downloading
 from edgekit_agent.oci.answers import answer_error, registry_message, safe_json, unreachable_error
 from edgekit_agent.oci.credentials import Credentials, load_docker_credentials, parse_challenge
 from edgekit_agent.oci.mediatypes import ACCEPT, sha256_digest, verify_bytes
-from edgekit_agent.oci.tokens import basic_authorization, token_from_answer, token_request
-from edgekit_agent.oci.transport import RETRY_STATUS, TRANSIENT, BodySource, Response, connect, is_loopback, ssl_context
+from edgekit_agent.oci.tokens import (
+    TOKEN_HOSTS_HINT,
+    basic_authorization,
+    credentials_withheld,
+    token_from_answer,
+    token_request,
+)
+from edgekit_agent.oci.transport import (
+    MAX_ANSWER,
+    RETRY_STATUS,
+    TRANSIENT,
+    BodySource,
+    Response,
+    connect,
+    is_loopback,
+    read_capped,
+    ssl_context,
+)
 
 __all__ = ["Manifest", "RegistryClient", "RegistryOptions"]
 
-_MAX_MANIFEST = 4 << 20
+log = logging.getLogger("edgekit_agent")
+
 
 
 @dataclass(frozen=True)
@@ -62,6 +83,7 @@ class RegistryOptions:
     max_backoff: float = 8.0
     timeout: float = 60.0
     plain_http: bool | None = None  # None: HTTPS, falling back to HTTP for insecure/loopback hosts
+    token_hosts: tuple[str, ...] = ()  # token realms on other hosts that may see our credentials
     user_agent: str = f"edgekit/{__version__}"
 
 
@@ -92,6 +114,7 @@ class RegistryClient:
         self._challenge: tuple[str, dict[str, str]] | None = None
         self._pinged = False
         self._tokens: dict[tuple[str, ...], str] = {}
+        self._withheld: str | None = None  # why our credentials did not go to the token service
         creds = self.options.credentials
         if creds is None:
             creds = load_docker_credentials(registry, self.options.docker_config)
@@ -157,7 +180,7 @@ class RegistryClient:
             asked: str | None = None  # the answer's Retry-After
             try:
                 resp = self._send_once("GET", "/v2/", {})
-                status, body = resp.status, resp.read()
+                status, body = resp.status, resp.discard()
             except ssl.SSLCertVerificationError as exc:
                 self.drop_connection()
                 raise ImageError(f"TLS verification of registry {self.registry} failed: {exc.verify_message}",
@@ -203,7 +226,12 @@ class RegistryClient:
             return self._tokens[scopes]
         url = token_request(self.registry, self._challenge[1], scopes)
         path = f"{url.path}?{url.query}"
-        headers = {"Authorization": basic} if (basic := self._basic()) else {}
+        withheld = credentials_withheld(self.registry, url, self.options.token_hosts) if self.credentials else None
+        self._withheld = withheld
+        if withheld:
+            log.warning("asking %s for an anonymous token: the credentials for %s are not sent because %s",
+                        url.netloc, self.registry, withheld)
+        headers = {"Authorization": basic} if not withheld and (basic := self._basic()) else {}
         conn = self._connect(url.scheme or "https", url.netloc)
         try:
             for attempt in range(self.options.retries + 1):
@@ -211,7 +239,7 @@ class RegistryClient:
                     self.requests += 1
                     conn.request("GET", path, headers={**headers, "User-Agent": self.options.user_agent})
                     resp = conn.getresponse()
-                    status, body = resp.status, resp.read()
+                    status, body = resp.status, read_capped(resp, MAX_ANSWER, f"token answer of {url.netloc}")
                 except TRANSIENT as exc:
                     conn.close()
                     if attempt == self.options.retries:
@@ -224,7 +252,7 @@ class RegistryClient:
                 break
         finally:
             conn.close()
-        token = token_from_answer(self.registry, self.credentials, status, safe_json(body))
+        token = token_from_answer(self.registry, self.credentials, status, safe_json(body), withheld=withheld)
         self._tokens[scopes] = token
         return token
 
@@ -258,7 +286,7 @@ class RegistryClient:
         finally:
             if payload is not None and not isinstance(payload, bytes):
                 payload.close()
-        return Response(raw.status, raw.reason, raw.headers, raw, url)
+        return Response(raw.status, raw.reason, raw.headers, raw, url, abandon=self.drop_connection)
 
     def request(self, method: str, path: str, *, repository: str | None = None,
                 actions: Iterable[str] = ("pull",), extra_scopes: Iterable[str] = (),
@@ -306,13 +334,13 @@ class RegistryClient:
                 continue
             if resp.status == 401 and not reauthed:
                 header = resp.headers.get("WWW-Authenticate")
-                resp.read()
+                resp.discard()
                 if header:
                     self._challenge = parse_challenge(header)
                 reauthed = True
                 continue
             if resp.status in RETRY_STATUS and resp.status not in expect:
-                resp.read()
+                resp.discard()
                 if attempt >= retries:
                     raise RegistryUnavailableError(
                         f"registry {self.registry} answered {resp.status} {resp.reason} to {what} "
@@ -324,7 +352,7 @@ class RegistryClient:
             if resp.status not in expect:
                 self._raise_for(resp, what)
             if not stream and method == "HEAD":
-                resp.read()
+                resp.discard()
             return resp
 
     def _relative(self, path: str) -> str:
@@ -338,7 +366,7 @@ class RegistryClient:
     def _follow(self, method: str, resp: Response, headers: dict[str, str]) -> Response:
         for _ in range(5):
             location = resp.headers.get("Location")
-            resp.read()
+            resp.discard()
             if not location:
                 raise ImageError(f"registry {self.registry} redirected without a location")
             target = urllib.parse.urlsplit(urllib.parse.urljoin(f"{self.base_url}{resp.url}", location))
@@ -358,8 +386,12 @@ class RegistryClient:
         raise ImageError(f"registry {self.registry}: too many redirects")
 
     def _raise_for(self, resp: Response, what: str) -> None:
-        raise answer_error(self.registry, self.credentials, status=resp.status, reason=resp.reason, url=resp.url,
-                           body=resp.json(), what=what)
+        error = answer_error(self.registry, self.credentials, status=resp.status, reason=resp.reason, url=resp.url,
+                             body=resp.json(), what=what)
+        if isinstance(error, RegistryAuthError) and self._withheld:
+            error = RegistryAuthError(f"{error.message}; the credentials were not sent to its token service "
+                                      f"because {self._withheld}", hint=TOKEN_HOSTS_HINT)
+        raise error
 
     # --- reading -------------------------------------------------------------------------------
     def get_manifest(self, repository: str, reference: str, *, accept: str = ACCEPT) -> Manifest:
@@ -368,11 +400,7 @@ class RegistryClient:
         what = f"{self.registry}/{repository}{sep}{reference}"
         resp = self.request("GET", f"/v2/{repository}/manifests/{reference}", repository=repository,
                             headers={"Accept": accept}, what=f"image {what}", stream=True)
-        length = resp.raw.length
-        if length is not None and length > _MAX_MANIFEST:
-            resp.close()
-            raise ImageLayoutError(f"manifest {what} is larger than {_MAX_MANIFEST} bytes")
-        data = resp.read()
+        data = resp.read(MAX_ANSWER, f"manifest {what}")
         digest = sha256_digest(data)
         if reference.startswith("sha256:"):
             verify_bytes(data, reference, f"manifest {what}")
@@ -394,7 +422,7 @@ class RegistryClient:
                             actions=actions, expect=(200, 404), what=f"blob {digest}")
         return resp.status == 200
 
-    def get_blob(self, repository: str, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def get_blob(self, repository: str, digest: str, *, max_size: int = MAX_ANSWER) -> bytes:
         """A small blob (config, signature payload) in memory, checked against its digest."""
         return downloading.get_blob(self, repository, digest, max_size=max_size)
 

@@ -22,6 +22,7 @@ from edgekit_agent.oci.mediatypes import (
 )
 from edgekit_agent.oci.reference import Reference, parse_reference
 from edgekit_agent.oci.registry import Manifest, RegistryClient, RegistryOptions
+from edgekit_agent.oci.transport import MAX_ANSWER
 
 
 class ImageSource(Protocol):
@@ -67,7 +68,7 @@ class RegistrySource:
     def manifest(self, digest: str) -> Manifest:
         return self.client.get_manifest(self.ref.repository, digest)
 
-    def blob(self, digest: str, *, max_size: int = 16 << 20) -> bytes:
+    def blob(self, digest: str, *, max_size: int = MAX_ANSWER) -> bytes:
         return self.client.get_blob(self.ref.repository, digest, max_size=max_size)
 
     def fetch_blob(self, digest: str, dest: Path, *, size: int | None = None,
@@ -118,14 +119,36 @@ def is_layout_path(text: str) -> bool:
     return text.startswith("oci:") or Path(text).is_dir()
 
 
+# Names of files people point at by mistake (``edgekit show model.onnx``): as Docker Hub
+# references they would cost a round of retries against docker.io before failing.
+_FILE_SUFFIXES = (".onnx", ".json", ".npz", ".tar", ".tgz", ".gz", ".zip", ".pem", ".key", ".pub")
+
+
+def not_an_image(text: str) -> str | None:
+    """Why ``text`` is a file path rather than a layout folder or image reference, or None."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        return f"{text} is a file, not an OCI image layout folder or an image reference"
+    last = text.rsplit("/", 1)[-1]
+    if "@" not in text and ":" not in last and last.lower().endswith(_FILE_SUFFIXES):
+        return f"{text} looks like a file name, and there is no such OCI image layout folder"
+    return None
+
+
 def open_source(text: str, options: RegistryOptions | None = None) -> ImageSource:
-    """An image source for a registry reference, a layout folder, or ``oci:FOLDER[:TAG]``."""
+    """An image source for a registry reference, a layout folder, or ``oci:FOLDER[:TAG]``.
+
+    A path to a file (or a file name) is refused at once, before any network access."""
     if text.startswith("oci:"):
         path, tag = text[4:], None
         if not Path(path).is_dir() and ":" in path:
             path, tag = path.rsplit(":", 1)
         return LayoutSource(path, tag or None)
-    if Path(text).is_dir() or text.startswith(("/", "./", "../")):
+    if Path(text).is_dir():
+        return LayoutSource(text)
+    if (why := not_an_image(text)) is not None:
+        raise ImageLayoutError(why, hint="give a folder that edgekit package wrote, or registry/repository:tag")
+    if text.startswith(("/", "./", "../")):
         return LayoutSource(text)
     return RegistrySource(parse_reference(text), options)
 
@@ -141,4 +164,5 @@ def manifest_kind(manifest: Manifest) -> str:
     raise ImageLayoutError(f"{manifest.digest} has unsupported media type {media_type!r}")
 
 
-__all__ = ["ImageSource", "LayoutSource", "RegistrySource", "is_layout_path", "manifest_kind", "open_source"]
+__all__ = ["ImageSource", "LayoutSource", "RegistrySource", "is_layout_path", "manifest_kind", "not_an_image",
+           "open_source"]

@@ -15,16 +15,41 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from edgekit_agent.errors import ImageError
+from edgekit_agent.errors import ImageError, ImageLayoutError
 
-__all__ = ["BLOCK", "RETRY_STATUS", "TRANSIENT", "BodySource", "FileSlice", "Response", "connect", "is_loopback",
-           "ssl_context"]
+__all__ = ["BLOCK", "MAX_ANSWER", "RETRY_STATUS", "TRANSIENT", "AnswerTooLargeError", "BodySource", "FileSlice",
+           "Response", "connect", "is_loopback", "read_capped", "ssl_context"]
 
 BLOCK = 1 << 20
+# The most we read of any answer held in memory (manifests, indexes, configs, signature payloads,
+# token and error answers), whatever Content-Length says or when there is none.
+MAX_ANSWER = 4 << 20
 # Answers worth the same request again after a pause.
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 # Failures of the connection itself (resets, refusals, timeouts): also worth a retry.
 TRANSIENT = (OSError, http.client.HTTPException)
+
+
+class AnswerTooLargeError(ImageLayoutError):
+    """An answer went past the bytes we allow for it (sent, or announced by Content-Length)."""
+
+
+def read_capped(raw: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+    """The body of ``raw``, refused as soon as it passes ``limit`` bytes: at most ``limit + 1``
+    are read, with or without (or with a lying) Content-Length."""
+    if raw.length is not None and raw.length > limit:
+        raise AnswerTooLargeError(f"{what} is larger than {limit} bytes (Content-Length {raw.length})")
+    parts: list[bytes] = []
+    got = 0
+    while got <= limit:
+        chunk = raw.read(min(BLOCK, limit + 1 - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    if got > limit:
+        raise AnswerTooLargeError(f"{what} is larger than {limit} bytes")
+    return b"".join(parts)
 
 
 class BodySource(Protocol):
@@ -42,15 +67,32 @@ class Response:
     headers: http.client.HTTPMessage
     raw: http.client.HTTPResponse
     url: str
+    # Called when the body is left unread: the connection then carries stray bytes and must go.
+    abandon: Callable[[], None] | None = None
 
-    def read(self) -> bytes:
+    def read(self, limit: int = MAX_ANSWER, what: str = "") -> bytes:
+        """The whole body, at most ``limit`` bytes (``AnswerTooLargeError`` past that)."""
         try:
-            return self.raw.read()
+            return read_capped(self.raw, limit, what or f"the answer to {self.url}")
+        except AnswerTooLargeError:
+            if self.abandon is not None:
+                self.abandon()
+            raise
         finally:
             self.raw.close()
 
+    def discard(self) -> bytes:
+        """The body when it is small (for messages), else nothing: read no further, drop the connection."""
+        try:
+            return self.read()
+        except AnswerTooLargeError:
+            return b""
+
     def json(self) -> Any:
-        data = self.read()
+        try:
+            data = self.read()
+        except AnswerTooLargeError:
+            return {}
         try:
             return json.loads(data) if data else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
