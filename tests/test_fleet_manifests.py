@@ -67,10 +67,13 @@ def test_overlay_renders_and_applies(kube_cluster: KubeHandle, overlay: str) -> 
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
                             "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "ConfigMap",
-                            "ConfigMap", "Service", "Deployment"])
+                            "ConfigMap", "Service", "Deployment"]
+                          + ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"] * 5)
+    cluster_scoped = ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     for doc in docs:
         assert doc["metadata"]["labels"]["edgekit.io/target"] == overlay
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in cluster_scoped:
             assert doc["metadata"]["namespace"] == "edgekit"
     defaults = next(d for d in docs if d["metadata"]["name"] == "edgekit-agent-defaults")
     assert defaults["data"]["target"] == overlay

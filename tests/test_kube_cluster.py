@@ -156,7 +156,8 @@ def test_render_apply_then_relabel_moves_pods(kube_cluster: KubeHandle, kube_nam
     assert "configmap/" + kube_namespace + "/edgekit-cosign-key created" in out.output
     assert client.get(key_path)["data"] == {"cosign.pub": pub.read_text()}
     again = run(*args, "--apply")
-    assert again.output.count("unchanged") == 5, again.output
+    # the key ConfigMap, SA, agent ConfigMap, Service, NetworkPolicy, DaemonSet
+    assert again.output.count("unchanged") == 6, again.output
     volumes = client.get(path)["spec"]["template"]["spec"]["volumes"]
     assert volumes[0] == {"name": "model", "image": {"reference": IMAGE, "pullPolicy": "IfNotPresent"}}
     label_nodes(client, nodes[:5], {rollout_label("digits"): "5e1d5e1d5e1d"})

@@ -25,6 +25,9 @@ from tests.fixtures.agent import make_keypair
 
 DIGEST = "sha256:" + "3f2a9c1b7d0e" + "0" * 52
 IMAGE = f"registry.local:5000/models/digits:v2@{DIGEST}"
+RESTRICTED = {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+              "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+              "seccompProfile": {"type": "RuntimeDefault"}, "capabilities": {"drop": ["ALL"]}}
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -142,7 +145,7 @@ def test_bad_image_reference(ref: str) -> None:
 # --- rendering -------------------------------------------------------------------------------
 def test_render_k3s_revision_daemonset() -> None:
     objects = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras")))
-    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "DaemonSet"]
     assert [o["kind"] for o in sort_for_apply(objects)] == [o["kind"] for o in objects]
     ds = by_kind(objects)["DaemonSet"]
     assert ds["metadata"]["name"] == "digits-3f2a9c1b7d0e"
@@ -156,9 +159,16 @@ def test_render_k3s_revision_daemonset() -> None:
     assert agent["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert agent["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert agent["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
-    assert agent["securityContext"]["readOnlyRootFilesystem"] is True
-    assert agent["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert agent["securityContext"] == RESTRICTED
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
+    # what the agent writes lives in emptyDirs; the only hostPath is the read-only device folder
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert set(volumes) == {"model", "config", "tmp", "spool", "mqtt-ca", "device"}
+    assert volumes["spool"]["emptyDir"] and volumes["tmp"]["emptyDir"]
+    assert [n for n, v in volumes.items() if "hostPath" in v] == ["device"]
+    assert volumes["device"]["hostPath"]["path"] == "/etc/edgekit/device"
+    mounts = {m["name"]: m for m in agent["volumeMounts"]}
+    assert mounts["device"]["readOnly"] is True and mounts["spool"]["mountPath"] == "/var/lib/edgekit-agent/spool"
     env = {e["name"]: e for e in agent["env"]}
     assert env["EDGEKIT_AGENT_DEVICE"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert env["EDGEKIT_AGENT_GROUP"]["value"] == "cameras"
@@ -171,6 +181,7 @@ def test_render_k3s_revision_daemonset() -> None:
     config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
     assert config["listen_port"] == 8080 and config["listen_host"] == "0.0.0.0"
     assert config["group"] == "cameras" and config["image"].endswith(DIGEST)
+    assert config["spool_dir"] == mounts["spool"]["mountPath"]
     svc = by_kind(objects)["Service"]["spec"]
     assert svc["internalTrafficPolicy"] == "Local"
 
@@ -180,6 +191,8 @@ def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
                                     target="kubeedge"))
     spec = pod_spec(objects)
     (init,) = spec["initContainers"]
+    assert init["securityContext"] == RESTRICTED
+    assert init["securityContext"] is not spec["containers"][0]["securityContext"]  # callers may edit one
     assert init["command"] == ["edgekit-agent", "fetch", f"registry.local:5000/models/digits@{DIGEST}",
                                "--to", "/model"]
     assert next(v for v in spec["volumes"] if v["name"] == "model")["emptyDir"]
@@ -187,6 +200,20 @@ def test_render_kubeedge_fetches_by_digest_in_an_init_container() -> None:
     assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert {"key": "node-role.kubernetes.io/edge", "operator": "Exists"} in terms[0]["matchExpressions"]
+
+
+def test_network_policy_lets_only_the_named_namespaces_reach_the_api() -> None:
+    closed = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"))))["NetworkPolicy"]
+    assert closed["metadata"]["name"] == "d"
+    # every revision's pods of the app; no ingress rule: only the node itself (NetworkPolicy never
+    # filters a pod's own node) reaches the agent
+    assert closed["spec"] == {"podSelector": {"matchLabels": {"edgekit.io/app": "d"}}, "policyTypes": ["Ingress"]}
+    opened = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
+                                           api_from_namespaces=("shop", "apps", "shop"))))["NetworkPolicy"]
+    assert opened["spec"]["ingress"] == [{
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}},
+                 {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]}]
 
 
 def test_render_insecure_registry_for_local_demos() -> None:
@@ -234,8 +261,13 @@ def test_require_digest() -> None:
     assert err.value.exit_code == 63
 
 
-@pytest.mark.parametrize(("field", "value"), [("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER")])
-def test_bad_render_settings(field: str, value: str) -> None:
+@pytest.mark.parametrize(("field", "value"), [
+    ("app", "Bad_Name"), ("target", "k8s"), ("revision", "UPPER"),
+    # the admission policy allows the device hostPath only below /etc/edgekit/
+    ("device_credentials_dir", "/etc/kubernetes/pki"), ("device_credentials_dir", "/etc/edgekit/../shadow"),
+    ("device_credentials_dir", "/etc/edgekit/"), ("api_from_namespaces", ("Not A Namespace",)),
+])
+def test_bad_render_settings(field: str, value: Any) -> None:
     kwargs: dict[str, Any] = {"app": "digits", "image": IMAGE, "group": parse_group("c"), field: value}
     with pytest.raises(ConfigError) as err:
         RenderSettings(**kwargs)
@@ -269,7 +301,20 @@ def test_engine_rbac_is_least_privilege() -> None:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "secrets" not in rule["resources"]
     assert objs["Role"]["metadata"]["namespace"] == "fleet"
-    assert [o["kind"] for o in install_objects()][:2] == ["CustomResourceDefinition", "Namespace"]
+    writes = [r for r in objs["Role"]["rules"] if "configmaps" in r["resources"] and "create" in r["verbs"]]
+    assert writes == [{"apiGroups": [""], "resources": ["configmaps"],
+                       "verbs": ["create", "patch", "update", "delete"]}]  # names: admission decides
+    installed = install_objects("fleet")
+    assert [o["kind"] for o in installed][:2] == ["CustomResourceDefinition", "Namespace"]
+    assert installed[1]["metadata"]["labels"]["pod-security.kubernetes.io/warn"] == "restricted"
+    assert installed[1]["metadata"]["labels"]["pod-security.kubernetes.io/audit"] == "restricted"
+    policies = [o for o in installed if o["kind"] == "ValidatingAdmissionPolicy"]
+    bindings = [o for o in installed if o["kind"] == "ValidatingAdmissionPolicyBinding"]
+    assert [b["spec"]["policyName"] for b in bindings] == [p["metadata"]["name"] for p in policies]
+    assert all(b["spec"]["validationActions"] == ["Deny"] for b in bindings)
+    for p in policies:  # only the engine of this namespace is held to them
+        (cond,) = p["spec"]["matchConditions"]
+        assert cond["expression"] == "request.userInfo.username == 'system:serviceaccount:fleet:edgekit-engine'"
 
 
 # --- CLI: bad input, one line, distinct exit codes --------------------------------------------
@@ -297,11 +342,12 @@ def test_cli_render_yaml_and_json(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli, ["render", IMAGE, "--group", "cameras", "--app", "digits", "--public-key", str(pub)])
     assert out.exit_code == 0, out.output
     docs = list(yaml.safe_load_all(out.output))
-    assert [d["kind"] for d in docs] == ["ConfigMap", "ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [d["kind"] for d in docs] == ["ConfigMap", "ServiceAccount", "ConfigMap", "Service", "NetworkPolicy",
+                                         "DaemonSet"]
     assert "&id" not in out.output  # no YAML anchors
     out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-t", "kubeedge", "-f", "json"],
                              env={"EDGEKIT_ROLLOUT_PUBLIC_KEY": str(pub)})
-    assert json.loads(out.output)[4]["spec"]["template"]["spec"]["initContainers"]
+    assert json.loads(out.output)[5]["spec"]["template"]["spec"]["initContainers"]
     # a private key or any other file is not a key to ship
     (tmp_path / "not.pub").write_text("hello")
     bad = CliRunner().invoke(cli, ["render", IMAGE, "-g", "c", "-a", "d", "--public-key", str(tmp_path / "not.pub")])
@@ -344,7 +390,7 @@ def test_render_allow_unsigned_renders_agents_that_run_unsigned_images() -> None
                                    "--allow-unsigned"])
     assert out.exit_code == 0, out.output
     objects = json.loads(out.output)
-    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "DaemonSet"]
+    assert [o["kind"] for o in objects] == ["ServiceAccount", "ConfigMap", "Service", "NetworkPolicy", "DaemonSet"]
     config = json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"])
     assert config["allow_unsigned"] is True and "public_key" not in config
     spec = pod_spec(objects)
@@ -357,6 +403,21 @@ def test_cli_install_print() -> None:
     assert out.exit_code == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(out.output)]
     assert kinds[0] == "CustomResourceDefinition" and "RoleBinding" in kinds
+    assert kinds.count("ValidatingAdmissionPolicy") == kinds.count("ValidatingAdmissionPolicyBinding") == 5
+    out = CliRunner().invoke(cli, ["install", "--print", "--agent-repository", "registry.local/agent:1.2",
+                                   "--agent-repository", "ghcr.io/acme/agent"])
+    policy = next(d for d in yaml.safe_load_all(out.output) if d["metadata"]["name"].startswith("edgekit-engine-daem"))
+    repos = next(v for v in policy["spec"]["variables"] if v["name"] == "repositories")
+    assert repos["expression"] == "['registry.local/agent', 'ghcr.io/acme/agent']"
+
+
+def test_cli_render_api_from_namespaces() -> None:
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-f", "json",
+                                   "--api-from-namespace", "shop", "--api-from-namespace", "apps"])
+    assert out.exit_code == 0, out.output
+    (rule,) = json.loads(out.output)[3]["spec"]["ingress"]
+    assert [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for p in rule["from"]] == \
+        ["apps", "shop"]
 
 
 @pytest.mark.parametrize("target", ["k3s", "kubeedge", "openyurt"])
@@ -381,3 +442,16 @@ def test_rendered_agent_config_loads_in_the_agent(tmp_path: Any, target: str, ac
         assert file_setting and any(file_setting.startswith(m + "/") for m in mounted), file_setting
     if accelerator:
         assert settings.execution_providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def test_rollouts_render_the_same_network_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine re-renders the per-app NetworkPolicy at every rollout: the namespaces come from the
+    rollout settings (env: comma-separated), or a rollout would close what `render` opened."""
+    from edgekit.rollout.settings import load_rollout_settings
+
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_API_FROM_NAMESPACES", "shop,apps")
+    options = load_rollout_settings().render_options()
+    assert options["api_from_namespaces"] == ("shop", "apps")
+    policy = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), **options)))["NetworkPolicy"]
+    assert policy == by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
+                                                   api_from_namespaces=("apps", "shop"))))["NetworkPolicy"]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from edgekit.errors import KubeForbiddenError
+from edgekit.kube.client import KubeClient
 from edgekit.rehearsal.sim.faults import Fault
 from edgekit.rollout.resource import EdgeRollout
 from tests.fixtures.rollout import Fleet, RolloutEnv, revision_of
@@ -26,6 +28,24 @@ def push(env: RolloutEnv, fleet: Fleet, image: str, *args: str) -> tuple[int, Ed
     result = env.cli("push", image, "--group", fleet.group, "--app", fleet.app, *args, "--output", "json")
     assert result.stdout.strip(), f"no output (exit {result.returncode}): {result.stderr}"
     return result.returncode, EdgeRollout.from_json(json.loads(result.stdout)), result.stderr
+
+
+def test_the_engine_runs_as_its_service_account_held_to_edgekit_s_shape(rollout_env: RolloutEnv,
+                                                                         new_fleet: NewFleet) -> None:
+    """Every rollout of this file runs as ``edgekit-engine`` (RBAC + admission policies of ``edgekit
+    install``), in process and through the CLI; here: that identity, and that it is held."""
+    env = rollout_env
+    fleet = new_fleet(1)
+    cli_client = KubeClient.from_kubeconfig(env.env()["KUBECONFIG"])
+    for client in (env.cluster.client, cli_client):
+        review = client.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                                body={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        assert review["status"]["userInfo"]["username"] == f"system:serviceaccount:{env.namespace}:edgekit-engine"
+    cli_client.close()
+    with pytest.raises(KubeForbiddenError, match="denied request"):
+        env.cluster.client.request("PATCH", f"/api/v1/nodes/{fleet.nodes[0]}", body={"spec": {"unschedulable": True}},
+                                   content_type="application/merge-patch+json")
+    fleet.deploy(env.images["1.0"])  # while its own DaemonSets pass
 
 
 def test_healthy_model_rolls_out_over_200_nodes_in_4_waves(rollout_env: RolloutEnv, new_fleet: NewFleet) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from edgekit.cli._output import console, emit_json, output_option
 from edgekit.kube import names
+from edgekit.kube.admission import DEFAULT_AGENT_REPOSITORIES
 from edgekit.kube.applying import ApplyReport
 from edgekit.kube.client import KubeClient
 from edgekit.kube.deploying import deploy_revision, install
@@ -185,6 +186,8 @@ def _print_report(report: ApplyReport) -> None:
                    "[EDGEKIT_ROLLOUT_PUBLIC_KEY].")
 @click.option("--allow-unsigned", is_flag=True, envvar="EDGEKIT_ROLLOUT_ALLOW_UNSIGNED",
               help="Without --public-key, let the devices run unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED].")
+@click.option("--api-from-namespace", "api_from", multiple=True, metavar="NS",
+              help="Pods of this namespace may reach the agent's API (repeatable; default: only the node itself).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 @click.option("--apply", "do_apply", is_flag=True, help="Server-side apply to the cluster (field manager edgekit).")
 @click.option("--dry-run", is_flag=True, help="Server dry run: validate and print the diff, change nothing.")
@@ -193,13 +196,15 @@ def _print_report(report: ApplyReport) -> None:
 def render_cmd(image: str, group: str, app: str, target: str, namespace: str, revision: str | None,
                agent_image: str | None, model_source: str, accelerator: str | None,
                execution_provider: str | None, broker_url: str | None, registry_insecure: bool,
-               require_digest: bool, public_key: str | None, allow_unsigned: bool, fmt: str,
+               require_digest: bool, public_key: str | None, allow_unsigned: bool, api_from: tuple[str, ...],
+               fmt: str,
                do_apply: bool, dry_run: bool, force_conflicts: bool, kubeconfig: Path | None,
                context: str | None) -> None:
     """Print the manifests of one revision of an app on a device group: DaemonSet APP-REVISION
     (pods only on nodes labelled rollout.edgekit.io/APP=REVISION within the group), agent
-    ConfigMap, ServiceAccount and node-local Service. With --apply or --dry-run, check the group
-    against the cluster and server-side apply (or diff) instead.
+    ConfigMap, ServiceAccount, node-local Service and a NetworkPolicy (only the node itself and
+    the --api-from-namespace namespaces reach the agent's API). With --apply or --dry-run, check
+    the group against the cluster and server-side apply (or diff) instead.
 
     Images are signed by default: --public-key FILE ships the key to the devices (ConfigMap
     edgekit-cosign-key, mounted at /etc/edgekit-agent/keys) and the agents refuse images it does not
@@ -224,6 +229,7 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
         require_digest=require_digest, accelerator=accelerator, accelerator_provider=execution_provider,
         broker_url=broker_url, agent_image=agent_image or DEFAULT_AGENT_IMAGE, registry_insecure=registry_insecure,
         public_key_pem=read_public_key_pem(public_key) if public_key else None, allow_unsigned=allow_unsigned,
+        api_from_namespaces=api_from,
     )
     if not (do_apply or dry_run):
         objects = render(settings)
@@ -240,23 +246,30 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
 @click.option("--dry-run", is_flag=True, help="Server dry run: validate and print the diff, change nothing.")
 @click.option("--print", "print_only", is_flag=True, help="Print the manifests (YAML), contact no cluster.")
 @click.option("--force-conflicts", is_flag=True, help="Take over fields another field manager owns.")
+@click.option("--agent-repository", "agent_repos", multiple=True, metavar="REPO",
+              help="Agent image repository the engine may deploy (repeatable; default: "
+                   f"{', '.join(DEFAULT_AGENT_REPOSITORIES)}).")
 @cluster_options
 def install_cmd(namespace: str, dry_run: bool, print_only: bool, force_conflicts: bool,
-                kubeconfig: Path | None, context: str | None) -> None:
-    """Install the EdgeRollout CRD (edgekit.io/v1alpha1), the namespace and least-privilege RBAC
-    for the rollout engine (ServiceAccount edgekit-engine), CRD and RBAC first.
+                agent_repos: tuple[str, ...], kubeconfig: Path | None, context: str | None) -> None:
+    """Install the EdgeRollout CRD (edgekit.io/v1alpha1), the namespace (Pod Security warn/audit
+    restricted), least-privilege RBAC for the rollout engine (ServiceAccount edgekit-engine) and
+    the ValidatingAdmissionPolicies that hold the engine to edgekit's DaemonSets, rollout labels on
+    nodes and its own ConfigMaps, Services and NetworkPolicies; CRD and RBAC first.
 
     \b
     Examples:
       edgekit install
       edgekit install --namespace fleet --dry-run
       edgekit install --print > edgekit-install.yaml
+      edgekit install --agent-repository registry.local/edgekit-agent
     """
+    repos = agent_repos or DEFAULT_AGENT_REPOSITORIES
     if print_only:
-        click.echo(dump_all(install_objects(namespace)), nl=False)
+        click.echo(dump_all(install_objects(namespace, repos)), nl=False)
         return
     with connect(kubeconfig, context) as client:
-        report = install(client, namespace, dry_run=dry_run, force=force_conflicts)
+        report = install(client, namespace, dry_run=dry_run, force=force_conflicts, agent_repositories=repos)
     _print_report(report)
 
 

@@ -2,7 +2,7 @@
 
     from edgekit.kube import KubeClient, apply_objects, label_nodes, install_objects
     client = KubeClient.from_kubeconfig("kubeconfig")
-    apply_objects(client, install_objects("edgekit"))            # CRD + RBAC, field manager edgekit
+    apply_objects(client, install_objects("edgekit"))            # CRD, RBAC, admission policies (manager edgekit)
     label_nodes(client, ["edge-0001"], {rollout_label("detector"): "3f2a9c1b7d0e"})
 """
 

@@ -38,6 +38,7 @@ FIELD_MANAGER = "edgekit"
 _ORDER = {
     "CustomResourceDefinition": 0, "Namespace": 1, "ClusterRole": 2, "ClusterRoleBinding": 3,
     "ServiceAccount": 4, "Role": 5, "RoleBinding": 6, "Secret": 7, "ConfigMap": 8, "Service": 9,
+    "ValidatingAdmissionPolicy": 10, "ValidatingAdmissionPolicyBinding": 11, "NetworkPolicy": 12,
     "Deployment": 20, "DaemonSet": 21,
 }
 _CUSTOM = 30  # custom resources go last, once their CRD is established

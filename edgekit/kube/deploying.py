@@ -1,4 +1,4 @@
-"""Put a rendered revision (or edgekit's own CRD and RBAC) into a cluster.
+"""Put a rendered revision (or edgekit's own CRD, RBAC and admission policies) into a cluster.
 
 Both check what can be checked before writing anything: the group has nodes, the accelerator is
 advertised by some of them, then :func:`edgekit.kube.applying.apply_objects` validates every object
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edgekit.errors import ConfigError, GroupNotFoundError, KubeForbiddenError
 from edgekit.kube import names
+from edgekit.kube.admission import DEFAULT_AGENT_REPOSITORIES
 from edgekit.kube.applying import ApplyReport, apply_objects
 from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import group_nodes
@@ -76,6 +78,8 @@ def deploy_revision(client: KubeClient, settings: RenderSettings, *, dry_run: bo
 
 
 def install(client: KubeClient, namespace: str = names.DEFAULT_NAMESPACE, *, dry_run: bool = False,
-            force: bool = False) -> ApplyReport:
-    """Apply the EdgeRollout CRD, the namespace and the engine's RBAC (CRD and RBAC first)."""
-    return apply_objects(client, install_objects(namespace), force=force, dry_run=dry_run)
+            force: bool = False,
+            agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES) -> ApplyReport:
+    """Apply the EdgeRollout CRD, the namespace, the engine's RBAC and admission policies (CRD and
+    RBAC first)."""
+    return apply_objects(client, install_objects(namespace, agent_repositories), force=force, dry_run=dry_run)

@@ -1,22 +1,32 @@
-"""What ``edgekit install`` puts into a cluster: the EdgeRollout CRD and least-privilege RBAC.
+"""What ``edgekit install`` puts into a cluster: the EdgeRollout CRD, the namespace, least-privilege
+RBAC and the admission policies that narrow it.
 
 The rollout engine keeps all of its state in ``EdgeRollout`` objects (``edgekit.io/v1alpha1``),
 so any machine can pick a rollout up. The engine's identity (ServiceAccount ``edgekit-engine``) may:
 get/list/watch/patch nodes (relabelling moves a node between revisions), and in its own namespace
-manage DaemonSets, EdgeRollouts (+status), the per-revision ConfigMaps/ServiceAccounts/Services it
-renders, read pods, hold a Lease, and write Events. Nothing else.
+manage DaemonSets, EdgeRollouts (+status), the per-revision ConfigMaps/ServiceAccounts/Services/
+NetworkPolicies it renders, read pods, hold a Lease, and write Events. Nothing else. RBAC cannot
+say what a DaemonSet, Service or NetworkPolicy may hold, which node fields a patch may touch or
+which ConfigMap names may be created, so ``edgekit.kube.admission`` adds ValidatingAdmissionPolicies
+for that. The namespace carries Pod Security ``warn``/``audit: restricted`` (not ``enforce``: the
+agent's spool will be a hostPath, which Pod Security forbids and edgekit's own policy allows under
+one prefix).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from edgekit.kube import names
+from edgekit.kube.admission import DEFAULT_AGENT_REPOSITORIES, engine_admission
 from edgekit.kube.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = ["ENGINE_NAME", "edgerollout_crd", "engine_rbac", "install_objects"]
 
 ENGINE_NAME = "edgekit-engine"
+POD_SECURITY_LABELS = {"pod-security.kubernetes.io/warn": "restricted",
+                       "pod-security.kubernetes.io/audit": "restricted"}
 
 _DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 
@@ -164,8 +174,14 @@ def engine_rbac(namespace: str = names.DEFAULT_NAMESPACE) -> list[dict[str, Any]
              _rule([names.API_GROUP], ["edgerollouts"],
                    ["get", "list", "watch", "create", "patch", "update", "delete"]),
              _rule([names.API_GROUP], ["edgerollouts/status"], ["get", "patch", "update"]),
-             _rule([""], ["configmaps", "serviceaccounts", "services"],
+             _rule([""], ["serviceaccounts", "services"], ["get", "list", "create", "patch", "update", "delete"]),
+             _rule(["networking.k8s.io"], ["networkpolicies"],
                    ["get", "list", "create", "patch", "update", "delete"]),
+             # ConfigMaps are read freely (none is secret); writes carry per-revision names that
+             # resourceNames cannot list, so admission allows only <app>-<revision> agent configs
+             # and never the trust ConfigMaps (edgekit-mqtt-ca, edgekit-cosign-key).
+             _rule([""], ["configmaps"], ["get", "list", "watch"]),
+             _rule([""], ["configmaps"], ["create", "patch", "update", "delete"]),
              _rule([""], ["pods"], ["get", "list", "watch"]),
              _rule(["coordination.k8s.io"], ["leases"], ["get", "list", "watch", "create", "patch", "update"]),
              _rule(["", "events.k8s.io"], ["events"], ["create", "patch"]),
@@ -177,8 +193,11 @@ def engine_rbac(namespace: str = names.DEFAULT_NAMESPACE) -> list[dict[str, Any]
     ]
 
 
-def install_objects(namespace: str = names.DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
-    """Everything ``edgekit install`` applies, in apply order."""
+def install_objects(namespace: str = names.DEFAULT_NAMESPACE,
+                    agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES) -> list[dict[str, Any]]:
+    """Everything ``edgekit install`` applies, in apply order. ``agent_repositories``: the agent
+    images the engine may run (repositories, any tag or digest)."""
     ns = {"apiVersion": "v1", "kind": "Namespace",
-          "metadata": {"name": namespace, "labels": dict(names.MANAGED_BY_LABELS)}}
-    return [edgerollout_crd(), ns, *engine_rbac(namespace)]
+          "metadata": {"name": namespace, "labels": {**names.MANAGED_BY_LABELS, **POD_SECURITY_LABELS}}}
+    return [edgerollout_crd(), ns, *engine_rbac(namespace),
+            *engine_admission(namespace, ENGINE_NAME, agent_repositories)]

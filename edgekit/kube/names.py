@@ -22,6 +22,7 @@ ARCH_LABEL = "kubernetes.io/arch"
 OS_LABEL = "kubernetes.io/os"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
 KUBEEDGE_EDGE_LABEL = "node-role.kubernetes.io/edge"
 OPENYURT_EDGE_LABEL = "openyurt.io/is-edge-worker"
 
@@ -49,6 +50,10 @@ def check_app_name(app: str) -> str:
         raise ConfigError(f"app name {app!r} must be a lowercase DNS label of at most 40 characters",
                           field="app")
     return app
+
+
+def is_dns_label(text: str) -> bool:
+    return len(text) <= 63 and bool(_DNS_LABEL.match(text))
 
 
 def check_revision(revision: str) -> str:

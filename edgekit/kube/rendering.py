@@ -5,7 +5,11 @@ For app ``A`` at revision ``R`` on group ``G``:
 - DaemonSet ``A-R``: pods only on nodes labelled ``rollout.edgekit.io/A=R`` *and* in ``G``; the
   rollout engine moves nodes between revisions by relabelling them. The pod runs
   ``edgekit-agent serve`` with probes on the agent's OIP endpoints (``/v2/health/live``,
-  ``/v2/health/ready``, port ``http`` 8080), non-root, read-only root filesystem, no capabilities.
+  ``/v2/health/ready``, port ``http`` 8080). Every container meets Pod Security ``restricted``
+  (uid/gid 10001, read-only root filesystem, no privilege escalation, seccomp RuntimeDefault,
+  capabilities dropped); what the agent writes goes to emptyDir volumes (``tmp``, ``spool``). The one
+  hostPath is ``device`` (the node's MQTT client certificate, read-only, under ``/etc/edgekit/``);
+  edgekit's admission policy (``edgekit.kube.admission``) holds the engine to this shape.
 - The model: a Kubernetes image volume (the model image itself, mounted at ``/model``), or an init
   container ``edgekit-agent fetch <ref@digest> --to /model`` for clusters without image volumes
   (KubeEdge's edgecore, Kubernetes < 1.35).
@@ -13,16 +17,17 @@ For app ``A`` at revision ``R`` on group ``G``:
   ``edgekit render --public-key FILE``) ConfigMap ``edgekit-cosign-key`` carries it to the devices and
   the agent config points at it; the rollout engine only names that ConfigMap
   (``public_key_configmap``). With ``allow_unsigned`` the agents run unsigned images.
-- ConfigMap ``A-R`` (the agent's ``config.json``), ServiceAccount ``A`` (no API token), and Service
+- ConfigMap ``A-R`` (the agent's ``config.json``), ServiceAccount ``A`` (no API token), Service
   ``A`` with ``internalTrafficPolicy: Local`` so device applications reach the agent on their own
-  node only.
+  node only, and NetworkPolicy ``A``: no pod reaches the agent's port except from the namespaces
+  named in ``api_from_namespaces`` (the node itself always can: NetworkPolicy never blocks a pod's
+  own node, which is where kubelet probes and host processes come from).
 - Accelerators (``nvidia.com/gpu`` ...): request the device-plugin resource, schedule only on nodes
   that have it, and run the matching onnxruntime execution provider with CPU as fallback.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Mapping
@@ -55,6 +60,12 @@ MODEL_DIR = "/model"
 DEFAULT_AGENT_IMAGE = "edgekit/edgekit-agent:0.1.0"
 KEY_CONFIGMAP = "edgekit-cosign-key"  # the devices' trust: cosign public key under ``cosign.pub``
 KEY_FILE = "cosign.pub"
+AGENT_UID = 10001  # the agent image's user (Dockerfile): fixed, non-root
+SPOOL_DIR = "/var/lib/edgekit-agent/spool"
+# The pod's volumes, by name: the admission policy allows these and no others.
+AGENT_VOLUMES = ("model", "config", "tmp", "spool", "mqtt-ca", "device", "keys")
+DEVICE_HOST_PREFIX = "/etc/edgekit/"  # hostPath of the read-only ``device`` volume lives under it
+SPOOL_HOST_PREFIX = "/var/lib/edgekit/"  # a hostPath ``spool`` may live only in <prefix><app>/
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -155,6 +166,7 @@ class RenderSettings:
     allow_unsigned: bool = False  # agents without a key run unsigned images (refused otherwise)
     registry_insecure: bool = False  # plain-HTTP registry (local demos): fetch and agent skip TLS
     telemetry_interval: float = 10.0
+    api_from_namespaces: tuple[str, ...] = ()  # namespaces whose pods may reach the agent's API
     extra_config: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -166,6 +178,17 @@ class RenderSettings:
             raise ConfigError(f"unknown model source {self.model_source!r}", field="model_source")
         if self.public_key_pem is not None and not self.public_key_configmap:
             object.__setattr__(self, "public_key_configmap", KEY_CONFIGMAP)
+        if not _under(self.device_credentials_dir, DEVICE_HOST_PREFIX):
+            raise ConfigError(f"{self.device_credentials_dir!r} must be a directory under {DEVICE_HOST_PREFIX}",
+                              field="device_credentials_dir")
+        for ns in self.api_from_namespaces:
+            if not names.is_dns_label(ns):
+                raise ConfigError(f"{ns!r} is not a namespace name", field="api_from_namespaces")
+
+
+def _under(path: str, prefix: str) -> bool:
+    parts = path.split("/")
+    return path.startswith(prefix) and len(path) > len(prefix) and ".." not in parts and "." not in parts
 
 
 def _group_name(group: DeviceGroup) -> str:
@@ -186,7 +209,7 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
         "model_dir": MODEL_DIR,
         "broker_url": s.broker_url or f"mqtts://edgekit-mqtt.{s.namespace}.svc:8883",
         "interval": s.telemetry_interval,
-        "spool_dir": "/var/lib/edgekit-agent/spool",
+        "spool_dir": SPOOL_DIR,
         "listen_host": "0.0.0.0",  # kubelet probes reach the pod IP
         "listen_port": AGENT_PORT,
     }
@@ -218,8 +241,8 @@ def key_configmap(namespace: str, pem: str, name: str | None = None) -> dict[str
 
 
 def render(s: RenderSettings) -> list[dict[str, Any]]:
-    """ServiceAccount, ConfigMap, Service and DaemonSet for one revision, in apply order (the key
-    ConfigMap first when ``public_key_pem`` is given)."""
+    """ServiceAccount, ConfigMap, Service, NetworkPolicy and DaemonSet for one revision, in apply order
+    (the key ConfigMap first when ``public_key_pem`` is given)."""
     image = parse_image(s.image)
     if s.require_digest and not image.digest:
         raise DigestRequiredError(f"image {s.image!r} has no digest",
@@ -259,12 +282,12 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "config", "mountPath": AGENT_CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "state", "mountPath": "/var/lib/edgekit-agent"},
+        {"name": "spool", "mountPath": SPOOL_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-        {"name": "state", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "spool", "emptyDir": {"sizeLimit": "64Mi"}},
     ]
     if (s.broker_url or "mqtts://").startswith("mqtts://"):
         mounts.append({"name": "mqtt-ca", "mountPath": f"{AGENT_CONFIG_DIR}/mqtt-ca", "readOnly": True})
@@ -277,8 +300,10 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         mounts.append({"name": "keys", "mountPath": f"{AGENT_CONFIG_DIR}/keys", "readOnly": True})
         volumes.append({"name": "keys", "configMap": {"name": s.public_key_configmap}})
 
-    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                "capabilities": {"drop": ["ALL"]}}
+    # Pod Security `restricted` in every field, on every container (not only inherited from the pod).
+    security = {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
+                "seccompProfile": {"type": "RuntimeDefault"}, "capabilities": {"drop": ["ALL"]}}
     env = [
         {"name": "EDGEKIT_AGENT_DEVICE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "EDGEKIT_AGENT_GROUP", "value": _group_name(s.group)},
@@ -331,8 +356,8 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 15,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
+                            "fsGroup": AGENT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "nodeSelector": node_selector,
         "containers": [container],
         "volumes": volumes,
@@ -348,7 +373,9 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     config = _agent_config(s, image, accel)
     meta: dict[str, Any] = {"namespace": ns, "labels": labels}
     key = [key_configmap(ns, s.public_key_pem, s.public_key_configmap)] if s.public_key_pem is not None else []
-    return copy.deepcopy([  # no shared sub-objects: callers may edit, YAML needs no anchors
+    # No shared sub-objects (deepcopy would keep the aliases, e.g. one securityContext for two
+    # containers): callers may edit one container, and YAML needs no anchors.
+    return _unshared([
         *key,
         {"apiVersion": "v1", "kind": "ServiceAccount", "automountServiceAccountToken": False,
          "metadata": {"name": app, "namespace": ns, "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}}},
@@ -358,6 +385,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
          "metadata": {"name": app, "namespace": ns, "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}},
          "spec": {"selector": {names.APP_LABEL: app}, "internalTrafficPolicy": "Local",
                   "ports": [{"name": "http", "port": AGENT_PORT, "targetPort": "http", "protocol": "TCP"}]}},
+        _network_policy(app, ns, s.api_from_namespaces),
         {"apiVersion": "apps/v1", "kind": "DaemonSet",
          "metadata": {"name": name, **meta, "annotations": annotations},
          "spec": {
@@ -368,3 +396,22 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
                           "spec": pod_spec},
          }},
     ])
+
+
+def _unshared(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    copied: list[dict[str, Any]] = json.loads(json.dumps(objects))
+    return copied
+
+
+def _network_policy(app: str, namespace: str, from_namespaces: tuple[str, ...]) -> dict[str, Any]:
+    """Ingress to the app's pods (every revision): the API port from the named namespaces, nothing
+    else (no rule at all: no pod). Egress stays open (the broker and the registry may be anywhere)."""
+    spec: dict[str, Any] = {"podSelector": {"matchLabels": {names.APP_LABEL: app}}, "policyTypes": ["Ingress"]}
+    if from_namespaces:  # (an empty list would read back as absent: every apply a change)
+        spec["ingress"] = [{"from": [{"namespaceSelector": {"matchLabels": {names.NAMESPACE_NAME_LABEL: ns}}}
+                                     for ns in sorted(set(from_namespaces))],
+                            "ports": [{"port": AGENT_PORT, "protocol": "TCP"}]}]
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": app, "namespace": namespace,
+                         "labels": {**names.MANAGED_BY_LABELS, names.APP_LABEL: app}},
+            "spec": spec}

@@ -36,6 +36,7 @@ class RolloutSettings:
     mqtt_auth: str = "node-cert"          # node-cert | none
     telemetry_interval: float = 10.0
     public_key_configmap: str | None = None  # the devices' key (default: edgekit-cosign-key with a key)
+    api_from_namespaces: tuple[str, ...] = ()  # pods of these namespaces may reach the agents' API
     # the engine
     lease_seconds: float = 15.0
     tick_seconds: float = 0.5
@@ -63,6 +64,8 @@ class RolloutSettings:
             out["public_key_configmap"] = self.public_key_configmap or KEY_CONFIGMAP
         elif self.allow_unsigned:
             out["allow_unsigned"] = True
+        if self.api_from_namespaces:
+            out["api_from_namespaces"] = tuple(self.api_from_namespaces)
         return out
 
     def require_trust(self, what: str) -> None:
