@@ -94,6 +94,12 @@ def test_kwok_nodes_become_ready_with_group_labels(kube_cluster: KubeHandle) -> 
 # --- install: CRD + RBAC --------------------------------------------------------------------
 def test_install_is_idempotent_and_the_crd_works(installed: KubeHandle, kube_namespace: str) -> None:
     client = installed.client()
+    # The API server type-checks each new admission policy and writes its status a moment after
+    # install; such a write between our dry run and the apply would read as "configured".
+    vaps = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+    wait_for(lambda: all((p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
+                         for p in client.list(vaps) if p["metadata"]["name"].startswith("edgekit")),
+             timeout=30)
     report = install(client, "edgekit")
     assert report.counts() == {"unchanged": len(install_objects())}
     er: dict[str, Any] = {"apiVersion": "edgekit.io/v1alpha1", "kind": "EdgeRollout",

@@ -412,7 +412,7 @@ def test_cli_install_print() -> None:
 
 
 def test_cli_render_api_from_namespaces() -> None:
-    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-f", "json",
+    out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "cams", "-a", "d", "-f", "json", "--allow-unsigned",
                                    "--api-from-namespace", "shop", "--api-from-namespace", "apps"])
     assert out.exit_code == 0, out.output
     (rule,) = json.loads(out.output)[3]["spec"]["ingress"]
