@@ -36,7 +36,7 @@ def test_500_nodes_and_a_300_node_daemonset(kube_cluster_factory: Callable[..., 
     settings = RenderSettings(app="digits", image=IMAGE, group=parse_group("cameras"))
     client.log.reset()
     deploy_revision(client, settings)
-    assert len(client.log) <= 2 + 2 * 4  # defaults + group check + dry run and apply of 4 objects
+    assert len(client.log) <= 2 + 2 * 5  # defaults + group check + dry run and apply of 5 objects
     cameras = [n for n in nodes if n.startswith("cameras-")]
     label_nodes(client, cameras, {rollout_label("digits"): "7a7a7a7a7a7a"}, workers=8)
     path = "/apis/apps/v1/namespaces/edgekit/daemonsets/digits-7a7a7a7a7a7a"
