@@ -60,7 +60,8 @@ def test_dev_cluster_up_status_down() -> None:
         assert again.returncode == 0 and "already running" in again.stderr
         groups = json_out(edgekit("groups", "list", "--kubeconfig", status["kubeconfig"], "-O", "json", env=env))
         assert {g["name"]: g["nodes"] for g in groups} == {"cams": 4, "gw": 2}
-        assert edgekit("install", "--kubeconfig", status["kubeconfig"], env=env).stdout.count("unchanged") == len(install_objects())
+        installed = edgekit("install", "--kubeconfig", status["kubeconfig"], env=env)
+        assert installed.stdout.count("unchanged") == len(install_objects())
         pids = json.loads((tmp_path / "dev" / "state.json").read_text())["pids"]
     finally:
         down = edgekit("dev", "cluster", "down", env=env)
