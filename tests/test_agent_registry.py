@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import pytest
 from edgekit_agent.core import AgentCore
+from edgekit_agent.errors import ModelIntegrityError, ProvenanceError, SignatureInvalidError
+from edgekit_agent.loading import load_model
 from edgekit_agent.oci import parse_reference
 from edgekit_agent.provenance import CHAIN_DIR, read_chain
 from edgekit_agent.settings import load_settings
 
+from edgekit.rehearsal.faultproxy import Fault, FaultProxy
 from edgekit.rehearsal.mosquitto import MosquittoBroker
 from edgekit.rehearsal.registry import DockerRegistry
 from tests.fixtures.agent import AgentProcess, SignedImage, TelemetryChecker, build_model_folder, run_cli
@@ -45,7 +49,7 @@ def pushed(registry: DockerRegistry, digits_signed_layout: SignedImage) -> Pushe
 
 def _core(tmp_path: Path, **over: object) -> AgentCore:
     return AgentCore(load_settings(overrides={"device": f"reg-{uuid.uuid4().hex[:6]}", "group": "reg",
-                                              "spool_dir": None, **over}))
+                                              "spool_dir": "", **over}))  # "": none (None is "not given")
 
 
 def test_serve_fetches_the_pinned_signed_image(pushed: Pushed, mqtt_broker: MosquittoBroker,
@@ -181,3 +185,115 @@ def test_image_volume_with_the_wrong_key_is_refused(pushed: Pushed, tmp_path: Pa
     core = _core(tmp_path, model_dir=str(folder), image=pushed.signed,
                  public_key=str(pushed.image.other_public_key))
     assert not core.load() and core.rejected is not None and "verifies with key" in core.rejected
+
+
+# --- image volumes keep their chain -------------------------------------------------------------
+def _through(proxy: FaultProxy, pushed: Pushed) -> str:
+    """``pushed.signed`` reached through the fault proxy, which counts (and can refuse) requests."""
+    return f"{proxy.host}/{pushed.signed.split('/', 1)[1]}"
+
+
+def _down(proxy: FaultProxy) -> None:
+    proxy.add_fault(Fault(status=503, times=1_000_000))
+
+
+def test_image_volume_chain_is_fetched_once_and_kept(pushed: Pushed, tmp_path: Path,
+                                                     registry_proxy: FaultProxy) -> None:
+    folder, chains = _image_volume(pushed, tmp_path), tmp_path / "chains"
+    image, key = _through(registry_proxy, pushed), str(pushed.image.public_key)
+    first = load_model(folder, image=image, public_key=key, chain_dir=chains)
+    assert first.provenance is not None and first.provenance.key_sha256 and first.digest == pushed.image.digest
+    assert registry_proxy.count() > 0
+    kept = chains / pushed.image.digest.split(":")[1]
+    chain = read_chain(kept)
+    assert chain is not None and chain.digest == pushed.image.digest and chain.signature
+    assert stat.S_IMODE(chains.stat().st_mode) == 0o700 and stat.S_IMODE(kept.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (kept / CHAIN_DIR).iterdir()} == {0o600}
+    assert [p.name for p in chains.iterdir()] == [kept.name]  # no temporary folder left behind
+    _down(registry_proxy)
+    asked = registry_proxy.count()
+    second = load_model(folder, image=image, public_key=key, chain_dir=chains)
+    assert second.provenance == first.provenance and second.digest == first.digest
+    assert registry_proxy.count() == asked
+
+
+def test_a_tampered_kept_chain_is_refused_without_the_registry(pushed: Pushed, tmp_path: Path,
+                                                               registry_proxy: FaultProxy) -> None:
+    folder, chains = _image_volume(pushed, tmp_path), tmp_path / "chains"
+    image, key = _through(registry_proxy, pushed), str(pushed.image.public_key)
+    load_model(folder, image=image, public_key=key, chain_dir=chains)
+    kept = chains / pushed.image.digest.split(":")[1]
+    config = kept / CHAIN_DIR / "config.json"
+    config.write_bytes(config.read_bytes().replace(b'"rootfs"', b'"rootfs" ', 1))
+    _down(registry_proxy)
+    asked = registry_proxy.count()
+    with pytest.raises(ProvenanceError) as refused:
+        load_model(folder, image=image, public_key=key, chain_dir=chains)
+    assert refused.value.exit_code == 80 and "another config" in refused.value.message
+    assert refused.value.hint is not None and f"delete {kept}" in refused.value.hint
+    assert registry_proxy.count() == asked  # refused, not fetched again
+    # the way out the hint names: deleted, the next load fetches it once more
+    shutil.rmtree(kept)
+    registry_proxy.clear()
+    assert load_model(folder, image=image, public_key=key, chain_dir=chains).digest == pushed.image.digest
+    assert read_chain(kept) is not None
+
+
+def test_a_kept_chain_does_not_vouch_for_a_tampered_folder(pushed: Pushed, tmp_path: Path,
+                                                           registry_proxy: FaultProxy) -> None:
+    folder, chains = _image_volume(pushed, tmp_path), tmp_path / "chains"
+    image, key = _through(registry_proxy, pushed), str(pushed.image.public_key)
+    load_model(folder, image=image, public_key=key, chain_dir=chains)
+    _down(registry_proxy)
+    model = folder / "model.onnx"
+    intact = model.read_bytes()
+    model.write_bytes(intact[:-1] + bytes([intact[-1] ^ 1]))
+    with pytest.raises(ModelIntegrityError):
+        load_model(folder, image=image, public_key=key, chain_dir=chains)
+    model.write_bytes(intact)
+    meta = folder / "edgekit.json"
+    doc = json.loads(meta.read_text())
+    doc["version"] = "9.9.9"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(ProvenanceError, match="differs from the metadata"):
+        load_model(folder, image=image, public_key=key, chain_dir=chains)
+
+
+def test_a_kept_chain_needs_the_configured_key(pushed: Pushed, tmp_path: Path, registry_proxy: FaultProxy) -> None:
+    folder, chains = _image_volume(pushed, tmp_path), tmp_path / "chains"
+    image = _through(registry_proxy, pushed)
+    other = str(pushed.image.other_public_key)
+    with pytest.raises(SignatureInvalidError):  # at the registry: nothing is kept
+        load_model(folder, image=image, public_key=other, chain_dir=chains)
+    assert not chains.exists() or list(chains.iterdir()) == []
+    load_model(folder, image=image, public_key=str(pushed.image.public_key), chain_dir=chains)
+    _down(registry_proxy)
+    with pytest.raises(ProvenanceError, match="not verified with key"):
+        load_model(folder, image=image, public_key=other, chain_dir=chains)
+
+
+def test_the_agent_keeps_image_volume_chains_in_its_spool_volume(pushed: Pushed, tmp_path: Path,
+                                                                 registry_proxy: FaultProxy) -> None:
+    folder, spool = _image_volume(pushed, tmp_path), tmp_path / "spool"
+    hexpart = pushed.image.digest.split(":")[1]
+    over = {"model_dir": str(folder), "image": _through(registry_proxy, pushed),
+            "public_key": str(pushed.image.public_key), "spool_dir": str(spool)}
+    # chain_dir, when set, is where they go
+    elsewhere = _core(tmp_path, chain_dir=str(tmp_path / "elsewhere"), **over)
+    assert elsewhere.load(), elsewhere.rejected
+    assert read_chain(tmp_path / "elsewhere" / hexpart) is not None and not (spool / "chains").exists()
+    # by default: in the spool volume, the one the DaemonSet lets the agent write; without that
+    # volume the model still loads, verified at the registry, and nothing is kept
+    core = _core(tmp_path, **over)
+    assert core.load(), core.rejected
+    assert not spool.exists()
+    spool.mkdir()
+    core = _core(tmp_path, **over)
+    assert core.load(), core.rejected
+    assert read_chain(spool / "chains" / hexpart) is not None
+    _down(registry_proxy)
+    asked = registry_proxy.count()
+    again = _core(tmp_path, **over)
+    assert again.load(), again.rejected
+    assert again.model_ref is not None and again.model_ref["digest"] == pushed.image.digest
+    assert registry_proxy.count() == asked

@@ -28,6 +28,16 @@ def test_device_defaults_to_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
     assert AgentSettings().device == "node-7"
 
 
+def test_chains_are_kept_in_the_spool_volume_unless_chain_dir_says_otherwise() -> None:
+    from edgekit.kube.rendering import SPOOL_DIR
+
+    # the rendered DaemonSet mounts a writable volume at the spool dir only: the default must be in it
+    assert load_settings(env={}).kept_chains == f"{SPOOL_DIR}/chains"
+    assert load_settings(env={"EDGEKIT_AGENT_SPOOL_DIR": "/data/spool"}).kept_chains == "/data/spool/chains"
+    assert load_settings(env={"EDGEKIT_AGENT_CHAIN_DIR": "/data/chains"}).kept_chains == "/data/chains"
+    assert load_settings(env={"EDGEKIT_AGENT_SPOOL_DIR": ""}).kept_chains is None
+
+
 def test_mqtts_port_default_and_password_file(tmp_path: Path) -> None:
     pw = tmp_path / "pw"
     pw.write_text("s3cret\n")

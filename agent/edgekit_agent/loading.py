@@ -16,7 +16,9 @@ Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
    configured ``image`` digest at the registry, follows the digest-checked chain index ->
    platform manifest -> config, and requires the metadata recorded in the config
    (``io.edgekit.metadata``) to name the same model and probe hashes as the folder. Without an
-   ``image`` setting, a keyed agent refuses an unrecorded folder.
+   ``image`` setting, a keyed agent refuses an unrecorded folder. With ``chain_dir`` that chain
+   is fetched once and kept, and later loads check the kept chain offline like a fetched folder's
+   (``edgekit_agent.keeping``).
 3. The runtime requirement (minimum onnxruntime), the probe file, then the session, whose inputs
    and outputs must match the metadata.
 """
@@ -77,9 +79,12 @@ def require_key(public_key: str | None, allow_unsigned: bool) -> None:
 
 def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, public_key: str | None = None,
                allow_unsigned: bool = False, providers: tuple[str, ...] = (), intra_op_threads: int = 0,
-               name: str | None = None, registry_options: Any = None) -> LoadedModel:
+               name: str | None = None, registry_options: Any = None,
+               chain_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
     """Verify ``model_dir`` and build its session. Raises on anything that does not check out;
-    without ``public_key`` only when ``allow_unsigned`` (``PublicKeyRequiredError`` otherwise)."""
+    without ``public_key`` only when ``allow_unsigned`` (``PublicKeyRequiredError`` otherwise).
+    ``chain_dir``: where the chain of a folder without one (an image volume) is kept after its
+    first fetch (``edgekit_agent.keeping``); None: the registry is asked at every load."""
     require_key(public_key, allow_unsigned)
     root = Path(model_dir)
     chain = read_chain(root)
@@ -102,7 +107,13 @@ def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, p
             raise ModelRejectedError(f"{root} has no verified signature record and a public key is configured",
                                      hint="fetch the image with `edgekit-agent fetch REF --to DIR "
                                           "--public-key KEY`, or set image to its pinned reference")
-        provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
+        if chain_dir is not None:
+            from edgekit_agent.keeping import verify_with_kept_chain
+
+            provenance = verify_with_kept_chain(root, meta, image, public_key, chain_dir=chain_dir,
+                                                options=registry_options)
+        else:
+            provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
     check_runtime_version(meta.runtime.min_onnxruntime)
     probe = load_probe(root / meta.probe.path, rtol=meta.probe.rtol, atol=meta.probe.atol)
     session = create_session(str(root / meta.model.path), providers=providers or meta.runtime.execution_providers,

@@ -175,10 +175,11 @@ def read_chain(root: Path) -> ImageChain | None:
                       signature=signature)
 
 
-def write_chain(root: Path, chain: ImageChain) -> None:
-    """Keep ``chain`` in ``root/.edgekit-image/`` (the folder is not in place yet: no atomic renames)."""
+def write_chain(root: Path, chain: ImageChain, *, mode: int = 0o644) -> None:
+    """Keep ``chain`` in ``root/.edgekit-image/`` (the folder is not in place yet: no atomic renames).
+    The files are flushed to disk: the caller renames ``root`` into place next."""
     folder = root / CHAIN_DIR
-    folder.mkdir()
+    folder.mkdir(mode=0o777 if mode & 0o077 else 0o700)  # private files, private folder
     files = {_RECORD: json.dumps({"image": chain.image, "fetched": time.time()}, indent=2).encode() + b"\n",
              _MANIFEST: chain.manifest, _CONFIG: chain.config}
     if chain.index is not None:
@@ -189,4 +190,6 @@ def write_chain(root: Path, chain: ImageChain) -> None:
     for name, data in files.items():
         with open(folder / name, "xb") as fh:
             fh.write(data)
-        os.chmod(folder / name, 0o644)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(folder / name, mode)

@@ -56,6 +56,9 @@ class AgentSettings(MqttSettings):
     spool_dir: str | None = "/var/lib/edgekit-agent/spool"
     spool_max_bytes: int = 16 * 1024 * 1024
     spool_max_age: float = 7 * 86_400.0
+    # signed chains of image-volume models, kept after their first fetch (None: <spool_dir>/chains,
+    # inside the spool volume, so the DaemonSet needs no other writable volume)
+    chain_dir: str | None = None
     # local API
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
@@ -122,6 +125,14 @@ class AgentSettings(MqttSettings):
     @property
     def image_digest(self) -> str | None:
         return self.image.rsplit("@", 1)[1] if self.image else None
+
+    @property
+    def kept_chains(self) -> str | None:
+        """Where chains of image-volume models are kept: ``chain_dir``, else ``<spool_dir>/chains``;
+        None (neither set): kept nowhere, the registry is asked at every load."""
+        if self.chain_dir:
+            return self.chain_dir
+        return os.path.join(self.spool_dir, "chains") if self.spool_dir else None
 
     def registry_options(self) -> Any:
         """``RegistryOptions`` for fetching ``image`` (and verifying its signature)."""

@@ -1,0 +1,106 @@
+"""Signed chains kept for image volumes: the registry is asked once per image, not at every load.
+
+A model mounted as a Kubernetes image volume is read-only and has no ``.edgekit-image/``. With a
+key and a pinned ``image`` the agent fetches that image's chain (signature payload and signature,
+index, platform manifest, config) from the registry once, verifies the signature with the key,
+and keeps the bytes exactly as fetched in ``<chain_dir>/<digest hex>/.edgekit-image/`` (the layout
+of ``edgekit_agent.provenance``), written to a temporary folder (0700, files 0600) and renamed into
+place. Every later load reads the kept chain and checks it with the key alone, no network
+(``check_chain``), exactly like a fetched folder's.
+
+A kept chain is only bytes to verify again. One that does not verify (tampered, damaged, or signed
+with a key that has since been replaced) is refused, ``ProvenanceError`` (exit 80), and NOT
+fetched again on its own: whoever can write ``chain_dir`` could otherwise make the agent go to the
+network at will. Deleting the folder the error names is the way out; the next load fetches it
+once more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit_agent.errors import ModelRejectedError, ProvenanceError
+from edgekit_agent.modelmeta import ModelMetadata
+from edgekit_agent.provenance import ImageChain, Provenance, check_chain, read_chain, write_chain
+
+__all__ = ["fetch_chain", "keep_chain", "kept_chain_folder", "verify_with_kept_chain"]
+
+log = logging.getLogger("edgekit_agent")
+
+
+def kept_chain_folder(chain_dir: str | os.PathLike[str], digest: str) -> Path:
+    """``<chain_dir>/<hex>`` for ``sha256:<hex>``; refuses anything else (it becomes a path)."""
+    algo, _, hexpart = digest.partition(":")
+    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise ModelRejectedError(f"{digest!r} is not a sha256 image digest")
+    return Path(chain_dir) / hexpart
+
+
+def fetch_chain(image: str, public_key: Any, *, options: Any = None) -> ImageChain:
+    """The chain of the pinned ``image`` as the registry serves it, its signature verified with the key."""
+    from edgekit_agent.oci import open_source, resolve_image, verify_image_signatures
+
+    digest = image.rsplit("@", 1)[1]
+    source = open_source(image, options)
+    try:
+        report = verify_image_signatures(source, digest, public_key)
+        resolved = resolve_image(source)
+    finally:
+        source.close()
+    if resolved.digest != digest:
+        raise ModelRejectedError(f"{image} resolved to {resolved.digest}, not the pinned digest")
+    index = resolved.top.data if resolved.top.digest != resolved.manifest.digest else None
+    return ImageChain(image=image, index=index, manifest=resolved.manifest.data, config=resolved.config_bytes,
+                      payload=report.payload, signature=report.signature)
+
+
+def keep_chain(folder: Path, chain: ImageChain) -> None:
+    """Write ``chain`` to ``folder`` atomically: a private temporary folder, then one rename.
+    A folder another process kept meanwhile wins (both came from the same signed digest).
+    ``chain_dir`` is made when missing, its parent (the spool volume) is not."""
+    folder.parent.mkdir(mode=0o700, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))  # 0700
+    try:
+        write_chain(work, chain, mode=0o600)
+        try:
+            os.rename(work, folder)
+        except OSError:
+            if not folder.is_dir():
+                raise
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+
+
+def verify_with_kept_chain(root: Path, meta: ModelMetadata, image: str, public_key: Any, *,
+                           chain_dir: str | os.PathLike[str], options: Any = None) -> Provenance:
+    """Tie the chain-less folder ``root`` to the signed ``image`` with the chain kept in ``chain_dir``,
+    fetching and keeping it first when there is none. See the module doc."""
+    digest = image.rsplit("@", 1)[1]
+    folder = kept_chain_folder(chain_dir, digest)
+    if folder.is_dir():
+        try:
+            chain = read_chain(folder)
+            if chain is None:
+                raise ProvenanceError(f"{folder} holds no kept chain")
+            if chain.digest != digest:
+                raise ProvenanceError(f"{folder} keeps the chain of {chain.digest[:19]}…, not of {digest[:19]}…")
+            return check_chain(root, chain, meta, public_key=public_key)
+        except ProvenanceError as exc:
+            raise ProvenanceError(f"{exc.message} (kept chain {folder})",
+                                  hint=f"if the model folder is intact, the kept chain is damaged or was signed "
+                                       f"with another key: delete {folder} and the next load fetches it "
+                                       f"again") from exc
+    chain = fetch_chain(image, public_key, options=options)
+    try:
+        keep_chain(folder, chain)
+    except OSError as exc:
+        # still verified, only not kept: the next load asks the registry again
+        log.warning("cannot keep the chain of %s in %s: %s", image, folder, exc.strerror or exc)
+    return check_chain(root, chain, meta, public_key=public_key)
