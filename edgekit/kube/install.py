@@ -206,7 +206,10 @@ def install_objects(namespace: str = names.DEFAULT_NAMESPACE,
     ``mqtt_ca_pem``: the trust ConfigMaps to write as well (checked PEM text; none when omitted)."""
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": namespace, "labels": {**names.MANAGED_BY_LABELS, **POD_SECURITY_LABELS}}}
-    trust = ([key_configmap(namespace, public_key_pem)] if public_key_pem is not None else []) + \
-            ([mqtt_ca_configmap(namespace, mqtt_ca_pem)] if mqtt_ca_pem is not None else [])
+    trust = []
+    if public_key_pem is not None:
+        trust.append(key_configmap(namespace, public_key_pem))
+    if mqtt_ca_pem is not None:
+        trust.append(mqtt_ca_configmap(namespace, mqtt_ca_pem))
     return [edgerollout_crd(), ns, *engine_rbac(namespace),
             *engine_admission(namespace, ENGINE_NAME, agent_repositories), *trust]
