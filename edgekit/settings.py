@@ -39,3 +39,24 @@ def read_public_key_pem(path: str) -> str:
         raise ConfigError(f"cannot read {path}: {reason}", field="public_key") from exc
     load_public_key(text.encode())
     return text
+
+
+def read_ca_pem(path: str) -> str:
+    """The PEM text of the CA certificate(s) at ``path`` (checked to be certificates and nothing
+    secret), to ship to devices as the broker's trust anchor."""
+    from cryptography import x509
+    from edgekit_agent.errors import TelemetryTLSError
+
+    try:
+        text = Path(path).read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a PEM file"
+        raise TelemetryTLSError(f"cannot read CA certificate {path}: {reason}") from exc
+    if "PRIVATE KEY" in text:  # a ConfigMap is readable by anyone with get on it
+        raise TelemetryTLSError(f"{path} holds a private key", hint="pass only the CA certificate")
+    try:
+        x509.load_pem_x509_certificates(text.encode())
+    except ValueError as exc:
+        raise TelemetryTLSError(f"{path} is not a PEM certificate",
+                                hint="pass the CA certificate that signed the broker's certificate") from exc
+    return text

@@ -119,6 +119,71 @@ def test_install_is_idempotent_and_the_crd_works(installed: KubeHandle, kube_nam
         apply_objects(client, [bad], namespace=kube_namespace)
 
 
+def _policies_settled(client: KubeClient, namespace: str) -> bool:
+    """The API server has type-checked the admission policies of ``namespace`` (it writes their
+    status a moment after install; such a write between dry run and apply reads as "configured")."""
+    policies = [p for p in client.list("/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies")
+                if p["metadata"]["name"].endswith(f".{namespace}")]
+    return bool(policies) and all((p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
+                                  for p in policies)
+
+
+def test_install_writes_the_trust_configmaps_read_only_to_the_engine(kube_cluster: KubeHandle,
+                                                                     tmp_path: Path) -> None:
+    from edgekit.kube.install import ENGINE_NAME
+    from edgekit.rehearsal.certs import TestCA
+    from tests.fixtures.kube import wait_until_admission_enforced
+
+    ns = kube_cluster.unique("trust")
+    _, pub = make_keypair(tmp_path)
+    ca = TestCA(tmp_path / "ca")
+    kc = str(kube_cluster.kubeconfig)
+    client = kube_cluster.client()
+    cms = f"/api/v1/namespaces/{ns}/configmaps"
+    try:
+        # bad PEM: one line, its own exit code, and nothing applied (not even the namespace)
+        one_line_error(run("install", "-n", ns, "--kubeconfig", kc, "--public-key", str(ca.cert_path)),
+                       29, "not a PEM public key")
+        one_line_error(run("install", "-n", ns, "--kubeconfig", kc, "--public-key", str(pub),
+                           "--mqtt-ca", str(pub)), 53, "not a PEM certificate")
+        assert client.get_or_none(f"/api/v1/namespaces/{ns}") is None
+
+        printed = run("install", "-n", ns, "--print", "--public-key", str(pub), "--mqtt-ca", str(ca.cert_path))
+        assert printed.exit_code == 0 and "name: edgekit-cosign-key" in printed.output \
+            and "name: edgekit-mqtt-ca" in printed.output, printed.output
+
+        done = run("install", "-n", ns, "--kubeconfig", kc, "--public-key", str(pub), "--mqtt-ca", str(ca.cert_path))
+        assert done.exit_code == 0, done.output
+        assert f"configmap/{ns}/edgekit-cosign-key created" in done.output
+        assert f"configmap/{ns}/edgekit-mqtt-ca created" in done.output
+        assert client.get(f"{cms}/edgekit-cosign-key")["data"] == {"cosign.pub": pub.read_text()}
+        assert client.get(f"{cms}/edgekit-mqtt-ca")["data"] == {"ca.crt": ca.cert_path.read_text()}
+
+        wait_for(lambda: _policies_settled(client, ns), timeout=30)
+        again = install(client, ns, public_key_pem=pub.read_text(), mqtt_ca_pem=ca.cert_path.read_text())
+        assert again.counts() == {"unchanged": len(install_objects()) + 2}
+
+        engine = KubeClient.from_kubeconfig(kube_cluster.cluster.service_account_kubeconfig(ns, ENGINE_NAME))
+        wait_until_admission_enforced(engine, ns)
+        _, other = make_keypair(tmp_path, "attacker")
+        for name, key, forged in (("edgekit-cosign-key", "cosign.pub", other.read_text()),
+                                  ("edgekit-mqtt-ca", "ca.crt", TestCA(tmp_path / "evil").cert_path.read_text())):
+            assert engine.get(f"{cms}/{name}")["data"][key]  # the engine reads it ...
+            cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns},
+                  "data": {key: forged}}
+            with pytest.raises(KubeForbiddenError, match="written by edgekit install"):  # ... and may not write it
+                apply_objects(engine, [cm], force=True)
+            with pytest.raises(KubeForbiddenError, match="written by edgekit install"):
+                engine.request("PUT", f"{cms}/{name}", body={**cm, "metadata": {
+                    **cm["metadata"], "resourceVersion": client.get(f"{cms}/{name}")["metadata"]["resourceVersion"]}})
+        assert client.get(f"{cms}/edgekit-cosign-key")["data"] == {"cosign.pub": pub.read_text()}
+        assert client.get(f"{cms}/edgekit-mqtt-ca")["data"] == {"ca.crt": ca.cert_path.read_text()}
+        engine.close()
+    finally:
+        if client.get_or_none(f"/api/v1/namespaces/{ns}"):
+            client.request("DELETE", f"/api/v1/namespaces/{ns}")
+
+
 def test_engine_rbac_allows_its_job_and_nothing_more(installed: KubeHandle) -> None:
     pool = installed.unique("rbac")
     installed.add_nodes(3, pools=f"{pool}=3")

@@ -317,6 +317,35 @@ def test_engine_rbac_is_least_privilege() -> None:
         assert cond["expression"] == "request.userInfo.username == 'system:serviceaccount:fleet:edgekit-engine'"
 
 
+
+def test_install_writes_the_trust_configmaps_the_agents_mount(tmp_path: Path) -> None:
+    from edgekit.rehearsal.certs import TestCA
+
+    _, pub = make_keypair(tmp_path)
+    ca = TestCA(tmp_path / "ca").cert_path.read_text()
+    plain = install_objects("fleet")
+    assert not [o for o in plain if o["kind"] == "ConfigMap"]  # optional: install without them as before
+    installed = install_objects("fleet", public_key_pem=pub.read_text(), mqtt_ca_pem=ca)
+    assert installed[:len(plain)] == plain
+    trust = {o["metadata"]["name"]: o for o in installed[len(plain):]}
+    assert all(o["kind"] == "ConfigMap" and o["metadata"]["namespace"] == "fleet" for o in trust.values())
+    # what a rendered agent mounts is what install wrote, under the file names its config reads
+    rendered = render(RenderSettings(app="digits", image=IMAGE, group=parse_group("c"), namespace="fleet",
+                                     public_key_pem=pub.read_text()))
+    pod = next(o for o in rendered if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    files = {}
+    for v in pod["volumes"]:
+        if v["name"] in ("keys", "mqtt-ca"):
+            (key,) = trust[v["configMap"]["name"]]["data"]
+            files[v["name"]] = f"{mounts[v['name']]}/{key}"
+    config = json.loads(next(o["data"]["config.json"] for o in rendered if "config.json" in o.get("data", {})))
+    assert files == {"keys": config["public_key"], "mqtt-ca": config["mqtt_ca_file"]}
+    assert trust["edgekit-cosign-key"]["data"] == {"cosign.pub": pub.read_text()}
+    assert trust["edgekit-mqtt-ca"]["data"] == {"ca.crt": ca}
+    printed = CliRunner().invoke(cli, ["install", "-n", "fleet", "--print", "--public-key", str(pub)])
+    assert printed.exit_code == 0 and list(yaml.safe_load_all(printed.output))[-1] == trust["edgekit-cosign-key"]
+
 # --- CLI: bad input, one line, distinct exit codes --------------------------------------------
 @pytest.mark.parametrize(("args", "code", "text"), [
     (["render", IMAGE, "--group", "selector:a in (b", "--app", "digits", "--allow-unsigned"], 48, "does not parse"),

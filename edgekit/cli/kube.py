@@ -243,6 +243,12 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
 @click.command("install")
 @click.option("--namespace", "-n", default=names.DEFAULT_NAMESPACE, show_default=True,
               help="Namespace of the rollout engine and its EdgeRollouts.")
+@click.option("--public-key", type=click.Path(dir_okay=False), envvar="EDGEKIT_ROLLOUT_PUBLIC_KEY", default=None,
+              help="Cosign public key the devices verify images with: written as ConfigMap edgekit-cosign-key "
+                   "[EDGEKIT_ROLLOUT_PUBLIC_KEY].")
+@click.option("--mqtt-ca", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="CA certificate (PEM) the devices verify the broker with: written as ConfigMap "
+                   "edgekit-mqtt-ca (key ca.crt).")
 @click.option("--dry-run", is_flag=True, help="Server dry run: validate and print the diff, change nothing.")
 @click.option("--print", "print_only", is_flag=True, help="Print the manifests (YAML), contact no cluster.")
 @click.option("--force-conflicts", is_flag=True, help="Take over fields another field manager owns.")
@@ -250,26 +256,39 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
               help="Agent image repository the engine may deploy (repeatable; default: "
                    f"{', '.join(DEFAULT_AGENT_REPOSITORIES)}).")
 @cluster_options
-def install_cmd(namespace: str, dry_run: bool, print_only: bool, force_conflicts: bool,
-                agent_repos: tuple[str, ...], kubeconfig: Path | None, context: str | None) -> None:
+def install_cmd(namespace: str, public_key: str | None, mqtt_ca: str | None, dry_run: bool, print_only: bool,
+                force_conflicts: bool, agent_repos: tuple[str, ...], kubeconfig: Path | None,
+                context: str | None) -> None:
     """Install the EdgeRollout CRD (edgekit.io/v1alpha1), the namespace (Pod Security warn/audit
     restricted), least-privilege RBAC for the rollout engine (ServiceAccount edgekit-engine) and
     the ValidatingAdmissionPolicies that hold the engine to edgekit's DaemonSets, rollout labels on
     nodes and its own ConfigMaps, Services and NetworkPolicies; CRD and RBAC first.
 
+    The trust ConfigMaps the devices mount are written here, with the operator's credentials, and
+    are read-only to the engine: --public-key FILE writes edgekit-cosign-key (the release key the
+    agents verify images with), --mqtt-ca FILE writes edgekit-mqtt-ca (the broker's CA). Both are
+    checked first: a file that is not a PEM public key exits 29, one that is not a PEM certificate
+    exits 53, and nothing is applied.
+
     \b
     Examples:
-      edgekit install
+      edgekit install --public-key release.pub
+      edgekit install --public-key release.pub --mqtt-ca ca.pem
       edgekit install --namespace fleet --dry-run
       edgekit install --print > edgekit-install.yaml
       edgekit install --agent-repository registry.local/edgekit-agent
     """
+    from edgekit.settings import read_ca_pem, read_public_key_pem
+
     repos = agent_repos or DEFAULT_AGENT_REPOSITORIES
+    key_pem = read_public_key_pem(public_key) if public_key else None
+    ca_pem = read_ca_pem(mqtt_ca) if mqtt_ca else None
     if print_only:
-        click.echo(dump_all(install_objects(namespace, repos)), nl=False)
+        click.echo(dump_all(install_objects(namespace, repos, public_key_pem=key_pem, mqtt_ca_pem=ca_pem)), nl=False)
         return
     with connect(kubeconfig, context) as client:
-        report = install(client, namespace, dry_run=dry_run, force=force_conflicts, agent_repositories=repos)
+        report = install(client, namespace, dry_run=dry_run, force=force_conflicts, agent_repositories=repos,
+                         public_key_pem=key_pem, mqtt_ca_pem=ca_pem)
     _print_report(report)
 
 

@@ -32,6 +32,8 @@ from edgekit.kube.rendering import (
     AGENT_VOLUMES,
     DEFAULT_AGENT_IMAGE,
     DEVICE_HOST_PREFIX,
+    KEY_CONFIGMAP,
+    MQTT_CA_CONFIGMAP,
     SPOOL_HOST_PREFIX,
     parse_image,
 )
@@ -41,7 +43,7 @@ __all__ = ["DEFAULT_AGENT_REPOSITORIES", "TRUST_CONFIGMAPS", "engine_admission",
 API_VERSION = "admissionregistration.k8s.io/v1"
 DEFAULT_AGENT_REPOSITORIES = (parse_image(DEFAULT_AGENT_IMAGE).repository,)
 # Written by `edgekit install` or the operator, read by devices: never by the engine.
-TRUST_CONFIGMAPS = ("edgekit-mqtt-ca", "edgekit-cosign-key", "edgekit-agent-defaults")
+TRUST_CONFIGMAPS = (MQTT_CA_CONFIGMAP, KEY_CONFIGMAP, "edgekit-agent-defaults")
 
 
 def engine_username(namespace: str, service_account: str) -> str:

@@ -79,7 +79,9 @@ def deploy_revision(client: KubeClient, settings: RenderSettings, *, dry_run: bo
 
 def install(client: KubeClient, namespace: str = names.DEFAULT_NAMESPACE, *, dry_run: bool = False,
             force: bool = False,
-            agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES) -> ApplyReport:
+            agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES,
+            public_key_pem: str | None = None, mqtt_ca_pem: str | None = None) -> ApplyReport:
     """Apply the EdgeRollout CRD, the namespace, the engine's RBAC and admission policies (CRD and
-    RBAC first)."""
-    return apply_objects(client, install_objects(namespace, agent_repositories), force=force, dry_run=dry_run)
+    RBAC first), and the trust ConfigMaps whose PEM text is given."""
+    objects = install_objects(namespace, agent_repositories, public_key_pem=public_key_pem, mqtt_ca_pem=mqtt_ca_pem)
+    return apply_objects(client, objects, force=force, dry_run=dry_run)

@@ -11,6 +11,10 @@ which ConfigMap names may be created, so ``edgekit.kube.admission`` adds Validat
 for that. The namespace carries Pod Security ``warn``/``audit: restricted`` (not ``enforce``: the
 agent's spool will be a hostPath, which Pod Security forbids and edgekit's own policy allows under
 one prefix).
+
+With the operator's PEM files it also writes the trust ConfigMaps the devices mount, which the
+engine may read but never write: ``edgekit-cosign-key`` (the release public key) and
+``edgekit-mqtt-ca`` (the broker's CA).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 from edgekit.kube import names
 from edgekit.kube.admission import DEFAULT_AGENT_REPOSITORIES, engine_admission
+from edgekit.kube.rendering import key_configmap, mqtt_ca_configmap
 from edgekit.kube.targets import DEFAULT_TARGET, TARGETS
 
 __all__ = ["ENGINE_NAME", "edgerollout_crd", "engine_rbac", "install_objects"]
@@ -194,10 +199,17 @@ def engine_rbac(namespace: str = names.DEFAULT_NAMESPACE) -> list[dict[str, Any]
 
 
 def install_objects(namespace: str = names.DEFAULT_NAMESPACE,
-                    agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES) -> list[dict[str, Any]]:
+                    agent_repositories: Sequence[str] = DEFAULT_AGENT_REPOSITORIES, *,
+                    public_key_pem: str | None = None, mqtt_ca_pem: str | None = None) -> list[dict[str, Any]]:
     """Everything ``edgekit install`` applies, in apply order. ``agent_repositories``: the agent
-    images the engine may run (repositories, any tag or digest)."""
+    images the engine may run (repositories, any tag or digest). ``public_key_pem`` /
+    ``mqtt_ca_pem``: the trust ConfigMaps to write as well (checked PEM text; none when omitted)."""
     ns = {"apiVersion": "v1", "kind": "Namespace",
           "metadata": {"name": namespace, "labels": {**names.MANAGED_BY_LABELS, **POD_SECURITY_LABELS}}}
+    trust = []
+    if public_key_pem is not None:
+        trust.append(key_configmap(namespace, public_key_pem))
+    if mqtt_ca_pem is not None:
+        trust.append(mqtt_ca_configmap(namespace, mqtt_ca_pem))
     return [edgerollout_crd(), ns, *engine_rbac(namespace),
-            *engine_admission(namespace, ENGINE_NAME, agent_repositories)]
+            *engine_admission(namespace, ENGINE_NAME, agent_repositories), *trust]

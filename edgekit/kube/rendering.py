@@ -43,12 +43,14 @@ from edgekit.kube.targets import DEFAULT_TARGET, TARGETS, Target, check_target
 __all__ = [
     "ACCELERATORS",
     "KEY_CONFIGMAP",
+    "MQTT_CA_CONFIGMAP",
     "TARGETS",
     "Accelerator",
     "ImageRef",
     "RenderSettings",
     "Target",
     "key_configmap",
+    "mqtt_ca_configmap",
     "parse_image",
     "render",
     "revision_for",
@@ -60,6 +62,8 @@ MODEL_DIR = "/model"
 DEFAULT_AGENT_IMAGE = "edgekit/edgekit-agent:0.1.0"
 KEY_CONFIGMAP = "edgekit-cosign-key"  # the devices' trust: cosign public key under ``cosign.pub``
 KEY_FILE = "cosign.pub"
+MQTT_CA_CONFIGMAP = "edgekit-mqtt-ca"  # the devices' trust: the broker's CA certificate under ``ca.crt``
+MQTT_CA_FILE = "ca.crt"
 AGENT_UID = 10001  # the agent image's user (Dockerfile): fixed, non-root
 SPOOL_DIR = "/var/lib/edgekit-agent/spool"
 # The pod's volumes, by name: the admission policy allows these and no others.
@@ -218,7 +222,7 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
     if accel:
         config["execution_providers"] = [*accel.providers, "CPUExecutionProvider"]
     if (s.broker_url or "mqtts://").startswith("mqtts://"):
-        config["mqtt_ca_file"] = f"{AGENT_CONFIG_DIR}/mqtt-ca/ca.crt"
+        config["mqtt_ca_file"] = f"{AGENT_CONFIG_DIR}/mqtt-ca/{MQTT_CA_FILE}"
     if s.mqtt_auth == "node-cert":
         config["mqtt_cert_file"] = "/etc/edgekit-agent/device/tls.crt"
         config["mqtt_key_file"] = "/etc/edgekit-agent/device/tls.key"
@@ -238,6 +242,14 @@ def key_configmap(namespace: str, pem: str, name: str | None = None) -> dict[str
             "metadata": {"name": name or KEY_CONFIGMAP, "namespace": namespace,
                          "labels": dict(names.MANAGED_BY_LABELS)},
             "data": {KEY_FILE: pem}}
+
+
+def mqtt_ca_configmap(namespace: str, pem: str) -> dict[str, Any]:
+    """The ConfigMap that carries the broker's CA certificate to the devices (``mqtt-ca`` volume)."""
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": MQTT_CA_CONFIGMAP, "namespace": namespace,
+                         "labels": dict(names.MANAGED_BY_LABELS)},
+            "data": {MQTT_CA_FILE: pem}}
 
 
 def render(s: RenderSettings) -> list[dict[str, Any]]:
@@ -291,7 +303,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     ]
     if (s.broker_url or "mqtts://").startswith("mqtts://"):
         mounts.append({"name": "mqtt-ca", "mountPath": f"{AGENT_CONFIG_DIR}/mqtt-ca", "readOnly": True})
-        volumes.append({"name": "mqtt-ca", "configMap": {"name": "edgekit-mqtt-ca", "optional": True}})
+        volumes.append({"name": "mqtt-ca", "configMap": {"name": MQTT_CA_CONFIGMAP, "optional": True}})
     if s.mqtt_auth == "node-cert":
         mounts.append({"name": "device", "mountPath": f"{AGENT_CONFIG_DIR}/device", "readOnly": True})
         volumes.append({"name": "device", "hostPath": {"path": s.device_credentials_dir,
