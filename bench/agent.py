@@ -22,6 +22,7 @@
     2x idle RSS + 2x max_request_bytes.
 
     .venv/bin/python bench/agent.py --only f     # just the abuse run
+    .venv/bin/python bench/agent.py --only f --normal-rate 200   # the same at a steady 200 req/s
 """
 
 from __future__ import annotations
@@ -427,12 +428,22 @@ def _abuse(port: int, stop: Any, closed: Any, results: Any, slow: int, bombers: 
         t.join(10)
 
 
-def _normal_traffic(conn: http.client.HTTPConnection, seconds: float) -> list[float]:
+def _normal_traffic(conn: http.client.HTTPConnection, seconds: float, rate: float = 0.0) -> list[float]:
+    """Back-to-back requests (rate 0: as fast as the agent answers), or paced at ``rate`` per second,
+    each latency counted from when the request was due (no coordinated omission)."""
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                    "data": np.random.default_rng(0).random(64).tolist()}]}).encode()
     times: list[float] = []
-    end = time.perf_counter() + seconds
+    start = time.perf_counter()
+    end = start + seconds
     while (t0 := time.perf_counter()) < end:
+        if rate:
+            due = start + len(times) / rate
+            if due >= end:
+                break
+            if due > t0:
+                time.sleep(due - t0)
+            t0 = due
         conn.request("POST", "/v2/models/digits/infer", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
         resp.read()
@@ -457,7 +468,8 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3) -> None:
+def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3,
+                rate: float = 0.0) -> None:
     port = free_port()
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
            "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES,
@@ -481,7 +493,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         cpu = {"alone": 0.0, "abused": 0.0}
         for _ in range(rounds):
             c0 = _cpu_s(pid)
-            alone += _normal_traffic(conn, seconds / rounds)
+            alone += _normal_traffic(conn, seconds / rounds, rate)
             cpu["alone"] += _cpu_s(pid) - c0
             stop = ctx.Event()
             abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers),
@@ -489,7 +501,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
             abuser.start()
             time.sleep(2.0)  # let the slow connections and the first bombs land
             c0 = _cpu_s(pid)
-            abused += _normal_traffic(conn, seconds / rounds)
+            abused += _normal_traffic(conn, seconds / rounds, rate)
             cpu["abused"] += _cpu_s(pid) - c0
             stop.set()
             abuser.join(30)
@@ -508,7 +520,8 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         agent.stop()
     t_alone, t_abused = len(alone) / seconds, len(abused) / seconds
     p_alone, p_abused = _p99(alone) * 1000, _p99(abused) * 1000
-    row("f", "normal JSON inference alone (digits, batch 1)", f"{t_alone:,.0f} req/s",
+    paced = f", paced at {rate:g} req/s" if rate else ", back to back"
+    row("f", f"normal JSON inference alone (digits, batch 1{paced})", f"{t_alone:,.0f} req/s",
         f"p99 {p_alone:.2f} ms, median {statistics.median(alone) * 1000:.2f} ms; "
         f"{seconds:.0f} s in {rounds} rounds")
     row("f", f"... under {slow} slow-header connections + {bombers} bombs/s", f"{t_abused:,.0f} req/s",
@@ -540,6 +553,9 @@ def main() -> None:
                         help="length of each (f) phase, normal traffic alone and under abuse")
     parser.add_argument("--slow", type=int, default=50, help="(f) slow-header connections")
     parser.add_argument("--bombers", type=int, default=20, help="(f) JSON-bomb clients, one bomb a second each")
+    parser.add_argument("--normal-rate", type=float, default=0.0, metavar="R",
+                        help="(f) pace the normal traffic at R requests/s (default 0: back to back, which "
+                             "saturates the agent, so on 2 cores the abusers' own CPU shows as lost throughput)")
     parser.add_argument("--only", default="abcdef", help="which sections to run, e.g. 'f'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-agent-") as tmp:
@@ -559,7 +575,7 @@ def main() -> None:
             if "e" in args.only and args.outage > 0:
                 bench_outage(digits, work, args.outage)
             if "f" in args.only:
-                bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers)
+                bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers, rate=args.normal_rate)
         finally:
             broker.stop()
     table = Table(title="edgekit-agent benchmarks")
