@@ -369,7 +369,8 @@ class AgentCore:
             window_s=round(window_s, 3), inferences=w.inferences, errors=w.errors,
             latency_ms={"p50": w.p50_ms, "p95": w.p95_ms, "p99": w.p99_ms, "max": w.max_ms},
             probe={"ok": self.probe_ok, "ts": self.probe_ts},
-            rss_mb=self.meter.rss_mb(), cpu_pct=self.meter.cpu_pct())
+            rss_mb=self.meter.rss_mb(), cpu_pct=self.meter.cpu_pct(),
+            latency_hist=w.hist.to_wire())  # type: ignore[arg-type]
         self._send("health", payload)
         s = self.settings
         if w.errors >= s.error_burst_min and w.errors >= s.error_burst_ratio * max(w.inferences, 1):

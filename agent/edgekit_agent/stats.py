@@ -10,9 +10,11 @@ under the GIL, so samples appended meanwhile by request threads stay for the nex
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from edgekit_agent.protocol.histograms import LN_GAMMA, MAX_INDEX, MAX_MS, MIN_INDEX, MIN_MS, LatencyHistogram
 
 # Prometheus histogram bucket upper bounds, seconds.
 BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -29,6 +31,7 @@ class WindowStats:
     p99_ms: float
     max_ms: float
     last_error: str | None
+    hist: LatencyHistogram = field(default_factory=LatencyHistogram)  # all samples; mergeable
 
 
 class InferenceStats:
@@ -43,6 +46,7 @@ class InferenceStats:
         self._window_n = 0
         self._window_kept = 0
         self._window_errors = 0
+        self._window_hist = np.zeros(MAX_INDEX - MIN_INDEX + 1, dtype=np.int64)
         # cumulative
         self.total = 0
         self.total_errors = 0
@@ -73,6 +77,9 @@ class InferenceStats:
             idx = np.searchsorted(self._edges, arr, side="left")
             self.bucket_counts += np.bincount(idx, minlength=len(BUCKETS) + 1)
             self._window_n += n
+            ms = np.clip(arr * 1000.0, MIN_MS, MAX_MS)
+            hidx = np.ceil(np.log(ms) / LN_GAMMA - 1e-12).astype(np.int64) - MIN_INDEX
+            self._window_hist += np.bincount(hidx, minlength=len(self._window_hist))
             if self._window_kept + n > _WINDOW_CAP:
                 arr = arr[::2]
             self._window.append(arr)
@@ -87,14 +94,19 @@ class InferenceStats:
             self._window_kept = 0
             errors, self._window_errors = self._window_errors, 0
             last_error, self._last_error = self._last_error, None
+            hist_counts = self._window_hist
+            self._window_hist = np.zeros_like(hist_counts)
         if window:
             arr = np.concatenate(window) * 1000.0
             p50, p95, p99 = (float(v) for v in np.percentile(arr, [50, 95, 99]))
             mx = float(arr.max())
         else:
             p50 = p95 = p99 = mx = 0.0
+        nz = np.flatnonzero(hist_counts)
+        hist = (LatencyHistogram(int(nz[0]) + MIN_INDEX, tuple(int(c) for c in hist_counts[nz[0]:nz[-1] + 1]))
+                if nz.size else LatencyHistogram())
         return WindowStats(n + errors, errors, round(p50, 4), round(p95, 4), round(p99, 4), round(mx, 4),
-                           last_error)
+                           last_error, hist)
 
     def cumulative_buckets(self) -> list[tuple[float, int]]:
         """(upper bound, cumulative count) pairs, ending with +Inf, for the Prometheus histogram."""

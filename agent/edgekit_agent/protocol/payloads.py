@@ -34,6 +34,14 @@ class LatencyMs(TypedDict):
     max: float
 
 
+class LatencyHist(TypedDict):
+    """A mergeable log-bucket histogram (see ``histograms``)."""
+
+    rel_err: float
+    offset: int
+    counts: list[int]
+
+
 class ProbeState(TypedDict):
     ok: bool | None
     ts: float | None
@@ -65,6 +73,7 @@ class Health(_Common):
     rss_mb: float
     cpu_pct: float
     replayed: bool
+    latency_hist: NotRequired[LatencyHist]
 
 
 class Event(_Common):
@@ -124,6 +133,7 @@ def health_payload(
     rss_mb: float,
     cpu_pct: float,
     replayed: bool = False,
+    latency_hist: LatencyHist | None = None,
 ) -> Health:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
     payload.update(
@@ -136,6 +146,8 @@ def health_payload(
         cpu_pct=cpu_pct,
         replayed=replayed,
     )
+    if latency_hist is not None:
+        payload["latency_hist"] = latency_hist
     return payload  # type: ignore[return-value]
 
 

@@ -1,0 +1,85 @@
+"""The mergeable latency histogram of health payloads: quantiles within the documented relative
+error of numpy's, merging equal to bucketing everything at once, and bounded decoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from edgekit_agent.protocol.histograms import (
+    MAX_BUCKETS,
+    MIN_INDEX,
+    REL_ERR,
+    HistogramError,
+    LatencyHistogram,
+    bucket_of,
+    bucket_value,
+)
+from edgekit_agent.stats import InferenceStats
+
+
+@pytest.mark.parametrize("sigma", [0.1, 1.0, 2.5])
+def test_quantiles_within_relative_error(sigma: float) -> None:
+    rng = np.random.default_rng(7)
+    samples = rng.lognormal(1.5, sigma, 50_000)
+    hist = LatencyHistogram.from_ms(samples)
+    for q in (0.01, 0.5, 0.9, 0.95, 0.99, 0.999):
+        truth = float(np.quantile(samples, q, method="inverted_cdf"))
+        got = hist.quantile(q)
+        assert got is not None
+        assert abs(got - truth) <= REL_ERR * truth * 1.0001, (q, got, truth)
+
+
+def test_every_value_lies_within_rel_err_of_its_bucket_value() -> None:
+    for ms in np.geomspace(0.001, 3_600_000, 5000):
+        v = bucket_value(bucket_of(float(ms)))
+        assert abs(v - ms) <= REL_ERR * ms * 1.0001
+
+
+def test_merging_equals_bucketing_all_samples() -> None:
+    rng = np.random.default_rng(1)
+    parts = [rng.exponential(s, 1000) for s in (1.0, 10.0, 100.0)]
+    whole = LatencyHistogram.from_ms(np.concatenate(parts))
+    hs = [LatencyHistogram.from_ms(p) for p in parts]
+    assert hs[0].merge(hs[1]).merge(hs[2]) == whole
+    assert LatencyHistogram.merge_all([None, *hs]) == whole
+    assert whole.count == 3000
+    # the fleet p95 is not the p95 of per-device p95s
+    per_device = sorted(h.quantile(0.95) or 0 for h in hs)
+    assert whole.quantile(0.95) != per_device[1]
+
+
+def test_wire_round_trip_and_empty() -> None:
+    h = LatencyHistogram.from_ms([0.5, 2.0, 2.0, 1e9, 0.0])
+    assert LatencyHistogram.from_wire(h.to_wire()) == h
+    assert LatencyHistogram.from_ms([]).quantile(0.5) is None
+    assert LatencyHistogram.from_wire({"rel_err": REL_ERR, "offset": 0, "counts": [0, 0]}).count == 0
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], {"rel_err": 0.02, "offset": 0, "counts": [1]},
+    {"rel_err": REL_ERR, "offset": "0", "counts": [1]},
+    {"rel_err": REL_ERR, "offset": 0, "counts": "1"},
+    {"rel_err": REL_ERR, "offset": 0, "counts": [1] * (MAX_BUCKETS + 1)},
+    {"rel_err": REL_ERR, "offset": MIN_INDEX - 1, "counts": [1]},
+    {"rel_err": REL_ERR, "offset": 0, "counts": [-1]},
+    {"rel_err": REL_ERR, "offset": 0, "counts": [1.5]},
+    {"rel_err": REL_ERR, "offset": 0, "counts": [True]},
+    {"rel_err": REL_ERR, "offset": 0, "counts": [2**60]},
+])
+def test_hostile_wire_histograms_are_refused(bad: object) -> None:
+    with pytest.raises(HistogramError):
+        LatencyHistogram.from_wire(bad)
+
+
+def test_agent_window_carries_every_sample() -> None:
+    stats = InferenceStats()
+    rng = np.random.default_rng(3)
+    seconds = rng.lognormal(-5, 0.7, 20_000)
+    for s in seconds:
+        stats.record(float(s))
+    stats.fold()
+    w = stats.take_window()
+    assert w.hist.count == len(seconds)
+    truth = float(np.quantile(seconds * 1000, 0.95, method="inverted_cdf"))
+    assert abs((w.hist.quantile(0.95) or 0) - truth) <= REL_ERR * truth * 1.0001
+    assert stats.take_window().hist.count == 0
