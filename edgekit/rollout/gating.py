@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from edgekit_agent.protocol.histograms import LatencyHistogram
+
 from edgekit.rollout.strategy import GatePolicy, fmt_duration, fmt_percent
 
 if TYPE_CHECKING:
@@ -57,8 +59,11 @@ class TelemetryFigures:
     probe_failures: int = 0
     silent: tuple[str, ...] = ()
     offline: tuple[str, ...] = ()
+    # every latency of the window, merged over the devices (None: no device sent a histogram)
+    latency_hist: LatencyHistogram | None = None
 
     def to_json(self) -> dict[str, Any]:
+        # the histogram stays out of the status record: its percentiles are what a reader needs
         return _drop_none({
             "expected": self.expected, "reported": self.reported, "onDigest": self.on_digest,
             "offDigest": self.off_digest, "inferences": self.inferences, "errors": self.errors,
@@ -109,6 +114,7 @@ def figures_from_window(stats: WindowStats | Mapping[str, Any]) -> TelemetryFigu
         p50_ms=_opt(get("p50_ms")), p95_ms=_opt(get("p95_ms")), p99_ms=_opt(get("p99_ms")),
         probe_failures=_count(get("probe_failures")),
         silent=_names(get("silent")), offline=_names(get("offline")),
+        latency_hist=get("latency_hist"),
     )
 
 
@@ -229,8 +235,13 @@ _HARD_GATES = ("error-rate", "probe", "p95", "p95-regression")
 
 
 def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFigures,
-          tele: TelemetryFigures, baseline: Baseline | None, elapsed: Elapsed) -> Verdict:
-    """Advance, hold or roll back one wave. Pure: same inputs, same verdict."""
+          tele: TelemetryFigures, baseline: Baseline | None, elapsed: Elapsed,
+          control: TelemetryFigures | None = None) -> Verdict:
+    """Advance, hold or roll back one wave. Pure: same inputs, same verdict.
+
+    ``control``: the group's devices still on the old revision, over the same window as ``tele``
+    (``policy.baseline == "control"``); None when there are none or the policy compares with
+    ``baseline`` (the wave's own devices before the move)."""
     timed_out = elapsed.since_move_s >= policy.wave_timeout_s
     skipped: set[str] = set()
     if policy.offline_policy == "skip":

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from edgekit.errors import InvalidWavesError, ThresholdRangeError
 
 OfflinePolicy = Literal["fail", "skip"]
+BaselineKind = Literal["control", "before"]
 OFFLINE_POLICIES: tuple[OfflinePolicy, ...] = ("fail", "skip")
 
 DEFAULT_WAVES = "1,10%,50%,100%"
@@ -57,6 +58,9 @@ class GatePolicy:
     wave_timeout_s: float = 600.0
     fail_fast: bool = True
     silence_deadline_s: float | None = None  # skip silent devices after this (policy skip); None: timeout
+    # what the wave is compared with: "control" (the group's devices still on the old revision, same
+    # window) or "before" (the wave's own devices before the move)
+    baseline: BaselineKind = "control"
 
     def active_gates(self) -> list[str]:
         """Human names of the gates that apply, for plans and status views."""
@@ -93,6 +97,7 @@ class GatePolicy:
             "silenceDeadline": None if self.silence_deadline_s is None else spec_duration(self.silence_deadline_s),
             "holdTimeout": spec_duration(self.wave_timeout_s),
             "failFast": self.fail_fast,
+            "baseline": self.baseline,
         })
 
     @classmethod
@@ -110,6 +115,7 @@ class GatePolicy:
             wave_timeout_s=parse_duration(data.get("holdTimeout", d.wave_timeout_s), flag="holdTimeout"),
             silence_deadline_s=None if silence is None else parse_duration(silence, flag="silenceDeadline"),
             fail_fast=bool(data.get("failFast", d.fail_fast)),
+            baseline=data.get("baseline", d.baseline),
         )
 
 
