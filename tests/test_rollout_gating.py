@@ -137,7 +137,7 @@ def test_manual_promotion() -> None:
     assert (v.decision, v.gate) == ("hold", "promotion")
     assert verdict(auto=False, elapsed=Elapsed(40, 35, promoted=True)).decision == "advance"
     # promotion does not override a breach
-    bad = replace(HEALTHY, error_rate=0.5)
+    bad = replace(HEALTHY, errors=500, error_rate=0.5)
     assert verdict(auto=False, tele=bad, elapsed=Elapsed(40, 35, promoted=True)).decision == "rollback"
 
 

@@ -10,6 +10,7 @@ import click
 
 from edgekit.cli._output import output_option
 from edgekit.cli.kube import cluster_options
+from edgekit.gates import GATES, GateField
 from edgekit.kube.targets import TARGETS
 from edgekit.rollout.strategy import DEFAULT_WAVES, build_strategy
 
@@ -28,10 +29,20 @@ def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     return apply
 
 
-# Strategy flags whose absence means "the default" (None); the two flags below them always have a value.
-_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "max_error_rate", "max_p95_ms", "max_p95_regression",
-                          "min_reporting", "offline_policy", "wave_timeout", "silence_deadline", "baseline")
-_STRATEGY_FLAGS = (*_VALUED_STRATEGY_FLAGS, "probe_must_pass", "auto_promote")
+def _gate_option(entry: GateField) -> Callable[[Any], Any]:
+    """A gate's CLI option, from its one declaration in ``edgekit.gates``."""
+    text = f"{entry.help} [{entry.default_text()}]."
+    if entry.unit == "flag":
+        return click.option(entry.option, entry.param, is_flag=True, default=None, help=text)
+    if entry.choices:
+        return click.option(entry.option, entry.param, type=click.Choice(list(entry.choices)), default=None,
+                            help=text)
+    return click.option(entry.option, entry.param, default=None, metavar=entry.metavar, help=text)
+
+
+# Every strategy flag is None when not given (the default applies); auto-promote always has a value.
+_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "baseline_window", *(g.param for g in GATES))
+_STRATEGY_FLAGS = (*_VALUED_STRATEGY_FLAGS, "auto_promote")
 
 strategy_options = stacked(
     click.option("--waves", default=None, metavar="LIST",
@@ -39,23 +50,11 @@ strategy_options = stacked(
     click.option("--bake", default=None, metavar="DURATION", help="Time each wave runs before its gate [2m]."),
     click.option("--spread-by", default=None, metavar="LABEL",
                  help="Spread every wave over this node label, e.g. topology.kubernetes.io/zone."),
-    click.option("--max-error-rate", default=None, metavar="PCT", help="Gate: inference error rate [1%]."),
-    click.option("--max-p95-ms", default=None, metavar="MS", help="Gate: absolute p95 latency."),
-    click.option("--max-p95-regression", default=None, metavar="PCT",
-                 help="Gate: p95 increase vs the same devices before the move, e.g. 20%."),
-    click.option("--min-reporting", default=None, metavar="PCT",
-                 help="Gate: share of the wave's devices reporting the new model [90%]."),
-    click.option("--probe-must-pass", is_flag=True, default=False, help="Gate: the golden probe passes everywhere."),
-    click.option("--offline-policy", type=click.Choice(["fail", "skip"]), default=None,
-                 help="Silent/offline devices: count as failing, or skip and report them [fail]."),
-    click.option("--silence-deadline", default=None, metavar="DURATION",
-                 help="With --offline-policy skip: skip silent devices after this [the wave timeout]."),
-    click.option("--wave-timeout", default=None, metavar="DURATION",
-                 help="Hold a wave at most this long, then roll back [10m]."),
+    *(_gate_option(g) for g in GATES),
     click.option("--auto-promote/--manual-promote", default=True, show_default=True,
                  help="Advance by itself when the gates pass, or wait for `edgekit rollout promote`."),
-    click.option("--baseline", default=None, metavar="DURATION",
-                 help="Telemetry window before the move used as the baseline [the bake, 5s-60s]."),
+    click.option("--baseline-window", default=None, metavar="DURATION",
+                 help="With --baseline before: telemetry window before the move [the bake, 5s-60s]."),
 )
 
 # Signed by default: what creates or runs a rollout needs one of the two.

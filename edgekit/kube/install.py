@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edgekit.gates import crd_schema
 from edgekit.kube import names
 from edgekit.kube.admission import DEFAULT_AGENT_REPOSITORIES, engine_admission
 from edgekit.kube.rendering import key_configmap, mqtt_ca_configmap
@@ -77,15 +78,7 @@ def _schema() -> dict[str, Any]:
             "gates": {
                 "type": "object",
                 "x-kubernetes-preserve-unknown-fields": True,
-                "properties": {
-                    "maxErrorRate": {"type": "number", "minimum": 0, "maximum": 1},
-                    "maxP95LatencyMs": {"type": "number", "minimum": 0},
-                    "maxP95Regression": {"type": "number", "minimum": 0},
-                    "minReporting": {"type": "number", "minimum": 0, "maximum": 1},
-                    "probe": {"type": "boolean"},
-                    "silenceDeadline": {"type": "string", "pattern": _DURATION},
-                    "holdTimeout": {"type": "string", "pattern": _DURATION},
-                },
+                "properties": crd_schema(),
             },
         },
     }

@@ -429,7 +429,7 @@ class Engine:
         wave.ready = kube.ready
         wave.telemetry = tele
         verdict = judge(strategy.gates, bake_s=strategy.bake_s, auto_promote=strategy.auto_promote, kube=kube,
-                        tele=tele, baseline=wave.baseline,
+                        tele=tele, baseline=wave.baseline, previous=wave.verdict,
                         elapsed=Elapsed(now - (wave.moved_at or now), now - (wave.ready_at or now), wave.promoted))
         if verdict.decision == ADVANCE and not paused:
             wave.verdict, wave.verdict_at = verdict, now

@@ -18,13 +18,27 @@ Order of judgement (first match wins):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from edgekit_agent.protocol.histograms import LatencyHistogram
 
-from edgekit.rollout.strategy import GatePolicy, fmt_duration, fmt_percent
+from edgekit.rollout.evidence import (
+    DETECT_FACTOR,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    QUANTILE_CS,
+    Outcome,
+    QuantileBounds,
+    control_test,
+    quantile_bounds,
+    rate_test,
+)
+from edgekit.rollout.strategy import GatePolicy
+from edgekit.units import fmt_duration, fmt_percent
 
 if TYPE_CHECKING:
     from edgekit.fleet.views import WindowStats
@@ -152,16 +166,27 @@ class GateFigure:
     gate: str
     value: float | None
     threshold: float | None
-    ok: bool | None     # None: not judged (no data, or the gate is off)
+    ok: bool | None     # None: not judged (no data, the gate is off) or inconclusive
     text: str
+    # the evidence (None for gates that count rather than test: pods, reporting, probe)
+    outcome: Outcome | None = None    # pass | fail | inconclusive
+    test: str | None = None           # e.g. "SPRT", "SPRT vs control", "p95 confidence sequence"
+    confidence: float | None = None   # of a fail verdict, over all looks
+    statistic: float | None = None    # the SPRT's log likelihood ratio, or the p95's lower bound
+    samples: int | None = None        # inferences (or latencies) the test saw
+    min_samples: int | None = None    # the fewest it needs to pass
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none({"gate": self.gate, "value": self.value, "threshold": self.threshold, "ok": self.ok,
-                           "text": self.text})
+                           "text": self.text, "outcome": self.outcome, "test": self.test,
+                           "confidence": self.confidence, "statistic": _finite(self.statistic),
+                           "samples": self.samples, "minSamples": self.min_samples})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> GateFigure:
-        return cls(d["gate"], d.get("value"), d.get("threshold"), d.get("ok"), d.get("text", ""))
+        return cls(d["gate"], d.get("value"), d.get("threshold"), d.get("ok"), d.get("text", ""),
+                   d.get("outcome"), d.get("test"), d.get("confidence"), d.get("statistic"), d.get("samples"),
+                   d.get("minSamples"))
 
 
 @dataclass(frozen=True)
@@ -171,18 +196,31 @@ class Verdict:
     gate: str | None = None
     figures: tuple[GateFigure, ...] = ()
     skipped: tuple[str, ...] = ()
+    # --consecutive: fail judgements in a row so far, and the inference count of the last one (a
+    # judgement counts only when new data came in); the engine hands the verdict back next time
+    breaches: int = 0
+    breach_mark: int = 0
 
     def figure(self, gate: str) -> GateFigure | None:
         return next((f for f in self.figures if f.gate == gate), None)
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none({"decision": self.decision, "reason": self.reason, "gate": self.gate,
-                           "figures": [f.to_json() for f in self.figures], "skipped": list(self.skipped)})
+                           "figures": [f.to_json() for f in self.figures], "skipped": list(self.skipped),
+                           "breaches": self.breaches or None, "breachMark": self.breach_mark or None})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Verdict:
         return cls(d["decision"], d.get("reason", ""), d.get("gate"),
-                   tuple(GateFigure.from_json(f) for f in d.get("figures", ())), tuple(d.get("skipped", ())))
+                   tuple(GateFigure.from_json(f) for f in d.get("figures", ())), tuple(d.get("skipped", ())),
+                   int(d.get("breaches", 0)), int(d.get("breachMark", 0)))
+
+
+def _finite(value: float | None) -> float | None:
+    # JSON has no infinity: a proof (one error under a 0% limit) is stored as a large number
+    if value is None or math.isfinite(value):
+        return value
+    return math.copysign(1e9, value)
 
 
 def _ms(value: float | None) -> str:
@@ -195,8 +233,125 @@ def regression(p95_ms: float | None, baseline: Baseline | None) -> float | None:
     return (p95_ms - baseline.p95_ms) / baseline.p95_ms
 
 
+def _conf(policy: GatePolicy) -> str:
+    return f"{fmt_percent(policy.confidence)} confidence"
+
+
+def error_rate_figure(policy: GatePolicy, tele: TelemetryFigures,
+                      control: TelemetryFigures | None) -> GateFigure:
+    """The error-rate gate: the SPRT against the threshold and, with a control group, against the
+    control's rate. Fail needs both (the new model is worse than the limit *and* than the old one
+    beside it); pass needs the threshold test to pass, or the group as a whole to be above the
+    limit with the wave no worse than its control."""
+    limit = policy.max_error_rate
+    assert limit is not None
+    head = (f"error rate {fmt_percent(tele.error_rate)} (max {fmt_percent(limit)}, "
+            f"{tele.errors}/{tele.inferences} inferences)")
+    ev = rate_test(tele.errors, tele.inferences, limit, alpha=policy.alpha, beta=policy.beta)
+    use_control = policy.baseline == "control" and control is not None
+    ctl = (control_test(tele.errors, tele.inferences, control.errors, control.inferences,
+                        alpha=policy.alpha, beta=policy.beta) if use_control and control is not None else None)
+    p1 = fmt_percent(min(DETECT_FACTOR * limit, (1 + limit) / 2))
+    words = (f"{ev.test} of ≤ {fmt_percent(limit)} vs ≥ {p1}: log LR {ev.llr:.2f} "
+             f"(fail ≥ {ev.fail_at:.2f}, pass ≤ {ev.pass_at:.2f})")
+    if ctl is not None and control is not None:
+        words += (f"; {ctl.test} {fmt_percent(_rate(control))} ({control.errors}/{control.inferences}): "
+                  f"log LR {ctl.llr:.2f}")
+    outcome: Outcome
+    if ev.outcome == FAIL and (ctl is None or ctl.outcome == FAIL):
+        outcome, verdict_words = FAIL, f"above the limit at {_conf(policy)}"
+        if ctl is not None:
+            verdict_words += " and worse than the control group"
+    elif ev.outcome == PASS:
+        outcome, verdict_words = PASS, f"below {p1} at {fmt_percent(policy.power)} power"
+    elif ev.outcome == FAIL and ctl is not None and ctl.outcome == PASS:
+        outcome, verdict_words = PASS, "above the limit, but no worse than the control group"
+    else:
+        outcome = INCONCLUSIVE
+        verdict_words = (f"inconclusive, needs ≥ {ev.min_samples} inferences" if tele.inferences < ev.min_samples
+                         else "inconclusive")
+        if ev.outcome == FAIL:
+            verdict_words = "above the limit, not yet worse than the control group: inconclusive"
+    return GateFigure("error-rate", tele.error_rate, limit, _ok(outcome), f"{head}: {words}: {verdict_words}",
+                      outcome, ev.test if ctl is None else f"{ev.test} + {ctl.test}", policy.confidence,
+                      ev.llr, tele.inferences, ev.min_samples)
+
+
+def _rate(t: TelemetryFigures) -> float | None:
+    if t.error_rate is not None:
+        return t.error_rate
+    return t.errors / t.inferences if t.inferences else None
+
+
+def _ok(outcome: Outcome) -> bool | None:
+    return {PASS: True, FAIL: False}.get(outcome)
+
+
+def _bounds_text(b: QuantileBounds) -> str:
+    return f"[{_ms(b.low) if b.low is not None else '-'}, {_ms(b.high) if b.high is not None else '-'}]"
+
+
+def p95_figure(policy: GatePolicy, tele: TelemetryFigures) -> GateFigure:
+    """The absolute p95 gate: fails when the p95's lower confidence bound is above the limit;
+    from a device's own p95 alone (no histogram, older agents) the point figure decides."""
+    limit = policy.max_p95_ms
+    assert limit is not None
+    hist = tele.latency_hist
+    if hist is None or hist.count == 0:
+        ok = None if tele.p95_ms is None else tele.p95_ms <= limit
+        return GateFigure("p95", tele.p95_ms, limit, ok, f"p95 {_ms(tele.p95_ms)} (max {_ms(limit)})",
+                          None if ok is None else (PASS if ok else FAIL), "point p95 (no histogram)")
+    p95 = hist.quantile(0.95)
+    b = quantile_bounds(hist, 0.95, policy.alpha)
+    outcome = (FAIL if b.low is not None and b.low > limit else
+               PASS if b.high is not None and b.high <= limit else INCONCLUSIVE)
+    return GateFigure("p95", p95, limit, _ok(outcome),
+                      f"p95 {_ms(p95)} (max {_ms(limit)}): {QUANTILE_CS} {_bounds_text(b)} at {_conf(policy)}, "
+                      f"{hist.count} latencies: {outcome}", outcome, QUANTILE_CS, policy.confidence, b.low,
+                      hist.count)
+
+
+def regression_figure(policy: GatePolicy, tele: TelemetryFigures, baseline: Baseline | None,
+                      control: TelemetryFigures | None) -> GateFigure:
+    """The p95 regression gate. Against a control group with histograms: the wave's p95 lower bound
+    over the control's upper bound (each at half the alpha) must exceed the limit to fail. Against
+    the devices before the move (one p95 figure, taken as exact) or without histograms: as far as
+    the figures allow, down to the point estimates."""
+    limit = policy.max_p95_regression
+    assert limit is not None
+    hist = tele.latency_hist if tele.latency_hist is not None and tele.latency_hist.count else None
+    if policy.baseline == "control" and control is not None:
+        ref_name, ref_p95 = "control", control.p95_ms
+        ref_hist = control.latency_hist if control.latency_hist is not None and control.latency_hist.count else None
+        if ref_hist is not None:
+            ref_p95 = ref_hist.quantile(0.95)
+    else:
+        ref_name, ref_p95, ref_hist = "baseline", baseline.p95_ms if baseline else None, None
+    wave_p95 = hist.quantile(0.95) if hist is not None else tele.p95_ms
+    reg = regression(wave_p95, Baseline(p95_ms=ref_p95))
+    head = (f"p95 {_ms(wave_p95)} vs {ref_name} {_ms(ref_p95)}: "
+            f"{'+' if (reg or 0) >= 0 else ''}{fmt_percent(reg)} (max +{fmt_percent(limit)})")
+    if reg is None or ref_p95 is None or wave_p95 is None:
+        return GateFigure("p95-regression", reg, limit, None, head)
+    if hist is None:
+        ok = reg <= limit
+        return GateFigure("p95-regression", reg, limit, ok, head, PASS if ok else FAIL, "point p95 (no histogram)")
+    alpha = policy.alpha / 2 if ref_hist is not None else policy.alpha
+    b = quantile_bounds(hist, 0.95, alpha)
+    rb = quantile_bounds(ref_hist, 0.95, alpha) if ref_hist is not None else QuantileBounds(0.95, ref_p95, ref_p95, 0)
+    worst_low = b.low / rb.high - 1 if b.low is not None and rb.high else None
+    best_high = b.high / rb.low - 1 if b.high is not None and rb.low else None
+    outcome = (FAIL if worst_low is not None and worst_low > limit else
+               PASS if best_high is not None and best_high <= limit else INCONCLUSIVE)
+    test = f"{QUANTILE_CS}s" if ref_hist is not None else QUANTILE_CS
+    text = (f"{head}: {test} {_bounds_text(b)} vs {_bounds_text(rb)} at {_conf(policy)}: "
+            f"increase at least {fmt_percent(worst_low)}: {outcome}")
+    return GateFigure("p95-regression", reg, limit, _ok(outcome), text, outcome, test, policy.confidence,
+                      worst_low, hist.count)
+
+
 def gate_figures(policy: GatePolicy, kube: KubeFigures, tele: TelemetryFigures, baseline: Baseline | None,
-                 skipped: Iterable[str] = ()) -> tuple[GateFigure, ...]:
+                 skipped: Iterable[str] = (), control: TelemetryFigures | None = None) -> tuple[GateFigure, ...]:
     """Every gate's figure against its threshold (the live view and the verdict record both use it)."""
     skipped = set(skipped)
     figs = [GateFigure("pods-ready", float(kube.ready), float(kube.desired), kube.ready >= kube.desired,
@@ -208,52 +363,57 @@ def gate_figures(policy: GatePolicy, kube: KubeFigures, tele: TelemetryFigures, 
         f"{tele.on_digest}/{max(denominator, 0)} devices report the new model ({fmt_percent(share)}, "
         f"min {fmt_percent(policy.min_reporting)})" + (f", {len(skipped)} skipped" if skipped else "")))
     if policy.max_error_rate is not None:
-        ok = None if tele.error_rate is None else tele.error_rate <= policy.max_error_rate
-        figs.append(GateFigure("error-rate", tele.error_rate, policy.max_error_rate, ok,
-                               f"error rate {fmt_percent(tele.error_rate)} (max {fmt_percent(policy.max_error_rate)}, "
-                               f"{tele.errors}/{tele.inferences} inferences)"))
+        figs.append(error_rate_figure(policy, tele, control))
     if policy.probe_must_pass:
         probed = tele.on_digest > 0
         figs.append(GateFigure("probe", float(tele.probe_failures), 0.0,
                                (tele.probe_failures == 0) if probed else None,
                                f"golden probe failed on {tele.probe_failures} devices"))
     if policy.max_p95_ms is not None:
-        ok = None if tele.p95_ms is None else tele.p95_ms <= policy.max_p95_ms
-        figs.append(GateFigure("p95", tele.p95_ms, policy.max_p95_ms, ok,
-                               f"p95 {_ms(tele.p95_ms)} (max {_ms(policy.max_p95_ms)})"))
+        figs.append(p95_figure(policy, tele))
     if policy.max_p95_regression is not None:
-        reg = regression(tele.p95_ms, baseline)
-        base = baseline.p95_ms if baseline else None
-        text = (f"p95 {_ms(tele.p95_ms)} vs baseline {_ms(base)}: "
-                f"{'+' if (reg or 0) >= 0 else ''}{fmt_percent(reg)} (max +{fmt_percent(policy.max_p95_regression)})")
-        figs.append(GateFigure("p95-regression", reg, policy.max_p95_regression,
-                               None if reg is None else reg <= policy.max_p95_regression, text))
+        figs.append(regression_figure(policy, tele, baseline, control))
     return tuple(figs)
 
 
 _HARD_GATES = ("error-rate", "probe", "p95", "p95-regression")
+# gates that must show evidence of a pass before the wave advances (the others block on a fail
+# only: latency bounds need far more samples than the error rate to be decisive)
+_EVIDENCE_GATES = ("error-rate",)
+
+
+def _streak(previous: Verdict | None, tele: TelemetryFigures) -> tuple[int, int]:
+    """Consecutive fail judgements including this one, and this one's data mark: a judgement of
+    the same data as the last breach (the engine looks every tick) does not count again."""
+    if previous is None or previous.breaches <= 0:
+        return 1, tele.inferences
+    if tele.inferences > previous.breach_mark:
+        return previous.breaches + 1, tele.inferences
+    return previous.breaches, previous.breach_mark
 
 
 def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFigures,
           tele: TelemetryFigures, baseline: Baseline | None, elapsed: Elapsed,
-          control: TelemetryFigures | None = None) -> Verdict:
+          control: TelemetryFigures | None = None, previous: Verdict | None = None) -> Verdict:
     """Advance, hold or roll back one wave. Pure: same inputs, same verdict.
 
     ``control``: the group's devices still on the old revision, over the same window as ``tele``
     (``policy.baseline == "control"``); None when there are none or the policy compares with
-    ``baseline`` (the wave's own devices before the move)."""
+    ``baseline`` (the wave's own devices before the move). ``previous``: this wave's last
+    verdict, which carries the count of consecutive breaches (``policy.consecutive``)."""
     timed_out = elapsed.since_move_s >= policy.wave_timeout_s
     skipped: set[str] = set()
     if policy.offline_policy == "skip":
         skipped |= set(tele.offline)
         if elapsed.since_move_s >= policy.silence_after_s:
             skipped |= set(tele.silent)
-    figs = gate_figures(policy, kube, tele, baseline, skipped)
+    figs = gate_figures(policy, kube, tele, baseline, skipped, control)
     by_gate = {f.gate: f for f in figs}
     skipped_t = tuple(sorted(skipped))
 
-    def verdict(decision: Decision, reason: str, gate: str | None = None) -> Verdict:
-        return Verdict(decision, reason, gate, figs, skipped_t)
+    def verdict(decision: Decision, reason: str, gate: str | None = None, breaches: tuple[int, int] = (0, 0)
+                ) -> Verdict:
+        return Verdict(decision, reason, gate, figs, skipped_t, *breaches)
 
     if kube.ready < kube.desired:
         if timed_out:
@@ -264,11 +424,16 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
 
     since_ready = elapsed.since_ready_s or 0.0
     baking = not elapsed.promoted and since_ready < bake_s
-    if not baking or policy.fail_fast:
-        for name in _HARD_GATES:
-            fig = by_gate.get(name)
-            if fig is not None and fig.ok is False:
-                return verdict(ROLLBACK, f"gate {name} failed: {fig.text}", name)
+    if not baking or policy.fail_fast or timed_out:
+        failing = next((by_gate[n] for n in _HARD_GATES if n in by_gate and by_gate[n].ok is False), None)
+        if failing is not None:
+            streak = _streak(previous, tele)
+            name = failing.gate
+            if streak[0] >= policy.consecutive or timed_out:
+                row = f" ({streak[0]} consecutive)" if policy.consecutive > 1 else ""
+                return verdict(ROLLBACK, f"gate {name} failed{row}: {failing.text}", name, streak)
+            return verdict(HOLD, f"gate {name} failed {streak[0]} of {policy.consecutive} consecutive "
+                                 f"judgements: {failing.text}", name, streak)
     if baking:
         return verdict(HOLD, f"baking: {fmt_duration(since_ready)} of {fmt_duration(bake_s)}")
 
@@ -282,10 +447,21 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
                            "reporting")
         return verdict(HOLD, f"waiting for devices: {reporting.text}", "reporting")
 
+    unsure = next((by_gate[n] for n in _EVIDENCE_GATES if n in by_gate and by_gate[n].ok is not True), None)
+    note = ""
+    if unsure is not None:
+        if not timed_out:
+            return verdict(HOLD, f"gate {unsure.gate} inconclusive, the bake goes on (up to the wave timeout "
+                                 f"{fmt_duration(policy.wave_timeout_s)}): {unsure.text}", unsure.gate)
+        if policy.inconclusive == "fail":
+            return verdict(ROLLBACK, f"gate {unsure.gate} still inconclusive at the wave timeout "
+                                     f"({fmt_duration(policy.wave_timeout_s)}), --inconclusive fail: {unsure.text}",
+                           unsure.gate)
+        note = f"; gate {unsure.gate} inconclusive at the wave timeout, passed (--inconclusive pass)"
+
     if not auto_promote and not elapsed.promoted:
-        return verdict(HOLD, "gates pass; awaiting promotion (edgekit rollout promote)", "promotion")
-    reason = "all gates pass"
+        return verdict(HOLD, "gates pass; awaiting promotion (edgekit rollout promote)" + note, "promotion")
+    reason = "all gates pass" + note
     if skipped_t:
         reason += f"; {len(skipped_t)} silent/offline devices skipped"
     return verdict(ADVANCE, reason)
-

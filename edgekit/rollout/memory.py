@@ -262,7 +262,7 @@ class MemoryCluster:
 class MemoryTelemetry:
     """Fleet telemetry computed from the in-memory cluster: each device runs the image of the
     DaemonSet its node is labelled for and behaves as ``behaviour[digest]`` says
-    (``error_rate``, ``p95_ms``, ``probe_ok``); devices in ``offline`` are silent and offline."""
+    (``error_rate``, ``p95_ms``, ``probe_ok``, ``inferences`` per window); devices in ``offline`` are silent and offline."""
 
     def __init__(self, cluster: MemoryCluster, app: str, namespace: str = "edgekit",
                  behaviour: Mapping[str, Mapping[str, Any]] | None = None, since: float = 0.0) -> None:
@@ -299,8 +299,10 @@ class MemoryTelemetry:
                 continue
             on.append(device)
             b = self.behaviour.get(current, {})
-            inferences += 100
-            errors += round(100 * float(b.get("error_rate", 0.0)))
+            # enough inferences per window for the error-rate test to decide on one device
+            n = int(b.get("inferences", 1000))
+            inferences += n
+            errors += round(n * float(b.get("error_rate", 0.0)))
             p95s.append(float(b.get("p95_ms", 5.0)))
             probe_failures += 0 if b.get("probe_ok", True) else 1
         p95 = max(p95s) if p95s else None

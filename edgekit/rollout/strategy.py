@@ -17,9 +17,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from edgekit.errors import InvalidWavesError, ThresholdRangeError
+from edgekit.gates import BY_FIELD, GATES
+from edgekit.units import fmt_duration as fmt_duration
+from edgekit.units import fmt_number
+from edgekit.units import fmt_percent as fmt_percent
+from edgekit.units import parse_duration as parse_duration
+from edgekit.units import parse_fraction as parse_fraction
+from edgekit.units import spec_duration as spec_duration
 
 OfflinePolicy = Literal["fail", "skip"]
 BaselineKind = Literal["control", "before"]
+InconclusivePolicy = Literal["fail", "pass"]
 OFFLINE_POLICIES: tuple[OfflinePolicy, ...] = ("fail", "skip")
 
 DEFAULT_WAVES = "1,10%,50%,100%"
@@ -34,7 +42,7 @@ class WaveStep:
 
     def __str__(self) -> str:
         if self.percent:
-            return f"{_fmt_number(self.amount)}%"
+            return f"{fmt_number(self.amount)}%"
         return str(int(self.amount))
 
     def resolve(self, total: int) -> int:
@@ -47,7 +55,8 @@ class WaveStep:
 
 @dataclass(frozen=True)
 class GatePolicy:
-    """What a wave must show before the next one starts. ``None`` switches a gate off."""
+    """What a wave must show before the next one starts. ``None`` switches a gate off. Each
+    field is declared once, with its flag, spec field and help, in ``edgekit.gates``."""
 
     max_error_rate: float | None = 0.01
     max_p95_ms: float | None = None
@@ -61,23 +70,35 @@ class GatePolicy:
     # what the wave is compared with: "control" (the group's devices still on the old revision, same
     # window) or "before" (the wave's own devices before the move)
     baseline: BaselineKind = "control"
+    inconclusive: InconclusivePolicy = "fail"  # what a gate without enough evidence decides at the timeout
+    consecutive: int = 1          # fail judgements in a row (on new data) before the rollback
+    confidence: float = 0.99      # 1 - alpha: the chance a healthy wave is not failed, over all looks
+    power: float = 0.99           # 1 - beta: the chance a 3x error rate does not pass
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+    @property
+    def beta(self) -> float:
+        return 1.0 - self.power
 
     def active_gates(self) -> list[str]:
         """Human names of the gates that apply, for plans and status views."""
-        gates = ["pods Ready", f"reporting ≥ {fmt_percent(self.min_reporting)}"]
-        if self.max_error_rate is not None:
-            gates.append(f"error rate ≤ {fmt_percent(self.max_error_rate)}")
-        if self.max_p95_ms is not None:
-            gates.append(f"p95 ≤ {_fmt_number(self.max_p95_ms)} ms")
-        if self.max_p95_regression is not None:
-            gates.append(f"p95 regression ≤ {fmt_percent(self.max_p95_regression)}")
-        if self.probe_must_pass:
-            gates.append("golden probe passes")
-        if self.offline_policy == "skip":
-            gates.append(f"silent devices skipped after {fmt_duration(self.silence_after_s)}")
-        else:
-            gates.append("silent devices count as failing")
-        gates.append(f"hold at most {fmt_duration(self.wave_timeout_s)}")
+        gates = ["pods Ready"]
+        for entry in GATES:
+            if entry.describe is None:
+                continue
+            value = getattr(self, entry.field)
+            text = None if value is None else entry.describe(value)
+            if text is not None:
+                gates.append(text)
+            if entry.field == "probe_must_pass":
+                if self.offline_policy == "skip":
+                    gates.append(f"silent devices skipped after {fmt_duration(self.silence_after_s)}")
+                else:
+                    gates.append("silent devices count as failing")
+        gates.append(f"fail at {fmt_percent(self.confidence)} confidence, {fmt_percent(self.power)} power")
         return gates
 
     @property
@@ -87,36 +108,26 @@ class GatePolicy:
     def to_json(self) -> dict[str, Any]:
         """The ``spec.gates`` form of the EdgeRollout CRD. A gate that is off is left out (no
         nulls: server-side apply reads null as "remove")."""
-        return _drop_none({
-            "maxErrorRate": self.max_error_rate,
-            "maxP95LatencyMs": self.max_p95_ms,
-            "maxP95Regression": self.max_p95_regression,
-            "minReporting": self.min_reporting,
-            "probe": self.probe_must_pass,
-            "offlinePolicy": self.offline_policy,
-            "silenceDeadline": None if self.silence_deadline_s is None else spec_duration(self.silence_deadline_s),
-            "holdTimeout": spec_duration(self.wave_timeout_s),
-            "failFast": self.fail_fast,
-            "baseline": self.baseline,
-        })
+        out: dict[str, Any] = {}
+        for entry in GATES:
+            value = getattr(self, entry.field)
+            if value is not None:
+                out[entry.crd] = entry.dump(value)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GatePolicy:
-        """The resource form: a threshold gate that is absent is off."""
-        d = cls()
-        silence = data.get("silenceDeadline")
-        return cls(
-            max_error_rate=_opt_float(data.get("maxErrorRate")),
-            max_p95_ms=_opt_float(data.get("maxP95LatencyMs")),
-            max_p95_regression=_opt_float(data.get("maxP95Regression")),
-            min_reporting=float(data.get("minReporting", d.min_reporting)),
-            probe_must_pass=bool(data.get("probe", d.probe_must_pass)),
-            offline_policy=data.get("offlinePolicy", d.offline_policy),
-            wave_timeout_s=parse_duration(data.get("holdTimeout", d.wave_timeout_s), flag="holdTimeout"),
-            silence_deadline_s=None if silence is None else parse_duration(silence, flag="silenceDeadline"),
-            fail_fast=bool(data.get("failFast", d.fail_fast)),
-            baseline=data.get("baseline", d.baseline),
-        )
+        """The resource form: a threshold gate that is absent is off; other settings default."""
+        values: dict[str, Any] = {}
+        for entry in GATES:
+            raw = data.get(entry.crd)
+            if raw is None:
+                values[entry.field] = None if entry.absent_is_off else entry.default
+            elif entry.unit in ("fraction", "ms"):
+                values[entry.field] = float(raw)   # the spec holds fractions, not "1%"
+            else:
+                values[entry.field] = entry.parse(raw)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -194,48 +205,6 @@ def parse_waves(text: str) -> tuple[WaveStep, ...]:
     return tuple(steps)
 
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def parse_duration(text: str | float, *, flag: str = "duration") -> float:
-    """``"2m"``, ``"90s"``, ``"1h30m"``, ``"500ms"`` or plain seconds -> seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        seconds = float(text)
-    else:
-        raw = str(text).strip().lower()
-        try:
-            seconds = float(raw)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            for match in _DURATION_RE.finditer(raw):
-                if match.start() != pos:
-                    break
-                value, unit = float(match.group(1)), match.group(2)
-                seconds += value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
-                pos = match.end()
-            if pos != len(raw) or not raw:
-                raise ThresholdRangeError(f"{flag} {text!r} is not a duration",
-                                          hint="use e.g. 30s, 2m, 1h30m") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ThresholdRangeError(f"{flag} {text!r} must be a duration ≥ 0")
-    return seconds
-
-
-def parse_fraction(text: str | float, *, flag: str, allow_above_one: bool = False) -> float:
-    """``"1%"`` -> 0.01; a bare number is a fraction (``0.01``). Out of range -> ThresholdRangeError."""
-    raw = str(text).strip()
-    try:
-        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise ThresholdRangeError(f"{flag} {text!r} is not a percentage",
-                                  hint="use e.g. 1% or 0.01") from None
-    if not math.isfinite(value) or value < 0 or (value > 1 and not allow_above_one):
-        limit = "0% and 100%" if not allow_above_one else "0% and 1000%"
-        raise ThresholdRangeError(f"{flag} {text!r} is out of range: give a value between {limit}",
-                                  hint="a bare number is a fraction; 5% and 0.05 are the same")
-    return value
-
-
 def validate_strategy(strategy: Strategy) -> Strategy:
     """Range checks that need more than one field; returns the strategy unchanged."""
     g = strategy.gates
@@ -261,6 +230,16 @@ def validate_strategy(strategy: Strategy) -> Strategy:
     if g.silence_deadline_s is not None and not 0 <= g.silence_deadline_s <= g.wave_timeout_s:
         raise ThresholdRangeError(f"--silence-deadline {fmt_duration(g.silence_deadline_s)} must be within "
                                   f"--wave-timeout {fmt_duration(g.wave_timeout_s)}")
+    if not 0.5 <= g.confidence < 1:
+        raise ThresholdRangeError(f"--confidence {fmt_percent(g.confidence)} must be at least 50% and below 100%")
+    if not 0.5 <= g.power < 1:
+        raise ThresholdRangeError(f"--power {fmt_percent(g.power)} must be at least 50% and below 100%")
+    if g.consecutive < 1:
+        raise ThresholdRangeError(f"--consecutive {g.consecutive} must be at least 1")
+    if g.inconclusive not in ("fail", "pass"):
+        raise ThresholdRangeError(f"--inconclusive {g.inconclusive!r} must be fail or pass")
+    if g.baseline not in ("control", "before"):
+        raise ThresholdRangeError(f"--baseline {g.baseline!r} must be control or before")
     if strategy.spread_by is not None and not strategy.spread_by.strip():
         raise ThresholdRangeError("--spread-by needs a node label key")
     return strategy
@@ -271,79 +250,39 @@ def build_strategy(
     waves: str = DEFAULT_WAVES,
     bake: str | float = "2m",
     spread_by: str | None = None,
-    max_error_rate: str | float | None = "1%",
-    max_p95_ms: float | str | None = None,
-    max_p95_regression: str | float | None = None,
-    min_reporting: str | float = "90%",
-    probe_must_pass: bool = False,
-    offline_policy: str = "fail",
-    wave_timeout: str | float = "10m",
     auto_promote: bool = True,
     baseline: str | float | None = None,
-    fail_fast: bool = True,
-    silence_deadline: str | float | None = None,
+    baseline_window: str | float | None = None,
+    **gates: Any,
 ) -> Strategy:
-    """Build and validate a strategy from flag strings (the CLI's one entry point)."""
-    if offline_policy not in OFFLINE_POLICIES:
-        raise ThresholdRangeError(f"--offline-policy {offline_policy!r} must be fail or skip")
-    p95: float | None = None
-    if max_p95_ms is not None:
-        try:
-            p95 = float(str(max_p95_ms).removesuffix("ms"))
-        except ValueError:
-            raise ThresholdRangeError(f"--max-p95-ms {max_p95_ms!r} is not a number of milliseconds") from None
+    """Build and validate a strategy from flag strings (the CLI's one entry point). ``gates``:
+    the gate flags by parameter name (``max_error_rate="1%"``, ``wave_timeout="10m"``, ...), as
+    declared in ``edgekit.gates``; a flag set to None is off (a threshold) or the default."""
+    by_param = {g.param: g for g in GATES}
+    unknown = sorted(set(gates) - set(by_param))
+    if unknown:
+        raise TypeError(f"build_strategy() got unknown gate settings: {', '.join(unknown)}")
+    if baseline is not None and str(baseline) not in ("control", "before"):
+        # the flag once named the window before the move: a duration still means that
+        baseline_window, baseline = baseline, None
+    values: dict[str, Any] = {}
+    for param, raw in gates.items():
+        entry = by_param[param]
+        values[entry.field] = None if raw is None else entry.parse(raw)
+    if baseline is not None:
+        values["baseline"] = BY_FIELD["baseline"].parse(str(baseline))
     bake_s = parse_duration(bake, flag="--bake")
-    gates = GatePolicy(
-        max_error_rate=None if max_error_rate is None else parse_fraction(max_error_rate, flag="--max-error-rate"),
-        max_p95_ms=p95,
-        max_p95_regression=None if max_p95_regression is None else parse_fraction(
-            max_p95_regression, flag="--max-p95-regression", allow_above_one=True),
-        min_reporting=parse_fraction(min_reporting, flag="--min-reporting"),
-        probe_must_pass=probe_must_pass,
-        offline_policy=offline_policy,
-        wave_timeout_s=parse_duration(wave_timeout, flag="--wave-timeout"),
-        fail_fast=fail_fast,
-        silence_deadline_s=None if silence_deadline is None else parse_duration(
-            silence_deadline, flag="--silence-deadline"),
-    )
-    baseline_s = parse_duration(baseline, flag="--baseline") if baseline is not None else min(max(bake_s, 5.0), 60.0)
-    return validate_strategy(Strategy(parse_waves(waves), bake_s, spread_by or None, gates, auto_promote,
+    policy = GatePolicy(**values)
+    if "max_error_rate" not in values:   # the flag's default: a 1% gate
+        policy = replace(policy, max_error_rate=BY_FIELD["max_error_rate"].default)
+    baseline_s = (parse_duration(baseline_window, flag="--baseline-window") if baseline_window is not None
+                  else min(max(bake_s, 5.0), 60.0))
+    return validate_strategy(Strategy(parse_waves(waves), bake_s, spread_by or None, policy, auto_promote,
                                       baseline_s))
 
 
 def with_gates(strategy: Strategy, **changes: Any) -> Strategy:
     return validate_strategy(replace(strategy, gates=replace(strategy.gates, **changes)))
-
-
-# --- formatting ------------------------------------------------------------------------------
-
-def fmt_percent(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{_fmt_number(round(value * 100, 2))}%"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{_fmt_number(round(seconds, 1))}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def spec_duration(seconds: float) -> str:
-    """Seconds in the CRD's duration syntax (``90s``, ``1.5s``, ``250ms``)."""
-    if seconds and seconds < 1:
-        return f"{_fmt_number(round(seconds * 1000, 3))}ms"
-    return f"{_fmt_number(round(seconds, 3))}s"
-
-
-def _fmt_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:

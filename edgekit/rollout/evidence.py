@@ -1,0 +1,175 @@
+"""The statistical tests behind the gates (pure, no I/O): each answers pass, fail or inconclusive
+with its numbers, and stays valid however often the engine looks.
+
+Error rate — Wald's sequential probability ratio test (SPRT) of ``p <= p0`` (the threshold)
+against ``p >= p1 = DETECT_FACTOR * p0`` on the wave's cumulative errors/inferences. The log
+likelihood ratio ``llr = k log(p1/p0) + (n-k) log((1-p1)/(1-p0))`` is compared with
+``log(1/alpha)`` (fail) and ``log(beta)`` (pass). The likelihood ratio is a non-negative
+martingale under ``p0`` (a supermartingale for any ``p <= p0``), so by Ville's inequality the
+chance that it *ever* reaches ``1/alpha`` is at most ``alpha``: no correction is needed for
+judging every few seconds, any number of looks is covered. Symmetrically a rate of ``p1`` or
+worse ever looks like a pass with chance at most ``beta`` (1 - power).
+
+Error rate against a control group — conditional on the errors seen, each error comes from the
+wave with probability ``s0 = n_w / (n_w + n_c)`` when both rates are equal, and
+``s1 = f n_w / (f n_w + n_c)`` when the wave's rate is ``f = DETECT_FACTOR`` times the
+control's: an SPRT of ``s0`` against ``s1`` on ``k_w`` of ``k_w + k_c`` errors (valid as above
+while both groups report at a steady pace, as they do over the same window).
+
+Latency — an anytime-valid confidence sequence for a quantile (Howard & Ramdas, "Sequential
+estimation of quantiles with applications to A/B-testing and best-arm identification",
+Bernoulli 2022, Theorem 2): with chance ``1 - alpha``, for every sample size ``n`` at once,
+the empirical CDF is within ``0.85 sqrt((log log(e n) + 0.8 log(1612/alpha)) / n)`` of the
+true one. The p95 bounds are the histogram's quantiles at ``0.95 -/+`` that width, widened by
+the histogram's relative error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from edgekit_agent.protocol.histograms import REL_ERR, LatencyHistogram
+
+Outcome = Literal["pass", "fail", "inconclusive"]
+PASS: Outcome = "pass"
+FAIL: Outcome = "fail"
+INCONCLUSIVE: Outcome = "inconclusive"
+
+# The fault the error-rate test is built to detect: a rate this many times the threshold.
+DETECT_FACTOR = 3.0
+
+SPRT = "SPRT"
+SPRT_CONTROL = "SPRT vs control"
+QUANTILE_CS = "p95 confidence sequence"
+
+
+@dataclass(frozen=True)
+class RateEvidence:
+    """One sequential test's state: its outcome, the log likelihood ratio and its two bounds."""
+
+    test: str
+    outcome: Outcome
+    llr: float
+    fail_at: float   # llr at or above: fail (log 1/alpha)
+    pass_at: float   # llr at or below: pass (log beta)
+    samples: int
+    min_samples: int  # the fewest inferences at which this test can pass (none of them errors)
+
+
+def _alternative(p0: float, factor: float) -> float:
+    # p1 must stay a probability: halfway to 1 when factor * p0 would not
+    return min(factor * p0, (1.0 + p0) / 2.0)
+
+
+def min_samples(threshold: float, *, alpha: float, beta: float, factor: float = DETECT_FACTOR) -> int:
+    """The fewest inferences (all without error) for the error-rate SPRT to pass: derived from
+    the threshold and the power; fewer can only be inconclusive."""
+    del alpha  # the pass bound depends on beta alone (Ville's inequality under p1)
+    if threshold <= 0:
+        return 1
+    p1 = _alternative(threshold, factor)
+    return math.ceil(math.log(beta) / math.log((1 - p1) / (1 - threshold)) - 1e-9)
+
+
+def detection_samples(threshold: float, *, alpha: float, power: float, factor: float = DETECT_FACTOR) -> int:
+    """The inferences a one-sided fixed-sample binomial test at level ``alpha`` needs to detect a
+    rate of ``factor`` x the threshold with the given power (normal approximation). A canary that
+    cannot reach this many before its wave timeout cannot, in principle, detect that fault."""
+    if threshold <= 0:
+        return 1
+    p1 = _alternative(threshold, factor)
+    za, zb = _z(1 - alpha), _z(power)
+    root = (za * math.sqrt(threshold * (1 - threshold)) + zb * math.sqrt(p1 * (1 - p1))) / (p1 - threshold)
+    return math.ceil(root * root)
+
+
+def rate_test(errors: int, inferences: int, threshold: float, *, alpha: float, beta: float,
+              factor: float = DETECT_FACTOR) -> RateEvidence:
+    """SPRT of the wave's error rate against the threshold (see the module docstring)."""
+    fail_at, pass_at = math.log(1 / alpha), math.log(beta)
+    need = min_samples(threshold, alpha=alpha, beta=beta, factor=factor)
+    errors, inferences = max(0, errors), max(0, inferences)
+    if threshold <= 0:
+        # p0 = 0: one error is proof; without errors the rate is as low as it can be
+        llr = math.inf if errors else -math.inf if inferences else 0.0
+    elif threshold >= 1:
+        llr = -math.inf if inferences else 0.0
+    else:
+        p1 = _alternative(threshold, factor)
+        llr = (errors * math.log(p1 / threshold)
+               + (inferences - errors) * math.log((1 - p1) / (1 - threshold)))
+    return RateEvidence(SPRT, _outcome(llr, fail_at, pass_at), llr, fail_at, pass_at, inferences, need)
+
+
+def control_test(wave_errors: int, wave_inferences: int, control_errors: int, control_inferences: int,
+                 *, alpha: float, beta: float, factor: float = DETECT_FACTOR) -> RateEvidence | None:
+    """SPRT of "the wave errs ``factor`` x as often as the control" against "as often"; None when
+    either side has no inferences."""
+    if wave_inferences <= 0 or control_inferences <= 0:
+        return None
+    fail_at, pass_at = math.log(1 / alpha), math.log(beta)
+    s0 = wave_inferences / (wave_inferences + control_inferences)
+    s1 = factor * wave_inferences / (factor * wave_inferences + control_inferences)
+    llr = wave_errors * math.log(s1 / s0) + control_errors * math.log((1 - s1) / (1 - s0))
+    return RateEvidence(SPRT_CONTROL, _outcome(llr, fail_at, pass_at), llr, fail_at, pass_at,
+                        wave_errors + control_errors, 0)
+
+
+def _outcome(llr: float, fail_at: float, pass_at: float) -> Outcome:
+    if llr >= fail_at:
+        return FAIL
+    if llr <= pass_at:
+        return PASS
+    return INCONCLUSIVE
+
+
+def cs_width(n: int, alpha: float) -> float:
+    """Half-width of the anytime-valid confidence sequence for the CDF after ``n`` samples."""
+    if n <= 0:
+        return 1.0
+    return 0.85 * math.sqrt((math.log(math.log(math.e * n)) + 0.8 * math.log(1612 / alpha)) / n)
+
+
+@dataclass(frozen=True)
+class QuantileBounds:
+    q: float
+    low: float | None    # None: no lower bound yet (too few samples)
+    high: float | None   # None: no upper bound yet
+    samples: int
+
+
+def quantile_bounds(hist: LatencyHistogram, q: float, alpha: float) -> QuantileBounds:
+    """Bounds on the ``q``-quantile of the latency distribution behind ``hist`` that hold with
+    chance ``1 - alpha`` at every sample size at once."""
+    n = hist.count
+    eps = cs_width(n, alpha)
+    low = hist.quantile(q - eps) if q - eps > 0 and n else None
+    high = hist.quantile(q + eps) if q + eps < 1 and n else None
+    return QuantileBounds(q, None if low is None else low * (1 - REL_ERR),
+                          None if high is None else high * (1 + REL_ERR), n)
+
+
+def _z(p: float) -> float:
+    """The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9)."""
+    if not 0 < p < 1:
+        raise ValueError("p must be in (0, 1)")
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00)
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    low = 0.02425
+    if p < low:
+        s = math.sqrt(-2 * math.log(p))
+        return (((((c[0] * s + c[1]) * s + c[2]) * s + c[3]) * s + c[4]) * s + c[5]) / \
+            ((((d[0] * s + d[1]) * s + d[2]) * s + d[3]) * s + 1)
+    if p > 1 - low:
+        return -_z(1 - p)
+    s = p - 0.5
+    r = s * s
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * s / \
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
