@@ -85,6 +85,23 @@ def detection_samples(threshold: float, *, alpha: float, power: float, factor: f
     return math.ceil(root * root)
 
 
+def sprt_detection_samples(threshold: float, *, alpha: float, power: float,
+                           factor: float = DETECT_FACTOR) -> int:
+    """The inferences at which the error-rate SPRT fails a rate of ``factor`` x the threshold with
+    the given power (normal approximation of its log likelihood ratio, a random walk with drift
+    ``m`` and spread ``s`` per inference: the ``n`` with ``m n - z s sqrt(n) = log(1/alpha)``).
+    More than a fixed-sample test needs: the price of judging at every look."""
+    if threshold <= 0:
+        return 1
+    p1 = _alternative(threshold, factor)
+    up, down = math.log(p1 / threshold), math.log((1 - p1) / (1 - threshold))
+    drift = p1 * up + (1 - p1) * down
+    spread = math.sqrt(p1 * (1 - p1)) * (up - down)
+    z, bound = _z(power), math.log(1 / alpha)
+    root = (z * spread + math.sqrt(z * z * spread * spread + 4 * drift * bound)) / (2 * drift)
+    return math.ceil(root * root)
+
+
 def rate_test(errors: int, inferences: int, threshold: float, *, alpha: float, beta: float,
               factor: float = DETECT_FACTOR) -> RateEvidence:
     """SPRT of the wave's error rate against the threshold (see the module docstring)."""
