@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from edgekit_agent.protocol.histograms import LatencyHistogram
 
 from edgekit.rollout.gating import (
     Baseline,
@@ -172,3 +175,121 @@ def test_fleet_telemetry_hands_the_engine_the_gates_figures() -> None:
     assert telemetry.window(["a", "b", "c", "x"], T0, NEW) == TelemetryFigures(
         expected=4, reported=1, on_digest=1, off_digest=1, inferences=100, errors=2, error_rate=0.02,
         p50_ms=10.0, p95_ms=20.0, p99_ms=30.0, probe_failures=0, silent=("c", "x"), offline=("c",))
+
+
+# --- evidence: pass, fail or inconclusive -------------------------------------------------------
+
+ERRORS_ONLY = GatePolicy(max_error_rate=0.01, wave_timeout_s=600.0)
+
+
+def judged(tele: TelemetryFigures, *, at: float = 130.0, policy: GatePolicy = ERRORS_ONLY,
+           control: TelemetryFigures | None = None, previous: Verdict | None = None) -> Verdict:
+    return judge(policy, bake_s=120.0, auto_promote=True, kube=READY, tele=tele, baseline=None,
+                 elapsed=Elapsed(at, at - 5), control=control, previous=previous)
+
+
+def wave(inferences: int, errors: int, **kw: object) -> TelemetryFigures:
+    return TelemetryFigures(expected=10, reported=10, on_digest=10, inferences=inferences, errors=errors,
+                            error_rate=errors / inferences if inferences else None, **kw)  # type: ignore[arg-type]
+
+
+def test_one_error_in_six_is_not_evidence() -> None:
+    # the demo's old verdict: "error rate 16.67% (max 1%, 1/6 inferences)" rolled back by luck
+    v = judged(wave(6, 1), at=30.0)
+    assert v.decision == "hold" and v.figure("error-rate").outcome == "inconclusive"  # type: ignore[union-attr]
+    v = judged(wave(6, 1))
+    assert (v.decision, v.gate) == ("hold", "error-rate")
+    assert "inconclusive, the bake goes on" in v.reason and "needs ≥ 226 inferences" in v.reason
+
+
+def test_inconclusive_holds_then_the_policy_decides_at_the_timeout() -> None:
+    few = wave(150, 0)
+    assert judged(few).decision == "hold"
+    v = judged(few, at=600.0)
+    assert (v.decision, v.gate) == ("rollback", "error-rate")
+    assert "still inconclusive at the wave timeout (10m), --inconclusive fail" in v.reason
+    v = judged(few, at=600.0, policy=replace(ERRORS_ONLY, inconclusive="pass"))
+    assert v.decision == "advance" and "inconclusive at the wave timeout, passed (--inconclusive pass)" in v.reason
+    # enough clean samples: pass as soon as the bake is over
+    assert judged(wave(1000, 2)).decision == "advance"
+
+
+def test_fail_verdict_names_the_test_its_numbers_and_the_confidence() -> None:
+    v = judged(wave(500, 20), at=30.0)  # fail-fast during the bake, on evidence
+    assert (v.decision, v.gate) == ("rollback", "error-rate")
+    assert "error rate 4% (max 1%, 20/500 inferences): SPRT of ≤ 1% vs ≥ 3%: log LR" in v.reason
+    assert "above the limit at 99% confidence" in v.reason
+    fig = v.figure("error-rate")
+    assert fig is not None and (fig.outcome, fig.test, fig.confidence, fig.samples) == ("fail", "SPRT", 0.99, 500)
+    assert fig.statistic == pytest.approx(20 * math.log(3) + 480 * math.log(0.97 / 0.99))
+    assert Verdict.from_json(v.to_json()) == v
+    # a record written before the evidence fields still reads
+    old = {"decision": "rollback", "reason": "r", "figures": [{"gate": "error-rate", "value": 0.2, "ok": False,
+                                                               "text": "t"}]}
+    assert Verdict.from_json(old).figure("error-rate").outcome is None  # type: ignore[union-attr]
+
+
+def test_control_group_decides_whether_the_model_is_to_blame() -> None:
+    bad_group = wave(2000, 60)
+    # the whole group errs as much: not the new model's fault
+    v = judged(bad_group, control=wave(2000, 60))
+    assert v.decision == "advance" and "no worse than the control group" in v.reason + str(v.figures)
+    # the control is healthy: fail, naming both tests
+    v = judged(bad_group, control=wave(20000, 50), at=30.0)
+    assert (v.decision, v.gate) == ("rollback", "error-rate")
+    assert "SPRT vs control" in v.reason and "worse than the control group" in v.reason
+    # baseline "before" ignores a control group
+    before = replace(ERRORS_ONLY, baseline="before")
+    assert judged(bad_group, control=wave(2000, 60), policy=before, at=30.0).decision == "rollback"
+
+
+def test_consecutive_breaches_count_new_data_only() -> None:
+    three = replace(ERRORS_ONLY, consecutive=3)
+    v1 = judged(wave(500, 20), at=30.0, policy=three)
+    assert (v1.decision, v1.breaches) == ("hold", 1) and "failed 1 of 3 consecutive" in v1.reason
+    again = judged(wave(500, 20), at=31.0, policy=three, previous=v1)   # same data, looked at again
+    assert (again.decision, again.breaches) == ("hold", 1)
+    v2 = judged(wave(600, 24), at=40.0, policy=three, previous=again)
+    assert (v2.decision, v2.breaches) == ("hold", 2)
+    v3 = judged(wave(700, 28), at=50.0, policy=three, previous=v2)
+    assert (v3.decision, v3.gate, v3.breaches) == ("rollback", "error-rate", 3)
+    assert "failed (3 consecutive)" in v3.reason
+    # a judgement without fail evidence resets the count
+    calm = judged(wave(5000, 28), at=130.0, policy=three, previous=v2)
+    assert calm.breaches == 0 and calm.decision == "advance"
+    # at the wave timeout a breach rolls back whatever the count
+    assert judged(wave(500, 20), at=600.0, policy=three).decision == "rollback"
+    assert Verdict.from_json(v2.to_json()) == v2
+
+
+def _hist(rng: np.random.Generator, n: int, median: float) -> LatencyHistogram:
+    return LatencyHistogram.from_ms(rng.lognormal(math.log(median), 0.4, n))
+
+
+def test_latency_regression_compares_distributions_with_the_control() -> None:
+    rng = np.random.default_rng(1)
+    policy = replace(ERRORS_ONLY, max_p95_regression=0.2)
+    control = wave(50_000, 100, latency_hist=_hist(rng, 50_000, 20.0))
+    slow = wave(50_000, 100, latency_hist=_hist(rng, 50_000, 30.0))
+    v = judged(slow, control=control, policy=policy, at=30.0)
+    assert (v.decision, v.gate) == ("rollback", "p95-regression")
+    assert "p95 confidence sequences" in v.reason and "at 99% confidence" in v.reason
+    near = wave(50_000, 100, latency_hist=_hist(rng, 50_000, 21.0))   # +5%
+    v = judged(near, control=control, policy=policy)
+    assert v.decision == "advance" and v.figure("p95-regression").outcome != "fail"  # type: ignore[union-attr]
+    # few latencies: no verdict on latency either way, the error-rate gate sets the pace
+    v = judged(wave(1000, 1, latency_hist=_hist(rng, 1000, 30.0)), control=control, policy=policy)
+    assert v.decision == "advance" and v.figure("p95-regression").outcome == "inconclusive"  # type: ignore[union-attr]
+
+
+def test_absolute_p95_reads_the_merged_histogram() -> None:
+    rng = np.random.default_rng(2)
+    policy = replace(ERRORS_ONLY, max_p95_ms=30.0)
+    hist = _hist(rng, 50_000, 30.0)   # p95 about 58 ms
+    v = judged(wave(50_000, 10, latency_hist=hist, p95_ms=5.0), policy=policy, at=30.0)
+    fig = v.figure("p95")
+    assert (v.decision, v.gate) == ("rollback", "p95")
+    assert fig is not None and fig.value == hist.quantile(0.95) and fig.test == "p95 confidence sequence"
+    # without a histogram (older agents) the reported p95 decides, as before
+    v = judged(wave(5000, 10, p95_ms=35.0), policy=policy, at=30.0)
+    assert (v.decision, v.gate) == ("rollback", "p95") and "point" in str(v.figure("p95").test)  # type: ignore[union-attr]
