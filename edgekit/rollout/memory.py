@@ -261,8 +261,9 @@ class MemoryCluster:
 
 class MemoryTelemetry:
     """Fleet telemetry computed from the in-memory cluster: each device runs the image of the
-    DaemonSet its node is labelled for and behaves as ``behaviour[digest]`` says
-    (``error_rate``, ``p95_ms``, ``probe_ok``, ``inferences`` per window); devices in ``offline`` are silent and offline."""
+    DaemonSet its node is labelled for and behaves as ``behaviour[digest]`` says (``error_rate``,
+    ``p95_ms``, ``probe_ok``, ``inferences`` per window); devices in ``offline`` are silent and
+    offline."""
 
     def __init__(self, cluster: MemoryCluster, app: str, namespace: str = "edgekit",
                  behaviour: Mapping[str, Mapping[str, Any]] | None = None, since: float = 0.0) -> None:
