@@ -210,6 +210,10 @@ def test_inconclusive_holds_then_the_policy_decides_at_the_timeout() -> None:
     assert "still inconclusive at the wave timeout (10m), --inconclusive fail" in v.reason
     v = judged(few, at=600.0, policy=replace(ERRORS_ONLY, inconclusive="pass"))
     assert v.decision == "advance" and "inconclusive at the wave timeout, passed (--inconclusive pass)" in v.reason
+    # an operator's promotion ends the extended bake, and says so
+    v = judge(ERRORS_ONLY, bake_s=120.0, auto_promote=True, kube=READY, tele=few, baseline=None,
+              elapsed=Elapsed(200.0, 195.0, promoted=True))
+    assert v.decision == "advance" and "inconclusive, promoted by an operator" in v.reason
     # enough clean samples: pass as soon as the bake is over
     assert judged(wave(1000, 2)).decision == "advance"
 

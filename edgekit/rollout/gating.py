@@ -1,19 +1,28 @@
-"""The gate verdict: a pure function from (policy, Kubernetes and telemetry figures, baseline,
-elapsed times) to advance / hold / roll back, with the reason and every figure against its
-threshold. The engine records the verdict in the EdgeRollout status as it is.
+"""The gate verdict: a pure function from (policy, Kubernetes and telemetry figures, baseline or
+control group, elapsed times, the wave's last verdict) to advance / hold / roll back, with the
+reason and every figure against its threshold. Each gate's outcome is pass, fail or inconclusive
+from a stated test (``edgekit.rollout.evidence``); the verdict names the test, its numbers and the
+confidence. The engine records the verdict in the EdgeRollout status as it is.
 
 Order of judgement (first match wins):
 
 1. pods not all Ready      -> hold; roll back at the wave timeout            (gate ``pods-ready``)
-2. a hard gate is breached -> roll back (during the bake too when fail-fast) (``error-rate``,
-                                                        ``probe``, ``p95``, ``p95-regression``)
+2. a hard gate fails on evidence -> roll back (during the bake too when fail-fast), once it has
+   failed ``policy.consecutive`` judgements of new data in a row, or at the wave timeout
+                                                        (``error-rate``, ``probe``, ``p95``,
+                                                         ``p95-regression``)
 3. still baking            -> hold
 4. too few devices report the new digest -> hold; at the wave timeout roll back (policy
    ``fail``) or leave the silent devices out and judge the rest (policy ``skip``). Devices known
    offline (last will) are left out at once under ``skip``, silent ones after the silence
    deadline (default: the wave timeout).                                    (``reporting``)
-5. manual promotion wanted and not given -> hold                            (``promotion``)
-6. otherwise advance.
+5. the error-rate test is inconclusive -> hold (the bake goes on); at the wave timeout roll back
+   (``--inconclusive fail``) or pass (``pass``); an operator's promotion passes it
+6. manual promotion wanted and not given -> hold                            (``promotion``)
+7. otherwise advance.
+
+Latency gates block on a fail only: bounds tight enough to prove a pass take far more samples than
+the error rate, which sets the minimum sample.
 """
 
 from __future__ import annotations
@@ -450,14 +459,17 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
     unsure = next((by_gate[n] for n in _EVIDENCE_GATES if n in by_gate and by_gate[n].ok is not True), None)
     note = ""
     if unsure is not None:
-        if not timed_out:
+        if elapsed.promoted:   # an operator's promotion ends the extended bake as it ends the bake
+            note = f"; gate {unsure.gate} inconclusive, promoted by an operator"
+        elif not timed_out:
             return verdict(HOLD, f"gate {unsure.gate} inconclusive, the bake goes on (up to the wave timeout "
                                  f"{fmt_duration(policy.wave_timeout_s)}): {unsure.text}", unsure.gate)
-        if policy.inconclusive == "fail":
+        elif policy.inconclusive == "fail":
             return verdict(ROLLBACK, f"gate {unsure.gate} still inconclusive at the wave timeout "
                                      f"({fmt_duration(policy.wave_timeout_s)}), --inconclusive fail: {unsure.text}",
                            unsure.gate)
-        note = f"; gate {unsure.gate} inconclusive at the wave timeout, passed (--inconclusive pass)"
+        else:
+            note = f"; gate {unsure.gate} inconclusive at the wave timeout, passed (--inconclusive pass)"
 
     if not auto_promote and not elapsed.promoted:
         return verdict(HOLD, "gates pass; awaiting promotion (edgekit rollout promote)" + note, "promotion")
