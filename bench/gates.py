@@ -177,8 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               + f"; bake {args.bake:g}s, wave timeout {args.timeout:g}s, reports every {args.interval:g}s, "
               f"control {args.control} healthy devices; {runs} runs per cell, {args.workers} workers")
     started = time.perf_counter()
+    results = []
     with multiprocessing.Pool(args.workers) as pool:
-        results = pool.map(run_cell, cells, chunksize=1)
+        # one line per cell as it ends, so a long run shows its progress
+        for r in pool.imap_unordered(run_cell, cells):
+            results.append(r)
+            c = r.cell
+            print(f"[{len(results)}/{len(cells)}] {c.fault} {c.rate:g}/s x {c.canary}: passed {r.passed}, "
+                  f"failed {r.failed}, inconclusive {r.inconclusive} ({r.seconds:.0f}s)", file=sys.stderr, flush=True)
     by = {(r.cell.fault, r.cell.rate, r.cell.canary): r for r in results}
     table = Table(title=f"gates Monte Carlo: {runs} runs per cell", title_justify="left")
     for col in ("inf/s/dev", "canary", "in principle", "healthy: false rollback", "inconclusive@timeout",

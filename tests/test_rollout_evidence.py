@@ -18,6 +18,7 @@ from edgekit.rollout.evidence import (
     detection_samples,
     min_samples,
     quantile_bounds,
+    quantiles,
     rate_test,
     sprt_detection_samples,
 )
@@ -102,6 +103,10 @@ def test_p95_confidence_sequence_covers_at_every_look() -> None:
                 misses += 1
                 break
     assert misses / 200 <= alpha
+    # one pass gives the histogram's own quantiles
+    hist = LatencyHistogram.from_ms(samples)
+    assert quantiles(hist, (0.05, 0.5, 0.95, 1.0)) == [hist.quantile(q) for q in (0.05, 0.5, 0.95, 1.0)]
+    assert quantiles(LatencyHistogram(), (0.5,)) == [None]
     # the width shrinks with the samples
     assert cs_width(100_000, alpha) < cs_width(1000, alpha) < cs_width(10, alpha)
 

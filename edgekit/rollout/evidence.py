@@ -26,11 +26,14 @@ the histogram's relative error.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edgekit_agent.protocol.histograms import REL_ERR, LatencyHistogram
+from edgekit_agent.protocol.histograms import REL_ERR, LatencyHistogram, bucket_value
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 PASS: Outcome = "pass"
@@ -155,17 +158,30 @@ class QuantileBounds:
     low: float | None    # None: no lower bound yet (too few samples)
     high: float | None   # None: no upper bound yet
     samples: int
+    point: float | None = None  # the histogram's own q-quantile
+
+
+def quantiles(hist: LatencyHistogram, qs: Sequence[float]) -> list[float | None]:
+    """Several quantiles of a histogram in one pass (nearest rank, as ``LatencyHistogram.quantile``)."""
+    cum = list(itertools.accumulate(hist.counts))
+    n = cum[-1] if cum else 0
+    if n == 0:
+        return [None for _ in qs]
+    last = len(cum) - 1
+    return [bucket_value(hist.offset + min(bisect.bisect_left(cum, max(1, math.ceil(q * n))), last))
+            for q in qs]
 
 
 def quantile_bounds(hist: LatencyHistogram, q: float, alpha: float) -> QuantileBounds:
     """Bounds on the ``q``-quantile of the latency distribution behind ``hist`` that hold with
-    chance ``1 - alpha`` at every sample size at once."""
+    chance ``1 - alpha`` at every sample size at once, and the histogram's own ``q``-quantile."""
     n = hist.count
+    if n == 0:
+        return QuantileBounds(q, None, None, 0)
     eps = cs_width(n, alpha)
-    low = hist.quantile(q - eps) if q - eps > 0 and n else None
-    high = hist.quantile(q + eps) if q + eps < 1 and n else None
-    return QuantileBounds(q, None if low is None else low * (1 - REL_ERR),
-                          None if high is None else high * (1 + REL_ERR), n)
+    low, point, high = quantiles(hist, (max(q - eps, 0.0), q, min(q + eps, 1.0)))
+    return QuantileBounds(q, None if q - eps <= 0 or low is None else low * (1 - REL_ERR),
+                          None if q + eps >= 1 or high is None else high * (1 + REL_ERR), n, point)
 
 
 def _z(p: float) -> float:

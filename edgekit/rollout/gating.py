@@ -310,8 +310,8 @@ def p95_figure(policy: GatePolicy, tele: TelemetryFigures) -> GateFigure:
         ok = None if tele.p95_ms is None else tele.p95_ms <= limit
         return GateFigure("p95", tele.p95_ms, limit, ok, f"p95 {_ms(tele.p95_ms)} (max {_ms(limit)})",
                           None if ok is None else (PASS if ok else FAIL), "point p95 (no histogram)")
-    p95 = hist.quantile(0.95)
     b = quantile_bounds(hist, 0.95, policy.alpha)
+    p95 = b.point
     outcome = (FAIL if b.low is not None and b.low > limit else
                PASS if b.high is not None and b.high <= limit else INCONCLUSIVE)
     return GateFigure("p95", p95, limit, _ok(outcome),
@@ -329,34 +329,38 @@ def regression_figure(policy: GatePolicy, tele: TelemetryFigures, baseline: Base
     limit = policy.max_p95_regression
     assert limit is not None
     hist = tele.latency_hist if tele.latency_hist is not None and tele.latency_hist.count else None
+    alpha = policy.alpha
+    rb: QuantileBounds | None = None
     if policy.baseline == "control" and control is not None:
         ref_name, ref_p95 = "control", control.p95_ms
-        ref_hist = control.latency_hist if control.latency_hist is not None and control.latency_hist.count else None
-        if ref_hist is not None:
-            ref_p95 = ref_hist.quantile(0.95)
+        if control.latency_hist is not None and control.latency_hist.count:
+            alpha = policy.alpha / 2    # two bounds, each at half the alpha
+            rb = quantile_bounds(control.latency_hist, 0.95, alpha)
+            ref_p95 = rb.point
     else:
-        ref_name, ref_p95, ref_hist = "baseline", baseline.p95_ms if baseline else None, None
-    wave_p95 = hist.quantile(0.95) if hist is not None else tele.p95_ms
+        ref_name, ref_p95 = "baseline", baseline.p95_ms if baseline else None
+    b = quantile_bounds(hist, 0.95, alpha) if hist is not None else None
+    wave_p95 = b.point if b is not None else tele.p95_ms
     reg = regression(wave_p95, Baseline(p95_ms=ref_p95))
     head = (f"p95 {_ms(wave_p95)} vs {ref_name} {_ms(ref_p95)}: "
             f"{'+' if (reg or 0) >= 0 else ''}{fmt_percent(reg)} (max +{fmt_percent(limit)})")
     if reg is None or ref_p95 is None or wave_p95 is None:
         return GateFigure("p95-regression", reg, limit, None, head)
-    if hist is None:
+    if b is None:
         ok = reg <= limit
         return GateFigure("p95-regression", reg, limit, ok, head, PASS if ok else FAIL, "point p95 (no histogram)")
-    alpha = policy.alpha / 2 if ref_hist is not None else policy.alpha
-    b = quantile_bounds(hist, 0.95, alpha)
-    rb = quantile_bounds(ref_hist, 0.95, alpha) if ref_hist is not None else QuantileBounds(0.95, ref_p95, ref_p95, 0)
+    with_control = rb is not None
+    if rb is None:   # the devices before the move: one figure, taken as exact
+        rb = QuantileBounds(0.95, ref_p95, ref_p95, 0, ref_p95)
     worst_low = b.low / rb.high - 1 if b.low is not None and rb.high else None
     best_high = b.high / rb.low - 1 if b.high is not None and rb.low else None
     outcome = (FAIL if worst_low is not None and worst_low > limit else
                PASS if best_high is not None and best_high <= limit else INCONCLUSIVE)
-    test = f"{QUANTILE_CS}s" if ref_hist is not None else QUANTILE_CS
+    test = f"{QUANTILE_CS}s" if with_control else QUANTILE_CS
     text = (f"{head}: {test} {_bounds_text(b)} vs {_bounds_text(rb)} at {_conf(policy)}: "
             f"increase at least {fmt_percent(worst_low)}: {outcome}")
     return GateFigure("p95-regression", reg, limit, _ok(outcome), text, outcome, test, policy.confidence,
-                      worst_low, hist.count)
+                      worst_low, b.samples)
 
 
 def gate_figures(policy: GatePolicy, kube: KubeFigures, tele: TelemetryFigures, baseline: Baseline | None,
