@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EngineConflictError, RolloutError, RolloutNotFoundError
+from edgekit.errors import EngineConflictError, IncompleteTelemetryError, RolloutError, RolloutNotFoundError
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import (
     Engine,
@@ -49,6 +49,9 @@ class FleetTelemetry:
         return float(self.watcher.subscribed_at or self.started)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
+        found = self.watcher.completeness()
+        if not found.complete:   # a temporary error: the engine holds and asks again, it does not judge
+            raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
         return figures_from_window(self.watcher.view().window(devices, since, digest))
 
     def close(self) -> None:

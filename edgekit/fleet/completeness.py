@@ -1,0 +1,110 @@
+"""Whether the watcher's picture of the fleet holds every device: the rules, as pure functions.
+
+Why a picture can be partial: on subscribing, the broker sends every retained status at once. A
+broker caps what it keeps for one client (mosquitto: ``max_inflight_messages`` in flight plus
+``max_queued_messages``/``max_queued_bytes`` queued) and silently drops the rest: with stock
+mosquitto (20 + 1000) a QoS 1 subscription to 2,000 retained statuses receives 1,020. So the
+watcher takes the statuses at QoS 0 (mosquitto hands them straight to the socket, outside the
+QoS 1 queue; a status is retained, so a later reconnect resends whatever a dropped connection
+lost) and checks the result three ways:
+
+1. **The burst is in.** The watcher subscribes in three packets: the broker's drop counter
+   (``$SYS/broker/publish/messages/dropped``), the fleet's topics, then a marker subscription.
+   A broker answers SUBSCRIBE packets in order and writes the retained messages of one before
+   it reads the next, so the marker's SUBACK arrives after every status it sent.
+2. **This subscriber dropped nothing** (its apply queue, ``max_queue``).
+3. **The broker dropped nothing** while it sent the burst: its drop counter from before the
+   fleet subscription (the retained copy) equals its value in the first ``$SYS`` update after
+   the marker (mosquitto publishes ``uptime`` first and ``bytes/sent`` last in each update, and
+   a counter only when it changed). The counter is broker-wide, so another client's drops read
+   as ours: the picture is then called incomplete, which errs on the safe side.
+
+Where the broker does not publish the counter (another broker, an ACL that hides ``$SYS``,
+``sys_interval 0``) the picture is complete but not ``verified``. Until the first ``$SYS`` update
+after the marker (``sys_interval``, 10 s by default) it is complete and not yet verified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+__all__ = ["DROPPED_TOPIC", "PASS_END_TOPIC", "PASS_START_TOPIC", "Completeness", "SyncProgress",
+           "assess", "counter_value"]
+
+DROPPED_TOPIC: Final = "$SYS/broker/publish/messages/dropped"
+PASS_START_TOPIC: Final = "$SYS/broker/uptime"       # the first topic of each $SYS update
+PASS_END_TOPIC: Final = "$SYS/broker/bytes/sent"     # the last one (changes at every update we receive)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Whether the watcher's picture holds every device (see the module docstring).
+
+    - ``complete``: no sign of loss, and the retained burst is in; False: do not judge the fleet.
+    - ``verified``: the broker's drop counter confirms nothing was dropped.
+    - ``reason``: why it is incomplete or unverified (None when complete and verified).
+    - ``statuses``: retained statuses received in the latest burst.
+    - ``broker_dropped``: messages the broker dropped (any client's) while it sent the burst.
+    - ``local_dropped``: messages this subscriber dropped (apply queue full).
+    """
+
+    complete: bool
+    verified: bool
+    reason: str | None
+    statuses: int
+    broker_dropped: int | None = None
+    local_dropped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """One line for people."""
+        if self.complete and self.verified:
+            return f"complete ({self.statuses} retained statuses; the broker dropped none)"
+        what = "complete, unverified" if self.complete else "INCOMPLETE"
+        return f"{what}: {self.reason}"
+
+
+@dataclass
+class SyncProgress:
+    """What the network thread saw of one subscription (reset at every connection)."""
+
+    synced: bool = False                 # the marker's SUBACK arrived
+    statuses: int = 0                    # retained statuses before the marker
+    drop_base: int | None = None         # the broker's drop counter before the fleet subscription
+    drop_seen: int | None = None         # its latest value in the update after the marker
+    tick: bool = False                   # a $SYS update started after the marker
+    verdict: bool = False                # that update ended: drop_seen is final
+    sys_denied: bool = False
+
+
+def counter_value(payload: bytes | bytearray) -> int | None:
+    try:
+        return int(bytes(payload).split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def assess(progress: SyncProgress, *, local_dropped: int) -> Completeness:
+    p = progress
+    if not p.synced:
+        return Completeness(False, False, "the retained status burst is not in yet", p.statuses,
+                            local_dropped=local_dropped)
+    if local_dropped:
+        return Completeness(False, False, f"this subscriber dropped {local_dropped} messages (its apply "
+                                          f"queue was full; raise max_queue)", p.statuses,
+                            local_dropped=local_dropped)
+    if p.verdict and p.drop_base is not None:
+        dropped = max(0, (p.drop_seen if p.drop_seen is not None else p.drop_base) - p.drop_base)
+        if dropped:
+            return Completeness(False, False, f"the broker dropped {dropped} messages while it sent the "
+                                              f"{p.statuses} retained statuses received (its queue limits: "
+                                              f"max_queued_messages / max_queued_bytes)", p.statuses, dropped)
+        return Completeness(True, True, None, p.statuses, 0)
+    if p.drop_base is None or p.sys_denied:
+        why = "the broker does not publish its drop counter ($SYS/broker/publish/messages/dropped)"
+    else:
+        why = "waiting for the broker's next $SYS update"
+    return Completeness(True, False, why, p.statuses)
