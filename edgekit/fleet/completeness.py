@@ -16,8 +16,12 @@ lost) and checks the result three ways:
 3. **The broker dropped nothing** while it sent the burst: its drop counter from before the
    fleet subscription (the retained copy) equals its value in the first ``$SYS`` update after
    the marker (mosquitto publishes ``uptime`` first and ``bytes/sent`` last in each update, and
-   a counter only when it changed). The counter is broker-wide, so another client's drops read
-   as ours: the picture is then called incomplete, which errs on the safe side.
+   a counter only when it changed). The counter is broker-wide and its retained copy may be up
+   to one ``sys_interval`` old, so drops of other clients can read as ours. So a rise is
+   checked again (``RECHECKS`` time): right at the end of that update (a fresh base), the
+   watcher subscribes to the statuses once more, the broker resends them all, and the next update
+   after a new marker decides. Until then, and when drops show again, the picture is
+   incomplete: that errs on the safe side.
 
 Where the broker does not publish the counter (another broker, an ACL that hides ``$SYS``,
 ``sys_interval 0``) the picture is complete but not ``verified``. Until the first ``$SYS`` update
@@ -29,12 +33,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-__all__ = ["DROPPED_TOPIC", "PASS_END_TOPIC", "PASS_START_TOPIC", "Completeness", "SyncProgress",
-           "assess", "counter_value"]
+__all__ = ["DROPPED_TOPIC", "PASS_END_TOPIC", "PASS_START_TOPIC", "RECHECKS", "Completeness", "SyncProgress",
+           "assess", "counter_value", "recheck"]
 
 DROPPED_TOPIC: Final = "$SYS/broker/publish/messages/dropped"
 PASS_START_TOPIC: Final = "$SYS/broker/uptime"       # the first topic of each $SYS update
 PASS_END_TOPIC: Final = "$SYS/broker/bytes/sent"     # the last one (changes at every update we receive)
+RECHECKS: Final = 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,25 @@ class SyncProgress:
     tick: bool = False                   # a $SYS update started after the marker
     verdict: bool = False                # that update ended: drop_seen is final
     sys_denied: bool = False
+    rechecks: int = 0                    # bursts checked again after the counter rose
+    suspect: int = 0                     # what the counter rose by in the previous check
+
+    def dropped(self) -> int | None:
+        """What the broker's counter rose by over the burst (None until the verdict)."""
+        if not self.verdict or self.drop_base is None:
+            return None
+        return max(0, (self.drop_seen if self.drop_seen is not None else self.drop_base) - self.drop_base)
+
+
+def recheck(progress: SyncProgress) -> SyncProgress | None:
+    """The progress of a second look at the burst, when the counter rose and looks remain; the
+    base is the counter's value in the update that just ended (the freshest there is)."""
+    dropped = progress.dropped()
+    if not dropped or progress.rechecks >= RECHECKS:
+        return None
+    base = progress.drop_seen if progress.drop_seen is not None else progress.drop_base
+    return SyncProgress(drop_base=base, rechecks=progress.rechecks + 1, suspect=dropped,
+                        sys_denied=progress.sys_denied)
 
 
 def counter_value(payload: bytes | bytearray) -> int | None:
@@ -89,6 +113,9 @@ def counter_value(payload: bytes | bytearray) -> int | None:
 
 def assess(progress: SyncProgress, *, local_dropped: int) -> Completeness:
     p = progress
+    if p.rechecks and not p.verdict:
+        return Completeness(False, False, f"the broker dropped {p.suspect} messages while it sent the retained "
+                                          f"statuses; checking again", p.statuses, p.suspect, local_dropped)
     if not p.synced:
         return Completeness(False, False, "the retained status burst is not in yet", p.statuses,
                             local_dropped=local_dropped)
@@ -96,12 +123,13 @@ def assess(progress: SyncProgress, *, local_dropped: int) -> Completeness:
         return Completeness(False, False, f"this subscriber dropped {local_dropped} messages (its apply "
                                           f"queue was full; raise max_queue)", p.statuses,
                             local_dropped=local_dropped)
-    if p.verdict and p.drop_base is not None:
-        dropped = max(0, (p.drop_seen if p.drop_seen is not None else p.drop_base) - p.drop_base)
-        if dropped:
-            return Completeness(False, False, f"the broker dropped {dropped} messages while it sent the "
-                                              f"{p.statuses} retained statuses received (its queue limits: "
-                                              f"max_queued_messages / max_queued_bytes)", p.statuses, dropped)
+    dropped = p.dropped()
+    if dropped:
+        looks = f", {p.rechecks + 1} times" if p.rechecks else ""
+        return Completeness(False, False, f"the broker dropped {dropped} messages while it sent the "
+                                          f"{p.statuses} retained statuses received{looks} (its queue limits: "
+                                          f"max_queued_messages / max_queued_bytes)", p.statuses, dropped)
+    if dropped == 0:
         return Completeness(True, True, None, p.statuses, 0)
     if p.drop_base is None or p.sys_denied:
         why = "the broker does not publish its drop counter ($SYS/broker/publish/messages/dropped)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Final
 
 from edgekit.errors import NoTelemetryError
 from edgekit.fleet.settings import FleetSettings
@@ -12,6 +13,8 @@ from edgekit.fleet.views import FleetSnapshot
 from edgekit.fleet.watching import FleetWatcher
 
 __all__ = ["Rates", "iter_snapshots", "rates", "take_snapshot"]
+
+_RECHECK_WAIT: Final = 30.0   # up to two of the broker's $SYS updates (sys_interval: 10 s by default)
 
 
 def take_snapshot(settings: FleetSettings, *, wait: float | None = None,
@@ -32,6 +35,8 @@ def take_snapshot(settings: FleetSettings, *, wait: float | None = None,
                 break
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         watcher.wait_verified(timeout=max(0.0, deadline - time.monotonic()))
+        if watcher.rechecking:   # the broker's drop counter rose: give the second look its time
+            watcher.wait_verified(timeout=_RECHECK_WAIT)
         snapshot = watcher.snapshot(group=settings.group, with_devices=with_devices)
     if not snapshot.groups and snapshot.complete:
         where = f"group {settings.group!r}" if settings.group else "any group"

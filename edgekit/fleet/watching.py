@@ -53,6 +53,7 @@ from edgekit.fleet.completeness import (
     SyncProgress,
     assess,
     counter_value,
+    recheck,
 )
 from edgekit.fleet.decoding import Decoder
 from edgekit.fleet.ingesting import Ingestor, RateLimitedLog
@@ -124,8 +125,10 @@ class FleetWatcher:
         self._refused = 0                          # connection attempts that failed at the socket
         self._sampled = 0
         self._sync = SyncProgress()
-        self._sys_mid: int | None = None
+        self._quiet_mids: set[int] = set()         # subscriptions that are no part of start()
         self._sync_mid: int | None = None
+        self._status_topic = ""
+        self._client: mqtt.Client | None = None
         self._sync_received = 0                  # messages received when the marker arrived
         # figures
         self.connects = 0
@@ -210,13 +213,18 @@ class FleetWatcher:
         """Whether the picture holds every device (False while the retained burst is not in)."""
         return assess(self._sync, local_dropped=self.dropped)
 
+    @property
+    def rechecking(self) -> bool:
+        """The broker's drop counter rose during the burst and the statuses are being taken again."""
+        return self._sync.rechecks > 0 and not self._sync.verdict
+
     def wait_verified(self, timeout: float) -> Completeness:
         """Wait (at most ``timeout``) until the broker's counters confirm or refute completeness."""
         deadline = time.monotonic() + timeout
         while True:
             found, sync = self.completeness(), self._sync
             final = sync.verdict or sync.sys_denied or (sync.synced and sync.drop_base is None)
-            if final or not found.complete or time.monotonic() > deadline:
+            if final or time.monotonic() > deadline:
                 return found
             time.sleep(0.05)
 
@@ -436,14 +444,17 @@ class FleetWatcher:
         share = f"$share/{s.shared_group}/" if s.shared_group else ""
         # Status at QoS 0: the retained burst then bypasses the broker's QoS 1 queue (see
         # edgekit.fleet.completeness); a reconnect resends every retained status anyway.
-        topics = [(f"{root}/{group}/+/status", 0),
+        self._status_topic = f"{root}/{group}/+/status"
+        topics = [(self._status_topic, 0),
                   (f"{share}{root}/{group}/+/health", 1),
                   (f"{share}{root}/{group}/+/event", 1)]
         self._sync = SyncProgress()
+        self._client = client
         # Three SUBSCRIBE packets, answered in order: the broker's drop counter before the burst,
         # the fleet, then a marker whose SUBACK follows the whole burst (and which brings the
         # $SYS updates that close the drop count).
-        self._sys_mid = self._subscribe(client, [(DROPPED_TOPIC, 0)], pending=False)
+        self._quiet_mids.clear()
+        self._subscribe(client, [(DROPPED_TOPIC, 0)], pending=False)
         self._subscribe(client, topics, pending=True)
         self._sync_mid = self._subscribe(client, [(PASS_START_TOPIC, 0), (PASS_END_TOPIC, 0)], pending=False)
         if getattr(flags, "session_present", False):
@@ -457,11 +468,14 @@ class FleetWatcher:
             return None
         if pending:
             self._pending_sub.add(mid)
+        else:
+            self._quiet_mids.add(mid)
         return mid
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         denied = [r for r in reasons if getattr(r, "is_failure", False)]
-        if mid in (self._sys_mid, self._sync_mid):   # $SYS may be hidden by the ACL: that is allowed
+        if mid in self._quiet_mids:   # $SYS may be hidden by the ACL: that is allowed
+            self._quiet_mids.discard(mid)
             self._sync.sys_denied = self._sync.sys_denied or bool(denied)
             if mid == self._sync_mid:
                 self._sync_received = self.received
@@ -515,5 +529,13 @@ class FleetWatcher:
             return                                           # an update from before the marker
         elif topic == PASS_START_TOPIC:
             sync.tick = True
-        elif topic == PASS_END_TOPIC and sync.tick:
+        elif topic == PASS_END_TOPIC and sync.tick and not sync.verdict:
             sync.verdict = True
+            again = recheck(sync)
+            if again is not None and self._client is not None:
+                # The counter rose, maybe from other clients' drops: have the statuses sent once
+                # more, now, against this fresh value.
+                self._sync = again
+                self._subscribe(self._client, [(self._status_topic, 0)], pending=False)
+                self._sync_mid = self._subscribe(self._client, [(PASS_START_TOPIC, 0), (PASS_END_TOPIC, 0)],
+                                                 pending=False)
