@@ -214,7 +214,8 @@ def fleet() -> None:
               help="Order of the device list (status: offline, silent and unhealthy first).")
 @click.option("--wait", type=float, default=None,
               help="Seconds to wait for health reports after the retained status [default: one interval; "
-                   "stops early once every device that is not offline has reported].")
+                   "stops early once every device that is not offline has reported and the broker's drop "
+                   "counter confirms the picture complete].")
 @output_option
 def status_cmd(with_devices: bool, sort: str, wait: float | None, output: str, **kw: Any) -> None:
     """A snapshot of the fleet: every device's retained status plus one interval of health reports,
