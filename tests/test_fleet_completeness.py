@@ -138,6 +138,11 @@ def test_incomplete_snapshot_is_said_everywhere(mqtt_broker_factory: Callable[..
     table = CliRunner().invoke(cli, ["fleet", "status", "--broker", broker.url, "--group", group, "--wait", "3"])
     assert table.exit_code == 58 and "INCOMPLETE" in table.stdout
 
+    watch = CliRunner().invoke(cli, ["fleet", "watch", "--broker", broker.url, "--group", group, "--output", "json",
+                                     "--refresh", "0.5", "--duration", "8"], catch_exceptions=False)
+    frames = [json.loads(line) for line in watch.stdout.splitlines()]
+    assert frames and frames[-1]["complete"] is False and "broker dropped" in frames[-1]["completeness"]["reason"]
+
     settings = fleet_settings(broker, group=group)
     with start_exporter(settings, "127.0.0.1", 0) as exporter:
         assert exporter.watcher.wait_settled(timeout=20)

@@ -49,10 +49,11 @@ class FleetTelemetry:
         return float(self.watcher.subscribed_at or self.started)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
-        found = self.watcher.completeness()
-        if not found.complete:   # a temporary error: the engine holds and asks again, it does not judge
+        view = self.watcher.view()
+        found = view.completeness()
+        if found is not None and not found.complete:   # temporary: the engine holds and asks again
             raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
-        return figures_from_window(self.watcher.view().window(devices, since, digest))
+        return figures_from_window(view.window(devices, since, digest))
 
     def close(self) -> None:
         self.watcher.stop()
