@@ -10,8 +10,9 @@ lost) and checks the result three ways:
 
 1. **The burst is in.** The watcher subscribes in three packets: the broker's drop counter
    (``$SYS/broker/publish/messages/dropped``), the fleet's topics, then a marker subscription.
-   A broker answers SUBSCRIBE packets in order and writes the retained messages of one before
-   it reads the next, so the marker's SUBACK arrives after every status it sent.
+   mosquitto answers SUBSCRIBE packets in order and writes the retained messages of one before
+   it reads the next, so the marker's SUBACK arrives after every status it sent (MQTT does not
+   promise this ordering; on other brokers the marker only bounds the wait).
 2. **This subscriber dropped nothing** (its apply queue, ``max_queue``).
 3. **The broker dropped nothing** while it sent the burst: its drop counter from before the
    fleet subscription (the retained copy) equals its value in the first ``$SYS`` update after
