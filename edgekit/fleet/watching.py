@@ -516,7 +516,6 @@ class FleetWatcher:
             return
         self._queue.append((topic, payload, retained, arrived))
 
-
     def _on_sys(self, topic: str, payload: bytes | bytearray, retained: bool) -> None:
         """The broker's counters (network thread): see ``edgekit.fleet.completeness``."""
         sync = self._sync
