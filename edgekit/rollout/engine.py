@@ -473,9 +473,10 @@ class Engine:
                         tele=tele, baseline=wave.baseline,
                         elapsed=Elapsed(now - (wave.moved_at or now), now - (wave.ready_at or now), wave.promoted),
                         control=control)
-        if control is None and strategy.gates.baseline == "control" and "control" not in verdict.reason:
-            verdict = replace(verdict, reason=f"{verdict.reason} (no control group left: judged against the "
-                                              f"thresholds alone)")
+        if (control is None and self.telemetry is not None and strategy.gates.baseline == "control"
+                and "control" not in verdict.reason):
+            verdict = replace(verdict, reason=f"{verdict.reason} (no control group: no device of the group is "
+                                              f"left on the old revision; judged against the thresholds alone)")
         if verdict.decision == ADVANCE and not paused:
             wave.verdict, wave.verdict_at = verdict, now
             wave.phase = r.W_PASSED
