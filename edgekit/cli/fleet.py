@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekit.cli._output import console, emit_json, output_option
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, IncompleteTelemetryError
 from edgekit.fleet.aggregating import GroupStats
 from edgekit.fleet.settings import FleetSettings, load_fleet_settings
 from edgekit.fleet.snapshotting import Rates, iter_snapshots, take_snapshot
@@ -172,7 +172,16 @@ def summary_line(snap: FleetSnapshot, rates: Rates | None = None) -> Text:
             parts.append(f"{rates.rejected:.0f} rejects/s")
     if snap.watcher and not snap.watcher.get("connected", True):
         parts.append(f"DISCONNECTED ({snap.watcher.get('last_error') or 'reconnecting'})")
+    if not snap.complete and snap.completeness is not None:
+        parts.append(f"INCOMPLETE: {snap.completeness.reason}")
     return Text("; ".join(parts))
+
+
+def incomplete_warning(snap: FleetSnapshot) -> str | None:
+    """The line that says the picture may lack devices (None when it is complete)."""
+    if snap.complete or snap.completeness is None:
+        return None
+    return f"warning: the fleet picture is INCOMPLETE, devices may be missing: {snap.completeness.reason}"
 
 
 def _render(con: Console, snap: FleetSnapshot, rates: Rates | None, *, devices: bool, sort: str,
@@ -205,11 +214,14 @@ def fleet() -> None:
               help="Order of the device list (status: offline, silent and unhealthy first).")
 @click.option("--wait", type=float, default=None,
               help="Seconds to wait for health reports after the retained status [default: one interval; "
-                   "stops early once every device that is not offline has reported].")
+                   "stops early once every device that is not offline has reported and the broker's drop "
+                   "counter confirms the picture complete].")
 @output_option
 def status_cmd(with_devices: bool, sort: str, wait: float | None, output: str, **kw: Any) -> None:
     """A snapshot of the fleet: every device's retained status plus one interval of health reports,
     per group (and per device with --devices). Unhealthy and silent devices are highlighted.
+    When the picture may lack devices (the broker dropped part of the retained status, as stock
+    mosquitto's queue limits can), it says so, in JSON as "complete": false, and exits 58.
 
     \b
     Examples:
@@ -224,9 +236,17 @@ def status_cmd(with_devices: bool, sort: str, wait: float | None, output: str, *
     snap = take_snapshot(settings, wait=wait, with_devices=with_devices)
     if output == "json":
         emit_json(snap.to_dict())
-        return
-    con = console()
-    con.print(_render(con, snap, None, devices=with_devices, sort=sort))
+    else:
+        con = console()
+        con.print(_render(con, snap, None, devices=with_devices, sort=sort))
+        warning = incomplete_warning(snap)
+        if warning is not None:
+            con.print(Text(warning, style="" if _plain(con) else "bold yellow"))
+    if not snap.complete and snap.completeness is not None:
+        # Shown above, and an exit status of its own, so that scripts do not act on a partial fleet.
+        raise IncompleteTelemetryError(f"the fleet picture is incomplete: {snap.completeness.reason}",
+                                       hint="raise the broker's max_queued_bytes / max_queued_messages "
+                                            "(fleet-manifests/base/mosquitto/telemetry.conf)")
 
 
 @fleet.command("watch")

@@ -10,7 +10,10 @@ Series (``group`` label on all fleet series):
 - per group, counters: ``edgekit_fleet_reports_total``, ``..._inferences_total``,
   ``..._errors_total`` (use ``rate()``; with a shared subscription, ``sum`` them over exporters);
 - the exporter itself: messages received/rejected (``reason``)/duplicate/stale, seq gaps,
-  lag and report-age quantiles, broker connection, queue;
+  lag and report-age quantiles, broker connection, queue; ``edgekit_fleet_snapshot_complete``
+  (0 when the broker or the exporter dropped messages, so device counts may be short: alert on
+  it), ``..._snapshot_verified`` (the broker's drop counter confirmed it) and
+  ``..._snapshot_statuses`` (retained statuses received at the latest subscribe);
 - with ``per_device``: ``edgekit_fleet_device_up``, ``..._device_reporting``,
   ``..._device_healthy``, ``..._device_latency_ms`` (``quantile`` 0.5/0.95/0.99),
   ``..._device_error_ratio``, ``..._device_inference_rate``, ``..._device_info`` (model, version,
@@ -34,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from edgekit.errors import ExporterBindError
+from edgekit.fleet.completeness import Completeness
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.watching import FleetWatcher
 
@@ -57,6 +61,7 @@ class FleetCollector(Collector):
         snap = w.snapshot(group=w.settings.group, with_devices=self.per_device)
         yield from self._groups(snap.groups)
         yield from self._self(snap.counters, snap.watcher)
+        yield from self._completeness(snap.completeness)
         if snap.devices is not None:
             yield from self._devices(snap.devices)
 
@@ -130,6 +135,18 @@ class FleetCollector(Collector):
                 if value is not None:
                     fam.add_metric([label], value)
             yield fam
+
+    def _completeness(self, found: Completeness | None) -> Iterator[Metric]:
+        if found is None:
+            return
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_complete",
+                                "1 when the fleet picture holds every device (no retained status dropped); "
+                                "0: do not trust device counts.", value=1.0 if found.complete else 0.0)
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_verified",
+                                "1 when the broker's drop counter confirmed the picture complete.",
+                                value=1.0 if found.verified else 0.0)
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_statuses", "Retained statuses received at the latest subscribe.",
+                                value=found.statuses)
 
     def _devices(self, rows: list[Any]) -> Iterator[Metric]:
         rows = sorted(rows, key=lambda r: (r.group, r.device))

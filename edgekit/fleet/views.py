@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgekit.fleet.aggregating import OFFLINE, GroupStats, percentile
+from edgekit.fleet.completeness import Completeness
 from edgekit.fleet.state import DeviceState, FleetState, IngestCounters
 
 __all__ = ["DeviceRow", "FleetSnapshot", "FleetView", "WindowStats"]
@@ -112,11 +113,18 @@ class FleetSnapshot:
     devices: list[DeviceRow] | None
     counters: IngestCounters
     watcher: dict[str, Any] = field(default_factory=dict)
+    completeness: Completeness | None = None    # None: no watcher behind the view (tests, replays)
+
+    @property
+    def complete(self) -> bool:
+        return self.completeness is None or self.completeness.complete
 
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
         return {
             "taken_at": self.taken_at,
+            "complete": self.complete,
+            "completeness": None if self.completeness is None else self.completeness.to_dict(),
             "groups": [g.to_dict() for g in self.groups],
             "devices": None if self.devices is None else [d.to_dict() for d in self.devices],
             "ingest": {
@@ -133,10 +141,15 @@ class FleetView:
     """Queries over a ``FleetState``; every method holds ``lock`` while it reads."""
 
     def __init__(self, state: FleetState, lock: contextlib.AbstractContextManager[Any] | None = None,
-                 watcher_info: Any = None) -> None:
+                 watcher_info: Any = None, completeness: Callable[[], Completeness] | None = None) -> None:
         self.state = state
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self._watcher_info = watcher_info
+        self._completeness = completeness
+
+    def completeness(self) -> Completeness | None:
+        """Whether the state holds every device (None: no watcher feeds this view)."""
+        return self._completeness() if self._completeness is not None else None
 
     # -- the rollout gates' question --------------------------------------------------------------
     def window(self, devices: Iterable[str], since: float, digest: str | None = None) -> WindowStats:
@@ -268,7 +281,8 @@ class FleetView:
             devices = self._devices(t, group) if with_devices else None
             counters = self.state.counters.copy()
         info = self._watcher_info() if callable(self._watcher_info) else {}
-        return FleetSnapshot(taken_at=t, groups=groups, devices=devices, counters=counters, watcher=info)
+        return FleetSnapshot(taken_at=t, groups=groups, devices=devices, counters=counters, watcher=info,
+                             completeness=self.completeness())
 
 
 def _r(value: float | None) -> float | None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EngineConflictError, RolloutError, RolloutNotFoundError
+from edgekit.errors import EngineConflictError, IncompleteTelemetryError, RolloutError, RolloutNotFoundError
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import (
     Engine,
@@ -49,7 +49,11 @@ class FleetTelemetry:
         return float(self.watcher.subscribed_at or self.started)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
-        return figures_from_window(self.watcher.view().window(devices, since, digest))
+        view = self.watcher.view()
+        found = view.completeness()
+        if found is not None and not found.complete:   # temporary: the engine holds and asks again
+            raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
+        return figures_from_window(view.window(devices, since, digest))
 
     def close(self) -> None:
         self.watcher.stop()
