@@ -48,7 +48,7 @@ def payload(device: str, seq: int, ts: float, samples: np.ndarray, *, group: str
         device=device, group=group, session=session, seq=seq, ts=ts, model=model(digest),  # type: ignore[arg-type]
         window_s=10.0, inferences=len(samples) + errors if inferences is None else inferences, errors=errors,
         latency_ms={"p50": p50, "p95": p95, "p99": p99, "max": float(samples.max()) if len(samples) else 0.0},
-        probe={"ok": True, "ts": ts}, rss_mb=50.0, cpu_pct=5.0, latency_hist=wire))
+        probe={"ok": True, "ts": ts}, rss_mb=50.0, cpu_pct=5.0, latency_hist=wire))  # type: ignore[arg-type]
 
 
 class Fleet:
