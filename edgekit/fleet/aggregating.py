@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from edgekit.fleet.latency import LE_BOUNDS_MS, DenseHistogram, Packed
+from edgekit.fleet.latency import DenseHistogram, Packed, fold_le
 
 __all__ = [
     "OFFLINE",
@@ -140,7 +140,7 @@ class GroupAggregate:
     """Running sums of the contributions of one group's devices."""
 
     __slots__ = ("cells", "dense", "digests", "errors", "errors_total", "inf_rate", "inferences",
-                 "inferences_total", "lat_count", "lat_hist", "lat_hist50", "lat_hist99", "le_sum", "le_total",
+                 "inferences_total", "lat_count", "lat_hist", "lat_hist50", "lat_hist99", "latencies_total",
                  "name", "no_hist", "reports_total", "status")
 
     def __init__(self, name: str) -> None:
@@ -153,8 +153,7 @@ class GroupAggregate:
         self.lat_count = 0
         self.dense = DenseHistogram()
         self.no_hist = 0
-        self.le_total = [0] * (len(LE_BOUNDS_MS) + 1)
-        self.le_sum = 0.0
+        self.latencies_total = DenseHistogram()   # every histogram latency ever reported
         self.inferences = 0
         self.errors = 0
         self.inf_rate = 0.0
@@ -224,12 +223,6 @@ class GroupAggregate:
             never = (NEVER, key[1])
             self.cells[never] = self.cells.get(never, 0) + count
 
-    def count_latencies(self, le_slots: list[int], sum_ms: float) -> None:
-        """Add one report's latencies to the cumulative classic histogram."""
-        for i, c in enumerate(le_slots):
-            self.le_total[i] += c
-        self.le_sum += sum_ms
-
     def quantile_p95(self, q: float, hist: list[int] | None = None) -> float | None:
         """The ``q``-th percentile (0-100) of the devices' latest p95s (or of ``hist``'s figures)."""
         if self.lat_count == 0:
@@ -253,6 +246,7 @@ class GroupAggregate:
                     healthy += count
         devices = sum(self.status)
         exact = self.lat_count > 0 and self.no_hist == 0
+        le_total, le_sum = fold_le(self.latencies_total.slots)
         if exact:
             p50, p95, p99 = (None if v is None else round(v, 3) for v in self.dense.quantiles((0.5, 0.95, 0.99)))
         else:
@@ -270,5 +264,5 @@ class GroupAggregate:
             digests={(d or "none"): n for d, n in sorted(self.digests.items(), key=lambda kv: -kv[1])},
             reports_total=self.reports_total, inferences_total=self.inferences_total,
             errors_total=self.errors_total, p50_ms=p50, p95_ms=p95, p99_ms=p99, latency_exact=exact,
-            no_hist=self.no_hist, latency_le_total=tuple(self.le_total), latency_sum_ms_total=round(self.le_sum, 3),
+            no_hist=self.no_hist, latency_le_total=tuple(le_total), latency_sum_ms_total=round(le_sum, 3),
         )

@@ -16,7 +16,7 @@ import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from edgekit_agent.protocol.histograms import MAX_INDEX, MIN_INDEX, LatencyHistogram, bucket_value
 
@@ -41,6 +41,8 @@ LE_BOUNDS_MS: Final = (0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0
                        5000.0, 10000.0, 30000.0)
 _VALUE: Final = tuple(bucket_value(k) for k in range(MIN_INDEX, MAX_INDEX + 1))
 _LE_OF_BUCKET: Final = tuple(bisect_left(LE_BOUNDS_MS, bucket_value(k)) for k in range(MIN_INDEX, MAX_INDEX + 1))
+# the first bucket (from MIN_INDEX) of each slot, and the end
+_SLOT_START: Final = [*(bisect_left(_LE_OF_BUCKET, j) for j in range(len(LE_BOUNDS_MS) + 1)), _SPAN]
 
 
 def pack(h: LatencyHistogram) -> Packed:
@@ -53,60 +55,65 @@ def pack(h: LatencyHistogram) -> Packed:
         hi -= 1
     if lo == hi:
         return b""
-    kept = [min(c, _U32) for c in counts[lo:hi]]
+    kept = counts[lo:hi] if lo or hi < len(counts) else counts
     top = max(kept)
+    if top > _U32:
+        kept = tuple(min(c, _U32) for c in kept)
     width = 1 if top < 0x100 else 2 if top < 0x1_0000 else 4
     return _HEAD.pack(h.offset + lo, width) + array(_TYPECODES[width], kept).tobytes()
-
-
-def _counts(p: Packed) -> tuple[int, array[int]]:
-    offset, width = _HEAD.unpack_from(p)
-    counts = array(_TYPECODES[width])
-    counts.frombytes(p[_HEAD.size:])
-    return offset, counts
 
 
 def unpack(p: Packed) -> LatencyHistogram:
     if not p:
         return LatencyHistogram()
-    offset, counts = _counts(p)
+    offset, width = _HEAD.unpack_from(p)
+    counts = array(_TYPECODES[width])
+    counts.frombytes(p[_HEAD.size:])
     return LatencyHistogram(offset, tuple(counts))
 
 
-def fold_le(p: Packed) -> tuple[list[int], float]:
-    """Counts per ``LE_BOUNDS_MS`` slot (the last slot is +Inf), not cumulative, and the sum of
-    the latencies (each taken as its bucket's value)."""
-    out = [0] * (len(LE_BOUNDS_MS) + 1)
-    total = 0.0
-    if p:
-        offset, counts = _counts(p)
-        base = offset - MIN_INDEX
-        for i, c in enumerate(counts):
-            if c:
-                out[_LE_OF_BUCKET[base + i]] += c
-                total += c * _VALUE[base + i]
-    return out, total
+def fold_le(slots: Any) -> tuple[list[int], float]:
+    """Dense counts (``DenseHistogram.slots``) per ``LE_BOUNDS_MS`` slot (the last is +Inf), not
+    cumulative, and the sum of the latencies (each taken as its bucket's value)."""
+    np = _numpy()
+    return ([int(v) for v in np.add.reduceat(slots, _SLOT_START[:-1])],
+            float(np.dot(slots.astype(np.float64), np.asarray(_VALUE))))
+
+
+def _numpy() -> Any:
+    # numpy on first use: the CLI imports this module for every command, and most never sum histograms
+    import numpy
+
+    return numpy
+
+
+_DTYPES: Final = {1: "<u1", 2: "<u2", 4: "<u4"}
 
 
 class DenseHistogram:
     """A running sum of packed histograms over every bucket of the latency range (about 1,100
-    slots): O(width) to add or take away one, O(buckets) to read a quantile."""
+    int64 slots in a numpy array): one vector add to add or take away a histogram (this runs
+    several times per health report), O(buckets) to read quantiles."""
 
     __slots__ = ("count", "slots")
 
     def __init__(self) -> None:
-        self.slots = [0] * _SPAN
+        self.slots = _numpy().zeros(_SPAN, dtype="int64")
         self.count = 0
 
     def add(self, p: Packed, sign: int = 1) -> None:
+        """Add a packed histogram (``sign`` -1: take it away)."""
         if not p:
             return
-        offset, counts = _counts(p)
-        slots = self.slots
+        offset, width = _HEAD.unpack_from(p)
+        counts = _numpy().frombuffer(p, dtype=_DTYPES[width], offset=_HEAD.size)
         base = offset - MIN_INDEX
-        for i, c in enumerate(counts):
-            slots[base + i] += sign * c
-        self.count += sign * sum(counts)
+        view = self.slots[base:base + len(counts)]
+        if sign > 0:
+            view += counts
+        else:
+            view -= counts
+        self.count += sign * int(counts.sum(dtype="int64"))
 
     def add_all(self, packed: Iterable[Packed]) -> DenseHistogram:
         for p in packed:
@@ -114,27 +121,18 @@ class DenseHistogram:
         return self
 
     def histogram(self) -> LatencyHistogram:
-        nz = [i for i, c in enumerate(self.slots) if c]
-        if not nz:
+        nz = _numpy().flatnonzero(self.slots)
+        if not nz.size:
             return LatencyHistogram()
-        return LatencyHistogram(nz[0] + MIN_INDEX, tuple(self.slots[nz[0]:nz[-1] + 1]))
+        lo, hi = int(nz[0]), int(nz[-1])
+        return LatencyHistogram(lo + MIN_INDEX, tuple(int(c) for c in self.slots[lo:hi + 1]))
 
     def quantiles(self, qs: Sequence[float]) -> list[float | None]:
-        """The ``qs`` (0..1, increasing) quantiles in ms, nearest rank, as ``LatencyHistogram.quantile``."""
+        """The ``qs`` (0..1) quantiles in ms, nearest rank, as ``LatencyHistogram.quantile``."""
         n = self.count
         if n <= 0:
             return [None] * len(qs)
-        ranks = [max(1, math.ceil(q * n)) for q in qs]
-        out: list[float | None] = []
-        seen = 0
-        j = 0
-        for i, c in enumerate(self.slots):
-            if not c:
-                continue
-            seen += c
-            while j < len(ranks) and seen >= ranks[j]:
-                out.append(bucket_value(i + MIN_INDEX))
-                j += 1
-            if j == len(ranks):
-                break
-        return out
+        np = _numpy()
+        cumulative = np.cumsum(self.slots)
+        found = np.searchsorted(cumulative, [max(1, math.ceil(q * n)) for q in qs], side="left")
+        return [bucket_value(int(i) + MIN_INDEX) for i in found]

@@ -42,7 +42,7 @@ from edgekit.fleet.aggregating import (
     GroupAggregate,
     latency_bucket,
 )
-from edgekit.fleet.latency import Packed, fold_le, pack
+from edgekit.fleet.latency import Packed, pack
 from edgekit.fleet.reports import REJECT_REASONS, EventReport, HealthReport, Model, Report, StatusReport
 
 __all__ = [
@@ -354,7 +354,7 @@ class FleetState:
         agg.inferences_total += r.inferences
         agg.errors_total += r.errors
         if packed:
-            agg.count_latencies(*fold_le(packed))
+            agg.latencies_total.add(packed)
 
     def _pack(self, r: HealthReport) -> Packed | None:
         if r.latency_hist is None:
