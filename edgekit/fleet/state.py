@@ -22,7 +22,7 @@ Memory matters at 100,000 devices: a device is one slotted object, its latest he
 packed into 56 bytes, its history is a ring of 30-byte records in one ``bytearray``, and models,
 groups and sessions are shared objects. A record's latency histogram (agents since issue 14) is
 one packed ``bytes`` (``edgekit.fleet.latency``) in a list beside the ring, made only for devices
-that send histograms: typically 60-100 bytes per record, at most ``max_hist_bytes``.
+that send histograms: 70-140 bytes per record for 30-100 buckets, at most ``max_hist_bytes``.
 """
 
 from __future__ import annotations
