@@ -216,6 +216,30 @@ def test_histograms_follow_the_history_ring_and_late_reports() -> None:
     assert within(stats.p95_ms, float(np.percentile(truth, 95)))
 
 
+def test_the_group_table_shows_the_fleet_percentiles_and_marks_approximations() -> None:
+    from rich.console import Console
+
+    from edgekit.cli.fleet import _render
+
+    rng = np.random.default_rng(19)
+    f = Fleet()
+    exact = {f"d{i}": rng.lognormal(np.log(10 + 5 * i), 0.3, 2000) for i in range(4)}
+    for name, samples in exact.items():
+        f.send(payload(name, 1, T0, samples))
+    f.send(payload("old-0", 1, T0, rng.lognormal(np.log(10), 0.3, 500), group="old", hist=False))
+    con = Console(width=200, force_terminal=False)
+    with con.capture() as captured:
+        con.print(_render(con, f.view.snapshot(now=T0 + 5), None, devices=False, sort="name"))
+    lines = {line.split()[0]: line for line in captured.get().splitlines() if line.split()}
+    assert "LATENCY" in lines["GROUP"]
+    figures = next(cell for cell in lines["g"].split() if cell.count("/") == 2)
+    everything = np.concatenate(list(exact.values()))
+    for got, q in zip(figures.split("/"), (50, 95, 99), strict=True):
+        assert within(float(got), float(np.percentile(everything, q, method="inverted_cdf")), REL + 0.005), q
+    assert next(cell for cell in lines["old"].split() if cell.count("/") == 2).startswith("~")
+    assert "1 device(s) without a usable latency histogram" in captured.get()
+
+
 def scrape(f: Fleet) -> dict[str, Any]:
     watcher = SimpleNamespace(settings=SimpleNamespace(group=None),
                               snapshot=lambda **kw: f.view.snapshot(now=T0 + 100, **kw))

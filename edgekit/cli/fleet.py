@@ -176,7 +176,7 @@ def summary_line(snap: FleetSnapshot, rates: Rates | None = None) -> Text:
         parts.append(f"latency histograms ignored {c.hist_rejected}")
     approx = sum(g.no_hist for g in snap.groups)
     if approx:
-        parts.append(f"~ latency approximate: {approx} device(s) send no histogram")
+        parts.append(f"~ latency approximate: {approx} device(s) without a usable latency histogram")
     lag = (snap.watcher.get("lag_s") or {}).get("p99")
     if lag is not None:
         parts.append(f"lag p99 {lag * 1000:.0f} ms")
