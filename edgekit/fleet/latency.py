@@ -4,8 +4,8 @@ The agents send a ``LatencyHistogram`` (``edgekit_agent.protocol.histograms``: l
 relative error) with each health report. The tracker keeps one per history record, so a window
 query can merge exactly the reports it counts; to keep that cheap at 100,000 devices a histogram
 is stored as one small ``bytes``: a 3-byte header (first bucket, count width) and the counts of
-its non-empty range as unsigned 8-, 16- or 32-bit integers (a typical 10 s window of one device
-spans 20-60 buckets: 25-65 bytes). ``TrackerConfig.max_hist_bytes`` bounds it, so a hostile agent
+its non-empty range as little-endian unsigned 8-, 16- or 32-bit integers (a 10 s window of one
+device typically spans 30-100 buckets: 33-103 bytes). ``TrackerConfig.max_hist_bytes`` bounds it, so a hostile agent
 cannot make the tracker keep more than ``history * max_hist_bytes`` per device.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,8 @@ Packed = bytes
 _HEAD: Final = struct.Struct("<hB")
 _TYPECODES: Final = {1: "B", 2: "H", 4: "I"}
 _U32: Final = 0xFFFF_FFFF
+_BIG_ENDIAN: Final = sys.byteorder == "big"   # packed counts are little-endian, as numpy reads them
+assert all(array(code).itemsize == size for size, code in _TYPECODES.items())
 _SPAN: Final = MAX_INDEX - MIN_INDEX + 1
 
 # The fixed bounds of the exporter's classic Prometheus histogram (ms), the ones a latency
@@ -60,7 +63,10 @@ def pack(h: LatencyHistogram) -> Packed:
     if top > _U32:
         kept = tuple(min(c, _U32) for c in kept)
     width = 1 if top < 0x100 else 2 if top < 0x1_0000 else 4
-    return _HEAD.pack(h.offset + lo, width) + array(_TYPECODES[width], kept).tobytes()
+    packed = array(_TYPECODES[width], kept)
+    if _BIG_ENDIAN:
+        packed.byteswap()
+    return _HEAD.pack(h.offset + lo, width) + packed.tobytes()
 
 
 def unpack(p: Packed) -> LatencyHistogram:
@@ -69,6 +75,8 @@ def unpack(p: Packed) -> LatencyHistogram:
     offset, width = _HEAD.unpack_from(p)
     counts = array(_TYPECODES[width])
     counts.frombytes(p[_HEAD.size:])
+    if _BIG_ENDIAN:
+        counts.byteswap()
     return LatencyHistogram(offset, tuple(counts))
 
 
