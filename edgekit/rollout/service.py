@@ -49,6 +49,9 @@ class FleetTelemetry:
         return float(self.watcher.subscribed_at or self.started)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
+        """The gates' figures: p50/p95/p99 of every latency of the window and the merged histogram
+        itself (``latency_hist``), when every counted report carried one; otherwise the per-device
+        approximation and no histogram (``WindowStats.latency_exact``)."""
         view = self.watcher.view()
         found = view.completeness()
         if found is not None and not found.complete:   # temporary: the engine holds and asks again
