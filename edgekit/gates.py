@@ -113,7 +113,7 @@ GATES: tuple[GateField, ...] = (
               _fraction("--max-error-rate"), describe=lambda v: f"error rate ≤ {fmt_percent(v)} (SPRT)",
               gate="error-rate", metavar="PCT", absent_is_off=True),
     GateField("max_p95_ms", "--max-p95-ms", "max_p95_ms", "maxP95LatencyMs", {"type": "number", "minimum": 0},
-              "ms", None, "Gate: absolute p95 latency (fails when the p95's lower confidence bound is above)",
+              "ms", None, "Gate: absolute p95 latency (an SPRT of the share of latencies above it)",
               _ms, describe=lambda v: f"p95 ≤ {fmt_number(v)} ms", gate="p95", metavar="MS", absent_is_off=True),
     GateField("max_p95_regression", "--max-p95-regression", "max_p95_regression", "maxP95Regression",
               {"type": "number", "minimum": 0}, "fraction", None,

@@ -277,13 +277,20 @@ def test_latency_regression_compares_distributions_with_the_control() -> None:
     slow = wave(50_000, 100, latency_hist=_hist(rng, 50_000, 30.0))
     v = judged(slow, control=control, policy=policy, at=30.0)
     assert (v.decision, v.gate) == ("rollback", "p95-regression")
-    assert "p95 confidence sequences" in v.reason and "at 99% confidence" in v.reason
+    assert "SPRT of the share above" in v.reason and "fail at 99.5% confidence" in v.reason
     near = wave(50_000, 100, latency_hist=_hist(rng, 50_000, 21.0))   # +5%
     v = judged(near, control=control, policy=policy)
     assert v.decision == "advance" and v.figure("p95-regression").outcome != "fail"  # type: ignore[union-attr]
     # few latencies: no verdict on latency either way, the error-rate gate sets the pace
-    v = judged(wave(1000, 1, latency_hist=_hist(rng, 1000, 30.0)), control=control, policy=policy)
+    v = judged(wave(1000, 1, latency_hist=_hist(rng, 20, 30.0)), control=control, policy=policy)
     assert v.decision == "advance" and v.figure("p95-regression").outcome == "inconclusive"  # type: ignore[union-attr]
+    # the devices before the move: one p95 figure as the reference
+    before = replace(policy, baseline="before")
+    v = judged(slow, policy=before, at=30.0)                     # no figure from before the move
+    assert v.decision == "hold" and v.figure("p95-regression").ok is None  # type: ignore[union-attr]
+    v = judge(before, bake_s=120.0, auto_promote=True, kube=READY, tele=slow, baseline=Baseline(p95_ms=38.0),
+              elapsed=Elapsed(30.0, 25.0))
+    assert (v.decision, v.gate) == ("rollback", "p95-regression") and "vs baseline 38.0 ms" in v.reason
 
 
 def test_absolute_p95_reads_the_merged_histogram() -> None:
@@ -293,7 +300,7 @@ def test_absolute_p95_reads_the_merged_histogram() -> None:
     v = judged(wave(50_000, 10, latency_hist=hist, p95_ms=5.0), policy=policy, at=30.0)
     fig = v.figure("p95")
     assert (v.decision, v.gate) == ("rollback", "p95")
-    assert fig is not None and fig.value == hist.quantile(0.95) and fig.test == "p95 confidence sequence"
+    assert fig is not None and fig.value == hist.quantile(0.95) and fig.test == "SPRT of the share above"
     # without a histogram (older agents) the reported p95 decides, as before
     v = judged(wave(5000, 10, p95_ms=35.0), policy=policy, at=30.0)
     assert (v.decision, v.gate) == ("rollback", "p95") and "point" in str(v.figure("p95").test)  # type: ignore[union-attr]

@@ -16,12 +16,12 @@ wave with probability ``s0 = n_w / (n_w + n_c)`` when both rates are equal, and
 control's: an SPRT of ``s0`` against ``s1`` on ``k_w`` of ``k_w + k_c`` errors (valid as above
 while both groups report at a steady pace, as they do over the same window).
 
-Latency — an anytime-valid confidence sequence for a quantile (Howard & Ramdas, "Sequential
-estimation of quantiles with applications to A/B-testing and best-arm identification",
-Bernoulli 2022, Theorem 2): with chance ``1 - alpha``, for every sample size ``n`` at once,
-the empirical CDF is within ``0.85 sqrt((log log(e n) + 0.8 log(1612/alpha)) / n)`` of the
-true one. The p95 bounds are the histogram's quantiles at ``0.95 -/+`` that width, widened by
-the histogram's relative error.
+Latency — the same SPRT on the share of latencies above a limit ``L``: the p95 is at most ``L``
+when at most 5% of latencies lie above it. ``p0 = 5%`` against ``p1 = 15%`` (the p85 above
+``L``: clearly slower), counted from the merged histogram (buckets wholly above ``L``). For the
+absolute gate ``L`` is the limit; for the regression gate ``(1 + limit)`` x the reference p95 —
+the control group's upper confidence bound (order statistic, one look, at half the alpha; the
+test takes the other half), or the p95 of the devices before the move.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edgekit_agent.protocol.histograms import REL_ERR, LatencyHistogram, bucket_value
+from edgekit_agent.protocol.histograms import REL_ERR, LatencyHistogram, bucket_of, bucket_value
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 PASS: Outcome = "pass"
@@ -45,7 +45,7 @@ DETECT_FACTOR = 3.0
 
 SPRT = "SPRT"
 SPRT_CONTROL = "SPRT vs control"
-QUANTILE_CS = "p95 confidence sequence"
+TAIL_SPRT = "SPRT of the share above"
 
 
 @dataclass(frozen=True)
@@ -145,18 +145,11 @@ def _outcome(llr: float, fail_at: float, pass_at: float) -> Outcome:
     return INCONCLUSIVE
 
 
-def cs_width(n: int, alpha: float) -> float:
-    """Half-width of the anytime-valid confidence sequence for the CDF after ``n`` samples."""
-    if n <= 0:
-        return 1.0
-    return 0.85 * math.sqrt((math.log(math.log(math.e * n)) + 0.8 * math.log(1612 / alpha)) / n)
-
-
 @dataclass(frozen=True)
 class QuantileBounds:
     q: float
-    low: float | None    # None: no lower bound yet (too few samples)
-    high: float | None   # None: no upper bound yet
+    low: float | None    # None: too few samples for a bound
+    high: float | None
     samples: int
     point: float | None = None  # the histogram's own q-quantile
 
@@ -173,15 +166,34 @@ def quantiles(hist: LatencyHistogram, qs: Sequence[float]) -> list[float | None]
 
 
 def quantile_bounds(hist: LatencyHistogram, q: float, alpha: float) -> QuantileBounds:
-    """Bounds on the ``q``-quantile of the latency distribution behind ``hist`` that hold with
-    chance ``1 - alpha`` at every sample size at once, and the histogram's own ``q``-quantile."""
+    """The histogram's ``q``-quantile with order-statistic confidence bounds (``1 - alpha`` each,
+    for one look: the reference side of a comparison, which the sequential test then takes as a
+    fixed limit), widened by the histogram's relative error. A bound is None while there are too
+    few samples for it."""
     n = hist.count
     if n == 0:
         return QuantileBounds(q, None, None, 0)
-    eps = cs_width(n, alpha)
-    low, point, high = quantiles(hist, (max(q - eps, 0.0), q, min(q + eps, 1.0)))
-    return QuantileBounds(q, None if q - eps <= 0 or low is None else low * (1 - REL_ERR),
-                          None if q + eps >= 1 or high is None else high * (1 + REL_ERR), n, point)
+    spread = _z(1 - alpha) * math.sqrt(n * q * (1 - q))
+    lo_rank, hi_rank = math.floor(n * q - spread), math.ceil(n * q + spread)
+    low, point, high = quantiles(hist, (max(lo_rank, 1) / n, q, min(hi_rank, n) / n))
+    return QuantileBounds(q, None if lo_rank < 1 or low is None else low * (1 - REL_ERR),
+                          None if hi_rank > n or high is None else high * (1 + REL_ERR), n, point)
+
+
+def above(hist: LatencyHistogram, limit_ms: float) -> int:
+    """Latencies surely above ``limit_ms``: those in buckets wholly above it (the bucket holding
+    the limit is left out, so the count errs low, towards a pass)."""
+    first = bucket_of(limit_ms) + 1 - hist.offset
+    return sum(hist.counts[max(first, 0):])
+
+
+def tail_test(hist: LatencyHistogram, limit_ms: float, *, alpha: float, beta: float,
+              q: float = 0.95) -> RateEvidence:
+    """SPRT of "the ``q``-quantile is at most ``limit_ms``" (at most ``1 - q`` of the latencies lie
+    above it) against "``DETECT_FACTOR`` x that share does" (for the p95: 5% against 15%), on the
+    latencies above the limit: the error-rate test, so as valid at every look."""
+    ev = rate_test(above(hist, limit_ms), hist.count, 1 - q, alpha=alpha, beta=beta)
+    return RateEvidence(TAIL_SPRT, ev.outcome, ev.llr, ev.fail_at, ev.pass_at, ev.samples, ev.min_samples)
 
 
 def _z(p: float) -> float:

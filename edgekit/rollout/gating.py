@@ -21,8 +21,7 @@ Order of judgement (first match wins):
 6. manual promotion wanted and not given -> hold                            (``promotion``)
 7. otherwise advance.
 
-Latency gates block on a fail only: bounds tight enough to prove a pass take far more samples than
-the error rate, which sets the minimum sample.
+Latency gates block on a fail only: the error rate sets the minimum sample.
 """
 
 from __future__ import annotations
@@ -39,12 +38,15 @@ from edgekit.rollout.evidence import (
     FAIL,
     INCONCLUSIVE,
     PASS,
-    QUANTILE_CS,
+    TAIL_SPRT,
     Outcome,
-    QuantileBounds,
+    RateEvidence,
+    above,
     control_test,
     quantile_bounds,
+    quantiles,
     rate_test,
+    tail_test,
 )
 from edgekit.rollout.strategy import GatePolicy
 from edgekit.units import fmt_duration, fmt_percent
@@ -179,7 +181,7 @@ class GateFigure:
     text: str
     # the evidence (None for gates that count rather than test: pods, reporting, probe)
     outcome: Outcome | None = None    # pass | fail | inconclusive
-    test: str | None = None           # e.g. "SPRT", "SPRT vs control", "p95 confidence sequence"
+    test: str | None = None           # e.g. "SPRT", "SPRT vs control", "SPRT of the share above"
     confidence: float | None = None   # of a fail verdict, over all looks
     statistic: float | None = None    # the SPRT's log likelihood ratio, or the p95's lower bound
     samples: int | None = None        # inferences (or latencies) the test saw
@@ -296,13 +298,19 @@ def _ok(outcome: Outcome) -> bool | None:
     return {PASS: True, FAIL: False}.get(outcome)
 
 
-def _bounds_text(b: QuantileBounds) -> str:
-    return f"[{_ms(b.low) if b.low is not None else '-'}, {_ms(b.high) if b.high is not None else '-'}]"
+def _tail_words(ev: RateEvidence, hist: LatencyHistogram, limit_ms: float, policy: GatePolicy,
+                confidence: float) -> str:
+    k = above(hist, limit_ms)
+    verdict = {FAIL: f"fail at {fmt_percent(confidence)} confidence",
+               PASS: f"pass at {fmt_percent(policy.power)} power"}.get(ev.outcome, "inconclusive")
+    return (f"{ev.test} {_ms(limit_ms)}: {k}/{hist.count} latencies, SPRT of ≤ 5% vs ≥ 15%: log LR "
+            f"{ev.llr:.2f} (fail ≥ {ev.fail_at:.2f}): {verdict}")
 
 
 def p95_figure(policy: GatePolicy, tele: TelemetryFigures) -> GateFigure:
-    """The absolute p95 gate: fails when the p95's lower confidence bound is above the limit;
-    from a device's own p95 alone (no histogram, older agents) the point figure decides."""
+    """The absolute p95 gate: an SPRT of the share of latencies above the limit (5% or less: the
+    p95 is within it); from a device's own p95 alone (no histogram, older agents) the point
+    figure decides, as before."""
     limit = policy.max_p95_ms
     assert limit is not None
     hist = tele.latency_hist
@@ -310,57 +318,52 @@ def p95_figure(policy: GatePolicy, tele: TelemetryFigures) -> GateFigure:
         ok = None if tele.p95_ms is None else tele.p95_ms <= limit
         return GateFigure("p95", tele.p95_ms, limit, ok, f"p95 {_ms(tele.p95_ms)} (max {_ms(limit)})",
                           None if ok is None else (PASS if ok else FAIL), "point p95 (no histogram)")
-    b = quantile_bounds(hist, 0.95, policy.alpha)
-    p95 = b.point
-    outcome = (FAIL if b.low is not None and b.low > limit else
-               PASS if b.high is not None and b.high <= limit else INCONCLUSIVE)
-    return GateFigure("p95", p95, limit, _ok(outcome),
-                      f"p95 {_ms(p95)} (max {_ms(limit)}): {QUANTILE_CS} {_bounds_text(b)} at {_conf(policy)}, "
-                      f"{hist.count} latencies: {outcome}", outcome, QUANTILE_CS, policy.confidence, b.low,
-                      hist.count)
+    p95 = quantiles(hist, (0.95,))[0]
+    ev = tail_test(hist, limit, alpha=policy.alpha, beta=policy.beta)
+    return GateFigure("p95", p95, limit, _ok(ev.outcome),
+                      f"p95 {_ms(p95)} (max {_ms(limit)}): {_tail_words(ev, hist, limit, policy, policy.confidence)}",
+                      ev.outcome, ev.test, policy.confidence, ev.llr, hist.count)
 
 
 def regression_figure(policy: GatePolicy, tele: TelemetryFigures, baseline: Baseline | None,
                       control: TelemetryFigures | None) -> GateFigure:
-    """The p95 regression gate. Against a control group with histograms: the wave's p95 lower bound
-    over the control's upper bound (each at half the alpha) must exceed the limit to fail. Against
-    the devices before the move (one p95 figure, taken as exact) or without histograms: as far as
-    the figures allow, down to the point estimates."""
+    """The p95 regression gate: the SPRT of the share of the wave's latencies above ``(1 + limit)``
+    x the reference p95 — the control group's upper confidence bound on its p95 (the bound and
+    the test at half the alpha each), or the p95 of the wave's devices before the move. Without
+    histograms: the point figures, as before."""
     limit = policy.max_p95_regression
     assert limit is not None
     hist = tele.latency_hist if tele.latency_hist is not None and tele.latency_hist.count else None
     alpha = policy.alpha
-    rb: QuantileBounds | None = None
+    ref_high: float | None = None
+    ref_words = ""
     if policy.baseline == "control" and control is not None:
         ref_name, ref_p95 = "control", control.p95_ms
         if control.latency_hist is not None and control.latency_hist.count:
-            alpha = policy.alpha / 2    # two bounds, each at half the alpha
+            alpha = policy.alpha / 2
             rb = quantile_bounds(control.latency_hist, 0.95, alpha)
-            ref_p95 = rb.point
+            ref_p95, ref_high = rb.point, rb.high
+            ref_words = f" (upper bound {_ms(rb.high)}, {rb.samples} latencies)"
     else:
         ref_name, ref_p95 = "baseline", baseline.p95_ms if baseline else None
-    b = quantile_bounds(hist, 0.95, alpha) if hist is not None else None
-    wave_p95 = b.point if b is not None else tele.p95_ms
+        ref_high = ref_p95   # one figure, taken as exact
+    wave_p95 = quantiles(hist, (0.95,))[0] if hist is not None else tele.p95_ms
     reg = regression(wave_p95, Baseline(p95_ms=ref_p95))
-    head = (f"p95 {_ms(wave_p95)} vs {ref_name} {_ms(ref_p95)}: "
+    head = (f"p95 {_ms(wave_p95)} vs {ref_name} {_ms(ref_p95)}{ref_words}: "
             f"{'+' if (reg or 0) >= 0 else ''}{fmt_percent(reg)} (max +{fmt_percent(limit)})")
     if reg is None or ref_p95 is None or wave_p95 is None:
         return GateFigure("p95-regression", reg, limit, None, head)
-    if b is None:
+    if hist is None or (control is not None and policy.baseline == "control" and control.latency_hist is None):
         ok = reg <= limit
         return GateFigure("p95-regression", reg, limit, ok, head, PASS if ok else FAIL, "point p95 (no histogram)")
-    with_control = rb is not None
-    if rb is None:   # the devices before the move: one figure, taken as exact
-        rb = QuantileBounds(0.95, ref_p95, ref_p95, 0, ref_p95)
-    worst_low = b.low / rb.high - 1 if b.low is not None and rb.high else None
-    best_high = b.high / rb.low - 1 if b.high is not None and rb.low else None
-    outcome = (FAIL if worst_low is not None and worst_low > limit else
-               PASS if best_high is not None and best_high <= limit else INCONCLUSIVE)
-    test = f"{QUANTILE_CS}s" if with_control else QUANTILE_CS
-    text = (f"{head}: {test} {_bounds_text(b)} vs {_bounds_text(rb)} at {_conf(policy)}: "
-            f"increase at least {fmt_percent(worst_low)}: {outcome}")
-    return GateFigure("p95-regression", reg, limit, _ok(outcome), text, outcome, test, policy.confidence,
-                      worst_low, b.samples)
+    if ref_high is None:   # too few control latencies for a bound: no verdict yet
+        return GateFigure("p95-regression", reg, limit, None, f"{head}: too few control latencies: inconclusive",
+                          INCONCLUSIVE, TAIL_SPRT, 1 - alpha, None, hist.count)
+    cut = (1 + limit) * ref_high
+    ev = tail_test(hist, cut, alpha=alpha, beta=policy.beta)
+    return GateFigure("p95-regression", reg, limit, _ok(ev.outcome),
+                      f"{head}: {_tail_words(ev, hist, cut, policy, 1 - alpha)}", ev.outcome, ev.test,
+                      policy.confidence, ev.llr, hist.count)
 
 
 def gate_figures(policy: GatePolicy, kube: KubeFigures, tele: TelemetryFigures, baseline: Baseline | None,
