@@ -86,6 +86,7 @@ class GateField:
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     absent_is_off: bool = False  # in a spec, a missing threshold means the gate is off
+    cli_choices: bool = True     # False: the CLI takes any value and the parser checks it (for an old form)
 
     def default_text(self) -> str:
         return show(self, self.default)
@@ -146,9 +147,10 @@ GATES: tuple[GateField, ...] = (
     GateField("baseline", "--baseline", "baseline", "baseline", {"type": "string", "enum": ["control", "before"]},
               "choice", "control",
               "Compare the wave with the group's devices still on the old revision (control), or with "
-              "its own devices before the move (before)", _choice("--baseline", ("control", "before")),
+              "its own devices before the move (before); a duration, as before, sets --baseline-window",
+              _choice("--baseline", ("control", "before")),
               describe=lambda v: f"compared with {'the control group' if v == 'control' else 'before the move'}",
-              choices=("control", "before")),
+              choices=("control", "before"), cli_choices=False),
     GateField("inconclusive", "--inconclusive", "inconclusive", "inconclusive",
               {"type": "string", "enum": ["fail", "pass"]}, "choice", "fail",
               "What an inconclusive gate (too few samples) decides at the wave timeout",

@@ -74,7 +74,8 @@ def test_flags_build_the_policy() -> None:
     s = build_strategy(baseline="7s")
     assert (s.baseline_s, s.gates.baseline) == (7.0, "control")
     assert build_strategy(baseline_window="9s").baseline_s == 9.0
-    for bad in ({"consecutive": "0"}, {"confidence": "40%"}, {"power": "100%"}, {"inconclusive": "maybe"}):
+    for bad in ({"consecutive": "0"}, {"confidence": "40%"}, {"power": "100%"}, {"inconclusive": "maybe"},
+                {"baseline": "sometimes"}):
         with pytest.raises(ThresholdRangeError):
             build_strategy(**bad)
 

@@ -34,8 +34,11 @@ def _gate_option(entry: GateField) -> Callable[[Any], Any]:
     text = f"{entry.help} [{entry.default_text()}]."
     if entry.unit == "flag":
         return click.option(entry.option, entry.param, is_flag=True, default=None, help=text)
-    if entry.choices:
+    if entry.choices and entry.cli_choices:
         return click.option(entry.option, entry.param, type=click.Choice(list(entry.choices)), default=None,
+                            help=text)
+    if entry.choices:   # the flag once took another kind of value: build_strategy reads both
+        return click.option(entry.option, entry.param, default=None, metavar=f"[{'|'.join(entry.choices)}]",
                             help=text)
     return click.option(entry.option, entry.param, default=None, metavar=entry.metavar, help=text)
 

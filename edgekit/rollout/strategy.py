@@ -264,7 +264,11 @@ def build_strategy(
         raise TypeError(f"build_strategy() got unknown gate settings: {', '.join(unknown)}")
     if baseline is not None and str(baseline) not in ("control", "before"):
         # the flag once named the window before the move: a duration still means that
-        baseline_window, baseline = baseline, None
+        try:
+            baseline_window, baseline = parse_duration(baseline, flag="--baseline"), None
+        except ThresholdRangeError:
+            raise ThresholdRangeError(f"--baseline {baseline!r} must be control or before",
+                                      hint="a duration there sets --baseline-window, as it once did") from None
     values: dict[str, Any] = {}
     for param, raw in gates.items():
         entry = by_param[param]
