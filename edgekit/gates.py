@@ -111,7 +111,7 @@ GATES: tuple[GateField, ...] = (
     GateField("max_error_rate", "--max-error-rate", "max_error_rate", "maxErrorRate",
               {"type": "number", "minimum": 0, "maximum": 1}, "fraction", 0.01,
               "Gate: inference error rate, judged by a sequential test (SPRT) at --confidence and --power",
-              _fraction("--max-error-rate"), describe=lambda v: f"error rate ≤ {fmt_percent(v)} (SPRT)",
+              _fraction("--max-error-rate"), describe=lambda v: f"error rate ≤ {fmt_percent(v)}",
               gate="error-rate", metavar="PCT", absent_is_off=True),
     GateField("max_p95_ms", "--max-p95-ms", "max_p95_ms", "maxP95LatencyMs", {"type": "number", "minimum": 0},
               "ms", None, "Gate: absolute p95 latency (an SPRT of the share of latencies above it)",

@@ -82,6 +82,6 @@ def test_flags_build_the_policy() -> None:
 
 def test_active_gates_name_the_settings() -> None:
     gates = GatePolicy(consecutive=2, max_p95_regression=0.2).active_gates()
-    assert "error rate ≤ 1% (SPRT)" in gates and "2 consecutive breaches" in gates
+    assert "error rate ≤ 1%" in gates and "2 consecutive breaches" in gates
     assert "p95 regression ≤ 20%" in gates and "inconclusive at the timeout: fail" in gates
     assert gates[-1] == "fail at 99% confidence, 99% power"
