@@ -8,7 +8,7 @@ by every device running it (a fleet runs few models, so this saves memory per de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 __all__ = [
     "REJECT_REASONS",
@@ -91,6 +91,7 @@ class HealthReport(_Envelope):
     rss_mb: float
     cpu_pct: float
     replayed: bool
+    shadow: dict[str, Any] | None = None  # the agent's shadow evaluation (cumulative), when one runs
 
     def __repr__(self) -> str:
         return (f"HealthReport({self.group}/{self.device} session={self.session} seq={self.seq} "

@@ -138,6 +138,13 @@ class FleetView:
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self._watcher_info = watcher_info
 
+    # -- the shadow wave's question -----------------------------------------------------------------
+    def shadow_reports(self, devices: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Each device's newest ``shadow`` object (health reports of agents running a shadow)."""
+        with self._lock:
+            held = self.state.shadows
+            return {d: held[d][1] for d in devices if d in held}
+
     # -- the rollout gates' question --------------------------------------------------------------
     def window(self, devices: Iterable[str], since: float, digest: str | None = None) -> WindowStats:
         names = list(dict.fromkeys(devices))

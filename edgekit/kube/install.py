@@ -87,6 +87,20 @@ def _schema() -> dict[str, Any]:
                     "holdTimeout": {"type": "string", "pattern": _DURATION},
                 },
             },
+            "shadow": {
+                "type": "object",
+                "description": "Shadow wave first (push --shadow-first): the canary runs the candidate beside "
+                               "the current model and the rollout goes on only when they agree.",
+                "properties": {
+                    "minAgreement": {"type": "number", "minimum": 0, "maximum": 1},
+                    "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                    "metric": {"type": "string", "minLength": 1,
+                               "description": "top1, cosine or MODULE:FUNCTION (as edgekit quantize --metric)."},
+                    "minSamples": {"type": "integer", "minimum": 1},
+                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 1},
+                    "timeout": {"type": "string", "pattern": _DURATION},
+                },
+            },
         },
     }
     status = {
@@ -114,6 +128,8 @@ def _schema() -> dict[str, Any]:
                     },
                 },
             },
+            "shadow": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                       "description": "The shadow wave: nodes, phase, pooled figures and verdict."},
             "history": {"type": "array",
                         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
             "conditions": {"type": "array", "items": _condition_schema(),

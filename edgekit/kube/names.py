@@ -31,6 +31,7 @@ ROLLOUT_LABEL_PREFIX = "rollout.edgekit.io/"
 APP_LABEL = "edgekit.io/app"
 REVISION_LABEL = "edgekit.io/revision"
 IMAGE_ANNOTATION = "edgekit.io/image"
+SHADOW_ANNOTATION = "edgekit.io/shadow-image"  # a shadow revision's candidate (push --shadow-first)
 TARGET_ANNOTATION = "edgekit.io/target"
 MANAGED_BY_LABELS = {"app.kubernetes.io/managed-by": "edgekit"}
 AGENT_NAME_LABELS = {"app.kubernetes.io/name": "edgekit-agent"}
