@@ -32,6 +32,7 @@ APP_LABEL = "edgekit.io/app"
 REVISION_LABEL = "edgekit.io/revision"
 IMAGE_ANNOTATION = "edgekit.io/image"
 SHADOW_ANNOTATION = "edgekit.io/shadow-image"  # a shadow revision's candidate (push --shadow-first)
+SHADOW_SETTINGS_ANNOTATION = "edgekit.io/shadow"   # its agents' shadow settings, JSON {"ratio", "metric"}
 TARGET_ANNOTATION = "edgekit.io/target"
 MANAGED_BY_LABELS = {"app.kubernetes.io/managed-by": "edgekit"}
 AGENT_NAME_LABELS = {"app.kubernetes.io/name": "edgekit-agent"}

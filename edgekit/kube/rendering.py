@@ -414,7 +414,10 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
              "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
              "template": {"metadata": {"labels": labels, "annotations": {
                  names.IMAGE_ANNOTATION: image.pinned,
-                 **({names.SHADOW_ANNOTATION: parse_image(s.shadow_image).pinned} if s.shadow_image else {})}},
+                 **({names.SHADOW_ANNOTATION: parse_image(s.shadow_image).pinned,
+                     names.SHADOW_SETTINGS_ANNOTATION: json.dumps({"ratio": s.shadow_ratio,
+                                                                   "metric": s.shadow_metric})}
+                    if s.shadow_image else {})}},
                           "spec": pod_spec},
          }},
     ])
