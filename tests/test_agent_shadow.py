@@ -175,3 +175,10 @@ def test_health_without_a_shadow_has_no_shadow_field(digits_folder: Path) -> Non
     core.use_model(load_model(digits_folder, allow_unsigned=True))
     started = time.monotonic()
     assert "shadow" not in core.report_health(started)
+
+
+def test_big_requests_are_not_held_for_the_shadow() -> None:
+    runner = ShadowRunner(_echo, digest="sha256:x", ratio=1.0, cpu_budget=1.0, max_sample_bytes=1000)
+    assert not runner.offer({"input": np.zeros(1000, dtype=np.float32)}, _out(), None, 0.001)
+    assert runner.offer({"input": np.zeros(10, dtype=np.float32)}, _out(), None, 0.001)
+    assert runner.report()["skipped_size"] == 1 and runner.sampled == 1

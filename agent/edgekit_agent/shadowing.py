@@ -8,6 +8,9 @@ simulator's scheduler (``drain``) — runs the candidate and compares its output
 serving model's answer. Nothing here raises into the caller or touches the serving statistics:
 the candidate's errors are counted apart.
 
+A queued sample holds its request's inputs and outputs, so requests over ``max_sample_bytes`` are
+not sampled: the HTTP API's bound on request bytes in flight must not grow by the queue's length.
+
 The CPU budget is a share of one core (``cpu_budget``): a token bucket that fills at that rate
 (at most one second's worth) and is spent by the seconds each shadow run took; a sample offered
 while the bucket is empty is skipped.
@@ -49,7 +52,8 @@ class _Sample:
 
 class ShadowRunner:
     def __init__(self, run: Run, *, digest: str, ratio: float, cpu_budget: float, metric: str = "top1",
-                 queue_size: int = 16, since: float | None = None, rss_delta_mb: float | None = None,
+                 queue_size: int = 16, max_sample_bytes: int = 4 << 20, since: float | None = None,
+                 rss_delta_mb: float | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  timer: Callable[[], float] = time.perf_counter) -> None:
         self.run = run
@@ -57,6 +61,7 @@ class ShadowRunner:
         self.ratio = ratio
         self.cpu_budget = cpu_budget
         self.metric = metric
+        self.max_sample_bytes = max_sample_bytes
         self._user = None if metric in BUILTIN_AGREEMENT else load_user_metric(metric)
         self.since = time.time() if since is None else since
         self.rss_delta_mb = rss_delta_mb
@@ -72,6 +77,7 @@ class ShadowRunner:
         self.offered = 0
         self.sampled = 0
         self.skipped_budget = 0
+        self.skipped_size = 0  # requests too big to hold for the shadow (the API bounds bodies in flight)
         self.dropped = 0
         self.errors = 0
         self.samples = 0       # compared samples (rows)
@@ -89,6 +95,10 @@ class ShadowRunner:
         """Queue a served request for the shadow when sampled and within budget; never blocks."""
         self.offered += 1
         if self.ratio <= 0 or (self.ratio < 1 and self._rng.random() >= self.ratio):
+            return False
+        held = sum(int(getattr(a, "nbytes", 0)) for a in feeds.values()) + sum(int(a.nbytes) for a in outputs)
+        if held > self.max_sample_bytes:
+            self.skipped_size += 1
             return False
         with self._lock:
             now = self._clock()
@@ -209,7 +219,8 @@ class ShadowRunner:
             out: dict[str, Any] = {
                 "digest": self.digest, "since": round(self.since, 3), "metric": self.metric,
                 "samples": n, "offered": self.offered, "sampled": self.sampled,
-                "skipped_budget": self.skipped_budget, "dropped": self.dropped, "errors": self.errors,
+                "skipped_budget": self.skipped_budget, "skipped_size": self.skipped_size, "dropped": self.dropped,
+                "errors": self.errors,
                 "agreement": agreement,
                 "latency_ms": {"serving_p95": None if serving is None else round(serving, 4),
                                "shadow_p95": None if shadow is None else round(shadow, 4),
