@@ -182,3 +182,43 @@ def test_big_requests_are_not_held_for_the_shadow() -> None:
     assert not runner.offer({"input": np.zeros(1000, dtype=np.float32)}, _out(), None, 0.001)
     assert runner.offer({"input": np.zeros(10, dtype=np.float32)}, _out(), None, 0.001)
     assert runner.report()["skipped_size"] == 1 and runner.sampled == 1
+
+
+@pytest.mark.mqtt
+def test_the_agent_process_reports_its_shadow(mqtt_broker: Any, mqtt_recorder: Any, agent_process: Any,
+                                              digits_folder: Path, degraded_folder: Path,
+                                              telemetry_checker: Any) -> None:
+    """``edgekit-agent serve`` with a shadow candidate: answers are the served model's, and its
+    health reports count agreement as computed here on the very rows that were sent."""
+    import json as _json
+
+    from tests.fixtures.agent import http
+
+    dev = f"dev-{random.randrange(1 << 30):08x}"
+    rec = mqtt_recorder(mqtt_broker, f"edgekit/v1/shadow/{dev}/#")
+    agent = agent_process({"device": dev, "group": "shadow", "model_dir": str(digits_folder),
+                           "broker_url": mqtt_broker.url, "interval": 0.2, "probe_interval": 30,
+                           "allow_unsigned": True, "shadow_image": "reg.local/digits@sha256:" + "7" * 64,
+                           "shadow_model_dir": str(degraded_folder), "shadow_ratio": 1.0,
+                           "shadow_cpu_budget": 1.0, "shadow_queue": 256}, wait="ready")
+    rows = digits_inputs()[:40]
+    ref = ort.InferenceSession(str(digits_folder / "model.onnx")).run(None, {"input": rows})[0]
+    cand = ort.InferenceSession(str(degraded_folder / "model.onnx")).run(None, {"input": rows})[0]
+    for i, row in enumerate(rows):
+        body = _json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                        "data": row.reshape(-1).tolist()}]}).encode()
+        status, _, answer = http("POST", agent.url + "/v2/models/digits/infer", body)
+        assert status == 200
+        got = np.asarray(_json.loads(answer)["outputs"][0]["data"])
+        np.testing.assert_allclose(got, ref[i], rtol=1e-4, atol=1e-5)
+
+    def shadows(msgs: list[Any]) -> list[dict[str, Any]]:
+        return [d["shadow"] for k, d in telemetry_checker.check_all(msgs) if k == "health" and "shadow" in d]
+
+    msgs = rec.wait_for(lambda m: any(s["samples"] == len(rows) for s in shadows(m)), timeout=60)
+    final = next(s for s in shadows(msgs) if s["samples"] == len(rows))
+    assert final["digest"] == "sha256:" + "7" * 64 and final["errors"] == 0
+    assert final["agreement"]["agree"] == int(np.sum(ref.argmax(1) == cand.argmax(1)))
+    events = [d["kind"] for k, d in telemetry_checker.check_all(msgs) if k == "event"]
+    assert "shadow_loaded" in events
+    assert agent.terminate() == 0
