@@ -41,7 +41,8 @@
     │   ├── SubscriptionDeniedError       54  broker refused the subscription (ACL)                [P]
     │   ├── BrokerProtocolError           55  no MQTT version in common, broken session
     │   ├── ExporterBindError             56  cannot listen on the exporter address
-    │   └── NoTelemetryError              57  nothing (of the asked group) received in time
+    │   ├── NoTelemetryError              57  nothing (of the asked group) received in time
+    │   └── IncompleteTelemetryError      58  the fleet's picture may lack devices (dropped messages)  [T]
     └── RolloutError                      60  rollouts, device groups and what they ship; a command
         │                                       that does not fit the rollout's state
         ├── GroupNotFoundError            61  no such device group (no node carries its label), or [P]
@@ -109,6 +110,7 @@ __all__ = [
     "ImageLayoutError",
     "ImageNotFoundError",
     "ImageReferenceError",
+    "IncompleteTelemetryError",
     "InvalidModelError",
     "InvalidWavesError",
     "KubeAuthError",
@@ -243,6 +245,13 @@ class NoTelemetryError(TelemetryError):
     """Nothing (of the requested group) was received in the time we waited."""
 
     exit_code = 57
+
+
+class IncompleteTelemetryError(TelemetryError, TemporaryError):
+    """The fleet's picture may lack devices: the broker or this subscriber dropped messages, or the
+    retained status has not all arrived (see ``edgekit.fleet.completeness``)."""
+
+    exit_code = 58
 
 
 # --- rollouts, device groups and the images they ship (60-69) ------------------------------

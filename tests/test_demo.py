@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.rehearsal.demo import SIM_NEEDLE, _pid_alive, main
+from edgekit.rehearsal.demo import SIM_NEEDLE, _pid_alive, control_comparison, main
 
 SMALL = ["--nodes", "20", "--bake", "4s", "--wave-timeout", "60s", "--error-rate", "0.3", "--budget-time", "2m"]
 
@@ -30,6 +30,22 @@ def test_bad_option_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_setup_check_passes_here() -> None:
     assert main(["--check-setup"]) == 0
+
+
+def test_the_failed_wave_is_shown_beside_its_control_group() -> None:
+    from edgekit.rollout.gating import TelemetryFigures
+    from edgekit.rollout.resource import WaveStatus
+
+    wave = WaveStatus(0, "1", ["edge-1"], {"edge-1": "rev"}, phase="Failed",
+                      telemetry=TelemetryFigures(expected=1, on_digest=1, inferences=120, errors=31,
+                                                 error_rate=31 / 120, p95_ms=4.25),
+                      control=TelemetryFigures(expected=19, on_digest=19, inferences=2300, errors=0,
+                                               error_rate=0.0, p95_ms=3.5))
+    line = control_comparison(wave)
+    assert line == ("wave 1: 31/120 inferences failed (25.83%), p95 4.2 ms on 1 devices; its control group over "
+                    "the same window: 0/2300 inferences failed (0.00%), p95 3.5 ms on 19 devices")
+    wave.control = None
+    assert "no control group (judged against the thresholds)" in control_comparison(wave)
 
 
 class DemoRun:
@@ -72,6 +88,9 @@ def _check_three_rollouts(run: DemoRun, result: subprocess.CompletedProcess[str]
     assert "gate error-rate failed" in str(outcomes[2]["verdict"])
     out = result.stdout
     assert "rolled back automatically (exit 69)" in out
+    # the verdict as the judge wrote it, then the canary beside its control group (19 devices on 2.0)
+    assert str(outcomes[2]["verdict"]).split(": ", 1)[1] in " ".join(out.split())
+    assert "its control group over the same window:" in out and "on 19 devices" in str(outcomes[2]["control"])
     assert "$ edgekit fleet status --group cameras" in out
     assert re.search(r"^cameras\s+20\s+20\s+0\s+20\s+0\s+20 \(100%\)", out, flags=re.M), out[-3000:]
     assert "what to try next" in out and "scripts/demo --down" in out

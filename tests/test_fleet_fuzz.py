@@ -24,7 +24,7 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
                            | st.dictionaries(_text, inner, max_size=3), max_leaves=8)
 KEYS = ["v", "device", "group", "session", "seq", "ts", "model", "window_s", "inferences", "errors",
         "latency_ms", "probe", "rss_mb", "cpu_pct", "replayed", "state", "agent_version", "ready", "kind",
-        "detail", "p50", "p95", "max", "ok", "digest", "name"]
+        "detail", "p50", "p95", "max", "ok", "digest", "name", "latency_hist", "rel_err", "offset", "counts"]
 
 
 def base(kind: str, device: str = "attacker", group: str = "evil") -> dict[str, Any]:
@@ -33,7 +33,8 @@ def base(kind: str, device: str = "attacker", group: str = "evil") -> dict[str, 
     if kind == "health":
         return dict(health_payload(**common, window_s=10.0, inferences=10, errors=0,
                                    latency_ms={"p50": 1.0, "p95": 2.0, "p99": 3.0, "max": 4.0},
-                                   probe={"ok": True, "ts": T0}, rss_mb=1.0, cpu_pct=1.0))
+                                   probe={"ok": True, "ts": T0}, rss_mb=1.0, cpu_pct=1.0,
+                                   latency_hist={"rel_err": 0.01, "offset": 40, "counts": [3, 0, 5, 2]}))
     if kind == "status":
         return dict(status_payload(**common, state="online", agent_version="1"))
     return dict(event_payload(**common, kind="probe_failed", detail="x"))
@@ -100,6 +101,8 @@ def test_fuzzed_messages_never_raise_nor_touch_other_devices(messages: list[tupl
             if dev.group == name:
                 fresh.add(dev.contrib)
         assert (agg.status, agg.digests, agg.lat_hist) == (fresh.status, fresh.digests, fresh.lat_hist)
+        assert (agg.no_hist, agg.dense.count) == (fresh.no_hist, fresh.dense.count)
+        assert (agg.dense.slots == fresh.dense.slots).all()
     # Snapshots and rows of whatever the attacker created render without error.
     view.snapshot(with_devices=True).to_dict()
     view.window(list(state.devices), 0.0)
@@ -122,3 +125,23 @@ def test_extreme_but_valid_values(big: float, seq: int, ts: float) -> None:
     assert row is not None and row.inferences is not None
     view.window(["attacker"], 0.0)
     view.snapshot(with_devices=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-400, 800) | st.integers(-(2**63), 2**63 - 1),
+       st.lists(st.integers(0, 300) | st.integers(-(2**63), 2**64 - 1), max_size=40),
+       st.integers(0, 3000) | st.integers(0, 2**40))
+def test_any_histogram_numbers_are_kept_only_when_valid(offset: int, counts: list[int], inferences: int) -> None:
+    state, ingest = victims()
+    h = base("health")
+    h.update(inferences=inferences, latency_hist={"rel_err": 0.01, "offset": offset, "counts": counts})
+    assert ingest.ingest("edgekit/v1/evil/attacker/health", orjson.dumps(h), T0) == "latest"
+    stats = FleetView(state).window(["attacker", "victim-1"], 0.0)
+    valid = not counts or (offset >= -345 and offset + len(counts) - 1 <= 755
+                           and all(0 <= c < 2**53 for c in counts) and sum(counts) <= inferences)
+    assert state.counters.hist_rejected == (0 if valid else 1)
+    assert stats.latency_exact == (valid or inferences == 0)
+    assert stats.no_hist == ([] if valid or inferences == 0 else ["attacker"])
+    if stats.latency_exact:   # the victim's 10 latencies, and the attacker's (kept as 32-bit counts)
+        kept = sum(min(c, 2**32 - 1) for c in counts) if inferences else 0
+        assert stats.latency_hist is not None and stats.latency_hist.count == 10 + kept

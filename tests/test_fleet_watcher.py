@@ -272,9 +272,13 @@ def test_auto_falls_back_to_mqtt_311() -> None:
                     conn.sendall(b"\x20\x02\x00\x01")        # unacceptable protocol version
                     continue
                 conn.sendall(b"\x20\x02\x00\x00")
-                sub = conn.recv(4096)
-                mid = struct.unpack("!H", sub[2:4])[0]
-                conn.sendall(b"\x90\x03" + struct.pack("!H", mid) + b"\x01")
+                subs, acked = b"", 0
+                while acked < 3:                             # the watcher sends 3 SUBSCRIBE packets
+                    subs += conn.recv(4096)
+                    while len(subs) > 4 and len(subs) >= 2 + subs[1]:   # short packets: 1-byte length
+                        mid = struct.unpack("!H", subs[2:4])[0]
+                        conn.sendall(b"\x90\x03" + struct.pack("!H", mid) + b"\x01")
+                        subs, acked = subs[2 + subs[1]:], acked + 1
                 conn.recv(4096)                              # until the watcher disconnects
                 return
 

@@ -83,3 +83,48 @@ def test_agent_window_carries_every_sample() -> None:
     truth = float(np.quantile(seconds * 1000, 0.95, method="inverted_cdf"))
     assert abs((w.hist.quantile(0.95) or 0) - truth) <= REL_ERR * truth * 1.0001
     assert stats.take_window().hist.count == 0
+
+
+# -- the fleet side: packed per report, summed per group, folded for Prometheus -------------------
+@pytest.mark.parametrize("scale", [1, 300, 70_000, 2**33])
+def test_packing_round_trips_at_every_count_width(scale: int) -> None:
+    from edgekit.fleet.latency import pack, unpack
+
+    rng = np.random.default_rng(scale % 1000)
+    hist = LatencyHistogram.from_ms(rng.lognormal(2.0, 0.5, 5000))
+    scaled = LatencyHistogram(hist.offset, tuple(c * scale for c in hist.counts))
+    packed = pack(scaled)
+    back = unpack(packed)
+    if scale < 2**32:
+        assert back == scaled
+    else:  # kept as 32-bit counts: clamped, never wrapped
+        assert all(c == min(s, 2**32 - 1) for c, s in zip(back.counts, scaled.counts, strict=True))
+    assert pack(LatencyHistogram(5, (0, 0, 3, 0))) == pack(LatencyHistogram(7, (3,)))
+    assert pack(LatencyHistogram()) == b"" and unpack(b"") == LatencyHistogram()
+
+
+def test_dense_sum_equals_merging_and_taking_away_undoes_adding() -> None:
+    from edgekit.fleet.latency import DenseHistogram, pack
+
+    rng = np.random.default_rng(1)
+    parts = [LatencyHistogram.from_ms(rng.lognormal(m, 0.4, 800)) for m in (0.5, 2.0, 4.0)]
+    dense = DenseHistogram().add_all(pack(h) for h in parts)
+    merged = LatencyHistogram.merge_all(parts)
+    assert dense.histogram() == merged and dense.count == merged.count
+    assert dense.quantiles((0.01, 0.5, 0.95, 0.99)) == [merged.quantile(q) for q in (0.01, 0.5, 0.95, 0.99)]
+    assert DenseHistogram().quantiles((0.5,)) == [None]
+    dense.add(pack(parts[1]), -1)
+    assert dense.histogram() == parts[0].merge(parts[2])
+
+
+def test_folding_to_le_bounds_counts_each_latency_once_within_rel_err_of_its_bound() -> None:
+    from edgekit.fleet.latency import LE_BOUNDS_MS, DenseHistogram, fold_le, pack
+
+    rng = np.random.default_rng(2)
+    samples = rng.lognormal(3.0, 1.5, 20_000)
+    slots, total = fold_le(DenseHistogram().add_all([pack(LatencyHistogram.from_ms(samples))]).slots)
+    assert sum(slots) == len(samples)
+    assert abs(total - samples.sum()) <= REL_ERR * samples.sum()
+    cumulative = np.cumsum(slots)
+    for le, below in zip(LE_BOUNDS_MS, cumulative, strict=False):
+        assert (samples <= le * (1 - REL_ERR)).sum() <= below <= (samples <= le * (1 + REL_ERR)).sum()

@@ -52,3 +52,19 @@ def test_render_shows_waves_and_gate_figures() -> None:
     assert "det-cams-1" in text and "Progressing" in text and "(zone-a:1, zone-b:1)" in text
     assert "error-rate" in text and "FAIL" in text and "20%" in text
     assert summary(ro)["wavesPassed"] == 0
+
+
+def test_render_shows_the_control_group_beside_the_wave() -> None:
+    digest = "sha256:" + "1" * 64
+    spec = RolloutSpec("det", "cams", ImageRef(f"reg/m@{digest}", digest, "111111111111"),
+                       build_strategy(waves="1,100%"))
+    wave = WaveStatus(0, "1", ["edge-1"], {"edge-1": "000000000000"}, phase="Baking", ready=1,
+                      telemetry=TelemetryFigures(expected=1, on_digest=1, error_rate=0.02, p95_ms=3.0),
+                      control=TelemetryFigures(expected=2, on_digest=2, error_rate=0.005, p95_ms=2.5))
+    ro = EdgeRollout("det-cams-1", "edgekit", spec, RolloutStatus(phase="Progressing", waves=[
+        wave, WaveStatus(1, "100%", ["edge-2", "edge-3"], {})]))
+    again = EdgeRollout.from_json(ro.to_json())
+    console = Console(record=True, width=200)
+    console.print(render(again))
+    text = console.export_text()
+    assert "control" in text and "0.5% · 2.5 ms (2 devices)" in text

@@ -15,7 +15,7 @@ from edgekit.rollout import resource as r
 from edgekit.rollout.engine import Engine, EngineOptions, request_abort, request_pause, request_promote
 from edgekit.rollout.memory import MemoryCluster, MemoryTelemetry, SimulatedCrash
 from edgekit.rollout.resource import ImageRef, revision_for
-from edgekit.rollout.strategy import build_strategy
+from edgekit.rollout.strategy import build_strategy, with_gates
 
 NS, APP, GROUP = "edgekit", "detector", "cameras"
 OLD = ImageRef("reg/detector@sha256:" + "0" * 64, "sha256:" + "0" * 64, revision_for("sha256:" + "0" * 64))
@@ -335,3 +335,81 @@ def test_nothing_to_move() -> None:
     with pytest.raises(RolloutError) as info:
         push(cluster, telemetry, image=OLD)
     assert "already runs detector revision" in info.value.one_line()
+
+
+# --- the control group (GatePolicy.baseline) ------------------------------------------------------
+
+def run_with(cluster: MemoryCluster, telemetry: MemoryTelemetry, **gates: object) -> r.EdgeRollout:
+    """Push NEW with the engine test strategy and ``gates`` changed; run it to its end."""
+    kw = {k: gates.pop(k) for k in ("waves", "spread_by") if k in gates}
+    strat = with_gates(strategy(**kw), **gates)  # type: ignore[arg-type]
+    engine = Engine(cluster, telemetry, options=FAST)
+    ro = engine.create(engine.prepare(namespace=NS, app=APP, group=GROUP, image=NEW, strategy=strat))
+    return engine.run(NS, ro.name)
+
+
+def control_windows(telemetry: MemoryTelemetry) -> list[tuple[tuple[str, ...], float, str | None]]:
+    return [asked for asked in telemetry.asked if asked[2] == OLD.digest]
+
+
+def test_each_wave_is_compared_with_the_devices_still_on_the_old_revision_over_the_same_window() -> None:
+    cluster, telemetry = fleet(20)
+    cluster.relabel_nodes(APP, {"edge-19": None})          # runs nothing: no control device
+    for node in ("edge-18", "edge-17"):                    # the control group answers differently
+        telemetry.device_behaviour[node] = {"error_rate": 0.03, "p95_ms": 40.0}
+    ro = run_with(cluster, telemetry)
+    assert ro.status.phase == "Succeeded"
+    canary, second, last = ro.status.waves
+    later = [n for w in (second, last) for n in w.nodes if n != "edge-19"]
+    asked = control_windows(telemetry)
+    assert last.nodes[-1] == "edge-19"
+    expected = {tuple(later): canary, tuple(last.nodes[:-1]): second}
+    assert {devices for devices, _, _ in asked} == set(expected)
+    for devices, since, _ in asked:                        # over the wave's own window
+        assert since == pytest.approx(expected[devices].ready_at, abs=0.01)
+    # recorded in the stored status, compactly
+    stored = cluster.get_rollout(NS, ro.name).status.waves
+    assert stored[0].control is not None and stored[0].control.expected == 18
+    assert stored[0].control.on_digest == 18 and stored[0].control.errors == 6      # 2 devices x 3/100
+    assert stored[0].control.p95_ms == 40.0 and stored[0].telemetry.p95_ms == 11.0  # type: ignore[union-attr]
+    assert stored[1].control is not None and stored[1].control.expected == len(last.nodes) - 1
+    raw = cluster.rollouts[(NS, ro.name)]["status"]["waves"][0]["control"]
+    assert "silent" not in raw or raw["silent"] == []
+    # the last wave has none left: judged against the thresholds, and says so
+    assert stored[2].control is None
+    assert last.verdict is not None and "no control group" in last.verdict.reason
+
+
+def test_with_spread_by_only_the_wave_s_zones_are_compared() -> None:
+    cluster, telemetry = fleet(20)                          # zones z0 (even) and z1 (odd)
+    ro = run_with(cluster, telemetry, spread_by="topology.kubernetes.io/zone")
+    canary, second, _ = ro.status.waves
+    zone = {n: f"z{int(n.split('-')[1]) % 2}" for n in cluster.groups[GROUP]}
+    asked = control_windows(telemetry)
+    first = next(devices for devices, _, _ in asked if canary.nodes[0] not in devices and len(devices) < 19)
+    (canary_zone,) = {zone[n] for n in canary.nodes}
+    assert first and {zone[n] for n in first} == {canary_zone}
+    assert set(first) == {n for w in ro.status.waves[1:] for n in w.nodes if zone[n] == canary_zone}
+    assert {zone[n] for n in second.nodes} == {"z0", "z1"}
+    assert second.control is not None and second.control.expected == len(ro.status.waves[2].nodes)
+
+
+def test_a_group_moved_at_once_has_no_control_group() -> None:
+    cluster, telemetry = fleet(6)
+    ro = run_with(cluster, telemetry, waves="100%")
+    (wave,) = ro.status.waves
+    assert ro.status.phase == "Succeeded"
+    assert control_windows(telemetry) == [] and wave.control is None
+    assert wave.verdict is not None and "no control group" in wave.verdict.reason
+
+
+def test_baseline_before_compares_with_the_same_devices_before_the_move_as_it_did() -> None:
+    cluster, telemetry = fleet(20)
+    telemetry.behaviour[NEW.digest] = {"error_rate": 0.0, "p95_ms": 30.0}
+    ro = run_with(cluster, telemetry, baseline="before", max_p95_regression=0.2)
+    assert ro.status.phase == "RolledBack"
+    canary = ro.status.waves[0]
+    assert control_windows(telemetry) == [] and canary.control is None
+    assert canary.baseline is not None and canary.baseline.p95_ms == 10.0
+    assert canary.verdict is not None and canary.verdict.gate == "p95-regression"
+    assert "control" not in canary.verdict.reason

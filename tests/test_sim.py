@@ -32,6 +32,8 @@ def test_parse_faults() -> None:
     key, fault = parse_fault("sha256:" + "a" * 64 + ":crash_loop,crash_every=2")
     assert key == "sha256:" + "a" * 64 and fault.crash_loop and fault.crash_every == 2
     assert parse_fault("*:error-rate=0.5")[1].error_rate == 0.5
+    _, fault = parse_fault("rev1:error_rate=1%,noisy,latency_factor=1.5,rate=30")
+    assert fault == Fault(error_rate=0.01, noisy=True, latency_factor=1.5, rate=30)
     for bad in ("nokey", ":error_rate=1", "x:error_rate=2", "x:bogus=1", "x:latency_ms=fast"):
         with pytest.raises(ConfigError) as info:
             parse_fault(bad)
@@ -123,6 +125,35 @@ def test_device_extra_latency(digits_loaded: LoadedModel) -> None:
     fast = _health(_device(digits_loaded, Fault()), 30)["latency_ms"]["p50"]
     slow = _health(_device(digits_loaded, Fault(latency_ms=25)), 30)["latency_ms"]["p50"]
     assert slow >= 25 > fast
+
+
+def test_noisy_errors_are_independent_draws(digits_loaded: LoadedModel) -> None:
+    steady = _device(digits_loaded, Fault(error_rate=0.2))
+    noisy = _device(digits_loaded, Fault(error_rate=0.2, noisy=True))
+    per_window: dict[str, list[int]] = {"steady": [], "noisy": []}
+    for _ in range(10):
+        for name, device in (("steady", steady), ("noisy", noisy)):
+            before = device.errors
+            for _ in range(100):
+                device.infer()
+            per_window[name].append(device.errors - before)
+    assert set(per_window["steady"]) == {20}               # evenly spread: every window shows the rate
+    assert len(set(per_window["noisy"])) > 3                # drawn: windows scatter around it
+    assert 140 <= sum(per_window["noisy"]) <= 260           # ... at the rate (binomial, > 4 sd)
+    assert _health(noisy, 0)["errors"] == noisy.errors     # real onnxruntime errors, reported by the core
+
+
+def test_latency_factor_and_traffic_per_model(digits_loaded: LoadedModel) -> None:
+    fast = _health(_device(digits_loaded, Fault()), 30)["latency_ms"]["p50"]
+    slow = _health(_device(digits_loaded, Fault(latency_factor=200)), 30)["latency_ms"]["p50"]
+    assert slow > 20 * fast
+    device = _device(digits_loaded, Fault(rate=40), rate=1.0)
+    t = device.started
+    while t < device.started + 2.0:                        # two seconds of scheduler time
+        t = max(device.step(t), t + 0.001)
+    assert 60 <= device.inferences <= 100                   # 40/s, not the simulator's 1/s
+    device.fault = Fault()                                  # the fault book changed: back to 1/s
+    assert device.rate == 1.0
 
 
 def test_failing_probe_makes_the_device_not_ready(digits_loaded: LoadedModel, tmp_path: Path) -> None:

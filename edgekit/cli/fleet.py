@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekit.cli._output import console, emit_json, output_option
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, IncompleteTelemetryError
 from edgekit.fleet.aggregating import GroupStats
 from edgekit.fleet.settings import FleetSettings, load_fleet_settings
 from edgekit.fleet.snapshotting import Rates, iter_snapshots, take_snapshot
@@ -100,10 +100,19 @@ def _models(g: GroupStats) -> str:
     return " ".join(parts) or "-"
 
 
+def _latency(g: GroupStats) -> str:
+    """The group's percentiles over every latency of the devices' latest windows; ``~`` marks
+    figures approximated from the devices' own percentiles (some agents send no histogram)."""
+    if g.p95_ms is None:
+        return "-"
+    figures = f"{_ms(g.p50_ms)}/{_ms(g.p95_ms)}/{_ms(g.p99_ms)}"
+    return figures if g.latency_exact else f"~{figures}"
+
+
 def group_table(con: Console, groups: list[GroupStats], rates: Rates | None = None) -> Table:
     t = _table(con, "Groups")
     for name in ("GROUP", "DEVICES", "ONLINE", "OFFLINE", "REPORTING", "SILENT", "HEALTHY", "ERRORS",
-                 "P95 p50/p95 ms", "INF/S", "MODELS"):
+                 "LATENCY p50/p95/p99 ms", "INF/S", "MODELS"):
         t.add_column(name, justify="left" if name in ("GROUP", "MODELS") else "right", no_wrap=True)
     for g in groups:
         share = "-" if g.healthy_share is None else f"{g.healthy} ({g.healthy_share * 100:.0f}%)"
@@ -111,7 +120,7 @@ def group_table(con: Console, groups: list[GroupStats], rates: Rates | None = No
         bad = g.offline or g.silent or g.healthy < g.devices or g.unverified
         models = _models(g) + (f" ({g.unverified} unverified)" if g.unverified else "")
         t.add_row(escape(g.group), str(g.devices), str(g.online), str(g.offline), str(g.reporting), str(g.silent),
-                  share, _pct(g.error_rate), f"{_ms(g.p50_of_p95_ms)}/{_ms(g.p95_of_p95_ms)}", f"{inf_rate:.1f}",
+                  share, _pct(g.error_rate), _latency(g), f"{inf_rate:.1f}",
                   models, style="yellow" if bad and not _plain(con) else None)
     return t
 
@@ -163,6 +172,11 @@ def summary_line(snap: FleetSnapshot, rates: Rates | None = None) -> Text:
         parts.append("rejected " + ", ".join(f"{k} {v}" for k, v in rejected.items()))
     if c.seq_gaps:
         parts.append(f"seq gaps {c.seq_gaps}")
+    if c.hist_rejected:
+        parts.append(f"latency histograms ignored {c.hist_rejected}")
+    approx = sum(g.no_hist for g in snap.groups)
+    if approx:
+        parts.append(f"~ latency approximate: {approx} device(s) without a usable latency histogram")
     lag = (snap.watcher.get("lag_s") or {}).get("p99")
     if lag is not None:
         parts.append(f"lag p99 {lag * 1000:.0f} ms")
@@ -172,7 +186,16 @@ def summary_line(snap: FleetSnapshot, rates: Rates | None = None) -> Text:
             parts.append(f"{rates.rejected:.0f} rejects/s")
     if snap.watcher and not snap.watcher.get("connected", True):
         parts.append(f"DISCONNECTED ({snap.watcher.get('last_error') or 'reconnecting'})")
+    if not snap.complete and snap.completeness is not None:
+        parts.append(f"INCOMPLETE: {snap.completeness.reason}")
     return Text("; ".join(parts))
+
+
+def incomplete_warning(snap: FleetSnapshot) -> str | None:
+    """The line that says the picture may lack devices (None when it is complete)."""
+    if snap.complete or snap.completeness is None:
+        return None
+    return f"warning: the fleet picture is INCOMPLETE, devices may be missing: {snap.completeness.reason}"
 
 
 def _render(con: Console, snap: FleetSnapshot, rates: Rates | None, *, devices: bool, sort: str,
@@ -205,11 +228,17 @@ def fleet() -> None:
               help="Order of the device list (status: offline, silent and unhealthy first).")
 @click.option("--wait", type=float, default=None,
               help="Seconds to wait for health reports after the retained status [default: one interval; "
-                   "stops early once every device that is not offline has reported].")
+                   "stops early once every device that is not offline has reported and the broker's drop "
+                   "counter confirms the picture complete].")
 @output_option
 def status_cmd(with_devices: bool, sort: str, wait: float | None, output: str, **kw: Any) -> None:
     """A snapshot of the fleet: every device's retained status plus one interval of health reports,
     per group (and per device with --devices). Unhealthy and silent devices are highlighted.
+    A group's latency is p50/p95/p99 over every inference of its devices' latest windows (from
+    their merged histograms, 1% relative error); "~" marks an approximation where some agents
+    send no histogram.
+    When the picture may lack devices (the broker dropped part of the retained status, as stock
+    mosquitto's queue limits can), it says so, in JSON as "complete": false, and exits 58.
 
     \b
     Examples:
@@ -224,9 +253,17 @@ def status_cmd(with_devices: bool, sort: str, wait: float | None, output: str, *
     snap = take_snapshot(settings, wait=wait, with_devices=with_devices)
     if output == "json":
         emit_json(snap.to_dict())
-        return
-    con = console()
-    con.print(_render(con, snap, None, devices=with_devices, sort=sort))
+    else:
+        con = console()
+        con.print(_render(con, snap, None, devices=with_devices, sort=sort))
+        warning = incomplete_warning(snap)
+        if warning is not None:
+            con.print(Text(warning, style="" if _plain(con) else "bold yellow"))
+    if not snap.complete and snap.completeness is not None:
+        # Shown above, and an exit status of its own, so that scripts do not act on a partial fleet.
+        raise IncompleteTelemetryError(f"the fleet picture is incomplete: {snap.completeness.reason}",
+                                       hint="raise the broker's max_queued_bytes / max_queued_messages "
+                                            "(fleet-manifests/base/mosquitto/telemetry.conf)")
 
 
 @fleet.command("watch")

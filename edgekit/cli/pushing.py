@@ -41,9 +41,10 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
     devices verify with too (ConfigMap edgekit-cosign-key, created when missing); --allow-unsigned
     rolls out unsigned images instead. Each wave relabels its nodes to the new revision, waits
     for the pods to be Ready and for the bake time, then judges the wave from the devices' own
-    telemetry: error rate, p95 latency (absolute and against the same devices before the move),
-    golden probe, share of devices reporting the new model. All state lives in an EdgeRollout, so
-    `edgekit rollout resume` continues from any machine if this process dies.
+    telemetry: error rate, p95 latency (absolute and against its control group: the group's devices
+    still on the old revision, same window), golden probe, share of devices reporting the new model.
+    All state lives in an EdgeRollout, so `edgekit rollout resume` continues from any machine if
+    this process dies.
 
     Without --group, `edgekit push LAYOUT REF` uploads an image layout to a registry.
 

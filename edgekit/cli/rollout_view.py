@@ -17,7 +17,7 @@ from rich.text import Text
 from edgekit.cli._output import console, emit_json
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import Live
-from edgekit.rollout.gating import GateFigure
+from edgekit.rollout.gating import GateFigure, TelemetryFigures
 from edgekit.rollout.resource import EdgeRollout
 from edgekit.rollout.strategy import fmt_duration, fmt_percent
 
@@ -42,6 +42,15 @@ def _figure_row(f: GateFigure) -> tuple[str, str, str, Text]:
     return f.gate, value, threshold, mark
 
 
+def _control(c: TelemetryFigures | None) -> str:
+    """The control group's figures over the wave's window: error rate, p95, devices."""
+    if c is None:
+        return "-"
+    errors = fmt_percent(c.error_rate) if c.error_rate is not None else "-"
+    p95 = f"{c.p95_ms:.1f} ms" if c.p95_ms is not None else "-"
+    return f"{errors} · {p95} ({c.on_digest} devices)"
+
+
 def render(ro: EdgeRollout, live: Live | None = None) -> RenderableType:
     """The rollout as people read it: header, one row per wave, the current gate's figures."""
     st, spec = ro.status, ro.spec
@@ -50,7 +59,10 @@ def render(ro: EdgeRollout, live: Live | None = None) -> RenderableType:
     head = Text.assemble((f"{ro.name} ", "bold"), f"{spec.app} on {spec.group}: {prev} → {spec.target.revision}  ",
                          (st.phase, f"bold {style}"))
     table = Table(box=None, pad_edge=False, show_edge=False)
-    for col in ("wave", "target", "nodes", "step", "ready", "reporting", "errors", "p95 ms", "verdict"):
+    controlled = any(w.control is not None for w in st.waves)
+    cols = ("wave", "target", "nodes", "step", "ready", "reporting", "errors", "p95 ms",
+            *(("control",) if controlled else ()), "verdict")
+    for col in cols:
         table.add_column(col, justify="right" if col in ("nodes", "ready", "reporting", "errors", "p95 ms") else "left")
     for w in st.waves:
         t = w.telemetry
@@ -65,6 +77,7 @@ def render(ro: EdgeRollout, live: Live | None = None) -> RenderableType:
         zones = " (" + ", ".join(f"{k or '-'}:{v}" for k, v in w.zones.items()) + ")" if w.zones else ""
         table.add_row(f"{'▶ ' if current else ''}{w.index + 1}", w.target, f"{len(w.nodes)}{zones}", w.phase,
                       f"{ready}/{len(w.nodes)}" if w.phase != r.W_PENDING else "-", reporting, errors, p95,
+                      *((_control(w.control),) if controlled else ()),
                       escape(f"{verdict.decision}: {verdict.reason}") if verdict else "")
     parts: list[RenderableType] = [head, Text(st.message, style="dim"), table]
     current_wave = st.waves[st.current_wave] if st.current_wave < len(st.waves) else None

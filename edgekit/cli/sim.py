@@ -26,8 +26,8 @@ from edgekit.cli.rollout_session import connect, stop_on_sigterm
 @click.option("--rate", type=click.FloatRange(0, 1000), default=1.0, show_default=True, metavar="N",
               help="Inferences per second per device (throttled on purpose).")
 @click.option("--fault", "fault_specs", multiple=True, metavar="KEY:KNOBS",
-              help="Fault per revision/digest/version/*: error_rate=0.2,latency_ms=30,probe_fail,"
-                   "crash_loop,silent,offline=0.1. Repeatable.")
+              help="Fault per revision/digest/version/*: error_rate=0.2,noisy,latency_ms=30,latency_factor=1.5,"
+                   "rate=30,probe_fail,crash_loop,silent,offline=0.1. Repeatable.")
 @click.option("--faults-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="File of fault lines, re-read when it changes (# starts a comment).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -7,9 +7,12 @@ old contribution and adds the new one: O(1) work per message, so aggregates neve
 the fleet on the thread that receives messages. Reading a group's figures costs O(buckets), not
 O(devices).
 
-Latency quantiles of a group come from a log-spaced histogram (4% wide buckets, so a quantile is
-within ±2% of the exact value); exact quantiles over a given set of devices (the rollout gate's
-question) are computed by ``percentile`` from the devices' own figures.
+A group's latency percentiles (``p50_ms``/``p95_ms``/``p99_ms``) are the percentiles of every
+latency of the devices' latest windows: the sum of their latency histograms (``edgekit.fleet.latency``,
+1% relative error), kept incrementally like the other figures. When a device with inferences sent
+no histogram (an agent before issue 14) they fall back to the percentiles of the devices' own
+figures (p50 of the p50s, p95 of the p95s, p99 of the p99s, in 4% wide buckets, ±2%) and
+``latency_exact`` says so. ``p50_of_p95_ms``/``p95_of_p95_ms`` stay for readers that use them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
+
+from edgekit.fleet.latency import DenseHistogram, Packed, fold_le
 
 __all__ = [
     "OFFLINE",
@@ -85,6 +90,9 @@ class Contribution(NamedTuple):
     inf_rate: float            # latest report's inferences per second
     seen: int                  # whole second (receive time) of the latest report, NEVER if none
     healthy: bool              # latest report healthy and the device not offline
+    lat_bucket50: int = -1     # buckets of the latest report's p50 and p99 (-1 without inferences)
+    lat_bucket99: int = -1
+    hist: Packed | None = None  # the latest report's latency histogram (with inferences only)
 
 
 EMPTY: Final = Contribution(UNKNOWN, None, -1, 0, 0, 0.0, NEVER, False)
@@ -114,6 +122,15 @@ class GroupStats:
     inferences_total: int = 0  # their inferences and errors, summed: counters for rate()
     errors_total: int = 0
     unverified: int = 0        # devices whose birth status says they run unsigned images
+    # latencies of the devices' latest windows: exact (from histograms) when latency_exact
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = None
+    latency_exact: bool = False
+    no_hist: int = 0           # devices whose latest window had inferences but no histogram
+    # every histogram latency reported, ever, per LE_BOUNDS_MS slot (+Inf last), and their sum (ms)
+    latency_le_total: tuple[int, ...] = ()
+    latency_sum_ms_total: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -122,15 +139,21 @@ class GroupStats:
 class GroupAggregate:
     """Running sums of the contributions of one group's devices."""
 
-    __slots__ = ("cells", "digests", "errors", "errors_total", "inf_rate", "inferences", "inferences_total",
-                 "lat_count", "lat_hist", "name", "reports_total", "status")
+    __slots__ = ("cells", "dense", "digests", "errors", "errors_total", "inf_rate", "inferences",
+                 "inferences_total", "lat_count", "lat_hist", "lat_hist50", "lat_hist99", "latencies_total",
+                 "name", "no_hist", "reports_total", "status")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.status = [0, 0, 0]
         self.digests: dict[str | None, int] = {}
         self.lat_hist = [0] * LAT_BUCKETS
+        self.lat_hist50 = [0] * LAT_BUCKETS
+        self.lat_hist99 = [0] * LAT_BUCKETS
         self.lat_count = 0
+        self.dense = DenseHistogram()
+        self.no_hist = 0
+        self.latencies_total = DenseHistogram()   # every histogram latency ever reported
         self.inferences = 0
         self.errors = 0
         self.inf_rate = 0.0
@@ -149,7 +172,13 @@ class GroupAggregate:
         self.digests[c.digest] = self.digests.get(c.digest, 0) + 1
         if c.lat_bucket >= 0:
             self.lat_hist[c.lat_bucket] += 1
+            self.lat_hist50[c.lat_bucket50] += 1
+            self.lat_hist99[c.lat_bucket99] += 1
             self.lat_count += 1
+            if c.hist is None:
+                self.no_hist += 1
+            else:
+                self.dense.add(c.hist)
         self.inferences += c.inferences
         self.errors += c.errors
         self.inf_rate += c.inf_rate
@@ -165,7 +194,13 @@ class GroupAggregate:
             del self.digests[c.digest]
         if c.lat_bucket >= 0:
             self.lat_hist[c.lat_bucket] -= 1
+            self.lat_hist50[c.lat_bucket50] -= 1
+            self.lat_hist99[c.lat_bucket99] -= 1
             self.lat_count -= 1
+            if c.hist is None:
+                self.no_hist -= 1
+            else:
+                self.dense.add(c.hist, -1)
         self.inferences -= c.inferences
         self.errors -= c.errors
         self.inf_rate -= c.inf_rate
@@ -188,12 +223,13 @@ class GroupAggregate:
             never = (NEVER, key[1])
             self.cells[never] = self.cells.get(never, 0) + count
 
-    def quantile_p95(self, q: float) -> float | None:
+    def quantile_p95(self, q: float, hist: list[int] | None = None) -> float | None:
+        """The ``q``-th percentile (0-100) of the devices' latest p95s (or of ``hist``'s figures)."""
         if self.lat_count == 0:
             return None
         rank = q / 100.0 * self.lat_count
         seen = 0
-        for bucket, count in enumerate(self.lat_hist):
+        for bucket, count in enumerate(self.lat_hist if hist is None else hist):
             if count:
                 seen += count
                 if seen >= rank:
@@ -209,6 +245,13 @@ class GroupAggregate:
                 if ok:
                     healthy += count
         devices = sum(self.status)
+        exact = self.lat_count > 0 and self.no_hist == 0
+        le_total, le_sum = fold_le(self.latencies_total.slots)
+        if exact:
+            p50, p95, p99 = (None if v is None else round(v, 3) for v in self.dense.quantiles((0.5, 0.95, 0.99)))
+        else:
+            p50, p95, p99 = (self.quantile_p95(50, self.lat_hist50), self.quantile_p95(95),
+                             self.quantile_p95(99, self.lat_hist99))
         return GroupStats(
             group=self.name, devices=devices, online=self.status[ONLINE], offline=self.status[OFFLINE],
             unknown=self.status[UNKNOWN], reporting=reporting, silent=devices - reporting, healthy=healthy,
@@ -220,5 +263,6 @@ class GroupAggregate:
             p50_of_p95_ms=self.quantile_p95(50), p95_of_p95_ms=self.quantile_p95(95),
             digests={(d or "none"): n for d, n in sorted(self.digests.items(), key=lambda kv: -kv[1])},
             reports_total=self.reports_total, inferences_total=self.inferences_total,
-            errors_total=self.errors_total,
+            errors_total=self.errors_total, p50_ms=p50, p95_ms=p95, p99_ms=p99, latency_exact=exact,
+            no_hist=self.no_hist, latency_le_total=tuple(le_total), latency_sum_ms_total=round(le_sum, 3),
         )

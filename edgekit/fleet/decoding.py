@@ -18,6 +18,14 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 from edgekit_agent.protocol import DEFAULT_ROOT, SCHEMA_VERSION
+from edgekit_agent.protocol.histograms import (
+    MAX_BUCKETS,
+    MAX_INDEX,
+    MIN_INDEX,
+    REL_ERR,
+    HistogramError,
+    LatencyHistogram,
+)
 
 from edgekit.fleet.reports import EventReport, HealthReport, Model, Reject, Report, StatusReport
 
@@ -34,6 +42,8 @@ MAX_DIGESTS: Final = 10_000
 _NUM: Final = (int, float)
 _DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 _KINDS: Final = frozenset(("status", "health", "event"))
+_MAX_COUNT: Final = 2**53  # as LatencyHistogram.from_wire
+_INT: Final = {int}
 
 
 class TopicRef(NamedTuple):
@@ -184,9 +194,11 @@ class Decoder:
             if (window_s <= 0 or inferences < 0 or errors < 0 or rss < 0 or cpu < 0
                     or p50 < 0 or p95 < 0 or p99 < 0 or mx < 0):
                 return None
+            hist, hist_error = _latency_hist(d, inferences)
             return HealthReport(group, device, session, seq, float(ts), model, float(window_s), inferences,
                                 errors, float(p50), float(p95), float(p99), float(mx), ok,
-                                None if pts is None else float(pts), float(rss), float(cpu), replayed)
+                                None if pts is None else float(pts), float(rss), float(cpu), replayed,
+                                hist, hist_error)
         if kind == "status":
             state = d.get("state")
             agent_version = d.get("agent_version")
@@ -245,9 +257,10 @@ class Decoder:
             rss = _nonneg(d, "rss_mb", float)
             cpu = _nonneg(d, "cpu_pct", float)
             replayed = _field(d, "replayed", bool)
+            hist, hist_error = _latency_hist(d, inferences)
             return HealthReport(group, device, session, seq, ts, model, float(window_s), inferences, errors,
                                 p50, p95, p99, mx, ok, None if pts is None else float(pts), float(rss),
-                                float(cpu), replayed)
+                                float(cpu), replayed, hist, hist_error)
         if ref.kind == "status":
             state = _field(d, "state", str)
             if state not in ("online", "offline"):
@@ -288,6 +301,39 @@ class Decoder:
         if model is None:
             raise _Invalid("capacity", f"more than {self.max_models} distinct models seen")
         return model
+
+
+def _latency_hist(d: dict[str, Any], inferences: int) -> tuple[LatencyHistogram | None, str | None]:
+    """The optional histogram, bound-checked; a bad one is dropped with a reason, and the rest of
+    the report still counts (its error rate matters more than its latency shape)."""
+    raw = d.get("latency_hist")
+    if raw is None:
+        return None, None
+    hist = _plain_hist(raw)
+    if hist is None:  # not the common shape: the full check names what is wrong
+        try:
+            hist = LatencyHistogram.from_wire(raw)
+        except HistogramError as exc:
+            return None, str(exc)[:200]
+    if hist.count > inferences:
+        # the agent puts each successful inference in it once: more would outweigh honest devices
+        return None, f"latency_hist holds {hist.count} latencies for {inferences} inferences"
+    return hist, None
+
+
+def _plain_hist(raw: Any) -> LatencyHistogram | None:
+    """The checks of ``LatencyHistogram.from_wire`` with builtins doing the per-count work (this
+    runs for every health report); None when any fails or the histogram is empty."""
+    if type(raw) is not dict or raw.get("rel_err") != REL_ERR:
+        return None
+    offset, counts = raw.get("offset"), raw.get("counts")
+    if type(offset) is not int or type(counts) is not list or not counts or len(counts) > MAX_BUCKETS:
+        return None
+    if offset < MIN_INDEX or offset + len(counts) - 1 > MAX_INDEX:
+        return None
+    if set(map(type, counts)) != _INT or min(counts) < 0 or max(counts) >= _MAX_COUNT or not any(counts):
+        return None
+    return LatencyHistogram(offset, tuple(counts))
 
 
 def _jtype(x: Any) -> str:

@@ -4,13 +4,26 @@ Series (``group`` label on all fleet series):
 
 - per group, gauges: ``edgekit_fleet_devices``, ``..._devices_online``, ``..._devices_offline``,
   ``..._devices_reporting``, ``..._devices_silent``, ``..._devices_healthy``, ``..._error_ratio``,
-  ``..._inference_rate`` (inferences/s over each device's latest window), ``..._device_p95_ms``
-  (``quantile`` 0.5 and 0.95 of the devices' p95 latencies), ``..._model_devices`` (``digest``
-  label; the ``max_digests`` most common per group, the rest summed under ``digest="other"``);
+  ``..._inference_rate`` (inferences/s over each device's latest window), ``..._latency_ms``
+  (``quantile`` 0.5/0.95/0.99 of every latency of the devices' latest windows, from their merged
+  histograms), ``..._latency_exact`` (1 when every such device sent a histogram; 0: the
+  quantiles are the devices' own figures' quantiles, see ``..._devices_without_histogram``),
+  ``..._device_p95_ms`` (``quantile`` 0.5 and 0.95 of the devices' p95 latencies),
+  ``..._model_devices`` (``digest`` label; the ``max_digests`` most common per group, the rest
+  summed under ``digest="other"``);
 - per group, counters: ``edgekit_fleet_reports_total``, ``..._inferences_total``,
-  ``..._errors_total`` (use ``rate()``; with a shared subscription, ``sum`` them over exporters);
-- the exporter itself: messages received/rejected (``reason``)/duplicate/stale, seq gaps,
-  lag and report-age quantiles, broker connection, queue;
+  ``..._errors_total`` (use ``rate()``; with a shared subscription, ``sum`` them over exporters),
+  and the classic histogram ``edgekit_fleet_inference_latency_ms`` (``_bucket`` with fixed ``le``
+  bounds in ms, ``_sum``, ``_count``) of every latency reported in a histogram: use
+  ``histogram_quantile(0.95, sum by (le) (rate(..._bucket[5m])))`` for a fleet p95 over time and
+  over exporters (each log bucket is folded into the first bound at or above its value, so a
+  bound is exact to 1%);
+- the exporter itself: messages received/rejected (``reason``)/duplicate/stale, latency
+  histograms ignored (``..._histograms_rejected_total``), seq gaps,
+  lag and report-age quantiles, broker connection, queue; ``edgekit_fleet_snapshot_complete``
+  (0 when the broker or the exporter dropped messages, so device counts may be short: alert on
+  it), ``..._snapshot_verified`` (the broker's drop counter confirmed it) and
+  ``..._snapshot_statuses`` (retained statuses received at the latest subscribe);
 - with ``per_device``: ``edgekit_fleet_device_up``, ``..._device_reporting``,
   ``..._device_healthy``, ``..._device_latency_ms`` (``quantile`` 0.5/0.95/0.99),
   ``..._device_error_ratio``, ``..._device_inference_rate``, ``..._device_info`` (model, version,
@@ -30,10 +43,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from edgekit.errors import ExporterBindError
+from edgekit.fleet.completeness import Completeness
+from edgekit.fleet.latency import LE_BOUNDS_MS
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.watching import FleetWatcher
 
@@ -57,6 +73,7 @@ class FleetCollector(Collector):
         snap = w.snapshot(group=w.settings.group, with_devices=self.per_device)
         yield from self._groups(snap.groups)
         yield from self._self(snap.counters, snap.watcher)
+        yield from self._completeness(snap.completeness)
         if snap.devices is not None:
             yield from self._devices(snap.devices)
 
@@ -75,6 +92,15 @@ class FleetCollector(Collector):
                     for k, (name, doc) in gauges.items()}
         p95 = GaugeMetricFamily(f"{PREFIX}_device_p95_ms", "Quantiles of the devices' latest p95 latency (ms).",
                                 labels=["group", "quantile"])
+        latency = GaugeMetricFamily(f"{PREFIX}_latency_ms", "Quantiles of every latency of the devices' latest "
+                                    "windows (ms), from their merged histograms when latency_exact.",
+                                    labels=["group", "quantile"])
+        exact = GaugeMetricFamily(f"{PREFIX}_latency_exact", "1 when the latency quantiles come from every "
+                                  "device's histogram (1% relative error), 0 when approximated.", labels=["group"])
+        no_hist = GaugeMetricFamily(f"{PREFIX}_devices_without_histogram", "Devices whose latest window had "
+                                    "inferences but no latency histogram (agents before issue 14).", labels=["group"])
+        hist = HistogramMetricFamily(f"{PREFIX}_inference_latency_ms", "Latencies reported in histograms (ms).",
+                                     labels=["group"])
         models = GaugeMetricFamily(f"{PREFIX}_model_devices", "Devices per model digest.", labels=["group", "digest"])
         counters = {
             "reports_total": CounterMetricFamily(f"{PREFIX}_reports", "Health reports received.", labels=["group"]),
@@ -89,6 +115,13 @@ class FleetCollector(Collector):
             for q, value in (("0.5", g.p50_of_p95_ms), ("0.95", g.p95_of_p95_ms)):
                 if value is not None:
                     p95.add_metric([g.group, q], value)
+            for q, value in (("0.5", g.p50_ms), ("0.95", g.p95_ms), ("0.99", g.p99_ms)):
+                if value is not None:
+                    latency.add_metric([g.group, q], value)
+            exact.add_metric([g.group], 1.0 if g.latency_exact else 0.0)
+            no_hist.add_metric([g.group], g.no_hist)
+            if g.latency_le_total:
+                hist.add_metric([g.group], _cumulative(g.latency_le_total), g.latency_sum_ms_total)
             digests = list(g.digests.items())
             for digest, count in digests[:self.max_digests]:
                 models.add_metric([g.group, digest], count)
@@ -98,7 +131,7 @@ class FleetCollector(Collector):
             for key, cfam in counters.items():
                 cfam.add_metric([g.group], getattr(g, key))
         yield from families.values()
-        yield p95
+        yield from (latency, exact, no_hist, p95, hist)
         yield models
         yield from counters.values()
 
@@ -115,6 +148,8 @@ class FleetCollector(Collector):
         yield rejected
         yield counter("messages_duplicate", "Messages seen before (redelivered), dropped.", c.duplicates)
         yield counter("messages_stale", "Reports older than the device's latest (kept as history).", c.stale)
+        yield counter("histograms_rejected", "Latency histograms ignored (malformed, inconsistent or too wide); "
+                      "their reports still count.", c.hist_rejected)
         yield counter("seq_gaps", "Messages missing from devices' live sessions (seq gaps).", c.seq_gaps)
         yield counter("messages_dropped", "Messages dropped because the apply queue was full.",
                       info.get("dropped", 0))
@@ -130,6 +165,18 @@ class FleetCollector(Collector):
                 if value is not None:
                     fam.add_metric([label], value)
             yield fam
+
+    def _completeness(self, found: Completeness | None) -> Iterator[Metric]:
+        if found is None:
+            return
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_complete",
+                                "1 when the fleet picture holds every device (no retained status dropped); "
+                                "0: do not trust device counts.", value=1.0 if found.complete else 0.0)
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_verified",
+                                "1 when the broker's drop counter confirmed the picture complete.",
+                                value=1.0 if found.verified else 0.0)
+        yield GaugeMetricFamily(f"{PREFIX}_snapshot_statuses", "Retained statuses received at the latest subscribe.",
+                                value=found.statuses)
 
     def _devices(self, rows: list[Any]) -> Iterator[Metric]:
         rows = sorted(rows, key=lambda r: (r.group, r.device))
@@ -162,6 +209,15 @@ class FleetCollector(Collector):
         yield from (up, reporting, healthy, latency, errors, rate, info)
         yield GaugeMetricFamily(f"{PREFIX}_device_series_dropped",
                                 "Devices left out of per-device series (max_device_series).", value=dropped)
+
+
+def _cumulative(slots: Iterable[int]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip((*(floatToGoString(b) for b in LE_BOUNDS_MS), "+Inf"), slots, strict=True):
+        total += count
+        out.append((bound, float(total)))
+    return out
 
 
 class Exporter:

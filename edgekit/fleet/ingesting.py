@@ -9,7 +9,7 @@ import time
 from typing import Final
 
 from edgekit.fleet.decoding import Cleared, Decoder, split_topic
-from edgekit.fleet.reports import Reject, Report
+from edgekit.fleet.reports import HealthReport, Reject, Report
 from edgekit.fleet.state import FleetState
 
 __all__ = ["Ingestor", "RateLimitedLog"]
@@ -71,6 +71,10 @@ class Ingestor:
             return self._reject(Reject("flood", f"more than {state.config.flood_limit} messages in "
                                                 f"{state.config.flood_window_s:g}s", ref.device))
         self.last = result
+        if type(result) is HealthReport and result.hist_error is not None:
+            counters.hist_rejected += 1
+            self.log("latency_hist", f"latency_hist ignored from {ref.device} (the report counts without it): "
+                                     f"{result.hist_error}")
         return state.apply(result, now, retained=retained)
 
     def _reject(self, r: Reject) -> str:

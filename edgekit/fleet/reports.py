@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Literal, NamedTuple
 
+from edgekit_agent.protocol.histograms import LatencyHistogram
+
 __all__ = [
     "REJECT_REASONS",
     "EventReport",
@@ -91,6 +93,8 @@ class HealthReport(_Envelope):
     rss_mb: float
     cpu_pct: float
     replayed: bool
+    latency_hist: LatencyHistogram | None = None  # None: an agent before issue 14, or a bad histogram
+    hist_error: str | None = None                 # why a histogram that was sent was ignored
     shadow: dict[str, Any] | None = None  # the agent's shadow evaluation (cumulative), when one runs
 
     def __repr__(self) -> str:

@@ -79,6 +79,7 @@ class FleetSettings(MqttSettings):
     flood_limit: int = 600
     flood_window_s: float = 60.0
     max_devices: int = 1_000_000
+    max_hist_bytes: int = 1024       # a report's packed latency histogram kept up to this size
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_queue: int = 1_000_000       # messages received but not yet applied, before we drop
 
@@ -103,7 +104,7 @@ class FleetSettings(MqttSettings):
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"must be a positive number, got {value!r}", field=name)
         for name, minimum in (("mqtt_keepalive", 5), ("history", 1), ("flood_limit", 1), ("max_devices", 1),
-                              ("max_payload", 256), ("max_queue", 1000), ("session_expiry", 0)):
+                              ("max_hist_bytes", 0), ("max_payload", 256), ("max_queue", 1000), ("session_expiry", 0)):
             if getattr(self, name) < minimum:
                 raise ConfigError(f"must be >= {minimum}, got {getattr(self, name)!r}", field=name)
         if not 0 <= self.max_error_rate <= 1:
@@ -122,7 +123,8 @@ class FleetSettings(MqttSettings):
     def tracker(self) -> TrackerConfig:
         return TrackerConfig(interval=self.interval, silent_after=self.silent_after, history=self.history,
                              max_error_rate=self.max_error_rate, flood_limit=self.flood_limit,
-                             flood_window_s=self.flood_window_s, max_devices=self.max_devices)
+                             flood_window_s=self.flood_window_s, max_devices=self.max_devices,
+                             max_hist_bytes=self.max_hist_bytes)
 
 
 def load_fleet_settings(file: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Final
 
 from edgekit.errors import NoTelemetryError
 from edgekit.fleet.settings import FleetSettings
@@ -13,15 +14,19 @@ from edgekit.fleet.watching import FleetWatcher
 
 __all__ = ["Rates", "iter_snapshots", "rates", "take_snapshot"]
 
+_RECHECK_WAIT: Final = 30.0   # up to two of the broker's $SYS updates (sys_interval: 10 s by default)
 
-def take_snapshot(settings: FleetSettings, *, wait: float | None = None, with_devices: bool = False,
-                  settle: float = 0.3) -> FleetSnapshot:
+
+def take_snapshot(settings: FleetSettings, *, wait: float | None = None,
+                  with_devices: bool = False) -> FleetSnapshot:
     """Connect, take in every retained status, then wait for one health report from each device
-    that is not offline (at most ``wait`` seconds, by default one ``interval``), and return the
-    picture. Raises ``NoTelemetryError`` when no device (of ``settings.group``) is known."""
+    that is not offline and for the broker's word on dropped messages (at most ``wait`` seconds,
+    by default one ``interval``), and return the picture; ``snapshot.completeness`` says whether
+    it holds every device. Raises ``NoTelemetryError`` when no device (of ``settings.group``) is
+    known."""
     budget = settings.interval if wait is None else wait
     with FleetWatcher(settings).start() as watcher:
-        watcher.wait_settled(quiet=settle, timeout=max(10.0, budget))
+        watcher.wait_settled(timeout=max(10.0, budget))
         since = watcher.subscribed_at or time.time()
         view = watcher.view()
         deadline = time.monotonic() + budget
@@ -29,8 +34,11 @@ def take_snapshot(settings: FleetSettings, *, wait: float | None = None, with_de
             if watcher.wait_drained(timeout=1.0) and view.unreported(since, settings.group) == 0:
                 break
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        watcher.wait_verified(timeout=max(0.0, deadline - time.monotonic()))
+        if watcher.rechecking:   # the broker's drop counter rose: give the second look its time
+            watcher.wait_verified(timeout=_RECHECK_WAIT)
         snapshot = watcher.snapshot(group=settings.group, with_devices=with_devices)
-    if not snapshot.groups:
+    if not snapshot.groups and snapshot.complete:
         where = f"group {settings.group!r}" if settings.group else "any group"
         raise NoTelemetryError(f"no device of {where} is known under {settings.topic_root} on "
                                f"{', '.join(settings.brokers)}",
@@ -76,7 +84,7 @@ def iter_snapshots(settings: FleetSettings, *, refresh: float = 1.0, with_device
                    ) -> Generator[tuple[FleetSnapshot, Rates | None], None, None]:
     """Watch the fleet and yield a snapshot (and rates since the previous one) every ``refresh`` s."""
     with FleetWatcher(settings).start() as watcher:
-        watcher.wait_settled(quiet=0.3, timeout=10.0)
+        watcher.wait_settled(timeout=10.0)
         prev: FleetSnapshot | None = None
         while True:
             snap = watcher.snapshot(group=settings.group, with_devices=with_devices)

@@ -20,7 +20,9 @@ Ordering rules (what "newer" means), because MQTT delivers late, twice, or out o
 
 Memory matters at 100,000 devices: a device is one slotted object, its latest health report is
 packed into 56 bytes, its history is a ring of 30-byte records in one ``bytearray``, and models,
-groups and sessions are shared objects.
+groups and sessions are shared objects. A record's latency histogram (agents since issue 14) is
+one packed ``bytes`` (``edgekit.fleet.latency``) in a list beside the ring, made only for devices
+that send histograms: 70-140 bytes per record for 30-100 buckets, at most ``max_hist_bytes``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from edgekit.fleet.aggregating import (
     GroupAggregate,
     latency_bucket,
 )
+from edgekit.fleet.latency import Packed, pack
 from edgekit.fleet.reports import REJECT_REASONS, EventReport, HealthReport, Model, Report, StatusReport
 
 __all__ = [
@@ -76,6 +79,9 @@ class TrackerConfig:
     flood_limit: int = 600          # messages per device per flood window before it is refused
     flood_window_s: float = 60.0
     max_devices: int = 1_000_000
+    # a packed latency histogram larger than this is ignored (counted in ``hist_rejected``); 1 KiB
+    # holds 1,000 buckets of small counts (a latency spread of 10**8) or 500 of 16-bit ones
+    max_hist_bytes: int = 1024
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.silent_after <= 0 or self.flood_window_s <= 0:
@@ -98,6 +104,7 @@ class IngestCounters:
     gaps_filled: int = 0      # missing messages that arrived late
     out_of_order: int = 0
     cleared: int = 0          # devices forgotten after their retained status was deleted
+    hist_rejected: int = 0    # latency histograms ignored (malformed, inconsistent, too wide); reports kept
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -146,7 +153,7 @@ class DeviceState:
     """Everything the tracker keeps about one device."""
 
     __slots__ = ("agent_version", "contrib", "device", "ev_seq_hi", "event", "flood_count", "flood_epoch", "gaps_open",
-                 "group", "health_ok", "health_seq", "health_session", "health_ts", "last",
+                 "group", "health_ok", "health_seq", "health_session", "health_ts", "hists", "last",
                  "model", "model_ts", "probe_fail_digest", "probe_fail_ts", "ready", "ring", "ring_pos", "seen",
                  "seq_hi", "seq_session", "signature", "status", "status_session", "status_ts")
 
@@ -169,6 +176,8 @@ class DeviceState:
         self.seen = -1.0              # receive time of the latest health report
         self.ring = bytearray()
         self.ring_pos = 0
+        # packed latency histogram of each ring record (None: the report had none); made on the first
+        self.hists: list[Packed | None] | None = None
         self.seq_session: str | None = None
         self.seq_hi = -1              # highest health seq of the live session
         self.ev_seq_hi = -1           # highest event seq of the live session
@@ -188,6 +197,11 @@ class DeviceState:
         ring = self.ring
         for off in range(0, len(ring), REC_SIZE):
             yield HealthRecord(*_REC.unpack_from(ring, off))
+
+    def records_with_hists(self) -> Iterator[tuple[HealthRecord, Packed | None]]:
+        hists = self.hists
+        for i, rec in enumerate(self.records()):
+            yield rec, (hists[i] if hists is not None else None)
 
     def history_full(self, capacity: int) -> bool:
         return len(self.ring) >= capacity * REC_SIZE
@@ -343,11 +357,22 @@ class FleetState:
             st.model = model
             st.model_ts = ts
 
-    def _count(self, st: DeviceState, r: HealthReport) -> None:
+    def _count(self, st: DeviceState, r: HealthReport, packed: Packed | None) -> None:
         agg = self.groups[st.group]
         agg.reports_total += 1
         agg.inferences_total += r.inferences
         agg.errors_total += r.errors
+        if packed:
+            agg.latencies_total.add(packed)
+
+    def _pack(self, r: HealthReport) -> Packed | None:
+        if r.latency_hist is None:
+            return None
+        packed = pack(r.latency_hist)
+        if len(packed) > self.config.max_hist_bytes:
+            self.counters.hist_rejected += 1
+            return None
+        return packed
 
     def _health(self, st: DeviceState, r: HealthReport, now: float) -> str:
         counters = self.counters
@@ -360,16 +385,18 @@ class FleetState:
                 counters.duplicates += 1
                 return "duplicate"
             self._track_seq(st, r.session, r.seq, r.replayed)
-            self._record(st, r, self._intern_digest(r.model), late=True)
-            self._count(st, r)
+            packed = self._pack(r)
+            self._record(st, r, self._intern_digest(r.model), packed, late=True)
+            self._count(st, r, packed)
             counters.stale += 1
             return "history"
         session = st.health_session if same else (st.status_session if r.session == st.status_session
                                                   else r.session)
         self._track_seq(st, session, r.seq, r.replayed)  # type: ignore[arg-type]
         digest = self._intern_digest(r.model)
-        self._record(st, r, digest, late=False)
-        self._count(st, r)
+        packed = self._pack(r)
+        self._record(st, r, digest, packed, late=False)
+        self._count(st, r, packed)
         st.health_session = session
         st.health_seq = r.seq
         st.health_ts = r.ts
@@ -391,17 +418,25 @@ class FleetState:
         self._update(st, Contribution(
             st.status, st.model.digest if st.model else None,
             latency_bucket(r.p95_ms) if inferences else -1, inferences, errors,
-            min(inferences / r.window_s, 1e12), int(now), st.health_ok and st.status != OFFLINE), r.group)
+            min(inferences / r.window_s, 1e12), int(now), st.health_ok and st.status != OFFLINE,
+            latency_bucket(r.p50_ms) if inferences else -1, latency_bucket(r.p99_ms) if inferences else -1,
+            packed if inferences else None), r.group)
         return "latest"
 
-    def _record(self, st: DeviceState, r: HealthReport, digest: int, *, late: bool) -> None:
+    def _record(self, st: DeviceState, r: HealthReport, digest: int, packed: Packed | None, *,
+                late: bool) -> None:
         probe = r.probe_ok
         rec = (r.ts, min(r.seq, _U32), digest, -1 if probe is None else int(probe),
                _FLAG_REPLAYED if r.replayed else 0, min(r.inferences, _U32), min(r.errors, _U32),
                min(r.p50_ms, _F16), min(r.p95_ms, _F16), min(r.p99_ms, _F16))
         ring = st.ring
+        if packed is not None and st.hists is None:
+            st.hists = [None] * (len(ring) // REC_SIZE)
+        hists = st.hists
         if len(ring) < self._ring_bytes:
             ring += _REC.pack(*rec)
+            if hists is not None:
+                hists.append(packed)
             if len(ring) == self._ring_bytes:
                 st.ring = bytearray(ring)   # full: drop the growth slack bytearray keeps
             return
@@ -409,6 +444,8 @@ class FleetState:
             # In-order reports overwrite the ring's oldest slot, which is where it next writes.
             pos = st.ring_pos
             _REC.pack_into(ring, pos, *rec)
+            if hists is not None:
+                hists[pos // REC_SIZE] = packed
             pos += REC_SIZE
             st.ring_pos = 0 if pos >= len(ring) else pos
             return
@@ -420,6 +457,8 @@ class FleetState:
                 oldest_off, oldest_ts = off, ts
         if r.ts > oldest_ts:
             _REC.pack_into(ring, oldest_off, *rec)
+            if hists is not None:
+                hists[oldest_off // REC_SIZE] = packed
 
     def _in_history(self, st: DeviceState, ts: float, seq: int) -> bool:
         ring = st.ring

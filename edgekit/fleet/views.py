@@ -12,11 +12,15 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgekit_agent.protocol.histograms import LatencyHistogram
+
 from edgekit.fleet.aggregating import OFFLINE, GroupStats, percentile
+from edgekit.fleet.completeness import Completeness
+from edgekit.fleet.latency import DenseHistogram
 from edgekit.fleet.state import DeviceState, FleetState, IngestCounters
 
 __all__ = ["DeviceRow", "FleetSnapshot", "FleetView", "WindowStats"]
@@ -34,9 +38,12 @@ class WindowStats:
     - ``reported``: devices with at least one counted report.
     - ``silent``: devices with no health report at all since ``since`` (any digest).
     - ``error_rate``: errors / inferences (None without inferences).
-    - ``p50_ms``/``p95_ms``/``p99_ms``: the 50th/95th/99th percentile, across reporting devices, of
-      each device's own p50/p95/p99 (a device's figure is the inference-weighted mean over its
-      counted reports; devices without inferences do not count).
+    - ``p50_ms``/``p95_ms``/``p99_ms``: the 50th/95th/99th percentile of every latency of the
+      counted reports, read from their merged histograms (exact to 1%), when every counted report
+      with inferences carried a histogram (``latency_exact``). Otherwise (agents before issue 14:
+      ``no_hist`` names them) the percentile, across reporting devices, of each device's own
+      p50/p95/p99 (a device's figure is the inference-weighted mean over its counted reports;
+      devices without inferences do not count): an approximation.
     - ``probe_failures``: devices whose golden probe failed (a counted report with
       ``probe.ok == false`` or a ``probe_failed`` event at or after ``since``).
     - ``on_digest``: devices whose latest report since ``since`` is on ``digest`` (all reporting
@@ -44,6 +51,8 @@ class WindowStats:
     - ``offline``: devices whose status is offline now.
     - ``truncated``: devices whose kept history may not reach back to ``since`` (their figures
       may miss older reports; raise ``TrackerConfig.history`` for long windows).
+    - ``latency_hist``: the merged histogram of the counted reports' successful inferences, only
+      when ``latency_exact`` (a partial one would weigh the devices unevenly); None otherwise.
     """
 
     expected: int
@@ -63,9 +72,14 @@ class WindowStats:
     digest: str | None = None
     truncated: list[str] = field(default_factory=list)
     as_of: float = 0.0
+    latency_hist: LatencyHistogram | None = None
+    latency_exact: bool = False
+    no_hist: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["latency_hist"] = None if self.latency_hist is None else self.latency_hist.to_wire()
+        return d
 
 
 @dataclass(frozen=True)
@@ -112,18 +126,25 @@ class FleetSnapshot:
     devices: list[DeviceRow] | None
     counters: IngestCounters
     watcher: dict[str, Any] = field(default_factory=dict)
+    completeness: Completeness | None = None    # None: no watcher behind the view (tests, replays)
+
+    @property
+    def complete(self) -> bool:
+        return self.completeness is None or self.completeness.complete
 
     def to_dict(self) -> dict[str, Any]:
         c = self.counters
         return {
             "taken_at": self.taken_at,
+            "complete": self.complete,
+            "completeness": None if self.completeness is None else self.completeness.to_dict(),
             "groups": [g.to_dict() for g in self.groups],
             "devices": None if self.devices is None else [d.to_dict() for d in self.devices],
             "ingest": {
                 "received": c.received, "accepted": c.accepted, "rejected": dict(c.rejected),
                 "stale": c.stale, "duplicates": c.duplicates, "seq_gaps": c.seq_gaps,
                 "gap_events": c.gap_events, "gaps_filled": c.gaps_filled, "out_of_order": c.out_of_order,
-                "cleared": c.cleared,
+                "cleared": c.cleared, "hist_rejected": c.hist_rejected,
             },
             "watcher": self.watcher,
         }
@@ -133,10 +154,15 @@ class FleetView:
     """Queries over a ``FleetState``; every method holds ``lock`` while it reads."""
 
     def __init__(self, state: FleetState, lock: contextlib.AbstractContextManager[Any] | None = None,
-                 watcher_info: Any = None) -> None:
+                 watcher_info: Any = None, completeness: Callable[[], Completeness] | None = None) -> None:
         self.state = state
         self._lock: contextlib.AbstractContextManager[Any] = lock if lock is not None else contextlib.nullcontext()
         self._watcher_info = watcher_info
+        self._completeness = completeness
+
+    def completeness(self) -> Completeness | None:
+        """Whether the state holds every device (None: no watcher feeds this view)."""
+        return self._completeness() if self._completeness is not None else None
 
     # -- the shadow wave's question -----------------------------------------------------------------
     def shadow_reports(self, devices: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -163,6 +189,8 @@ class FleetView:
         p50s: list[float] = []
         p95s: list[float] = []
         p99s: list[float] = []
+        merged = DenseHistogram()
+        no_hist: list[str] = []
         for name in names:
             st = state.devices.get(name)
             if st is None:
@@ -170,7 +198,8 @@ class FleetView:
                 continue
             if st.status == OFFLINE:
                 offline.append(name)
-            all_recs = list(st.records())
+            with_hists = list(st.records_with_hists())
+            all_recs = [r for r, _ in with_hists]
             recs = [r for r in all_recs if r.ts >= since]
             if all_recs and st.history_full(capacity) and min(r.ts for r in all_recs) > since:
                 truncated.append(name)
@@ -193,16 +222,28 @@ class FleetView:
                         p50s.append(sum(r.p50 * r.inferences for r in mine) / n)
                         p95s.append(sum(r.p95 * r.inferences for r in mine) / n)
                         p99s.append(sum(r.p99 * r.inferences for r in mine) / n)
+                        hists = [h for r, h in with_hists
+                                 if r.ts >= since and r.inferences and (did is None or r.digest == did)]
+                        if any(h is None for h in hists):
+                            no_hist.append(name)
+                        else:
+                            merged.add_all(h for h in hists if h)
                     failed = any(r.probe == 0 for r in mine)
             if not failed and st.probe_fail_ts >= since and (did is None or st.probe_fail_digest == did):
                 failed = True
             probe_failures += failed
+        exact = bool(p95s) and not no_hist
+        if exact:
+            p50, p95, p99 = merged.quantiles((0.5, 0.95, 0.99))
+        else:
+            p50, p95, p99 = percentile(p50s, 50), percentile(p95s, 95), percentile(p99s, 99)
         return WindowStats(
             expected=len(names), reported=reported, silent=silent, inferences=inferences, errors=errors,
             error_rate=round(errors / max(inferences, errors), 6) if inferences or errors else None,
-            p95_ms=_r(percentile(p95s, 95)), p50_ms=_r(percentile(p50s, 50)), p99_ms=_r(percentile(p99s, 99)),
+            p95_ms=_r(p95), p50_ms=_r(p50), p99_ms=_r(p99),
             probe_failures=probe_failures, on_digest=on_digest, off_digest=off_digest, offline=offline,
             since=since, digest=digest, truncated=truncated, as_of=time.time(),
+            latency_hist=merged.histogram() if exact else None, latency_exact=exact, no_hist=no_hist,
         )
 
     # -- groups and devices -------------------------------------------------------------------
@@ -275,7 +316,8 @@ class FleetView:
             devices = self._devices(t, group) if with_devices else None
             counters = self.state.counters.copy()
         info = self._watcher_info() if callable(self._watcher_info) else {}
-        return FleetSnapshot(taken_at=t, groups=groups, devices=devices, counters=counters, watcher=info)
+        return FleetSnapshot(taken_at=t, groups=groups, devices=devices, counters=counters, watcher=info,
+                             completeness=self.completeness())
 
 
 def _r(value: float | None) -> float | None:

@@ -11,10 +11,13 @@ Two threads, so that the thread reading the socket never waits for anything else
   (applied - the report's ``ts``, which includes any broker backlog).
 
 On (re)connect it subscribes again and the broker resends every retained status, which rebuilds
-device status after a broker restart. MQTT 5 is tried first; ``auto`` falls back to 3.1.1 when the
-broker does not speak 5. With ``shared_group``, health and event topics are subscribed through the
-MQTT 5 shared subscription ``$share/NAME/...`` (the broker hands each message to one member), while
-status stays a plain subscription, because brokers do not send retained messages to shared ones.
+device status after a broker restart. Statuses are taken at QoS 0 so that the retained burst is not
+cut to the broker's QoS 1 queue (stock mosquitto: 1,020 of 2,000), health and events at QoS 1;
+``completeness()`` says whether the picture holds every device (``edgekit.fleet.completeness``).
+MQTT 5 is tried first; ``auto`` falls back to 3.1.1 when the broker does not speak 5. With
+``shared_group``, health and event topics are subscribed through the MQTT 5 shared subscription
+``$share/NAME/...`` (the broker hands each message to one member), while status stays a plain
+subscription, because brokers do not send retained messages to shared ones.
 
 Client set-up, the 5 -> 3.1.1 fallback, backoff and reason codes come from ``edgekit_agent.mqtt``
 (shared with the agent's publisher). Messages are read by its ``ReadAheadClient``: a read-ahead
@@ -42,6 +45,16 @@ from edgekit_agent.mqtt.reasons import short
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 
 from edgekit.errors import BrokerError, BrokerProtocolError, TelemetryError, TelemetryTLSError
+from edgekit.fleet.completeness import (
+    DROPPED_TOPIC,
+    PASS_END_TOPIC,
+    PASS_START_TOPIC,
+    Completeness,
+    SyncProgress,
+    assess,
+    counter_value,
+    recheck,
+)
 from edgekit.fleet.decoding import Decoder
 from edgekit.fleet.ingesting import Ingestor, RateLimitedLog
 from edgekit.fleet.settings import BrokerAddress, FleetSettings
@@ -111,7 +124,12 @@ class FleetWatcher:
         self._connack: Any = None
         self._refused = 0                          # connection attempts that failed at the socket
         self._sampled = 0
-        self._sub_mono: float | None = None
+        self._sync = SyncProgress()
+        self._quiet_mids: set[int] = set()         # subscriptions that are no part of start()
+        self._sync_mid: int | None = None
+        self._status_topic = ""
+        self._client: mqtt.Client | None = None
+        self._sync_received = 0                  # messages received when the marker arrived
         # figures
         self.connects = 0
         self.disconnects = 0
@@ -121,7 +139,6 @@ class FleetWatcher:
         self.last_error: str | None = None
         self.subscribed_at: float | None = None   # wall time of the latest SUBACK
         self._last_arrival = 0.0                   # monotonic time of the latest message
-        self._last_retained = 0.0
         self._lag = _Samples()
         self._age = _Samples()
 
@@ -168,7 +185,7 @@ class FleetWatcher:
         return self._connected
 
     def view(self) -> FleetView:
-        return FleetView(self.state, self.lock, self.info)
+        return FleetView(self.state, self.lock, self.info, self.completeness)
 
     def snapshot(self, *, group: str | None = None, with_devices: bool = False) -> FleetSnapshot:
         return self.view().snapshot(group=group, with_devices=with_devices)
@@ -192,15 +209,32 @@ class FleetWatcher:
             "seq_gaps": self.state.counters.seq_gaps,
         }
 
-    def wait_settled(self, quiet: float = 0.3, timeout: float = 30.0) -> bool:
-        """Wait until the retained burst after subscribing is in: no retained message for ``quiet``
-        seconds and everything received is applied. False on timeout."""
+    def completeness(self) -> Completeness:
+        """Whether the picture holds every device (False while the retained burst is not in)."""
+        return assess(self._sync, local_dropped=self.dropped)
+
+    @property
+    def rechecking(self) -> bool:
+        """The broker's drop counter rose during the burst and the statuses are being taken again."""
+        return self._sync.rechecks > 0 and not self._sync.verdict
+
+    def wait_verified(self, timeout: float) -> Completeness:
+        """Wait (at most ``timeout``) until the broker's counters confirm or refute completeness."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found, sync = self.completeness(), self._sync
+            final = sync.verdict or sync.sys_denied or (sync.synced and sync.drop_base is None)
+            if final or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def wait_settled(self, timeout: float = 30.0) -> bool:
+        """Wait until the retained burst after subscribing is in (the marker subscription's SUBACK
+        arrived after it) and applied. False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            now = time.monotonic()
-            since_sub = now - (self._sub_mono or now)
-            if (self._ready.is_set() and since_sub >= quiet and now - self._last_retained >= quiet
-                    and self.applied + self.dropped >= self.received):
+            if (self._ready.is_set() and self._sync.synced
+                    and self.applied + self.dropped >= self._sync_received):
                 return True
             time.sleep(0.02)
         return False
@@ -407,23 +441,47 @@ class FleetWatcher:
         s = self.settings
         root = s.topic_root.rstrip("/")
         group = s.group or "+"
-        if s.shared_group:
-            topics = [(f"{root}/{group}/+/status", 1),
-                      (f"$share/{s.shared_group}/{root}/{group}/+/health", 1),
-                      (f"$share/{s.shared_group}/{root}/{group}/+/event", 1)]
-        else:
-            topics = [(f"{root}/{group}/+/+", 1)]
-        rc, mid = client.subscribe(topics)
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
-            self._pending_sub.add(mid)
+        share = f"$share/{s.shared_group}/" if s.shared_group else ""
+        # Status at QoS 0: the retained burst then bypasses the broker's QoS 1 queue (see
+        # edgekit.fleet.completeness); a reconnect resends every retained status anyway.
+        self._status_topic = f"{root}/{group}/+/status"
+        topics = [(self._status_topic, 0),
+                  (f"{share}{root}/{group}/+/health", 1),
+                  (f"{share}{root}/{group}/+/event", 1)]
+        self._sync = SyncProgress()
+        self._client = client
+        # Three SUBSCRIBE packets, answered in order: the broker's drop counter before the burst,
+        # the fleet, then a marker whose SUBACK follows the whole burst (and which brings the
+        # $SYS updates that close the drop count).
+        self._quiet_mids.clear()
+        self._subscribe(client, [(DROPPED_TOPIC, 0)], pending=False)
+        self._subscribe(client, topics, pending=True)
+        self._sync_mid = self._subscribe(client, [(PASS_START_TOPIC, 0), (PASS_END_TOPIC, 0)], pending=False)
         if getattr(flags, "session_present", False):
             # The broker kept our session (and subscriptions); it may deliver a backlog before the
             # SUBACK, so do not make start() wait for it.
             self._mark_subscribed()
 
+    def _subscribe(self, client: mqtt.Client, topics: list[tuple[str, int]], *, pending: bool) -> int | None:
+        rc, mid = client.subscribe(topics)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return None
+        if pending:
+            self._pending_sub.add(mid)
+        else:
+            self._quiet_mids.add(mid)
+        return mid
+
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
-        self._pending_sub.discard(mid)
         denied = [r for r in reasons if getattr(r, "is_failure", False)]
+        if mid in self._quiet_mids:   # $SYS may be hidden by the ACL: that is allowed
+            self._quiet_mids.discard(mid)
+            self._sync.sys_denied = self._sync.sys_denied or bool(denied)
+            if mid == self._sync_mid:
+                self._sync_received = self.received
+                self._sync.synced = True
+            return
+        self._pending_sub.discard(mid)
         if denied:
             self._fail(suback_error(denied[0], self._broker.url if self._broker else "the broker",
                                     hint="the broker ACL must let this user read the topic root"))
@@ -432,8 +490,6 @@ class FleetWatcher:
 
     def _mark_subscribed(self) -> None:
         self.subscribed_at = time.time()
-        self._sub_mono = time.monotonic()
-        self._last_retained = self._sub_mono
         self._ready.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -448,12 +504,37 @@ class FleetWatcher:
         self._on_publish(msg.topic, msg.payload, bool(msg.retain))
 
     def _on_publish(self, topic: str, payload: bytes | bytearray, retained: bool) -> None:
+        if topic.startswith("$SYS/"):
+            self._on_sys(topic, payload, retained)
+            return
         arrived = time.monotonic()
         self.received += 1
-        if retained:
-            self._last_retained = arrived
+        if retained and not self._sync.synced and topic.endswith("/status"):
+            self._sync.statuses += 1
         if len(self._queue) >= self.settings.max_queue:
             self.dropped += 1
             return
         self._queue.append((topic, payload, retained, arrived))
 
+    def _on_sys(self, topic: str, payload: bytes | bytearray, retained: bool) -> None:
+        """The broker's counters (network thread): see ``edgekit.fleet.completeness``."""
+        sync = self._sync
+        if topic == DROPPED_TOPIC:
+            if retained and not sync.synced and sync.drop_base is None:
+                sync.drop_base = counter_value(payload)      # its value before the fleet subscription
+            elif sync.tick and not sync.verdict and not retained:
+                sync.drop_seen = counter_value(payload)
+        elif retained or not sync.synced:
+            return                                           # an update from before the marker
+        elif topic == PASS_START_TOPIC:
+            sync.tick = True
+        elif topic == PASS_END_TOPIC and sync.tick and not sync.verdict:
+            sync.verdict = True
+            again = recheck(sync)
+            if again is not None and self._client is not None:
+                # The counter rose, maybe from other clients' drops: have the statuses sent once
+                # more, now, against this fresh value.
+                self._sync = again
+                self._subscribe(self._client, [(self._status_topic, 0)], pending=False)
+                self._sync_mid = self._subscribe(self._client, [(PASS_START_TOPIC, 0), (PASS_END_TOPIC, 0)],
+                                                 pending=False)

@@ -69,7 +69,9 @@ class Options:
     bake: str = "10s"
     wave_timeout: str = "90s"
     interval: float = 1.0          # agents' health interval (seconds): short, so bakes can be short
-    rate: float = 5.0              # inferences per second per simulated device
+    # inferences per second per simulated device: enough that a one-device canary gathers the
+    # samples an evidence-based verdict needs well within the wave timeout
+    rate: float = 20.0
     error_rate: float = 0.25       # the fault knob of version 3.0
     budget_time: str = "3m"        # cap on the quantization search
 
@@ -240,10 +242,27 @@ class Outcome:
     exit_code: int
     waves: list[str]
     verdict: str | None
+    control: str | None = None     # the failed wave beside its control group, when it had one
 
     @property
     def as_expected(self) -> bool:
         return self.phase == EXPECTED[self.version]
+
+
+def control_comparison(wave: Any) -> str:
+    """The wave's own figures beside its control group's (the devices still on the old version,
+    same window), as counted: a reader can redo the arithmetic."""
+    def counted(t: Any) -> str:
+        rate = f"{t.error_rate:.2%}" if t.error_rate is not None else "-"
+        p95 = f", p95 {t.p95_ms:.1f} ms" if t.p95_ms is not None else ""
+        return f"{t.errors}/{t.inferences} inferences failed ({rate}){p95} on {t.on_digest} devices"
+
+    if wave.telemetry is None:
+        return "no figures recorded for the wave"
+    if wave.control is None:
+        return f"wave {wave.index + 1}: {counted(wave.telemetry)}; no control group (judged against the thresholds)"
+    return (f"wave {wave.index + 1}: {counted(wave.telemetry)}; its control group over the same window: "
+            f"{counted(wave.control)}")
 
 
 class Demo:
@@ -470,15 +489,19 @@ class Demo:
             ro = None
         waves = ro.status.waves if ro else []
         failed = next((w for w in waves if w.verdict and w.verdict.decision == "rollback"), None)
+        # the verdict as the judge wrote it (its test and evidence), not figures formatted again here
         outcome = Outcome(version, self.images[version], ro.name if ro else None, ro.status.phase if ro else None,
                           result.returncode, [w.phase for w in ro.status.waves] if ro else [],
-                          f"wave {failed.index + 1}: {failed.verdict.reason}" if failed and failed.verdict else None)
+                          f"wave {failed.index + 1}: {failed.verdict.reason}" if failed and failed.verdict else None,
+                          control_comparison(failed) if failed else None)
         self.outcomes.append(outcome)
         (self.work / "result.json").write_text(json.dumps([asdict(o) for o in self.outcomes], indent=2))
         if outcome.as_expected:
             if expect_failure:
                 self.say(f"[bold green]as intended:[/] {escape(outcome.rollout or '')} rolled back automatically "
                          f"(exit {outcome.exit_code}); {escape(outcome.verdict or '')}")
+                if outcome.control:
+                    self.say(escape(outcome.control))
             return
         logs = f"simulator log {self.work / 'simulator.log'}; `edgekit rollout status {outcome.rollout}`"
         raise DemoError(f"rollout of {version} ended {outcome.phase} (exit {result.returncode}), expected "

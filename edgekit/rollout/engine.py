@@ -16,6 +16,11 @@ crash, the in-cluster controller) repeats at most the step that was in flight an
                      from --(write relabelled-back)--> delete the new DaemonSet once it runs
                      nowhere --> RolledBack
 
+The wave is compared (``GatePolicy.baseline``) with its control group: the group's devices still
+on the old revision (those of later waves; with ``spread_by`` only those in the wave's zones), over
+the same window. The last wave has none left and is judged against the thresholds alone.
+``baseline == "before"`` compares the wave's devices with themselves before the move instead.
+
 Only the holder of the rollout's Lease acts (``edgekit.rollout.leasing``); a second engine is
 refused. Operator requests arrive through the resource (``spec.paused``, the abort and promote
 annotations), seen at once through a watch.
@@ -48,7 +53,7 @@ from edgekit.rollout.gating import (
     judge,
 )
 from edgekit.rollout.leasing import Lease
-from edgekit.rollout.planning import PlannedWave, plan_waves
+from edgekit.rollout.planning import NO_ZONE, PlannedWave, plan_waves
 from edgekit.rollout.ports import ClusterPort, PodTracker, RolloutWatch, TelemetryPort
 from edgekit.rollout.resource import EdgeRollout, HistoryEntry, ImageRef, RolloutSpec, RolloutStatus, WaveStatus
 from edgekit.rollout.shadowing import ShadowFigures, ShadowPolicy
@@ -140,6 +145,7 @@ class Engine:
         self._hold_since = 0.0
         self._hold_written = False
         self._ensured: set[str] = set()
+        self._controls: dict[tuple[str, int], tuple[str, ...]] = {}
         self.on_change: Callable[[Live], None] | None = None
 
     # --- creating -------------------------------------------------------------------------
@@ -439,16 +445,56 @@ class Engine:
         since = wave.ready_at or wave.moved_at or self.clock()
         return self.telemetry.window(wave.nodes, since, self.ro.spec.target.digest)
 
+    def _control_devices(self, wave: WaveStatus) -> tuple[str, ...]:
+        """The wave's control group: nodes of later waves still on the revision they came from
+        (the old one), in the wave's zones when the strategy spreads by a label. Worked out once
+        per wave and engine (one node list), as the plan does not change."""
+        key = (self.ro.name, wave.index)
+        if key in self._controls:
+            return self._controls[key]
+        spec, st = self.ro.spec, self.ro.status
+        later = [(n, w.from_revisions.get(n)) for w in st.waves[wave.index + 1:] for n in w.nodes]
+        old = st.previous_revision
+        # a node that ran nothing (first install) or another revision is no control
+        chosen = [n for n, rev in later if rev is not None and (old is None or rev == old)]
+        if chosen and spec.strategy.spread_by:
+            label = spec.strategy.spread_by
+            labels = self.cluster.group_nodes(spec.group, spec.profile)
+            zones = {labels.get(n, {}).get(label, NO_ZONE) for n in wave.nodes}
+            chosen = [n for n in chosen if labels.get(n, {}).get(label, NO_ZONE) in zones]
+        self._controls[key] = tuple(chosen)
+        return self._controls[key]
+
+    def _control(self, wave: WaveStatus) -> TelemetryFigures | None:
+        """The control group's figures over the wave's window, on the old model (None: no
+        control group, or the policy compares with the devices before the move)."""
+        if self.telemetry is None or self.ro.spec.strategy.gates.baseline != "control":
+            return None
+        devices = self._control_devices(wave)
+        if not devices:
+            return None
+        since = wave.ready_at or wave.moved_at or self.clock()
+        previous = self.ro.spec.previous
+        return self.telemetry.window(devices, since, previous.digest if previous and previous.digest else None)
+
     def _bake_and_judge(self, wave: WaveStatus, paused: bool) -> None:
         st, strategy = self.ro.status, self.ro.spec.strategy
         now = self.clock()
         kube = self._kube(wave)
         tele = self._telemetry(wave)
+        control = self._control(wave)
         wave.ready = kube.ready
         wave.telemetry = tele
+        # recorded compactly: the figures, not the names of every silent control device
+        wave.control = replace(control, silent=(), offline=(), latency_hist=None) if control else None
         verdict = judge(strategy.gates, bake_s=strategy.bake_s, auto_promote=strategy.auto_promote, kube=kube,
                         tele=tele, baseline=wave.baseline,
-                        elapsed=Elapsed(now - (wave.moved_at or now), now - (wave.ready_at or now), wave.promoted))
+                        elapsed=Elapsed(now - (wave.moved_at or now), now - (wave.ready_at or now), wave.promoted),
+                        control=control)
+        if (control is None and self.telemetry is not None and strategy.gates.baseline == "control"
+                and "control" not in verdict.reason):
+            verdict = replace(verdict, reason=f"{verdict.reason} (no control group: no device of the group is "
+                                              f"left on the old revision; judged against the thresholds alone)")
         if verdict.decision == ADVANCE and not paused:
             wave.verdict, wave.verdict_at = verdict, now
             wave.phase = r.W_PASSED

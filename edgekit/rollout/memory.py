@@ -271,16 +271,21 @@ class MemoryCluster:
 class MemoryTelemetry:
     """Fleet telemetry computed from the in-memory cluster: each device runs the image of the
     DaemonSet its node is labelled for and behaves as ``behaviour[digest]`` says
-    (``error_rate``, ``p95_ms``, ``probe_ok``); devices in ``offline`` are silent and offline."""
+    (``error_rate``, ``p95_ms``, ``probe_ok``); devices in ``offline`` are silent and offline.
+    ``device_behaviour[node]`` overrides that for one device whatever it runs (a zone under load,
+    a device of the control group). Every window asked for is kept in ``asked`` as
+    ``(devices, since, digest)``, so tests see which devices were compared, over which window."""
 
     def __init__(self, cluster: MemoryCluster, app: str, namespace: str = "edgekit",
                  behaviour: Mapping[str, Mapping[str, Any]] | None = None, since: float = 0.0) -> None:
         self.cluster, self.app, self.namespace = cluster, app, namespace
         self.behaviour: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (behaviour or {}).items()}
+        self.device_behaviour: dict[str, dict[str, Any]] = {}
         self.offline: set[str] = set()
         self.silent: set[str] = set()
         self.started = since
         self.calls = 0
+        self.asked: list[tuple[tuple[str, ...], float, str | None]] = []
 
     def observing_since(self) -> float:
         return self.started
@@ -309,6 +314,7 @@ class MemoryTelemetry:
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
         self.calls += 1
+        self.asked.append((tuple(devices), since, digest))
         reported, silent, offline, on, off = [], [], [], [], []
         inferences = errors = probe_failures = 0
         p95s: list[float] = []
@@ -324,7 +330,7 @@ class MemoryTelemetry:
                 off.append(device)
                 continue
             on.append(device)
-            b = self.behaviour.get(current, {})
+            b = self.device_behaviour.get(device) or self.behaviour.get(current, {})
             inferences += 100
             errors += round(100 * float(b.get("error_rate", 0.0)))
             p95s.append(float(b.get("p95_ms", 5.0)))

@@ -164,6 +164,7 @@ class WaveStatus:
     promoted: bool = False
     baseline: Baseline | None = None
     telemetry: TelemetryFigures | None = None
+    control: TelemetryFigures | None = None  # the control group over the same window (baseline "control")
     verdict: Verdict | None = None
     verdict_at: float | None = None
 
@@ -179,6 +180,7 @@ class WaveStatus:
             "readyAt": to_time(self.ready_at), "ready": self.ready, "promoted": self.promoted or None,
             "baseline": self.baseline.to_json() if self.baseline else None,
             "telemetry": self.telemetry.to_json() if self.telemetry else None,
+            "control": self.control.to_json() if self.control else None,
             "verdict": self.verdict.decision if self.verdict else None,
             "verdictDetail": self.verdict.to_json() if self.verdict else None,
             "verdictAt": to_time(self.verdict_at), "finishedAt": to_time(finished),
@@ -197,6 +199,7 @@ class WaveStatus:
             ready=int(d.get("ready", 0)), promoted=bool(d.get("promoted", False)),
             baseline=Baseline.from_json(d.get("baseline")),
             telemetry=TelemetryFigures.from_json(d["telemetry"]) if d.get("telemetry") else None,
+            control=TelemetryFigures.from_json(d["control"]) if d.get("control") else None,
             verdict=Verdict.from_json(d["verdictDetail"]) if d.get("verdictDetail") else None,
             verdict_at=from_time(d.get("verdictAt")),
         )

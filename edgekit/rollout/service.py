@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EngineConflictError, RolloutError, RolloutNotFoundError
+from edgekit.errors import EngineConflictError, IncompleteTelemetryError, RolloutError, RolloutNotFoundError
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import (
     Engine,
@@ -50,7 +50,14 @@ class FleetTelemetry:
         return float(self.watcher.subscribed_at or self.started)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
-        return figures_from_window(self.watcher.view().window(devices, since, digest))
+        """The gates' figures: p50/p95/p99 of every latency of the window and the merged histogram
+        itself (``latency_hist``), when every counted report carried one; otherwise the per-device
+        approximation and no histogram (``WindowStats.latency_exact``)."""
+        view = self.watcher.view()
+        found = view.completeness()
+        if found is not None and not found.complete:   # temporary: the engine holds and asks again
+            raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
+        return figures_from_window(view.window(devices, since, digest))
 
     def shadow(self, devices: Sequence[str], digest: str, metric: str) -> ShadowFigures:
         return pool_reports(devices, self.watcher.view().shadow_reports(devices), digest, metric)

@@ -4,9 +4,11 @@ simulator's scheduler instead of its own threads.
 
 What a fault does here:
 
-- error_rate: that share of inferences (evenly spread) gets a malformed input, so onnxruntime
-  raises and the core counts a real inference error;
-- latency_ms: added to the measured latency of each inference (throttled simulation: nothing sleeps);
+- error_rate: that share of inferences (evenly spread; by independent draws when ``noisy``) gets a
+  malformed input, so onnxruntime raises and the core counts a real inference error;
+- latency_ms, latency_factor: the measured latency of each inference is multiplied by the factor,
+  then the milliseconds added (throttled simulation: nothing sleeps);
+- rate: the device's traffic (inferences per second) while it runs the model;
 - probe_fail: the device serves a probe that cannot pass (``ModelStore.with_failing_probe``);
 - silent: health is never reported (the connection and birth stay);
 
@@ -80,7 +82,7 @@ class VirtualDevice:
         self.placement = placement
         self.loaded = loaded
         self.fault = fault
-        self.rate = rate
+        self.base_rate = rate
         self.rng = rng
         settings = AgentSettings(device=placement.node, group=placement.group, model_dir=str(loaded.directory),
                                  image=placement.image, broker_url=broker_url, topic_root=topic_root,
@@ -97,13 +99,18 @@ class VirtualDevice:
         self.bad = _bad_feeds(self.feeds)
         self._run = loaded.session.session.run
         self.started = time.monotonic()
-        self.next_infer = self.started + rng.uniform(0, 1.0 / rate if rate > 0 else 1.0)
+        self.next_infer = self.started + rng.uniform(0, 1.0 / self.rate if self.rate > 0 else 1.0)
         self.next_tick = self.started + rng.uniform(0, min(interval, 1.0))
         self.tick_every = min(0.5, interval / 2)
         self.alive = False
         self.inferences = 0
         self.errors = 0
         self._error_due = rng.random()
+
+    @property
+    def rate(self) -> float:
+        """Inferences per second now: the model's traffic when its fault sets one."""
+        return self.fault.rate if self.fault.rate > 0 else self.base_rate
 
     @property
     def node(self) -> str:
@@ -141,22 +148,29 @@ class VirtualDevice:
             core.requests_rejected += 1
             return
         # Errors come evenly spread (every 1/rate-th inference, from a random phase) rather than
-        # by coin flips: a short canary window then shows the configured rate, not luck.
-        self._error_due += self.fault.error_rate
-        if self._error_due >= 1.0:
-            self._error_due -= 1.0
+        # by coin flips: a short canary window then shows the configured rate, not luck. A noisy
+        # fault draws each one, so windows show what luck does to a rate.
+        if self.fault.noisy:
+            failing = self.rng.random() < self.fault.error_rate
+        else:
+            self._error_due += self.fault.error_rate
+            failing = self._error_due >= 1.0
+            if failing:
+                self._error_due -= 1.0
+        if failing:
             with contextlib.suppress(EdgekitError):
                 core.infer(self.bad)
             self.errors += 1
             return
-        if self.fault.latency_ms:
+        if self.fault.latency_ms or self.fault.latency_factor != 1.0:
             t0 = time.perf_counter()
             try:
                 self._run(None, self.feeds)
             except Exception as exc:  # counted as the agent would
                 core.stats.record_error(str(exc)[:200])
                 return
-            core.stats.record(time.perf_counter() - t0 + self.fault.latency_ms / 1000.0)
+            measured = time.perf_counter() - t0
+            core.stats.record(measured * self.fault.latency_factor + self.fault.latency_ms / 1000.0)
         else:
             try:
                 core.infer(self._live_feeds())

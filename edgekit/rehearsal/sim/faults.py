@@ -3,10 +3,15 @@
 A fault is keyed by what identifies a model: its revision (``3f2a9c1b7d0e``), image digest
 (``sha256:…``), model version (``1.4.0``) or ``*`` for every model. Written on the command line as
 
-    KEY:error_rate=0.2,latency_ms=30,probe_fail,crash_loop,silent,offline=0.1
+    KEY:error_rate=0.2,noisy,latency_ms=30,latency_factor=1.5,rate=30,probe_fail,crash_loop,silent,offline=0.1
 
-- ``error_rate``   share of inferences that fail (a real onnxruntime error: a malformed input)
+- ``error_rate``   share of inferences that fail (a real onnxruntime error: a malformed input),
+                   evenly spread
+- ``noisy``        each inference fails by an independent draw at ``error_rate`` instead: errors
+                   come in bursts and gaps, as in the field (what a statistical gate must see through)
 - ``latency_ms``   added to every measured inference latency
+- ``latency_factor`` multiplies every measured inference latency (1.5: p95 +50%)
+- ``rate``         inferences per second on each device running the model (0: the simulator's rate)
 - ``probe_fail``   the golden probe fails (so the agent reports not ready, probe.ok false)
 - ``crash_loop``   the agent dies every ``crash_every`` seconds (default 4) and comes back
 - ``silent``       the agent serves but never reports health
@@ -28,7 +33,10 @@ from edgekit.errors import ConfigError
 @dataclass(frozen=True)
 class Fault:
     error_rate: float = 0.0
+    noisy: bool = False
     latency_ms: float = 0.0
+    latency_factor: float = 1.0
+    rate: float = 0.0             # traffic of the devices on this model (0: the simulator's)
     probe_fail: bool = False
     crash_loop: bool = False
     crash_every: float = 4.0
@@ -51,9 +59,9 @@ class Fault:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
 
 
-_FLOAT = {"error_rate": (0.0, 1.0), "latency_ms": (0.0, 60_000.0), "crash_every": (0.2, 3600.0),
-          "offline": (0.0, 1.0), "seed": (0, 2**31)}
-_FLAGS = ("probe_fail", "crash_loop", "silent")
+_FLOAT = {"error_rate": (0.0, 1.0), "latency_ms": (0.0, 60_000.0), "latency_factor": (0.01, 1000.0),
+          "rate": (0.0, 1000.0), "crash_every": (0.2, 3600.0), "offline": (0.0, 1.0), "seed": (0, 2**31)}
+_FLAGS = ("noisy", "probe_fail", "crash_loop", "silent")
 
 
 def parse_fault(text: str) -> tuple[str, Fault]:
