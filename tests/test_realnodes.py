@@ -49,6 +49,18 @@ def test_two_nodes_share_nothing_on_the_host_and_touch_no_default_path(tmp_path:
         assert len(str(plan.kubelet_root / "plugins_registry" / "some.csi.driver.example.com-reg.sock")) < 108
 
 
+def test_kubelet_is_pinned_like_the_control_plane() -> None:
+    """Same k8s.io/kubernetes and the same staging replaces: version skew is impossible and the Go
+    build cache of the control plane serves the kubelet build."""
+    def replaces(component: gobuild.Component) -> list[str]:
+        text = (component.module_dir / "go.mod").read_text()
+        return re.findall(r"^\s*(k8s\.io/\S+ => \S+ \S+)$", text, re.M)
+
+    control_plane, kubelet = gobuild.COMPONENTS["k8s"], gobuild.NODE_COMPONENTS["kubelet"]
+    assert kubelet.version == control_plane.version
+    assert replaces(kubelet) == replaces(control_plane) and replaces(kubelet)
+
+
 def test_pause_image_archive_is_reproducible_and_self_consistent() -> None:
     import hashlib
     import io

@@ -1,7 +1,8 @@
 """Build the Go programs of the test control plane once, and find them afterwards.
 
 No prebuilt Kubernetes binaries can be downloaded, so etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy.
+kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy;
+so are kubelet, containerd (+ ctr, containerd-shim-runc-v2) and crictl for real nodes.
 Each component has a small wrapper module under ``edgekit/rehearsal/go/<component>/`` whose
 committed ``go.mod``/``go.sum`` pin the exact version; the binaries land in
 ``~/.cache/edgekit/<component>-<version>/`` and are reused while the pinned modules are unchanged.
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             comp = ALL_COMPONENTS[name]
             if args.status:
                 state = "built" if comp.is_built() else "missing"
-                print(f"{name:6} {comp.version:9} {state:8} {comp.out_dir}")
+                print(f"{name:10} {comp.version:9} {state:8} {comp.out_dir}")
             else:
                 build(comp, jobs=args.jobs, say=lambda m: print(m, flush=True))
     except EdgekitError as exc:
