@@ -101,7 +101,14 @@ def _host_snapshot() -> dict[str, Any]:
                for d in h.iterdir() if d.is_dir() and d.name.startswith(("edgekit-", "kubepods"))}
     netns = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
     return {"processes": procs, "mounts": mounts, "links": links, "iptables": rules, "cgroups": cgroups,
-            "netns": netns, "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()}
+            "netns": netns, "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+            "sysctls": _sysctls()}
+
+
+def _sysctls() -> dict[str, str]:
+    """The host sysctls a kubelet sets at start (it must set only its stand-ins)."""
+    return {k: Path("/proc/sys", k).read_text().strip()
+            for k in ("kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory")}
 
 
 def _left_behind(before: dict[str, Any], after: dict[str, Any], state_dir: Path) -> dict[str, Any]:
@@ -115,6 +122,8 @@ def _left_behind(before: dict[str, Any], after: dict[str, Any], state_dir: Path)
         out["mounts"] = sorted(new)
     if after["ip_forward"] != before["ip_forward"]:
         out["ip_forward"] = (before["ip_forward"], after["ip_forward"])
+    if after["sysctls"] != before["sysctls"]:
+        out["sysctls"] = (before["sysctls"], after["sysctls"])
     return out
 
 
@@ -173,6 +182,9 @@ def test_dev_cluster_real_nodes_run_a_daemonset_beside_kwok_and_down_leaves_noth
         real = {n["metadata"]["name"]: n for n in group if "kwok.x-k8s.io/node" not in n["metadata"]["annotations"]}
         kwok = [n for n in group if n["metadata"]["name"] not in real]
         assert sorted(real) == ["grp-real-01", "grp-real-02"] and len(kwok) == 20
+        # The running kubelets set kernel.panic=10 in their stand-ins, and only there.
+        assert (state_dir / "real-nodes" / "grp-real-01" / "sysctl" / "kernel.panic").read_text().strip() == "10"
+        assert _sysctls() == before["sysctls"]
         fake_labels = {k: v for k, v in kwok[0]["metadata"]["labels"].items() if k != "type"}
         for node in real.values():
             labels = node["metadata"]["labels"]

@@ -202,15 +202,20 @@ def _cgroup_pids(root: str) -> set[int]:
     return pids
 
 
+# What a node runs outside its containers' cgroups (sh and unshare only until they exec the kubelet).
+_NODE_PROGRAMS = frozenset({"kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "crictl", "unshare", "sh"})
+
+
 def _processes_mentioning(*needles: str) -> list[int]:
-    """Pids whose command line contains one of ``needles`` (our socket or home paths)."""
+    """Pids of node programs whose command line contains one of ``needles`` (a node's socket or home)."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if any(n in cmdline for n in needles):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = b" ".join(argv).decode(errors="replace")
+            if Path(argv[0].decode(errors="replace")).name in _NODE_PROGRAMS and any(n in cmdline for n in needles):
                 out.append(int(entry.name))
     return out
 
