@@ -79,6 +79,17 @@ def test_pause_image_archive_is_reproducible_and_self_consistent() -> None:
         assert "sha256:" + hashlib.sha256(data).hexdigest() == blob["digest"] and len(data) == blob["size"]
 
 
+def test_up_says_what_is_missing_before_starting_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.rehearsal import devcluster, realnodes
+
+    monkeypatch.setattr(realnodes, "CGROUP_FS", tmp_path / "no-cgroups")
+    monkeypatch.setattr(realnodes, "RUNC", str(tmp_path / "no-runc"))
+    with pytest.raises(realnodes.RealNodesUnavailable) as err:
+        devcluster.up(None, state_dir=tmp_path / "dev", real_nodes=1, say=lambda m: None)
+    assert "runc is missing" in str(err.value) and "no cgroup v1 memory hierarchy" in str(err.value)
+    assert err.value.exit_code == 76 and not (tmp_path / "dev").exists()
+
+
 # --- real nodes ------------------------------------------------------------------------------------
 def _host_snapshot() -> dict[str, Any]:
     """What real nodes could leave on the host, read from the system itself."""

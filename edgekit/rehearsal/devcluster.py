@@ -24,7 +24,7 @@ from edgekit.errors import ConfigError
 from edgekit.kube.kubeconfigs import dev_cluster_dir
 from edgekit.rehearsal.cluster import Cluster
 from edgekit.rehearsal.nodes import FleetSpec
-from edgekit.rehearsal.realnodes import RealNodes
+from edgekit.rehearsal.realnodes import RealNodes, RealNodesUnavailable, missing
 
 __all__ = ["DevCluster", "dev_dir", "dev_kubeconfig", "down", "status", "up"]
 
@@ -67,6 +67,8 @@ def up(spec: FleetSpec | None, *, state_dir: Path | None = None, install: bool =
     from ``registries`` (host:port) over plain http.
     """
     state_dir = state_dir or dev_dir()
+    if real_nodes and (lacking := missing()):  # before anything starts
+        raise RealNodesUnavailable("real nodes cannot run here: " + "; ".join(lacking))
     existing = Cluster.attach(state_dir)
     if existing is not None:
         if existing.status()["ready"]:
