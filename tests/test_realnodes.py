@@ -209,8 +209,13 @@ def test_dev_cluster_real_nodes_run_a_daemonset_beside_kwok_and_down_leaves_noth
             assert node["status"]["nodeInfo"]["kubeletVersion"] == gobuild.NODE_COMPONENTS["kubelet"].version
             assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
 
-        # A DaemonSet pulled through the registry's hosts.toml (plain http), Running on both real nodes.
-        client.request("POST", "/apis/apps/v1/namespaces/default/daemonsets", body=_daemonset("tiny", "grp", image))
+        # A DaemonSet pulled through the registry's hosts.toml (plain http), Running on both real nodes,
+        # with the same image also mounted as an image volume.
+        daemonset = _daemonset("tiny", "grp", image)
+        spec = daemonset["spec"]["template"]["spec"]
+        spec["volumes"] = [{"name": "image", "image": {"reference": image, "pullPolicy": "IfNotPresent"}}]
+        spec["containers"][0]["volumeMounts"] = [{"name": "image", "mountPath": "/image", "readOnly": True}]
+        client.request("POST", "/apis/apps/v1/namespaces/default/daemonsets", body=daemonset)
         pods = _wait_running(client, "default", set(real))
         for node_name, pod in pods.items():
             subnet = next(p for p in json.loads((state_dir / "real-nodes" / "state.json").read_text())["nodes"]
@@ -218,8 +223,9 @@ def test_dev_cluster_real_nodes_run_a_daemonset_beside_kwok_and_down_leaves_noth
             assert pod["status"]["podIP"].startswith(f"10.244.{subnet}.")  # an address from the node's CNI bridge
         kubectl = [str(gobuild.binary("kubectl")), f"--kubeconfig={state_dir / 'kubeconfig'}"]
         pod_name = pods["grp-real-01"]["metadata"]["name"]
-        exec_ = subprocess.run([*kubectl, "exec", pod_name, "--", "/pause", "-v"], capture_output=True, text=True,
-                               timeout=60)
+        # exec through the kubelet; the binary run comes from the image volume (KEP-4639) of the pod.
+        exec_ = subprocess.run([*kubectl, "exec", pod_name, "--", "/image/pause", "-v"], capture_output=True,
+                               text=True, timeout=60)
         assert exec_.returncode == 0 and "pause.c v3." in exec_.stdout, exec_.stderr
         logs = subprocess.run([*kubectl, "logs", pod_name], capture_output=True, text=True, timeout=60)
         assert logs.returncode == 0, logs.stderr
