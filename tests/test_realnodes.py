@@ -105,9 +105,12 @@ def _host_snapshot() -> dict[str, Any]:
     mounts = {line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()}
     links = set(re.findall(r"^\d+: ([^:@]+)", subprocess.run(["ip", "-o", "link"], capture_output=True,
                                                                 text=True, check=True).stdout, re.M))
+    # Rules and user-defined chains. A built-in table the bridge plugin's NAT rule brought into being
+    # stays (empty, policy ACCEPT): iptables has no command to remove a table.
+    builtin = (":PREROUTING ", ":INPUT ", ":FORWARD ", ":OUTPUT ", ":POSTROUTING ")
     rules = {re.sub(r" \[\d+:\d+\]$", "", line) for line in subprocess.run(
         ["iptables-save"], capture_output=True, text=True, check=True).stdout.splitlines()
-        if line.startswith(("-A ", ":"))}
+        if line.startswith(("-A ", ":")) and not line.startswith(builtin)}
     cgroups = {str(d) for h in Path("/sys/fs/cgroup").iterdir() if h.is_dir()
                for d in h.iterdir() if d.is_dir() and d.name.startswith(("edgekit-", "kubepods"))}
     netns = set(os.listdir("/run/netns")) if Path("/run/netns").is_dir() else set()
