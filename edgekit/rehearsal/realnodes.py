@@ -316,8 +316,11 @@ class RealNodes:
                                self.plans))
             self._write_state()
             self._wait_ready(cluster, t0, timeout)
-        except BaseException:
-            self.stop()
+        except BaseException as exc:
+            try:
+                self.stop()
+            except ServiceError as cleanup:  # keep the first error; say what could not be cleaned up
+                exc.add_note(str(cleanup))
             raise
         say(f"{count} real node(s) Ready in {time.monotonic() - t0:.1f}s: {', '.join(self.names)}")
         return self.names
