@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.fixtures.models",
     "tests.fixtures.mqtt",
     "tests.fixtures.kube",
+    "tests.fixtures.realnodes",
     "tests.fixtures.agent",
     "tests.fixtures.fleet",
     "tests.fixtures.rollout",

@@ -81,6 +81,7 @@ def _error_classes() -> list[type]:
     import edgekit.errors as central_errors
     from edgekit.rehearsal.gobuild import GoBuildError
     from edgekit.rehearsal.processes import ServiceError
+    from edgekit.rehearsal.realnodes import RealNodesUnavailable
 
     found: dict[str, type] = {}
     for module in (agent_errors, central_errors):
@@ -88,7 +89,7 @@ def _error_classes() -> list[type]:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, agent_errors.EdgekitError):
                 found[name] = obj
-    found.update(ServiceError=ServiceError, GoBuildError=GoBuildError)
+    found.update(ServiceError=ServiceError, GoBuildError=GoBuildError, RealNodesUnavailable=RealNodesUnavailable)
     return list(found.values())
 
 

@@ -37,6 +37,7 @@ from edgekit_agent.probing import ProbeResult, run_probe
 from edgekit_agent.protocol.payloads import ModelRef, event_payload, health_payload, status_payload
 from edgekit_agent.protocol.topics import device_topic
 from edgekit_agent.settings import AgentSettings
+from edgekit_agent.shadowing import ShadowRunner
 from edgekit_agent.spool import MemorySpool, Spool, SqliteSpool, open_spool
 from edgekit_agent.stats import InferenceStats
 
@@ -140,6 +141,8 @@ class AgentCore:
         self._dropped_total = 0
         self._dropped_kinds_total: dict[str, int] = {}
         self._run: Any = None
+        # the candidate run beside the served model (shadowing.py); None: no shadow evaluation
+        self.shadow: ShadowRunner | None = None
 
     # -- telemetry plumbing --------------------------------------------------------------------
     def start_telemetry(self, spool: Spool | None = None) -> Outbox | None:
@@ -263,6 +266,48 @@ class AgentCore:
         self._next_probe = self.clock.monotonic() + self.settings.probe_interval
         return self.ready
 
+    def load_shadow(self, model_dir: str | os.PathLike[str] | None = None) -> bool:
+        """Verify and load ``shadow_image`` (same signature rules as the served model) and run it
+        as the shadow; on failure a ``shadow_rejected`` event, and serving goes on without it."""
+        s = self.settings
+        if s.shadow_image is None:
+            return False
+        folder = Path(model_dir or s.shadow_model_dir)
+        before = self.meter.rss_mb()
+        try:
+            loaded = load_model(folder, image=s.shadow_image, public_key=s.public_key,
+                                allow_unsigned=s.allow_unsigned, providers=s.execution_providers,
+                                intra_op_threads=1,
+                                registry_options=s.registry_options() if s.public_key else None,
+                                chain_dir=s.kept_chains)
+        except EdgekitError as exc:
+            self.emit_event("shadow_rejected", exc.one_line(),
+                            {"error": type(exc).__name__, "path": str(folder)})
+            return False
+        try:
+            self.use_shadow(loaded, rss_delta_mb=round(self.meter.rss_mb() - before, 2))
+        except ValueError as exc:  # a MODULE:FUNCTION metric that does not import
+            self.emit_event("shadow_rejected", str(exc), {"error": "ValueError", "path": str(folder)})
+            return False
+        return True
+
+    def use_shadow(self, loaded: LoadedModel, *, rss_delta_mb: float | None = None,
+                   rng: Any = None) -> ShadowRunner:
+        """Run an already verified model as the shadow (the caller starts its thread, or drains it)."""
+        s = self.settings
+        old, self.shadow = self.shadow, None
+        if old is not None:
+            old.stop()
+        runner = ShadowRunner(loaded.session.session.run, digest=loaded.digest, ratio=s.shadow_ratio,
+                              cpu_budget=s.shadow_cpu_budget, metric=s.shadow_metric, queue_size=s.shadow_queue,
+                              since=self.clock.time(), rss_delta_mb=rss_delta_mb, rng=rng)
+        self.shadow = runner
+        self.emit_event("shadow_loaded", f"shadow {loaded.name} {loaded.meta.version} ({loaded.digest}) on "
+                                         f"{s.shadow_ratio:g} of requests, metric {s.shadow_metric}",
+                        {"digest": loaded.digest, "metric": s.shadow_metric, "ratio": s.shadow_ratio,
+                         "rss_delta_mb": rss_delta_mb})
+        return runner
+
     def run_probe(self) -> ProbeResult | None:
         model = self.model
         if model is None:
@@ -295,7 +340,14 @@ class AgentCore:
             reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             self.stats.record_error(reason)
             raise InferenceRequestError(f"inference failed: {reason}") from exc
-        self.stats.record(_perf() - t0)
+        took = _perf() - t0
+        self.stats.record(took)
+        shadow = self.shadow
+        if shadow is not None:
+            try:
+                shadow.offer(feeds, out, output_names, took)
+            except Exception as exc:  # the shadow must never reach the caller
+                log.debug("shadow offer failed: %s", exc)
         return out
 
     def _not_ready_reason(self) -> str:
@@ -370,7 +422,8 @@ class AgentCore:
             latency_ms={"p50": w.p50_ms, "p95": w.p95_ms, "p99": w.p99_ms, "max": w.max_ms},
             probe={"ok": self.probe_ok, "ts": self.probe_ts},
             rss_mb=self.meter.rss_mb(), cpu_pct=self.meter.cpu_pct(),
-            latency_hist=w.hist.to_wire())  # type: ignore[arg-type]
+            latency_hist=w.hist.to_wire(),  # type: ignore[arg-type]
+            shadow=self.shadow.report() if self.shadow is not None else None)
         self._send("health", payload)
         s = self.settings
         if w.errors >= s.error_burst_min and w.errors >= s.error_burst_ratio * max(w.inferences, 1):
@@ -384,6 +437,8 @@ class AgentCore:
         """Graceful stop: final (partial-window) health, ``agent_stopping``, offline status, disconnect."""
         self.report_health()
         self.emit_event("agent_stopping", "agent is stopping", {"reason": "shutdown"})
+        if self.shadow is not None:
+            self.shadow.stop()
         if self.outbox is not None:
             self.outbox.stop(timeout)
             self.outbox.spool.close()

@@ -3,7 +3,9 @@
 Start order: the HTTP API first (liveness answers while a big model loads), then telemetry (so the
 load events are spooled), then the model (fetched first when ``image`` is set and the folder is
 empty; a folder already there is not fetched again, but ``core.load`` checks its kept chain again,
-offline), then the tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
+offline), then the shadow candidate when ``shadow_image`` is set (the same way, into
+``shadow_model_dir``; its worker thread runs sampled requests after they are answered), then the
+tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
 window, an ``agent_stopping`` event, the spool drained, a retained ``offline`` status and a clean
 DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that refused our login.
 """
@@ -50,6 +52,24 @@ def return_big_buffers_to_the_os() -> None:
         ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
+def start_shadow(core: AgentCore, settings: AgentSettings) -> None:
+    """Fetch (once) and load the shadow candidate, then start its worker thread. A candidate that
+    fails is reported (``shadow_rejected``) and serving goes on without it."""
+    assert settings.shadow_image is not None
+    folder = Path(settings.shadow_model_dir)
+    if not (folder / METADATA_FILE).exists():
+        try:
+            log.info("fetching shadow %s into %s", settings.shadow_image, folder)
+            fetch_model(settings.shadow_image, folder, public_key=settings.public_key,
+                        allow_unsigned=settings.allow_unsigned, options=settings.registry_options(),
+                        max_model_bytes=settings.max_model_bytes)
+        except EdgekitError as exc:
+            core.emit_event("shadow_rejected", exc.one_line(), {"error": type(exc).__name__, "path": str(folder)})
+            return
+    if core.load_shadow(folder) and core.shadow is not None:
+        core.shadow.start()
+
+
 def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit status."""
     settings.check_files()
@@ -90,6 +110,8 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
                 core.reject(folder, exc)
         if core.rejected is None:
             core.load(folder)
+        if settings.shadow_image:
+            start_shadow(core, settings)
         period = min(0.25, settings.interval / 4)
         while not stop.wait(period):
             core.tick()

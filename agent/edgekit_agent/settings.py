@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from edgekit_agent.agreement import BUILTIN_AGREEMENT
 from edgekit_agent.errors import ConfigError
 from edgekit_agent.layered import load_layered
 from edgekit_agent.mqtt.settings import MQTT_PROTOCOLS, MqttSettings
@@ -43,6 +44,14 @@ class AgentSettings(MqttSettings):
     registry_ca_file: str | None = None
     intra_op_threads: int = 0
     max_model_bytes: int = 4 << 30  # per file of a fetched layer whose image records no sizes
+    # shadow evaluation: a candidate image run beside the served model on a sampled share of live
+    # requests (shadowing.py); fetched and verified by the same rules as ``image``
+    shadow_image: str | None = None
+    shadow_model_dir: str = "/shadow-model"
+    shadow_ratio: float = 0.1        # share of served requests offered to the shadow
+    shadow_cpu_budget: float = 0.25  # share of one core the shadow may use; samples over it are skipped
+    shadow_metric: str = "top1"      # top1 | cosine | MODULE:FUNCTION (as ``edgekit quantize --metric``)
+    shadow_queue: int = 16           # samples waiting for the shadow; more are dropped
     # telemetry (and the MQTT client fields of MqttSettings)
     broker_url: str | None = None
     topic_root: str = DEFAULT_ROOT
@@ -101,6 +110,17 @@ class AgentSettings(MqttSettings):
         self.check_plaintext_password([self.broker_url] if self.broker_url else [], "broker_url")
         if self.image is not None and "@sha256:" not in self.image:
             raise ConfigError(f"{self.image!r} must be pinned by digest (…@sha256:…)", field="image")
+        if self.shadow_image is not None and "@sha256:" not in self.shadow_image:
+            raise ConfigError(f"{self.shadow_image!r} must be pinned by digest (…@sha256:…)", field="shadow_image")
+        if not 0 <= self.shadow_ratio <= 1:
+            raise ConfigError(f"must be in [0, 1], got {self.shadow_ratio!r}", field="shadow_ratio")
+        if not (math.isfinite(self.shadow_cpu_budget) and 0 < self.shadow_cpu_budget <= 1):
+            raise ConfigError(f"must be a share of one core in (0, 1], got {self.shadow_cpu_budget!r}",
+                              field="shadow_cpu_budget")
+        _at_least(self, 1, "shadow_queue")
+        if self.shadow_metric not in BUILTIN_AGREEMENT and ":" not in self.shadow_metric:
+            raise ConfigError(f"unknown metric {self.shadow_metric!r}; use top1, cosine or MODULE:FUNCTION",
+                              field="shadow_metric")
 
     # -- derived values ------------------------------------------------------------------------
     @property

@@ -51,9 +51,15 @@ def cluster() -> None:
               help="Share of nodes that advertise nvidia.com/gpu.")
 @click.option("--install/--no-install", default=True, show_default=True,
               help="Also install edgekit's CRD and RBAC (as `edgekit install`).")
+@click.option("--real-nodes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Real kubelets (each with its own containerd, runc and CNI bridge) to add to the first "
+                   "group beside its KWOK nodes. Needs root, cgroup v1 and runc; builds kubelet and "
+                   "containerd once.")
+@click.option("--registry", "registries", multiple=True, metavar="HOST:PORT",
+              help="A registry the real nodes pull from over plain http (repeatable).")
 @state_dir_option
 def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: float, install: bool,
-               state_dir: Path | None) -> None:
+               real_nodes: int, registries: tuple[str, ...], state_dir: Path | None) -> None:
     """Start the dev cluster in the background (or report the one already running).
 
     \b
@@ -61,6 +67,7 @@ def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: 
       edgekit dev cluster up
       edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
       edgekit dev cluster up --nodes 20 --gpu-share 0.25
+      edgekit dev cluster up --nodes 20 --real-nodes 2 --registry 127.0.0.1:5000
     """
     from edgekit.rehearsal.devcluster import up
     from edgekit.rehearsal.nodes import FleetSpec
@@ -68,7 +75,8 @@ def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: 
     spec = FleetSpec.simple(nodes, pools, arch, zones=tuple(z for z in zones.split(",") if z),
                             accelerators={"nvidia.com/gpu": gpu_share} if gpu_share else {})
     con = console(stderr=True)
-    result = up(spec, state_dir=state_dir, install=install, say=lambda m: con.print(escape(m)))
+    result = up(spec, state_dir=state_dir, install=install, real_nodes=real_nodes, registries=registries,
+                say=lambda m: con.print(escape(m)))
     if result.already_running:
         con.print(f"dev cluster already running at {result.server} (`edgekit dev cluster down` first "
                   "to recreate it)")
@@ -79,7 +87,8 @@ def cluster_up(nodes: int, pools: str | None, arch: str, zones: str, gpu_share: 
 @click.option("--keep-data", is_flag=True, help="Keep etcd data and logs in the state directory.")
 @state_dir_option
 def cluster_down(keep_data: bool, state_dir: Path | None) -> None:
-    """Stop the dev cluster's processes and remove its state.
+    """Stop the dev cluster's processes and remove its state; real nodes leave no process, mount,
+    network interface, cgroup or iptables rule behind.
 
     \b
     Examples:
@@ -116,6 +125,8 @@ def cluster_status(state_dir: Path | None, output: str) -> None:
         con.print("components: " + ", ".join(f"{n} {'up' if ok else 'DOWN'}" for n, ok in info["components"].items()))
         if "nodes" in info:
             con.print(f"nodes {info['nodes']}, ready {info['nodes_ready']}")
+        if info.get("real_nodes"):
+            con.print("real nodes: " + ", ".join(info["real_nodes"]))
         con.print(f"kubeconfig {info['kubeconfig']}")
     if not info or not info["ready"]:
         raise SystemExit(1)

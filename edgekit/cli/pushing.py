@@ -18,6 +18,19 @@ from edgekit.kube.targets import GROUP_FORMS
 @click.argument("image")
 @click.option("--group", "-g", required=True, help=f"Device group: {GROUP_FORMS}.")
 @click.option("--app", "-a", required=True, help="Application name; its DaemonSets are <app>-<revision>.")
+@click.option("--shadow-first", is_flag=True, default=False,
+              help="Before any device switches, the canary's devices run IMAGE beside the current model on "
+                   "live requests; go on only when they agree (--min-agreement).")
+@click.option("--min-agreement", type=float, default=None, metavar="FRACTION",
+              help="Shadow gate: agreement the candidate must show at the stated confidence [0.98].")
+@click.option("--shadow-ratio", type=float, default=None, metavar="FRACTION",
+              help="Share of live requests the shadow runs on [0.1].")
+@click.option("--shadow-metric", default=None, metavar="METRIC",
+              help="Agreement metric: top1, cosine or MODULE:FUNCTION (as `edgekit quantize --metric`) [top1].")
+@click.option("--shadow-min-samples", type=int, default=None, metavar="N",
+              help="Shadow samples to gather before judging [200].")
+@click.option("--shadow-timeout", default=None, metavar="DURATION",
+              help="Longest the shadow wave may take; undecided by then, it fails [10m].")
 @starting_options("Create the rollout and return; `edgekit controller` runs it.")
 def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **kw: Any) -> None:
     """Roll IMAGE out to a device group in health-gated waves, rolling back by itself when a
@@ -41,18 +54,44 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
       edgekit push registry.local/detector:1.4 -g cameras -a detector --waves 1,5%,25%,100% \\
           --bake 2m --spread-by topology.kubernetes.io/zone --max-error-rate 1% --max-p95-regression 20%
       edgekit push registry.local/detector@sha256:3f2a… -g kubeedge:cams -a detector --manual-promote
+      edgekit push registry.local/detector:1.5 -g cameras -a detector --shadow-first --min-agreement 0.98
     """
     from edgekit.rollout import service
 
+    shadow = _pop_shadow(kw)
     strategy = pop_strategy(kw)
     with opened(kw, images=True, telemetry=not detach, trust="edgekit push") as session:
-        plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy)
+        plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy, shadow=shadow)
         start(session, plan, output, detach=detach,
               created=lambda ro: f"created rollout {ro.name}: {len(ro.status.waves)} waves over "
                                  f"{sum(len(w.nodes) for w in ro.status.waves)} nodes; "
                                  f"`edgekit rollout status {ro.name} --watch` follows it",
               starting=lambda ro: f"rollout {ro.name}: {app} {plan.rollout.spec.target.image} on {group}, "
                                   f"{len(ro.status.waves)} waves")
+
+
+def _pop_shadow(kw: dict[str, Any]) -> Any:
+    """The shadow policy from the --shadow-* options (None without --shadow-first)."""
+    from edgekit.errors import ThresholdRangeError
+    from edgekit.rollout.shadowing import ShadowPolicy, validate_shadow
+    from edgekit.rollout.strategy import parse_duration
+
+    first = kw.pop("shadow_first")
+    given = {k: kw.pop(k) for k in ("min_agreement", "shadow_ratio", "shadow_metric", "shadow_min_samples",
+                                    "shadow_timeout")}
+    if not first:
+        named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if named:
+            raise ThresholdRangeError(f"{', '.join(named)} need --shadow-first")
+        return None
+    base = ShadowPolicy()
+    return validate_shadow(ShadowPolicy(
+        min_agreement=base.min_agreement if given["min_agreement"] is None else given["min_agreement"],
+        ratio=base.ratio if given["shadow_ratio"] is None else given["shadow_ratio"],
+        metric=given["shadow_metric"] or base.metric,
+        min_samples=base.min_samples if given["shadow_min_samples"] is None else given["shadow_min_samples"],
+        timeout_s=base.timeout_s if given["shadow_timeout"] is None else parse_duration(
+            given["shadow_timeout"], flag="--shadow-timeout")))
 
 
 def _wants_rollout(args: list[str]) -> bool:

@@ -37,12 +37,15 @@ from edgekit.cli.rollout_session import connect, stop_on_sigterm
               help="Devices refuse images without a valid signature by this key [EDGEKIT_ROLLOUT_PUBLIC_KEY].")
 @click.option("--allow-unsigned", is_flag=True, help="Without --public-key, devices run unsigned images.")
 @click.option("--duration", type=click.FloatRange(0), default=None, metavar="S", help="Stop after S seconds.")
+@click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="NPZ", help="Live inputs: each request is one row of the first array of this .npz "
+                                  "(shadow evaluation compares models on them) [the golden probe's inputs].")
 @cluster_options
 @output_option
 def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str, interval: float, rate: float,
             fault_specs: tuple[str, ...], faults_file: Path | None, cache_dir: Path | None,
-            insecure_registry: bool, public_key: str | None, allow_unsigned: bool, duration: float | None, output: str,
-            **kw: Any) -> None:
+            insecure_registry: bool, public_key: str | None, allow_unsigned: bool, duration: float | None,
+            inputs_file: Path | None, output: str, **kw: Any) -> None:
     """Run the fleet simulator: one virtual device per node that runs an edgekit pod, each the real
     agent core (real onnxruntime session on the model the pod names, fetched once per digest; its own
     MQTT connection and last will). When Kubernetes replaces a node's pod with another revision, the
@@ -76,7 +79,8 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
     settings = SimSettings(broker_url=broker, cache_dir=cache_dir or default_cache() / "sim-models",
                            topic_root=topic_root, interval=interval, rate=rate, namespace=namespace, app=app,
                            public_key=public_key, allow_unsigned=allow_unsigned,
-                           registry_options=RegistryOptions(insecure=insecure_registry))
+                           registry_options=RegistryOptions(insecure=insecure_registry),
+                           inputs=_read_inputs(inputs_file))
     stop = threading.Event()
     con = console(stderr=output == "json")
     sim = Simulator(client, settings, faults).start()
@@ -112,3 +116,15 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
 
 
 COMMANDS: list[click.Command] = [sim_cmd]
+
+
+def _read_inputs(path: Path | None) -> Any:
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        with np.load(path) as data:
+            return np.asarray(data[data.files[0]])
+    except (OSError, ValueError, IndexError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--inputs") from exc

@@ -119,12 +119,14 @@ class Decoder:
             return Reject("malformed_json", f"payload is a JSON {type(data).__name__}, not an object",
                           ref.device)
         report = self._fast(ref, data)
-        if report is not None:
-            return report
-        try:
-            return self._slow(ref, data)
-        except _Invalid as exc:
-            return Reject(exc.reason, exc.detail, ref.device)
+        if report is None:
+            try:
+                report = self._slow(ref, data)
+            except _Invalid as exc:
+                return Reject(exc.reason, exc.detail, ref.device)
+        if isinstance(report, HealthReport) and "shadow" in data:
+            report.shadow = _shadow_field(data["shadow"])
+        return report
 
     def model(self, name: str, version: str, digest: str) -> Model | None:
         """The interned model, or ``None`` when the table is full (hostile digest churn)."""
@@ -372,3 +374,17 @@ def _nonneg(d: dict[str, Any], key: str, tp: type, where: str = "") -> Any:
 
 _NAMES: Final = {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object",
                  type(None): "null"}
+
+
+def _shadow_field(d: Any) -> dict[str, Any] | None:
+    """The health report's optional ``shadow`` object, kept when its core fields are well typed
+    (a malformed one is dropped: the rest of the report still counts)."""
+    if type(d) is not dict or type(d.get("digest")) is not str or type(d.get("metric")) is not str:
+        return None
+    agreement = d.get("agreement")
+    if type(agreement) is not dict:
+        return None
+    for key in ("samples", "errors"):
+        if type(d.get(key)) is not int or d[key] < 0:
+            return None
+    return d

@@ -8,7 +8,7 @@ by every device running it (a fleet runs few models, so this saves memory per de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Final, Literal, NamedTuple
+from typing import Any, ClassVar, Final, Literal, NamedTuple
 
 from edgekit_agent.protocol.histograms import LatencyHistogram
 
@@ -95,6 +95,7 @@ class HealthReport(_Envelope):
     replayed: bool
     latency_hist: LatencyHistogram | None = None  # None: an agent before issue 14, or a bad histogram
     hist_error: str | None = None                 # why a histogram that was sent was ignored
+    shadow: dict[str, Any] | None = None  # the agent's shadow evaluation (cumulative), when one runs
 
     def __repr__(self) -> str:
         return (f"HealthReport({self.group}/{self.device} session={self.session} seq={self.seq} "

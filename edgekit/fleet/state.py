@@ -31,7 +31,7 @@ import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from edgekit.fleet.aggregating import (
     EMPTY,
@@ -221,6 +221,7 @@ class FleetState:
         self.devices: dict[str, DeviceState] = {}
         self.groups: dict[str, GroupAggregate] = {}
         self.counters = IngestCounters()
+        self.shadows: dict[str, tuple[float, dict[str, Any]]] = {}  # device -> (ts, newest shadow object)
         self._digest_ids: dict[str, int] = {}
         self._digests: list[str | None] = [None]
         self._ring_bytes = self.config.history * REC_SIZE
@@ -278,10 +279,18 @@ class FleetState:
             self._group(report.group).add(EMPTY)
         self.counters.accepted += 1
         if isinstance(report, HealthReport):
+            if report.shadow is not None:
+                self._keep_shadow(report)
             return self._health(st, report, now)
         if isinstance(report, StatusReport):
             return self._status(st, report, retained)
         return self._event(st, report)
+
+    def _keep_shadow(self, report: HealthReport) -> None:
+        # Shadow counts are cumulative per candidate load: the newest report is all the evidence.
+        held = self.shadows.get(report.device)
+        if held is None or report.ts >= held[0]:
+            self.shadows[report.device] = (report.ts, report.shadow or {})
 
     def forget(self, device: str) -> bool:
         """Drop a device entirely (its retained status was deleted)."""

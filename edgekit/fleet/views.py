@@ -164,6 +164,13 @@ class FleetView:
         """Whether the state holds every device (None: no watcher feeds this view)."""
         return self._completeness() if self._completeness is not None else None
 
+    # -- the shadow wave's question -----------------------------------------------------------------
+    def shadow_reports(self, devices: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Each device's newest ``shadow`` object (health reports of agents running a shadow)."""
+        with self._lock:
+            held = self.state.shadows
+            return {d: held[d][1] for d in devices if d in held}
+
     # -- the rollout gates' question --------------------------------------------------------------
     def window(self, devices: Iterable[str], since: float, digest: str | None = None) -> WindowStats:
         names = list(dict.fromkeys(devices))

@@ -80,6 +80,20 @@ def _schema() -> dict[str, Any]:
                 "x-kubernetes-preserve-unknown-fields": True,
                 "properties": crd_schema(),
             },
+            "shadow": {
+                "type": "object",
+                "description": "Shadow wave first (push --shadow-first): the canary runs the candidate beside "
+                               "the current model and the rollout goes on only when they agree.",
+                "properties": {
+                    "minAgreement": {"type": "number", "minimum": 0, "maximum": 1},
+                    "ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                    "metric": {"type": "string", "minLength": 1,
+                               "description": "top1, cosine or MODULE:FUNCTION (as edgekit quantize --metric)."},
+                    "minSamples": {"type": "integer", "minimum": 1},
+                    "confidence": {"type": "number", "minimum": 0.5, "maximum": 1},
+                    "timeout": {"type": "string", "pattern": _DURATION},
+                },
+            },
         },
     }
     status = {
@@ -107,6 +121,8 @@ def _schema() -> dict[str, Any]:
                     },
                 },
             },
+            "shadow": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                       "description": "The shadow wave: nodes, phase, pooled figures and verdict."},
             "history": {"type": "array",
                         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
             "conditions": {"type": "array", "items": _condition_schema(),

@@ -172,6 +172,11 @@ class RenderSettings:
     telemetry_interval: float = 10.0
     api_from_namespaces: tuple[str, ...] = ()  # namespaces whose pods may reach the agent's API
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    # a shadow revision (push --shadow-first): the agents also run this candidate on a sampled
+    # share of live requests; it is fetched into the spool volume, so the pod needs no new volume
+    shadow_image: str | None = None
+    shadow_ratio: float = 0.1
+    shadow_metric: str = "top1"
 
     def __post_init__(self) -> None:
         names.check_app_name(self.app)
@@ -232,6 +237,9 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
         config["allow_unsigned"] = True
     if s.registry_insecure:
         config["registry_insecure"] = True
+    if s.shadow_image:
+        config.update(shadow_image=parse_image(s.shadow_image).pinned, shadow_ratio=s.shadow_ratio,
+                      shadow_metric=s.shadow_metric, shadow_model_dir=f"{SPOOL_DIR}/shadow-model")
     config.update(s.extra_config)
     return config
 
@@ -404,7 +412,12 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
              "selector": {"matchLabels": selector_labels},
              "revisionHistoryLimit": 2,
              "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "10%"}},
-             "template": {"metadata": {"labels": labels, "annotations": {names.IMAGE_ANNOTATION: image.pinned}},
+             "template": {"metadata": {"labels": labels, "annotations": {
+                 names.IMAGE_ANNOTATION: image.pinned,
+                 **({names.SHADOW_ANNOTATION: parse_image(s.shadow_image).pinned,
+                     names.SHADOW_SETTINGS_ANNOTATION: json.dumps({"ratio": s.shadow_ratio,
+                                                                   "metric": s.shadow_metric})}
+                    if s.shadow_image else {})}},
                           "spec": pod_spec},
          }},
     ])

@@ -3,7 +3,8 @@
 A metric turns (reference outputs, candidate outputs[, labels]) for the whole eval set into one
 score. ``Budget`` says which scores pass. Pure functions: no sessions, no files.
 
-Built-in metrics:
+Built-in metrics (top1 and cosine are ``edgekit_agent.agreement``'s, which the device's shadow
+evaluation uses too):
   accuracy  argmax of the first output vs true labels (needs --labels); higher is better
   top1      argmax agreement with FP32 on the first output; higher is better
   cosine    mean cosine similarity per sample, the worst output counts; higher is better
@@ -14,12 +15,12 @@ Built-in metrics:
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from edgekit_agent import agreement
 
 from edgekit.errors import ConfigError, DataError
 
@@ -43,13 +44,10 @@ def parse_metric(name: str) -> Metric:
     if name in ("max-abs", "max_abs"):
         return Metric("max-abs", False)
     if ":" in name:
-        module, _, func = name.partition(":")
         try:
-            fn = getattr(importlib.import_module(module), func)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"cannot import metric {name!r}: {exc}", field="--metric") from exc
-        if not callable(fn):
-            raise ConfigError(f"{name!r} is not a function", field="--metric")
+            fn = agreement.load_user_metric(name)
+        except ValueError as exc:
+            raise ConfigError(str(exc), field="--metric") from exc
         return Metric(name, True, user=fn)
     raise ConfigError(f"unknown metric {name!r}; use one of {', '.join(BUILTIN)} or MODULE:FUNCTION", field="--metric")
 
@@ -114,16 +112,7 @@ def default_budget(metric: Metric) -> str:
 
 # --- the scores -------------------------------------------------------------------------------
 def cosine(reference: Outputs, candidate: Outputs) -> float:
-    worst = 1.0
-    for ref, cand in zip(reference, candidate, strict=True):
-        a = ref.reshape(ref.shape[0], -1).astype(np.float64)
-        b = cand.reshape(cand.shape[0], -1).astype(np.float64)
-        num = (a * b).sum(1)
-        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        both_zero = den == 0
-        cos = np.where(both_zero, np.where(np.abs(a - b).max(1) == 0, 1.0, 0.0), num / np.where(both_zero, 1, den))
-        worst = min(worst, float(cos.mean()))
-    return worst
+    return agreement.cosine(reference, candidate)
 
 
 def max_abs(reference: Outputs, candidate: Outputs) -> float:
@@ -134,14 +123,15 @@ def max_abs(reference: Outputs, candidate: Outputs) -> float:
 
 
 def _argmax(out: np.ndarray) -> np.ndarray:
-    if out.ndim < 2:
-        raise DataError(f"top-1 needs an output with a class axis, got shape {list(out.shape)}")
-    top: np.ndarray = out.reshape(out.shape[0], -1, out.shape[-1]).argmax(-1) if out.ndim > 2 else out.argmax(-1)
-    return top
+    try:
+        return agreement.argmax_classes(out)
+    except ValueError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def top1(reference: Outputs, candidate: Outputs) -> float:
-    return float((_argmax(reference[0]) == _argmax(candidate[0])).mean())
+    _argmax(reference[0])
+    return agreement.top1(reference, candidate)
 
 
 def accuracy(outputs: Outputs, labels: np.ndarray) -> float:

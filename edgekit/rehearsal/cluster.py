@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import threading
 import time
@@ -40,7 +39,7 @@ from edgekit.kube.client import KubeClient
 from edgekit.rehearsal import gobuild
 from edgekit.rehearsal.nodes import KWOK_ANNOTATION, FleetSpec, node_objects
 from edgekit.rehearsal.pki import ClusterPKI, write_kubeconfig
-from edgekit.rehearsal.processes import ManagedProcess, ServiceError, free_port
+from edgekit.rehearsal.processes import ManagedProcess, ServiceError, free_port, pid_runs, stop_pid
 
 __all__ = ["Cluster", "ClusterOptions"]
 
@@ -178,7 +177,12 @@ class Cluster:
             f"--tls-cert-file={pki.server_cert}", f"--tls-private-key-file={pki.server_key}",
             f"--client-ca-file={pki.ca_cert}",
             f"--token-auth-file={self.workdir / 'tokens.csv'}",
-            "--authorization-mode=RBAC",
+            # Node: real kubelets (system:node:<name>) read only what their own pods need.
+            "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+            # Real kubelets share 127.0.0.1 and differ by port; their names need not resolve.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki.kubelet_client_cert}",
+            f"--kubelet-client-key={pki.kubelet_client_key}",
             "--endpoint-reconciler-type=none",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -249,7 +253,7 @@ class Cluster:
                 proc.stop(timeout=10)
         for name in ("kwok", "scheduler", "controller-manager", "kube-apiserver", "etcd"):
             if pid := self.pids.pop(name, None):
-                _stop_pid(pid, self._binary_path(name))
+                stop_pid(pid, self._binary_path(name))
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 
@@ -298,7 +302,7 @@ class Cluster:
     def status(self) -> dict[str, Any]:
         """Which components run (by pid) and whether the API server answers."""
         running = {n: p.alive() for n, p in self.procs.items()}
-        running.update({n: _pid_alive(pid, self._binary_path(n)) for n, pid in self.pids.items()})
+        running.update({n: pid_runs(pid, self._binary_path(n)) for n, pid in self.pids.items()})
         ready = bool(self.ports) and self._https_ok(self.ports["apiserver"], "/readyz",
                                                     token=self.tokens.get("admin"))
         return {"server": self.server if self.ports else None, "kubeconfig": str(self.kubeconfig),
@@ -398,25 +402,3 @@ def _http_ok(url: str) -> bool:
 def _node_ready(node: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in (node.get("status") or {}).get("conditions") or [])
-
-
-def _pid_alive(pid: int, binary: str) -> bool:
-    """True if ``pid`` runs ``binary`` (guards against a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return False
-    return cmdline == binary
-
-
-def _stop_pid(pid: int, binary: str, timeout: float = 10.0) -> None:
-    if not _pid_alive(pid, binary):
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)  # each component leads its own process group
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid, binary):
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-

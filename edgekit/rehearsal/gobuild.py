@@ -1,7 +1,8 @@
 """Build the Go programs of the test control plane once, and find them afterwards.
 
 No prebuilt Kubernetes binaries can be downloaded, so etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy.
+kube-controller-manager, kube-scheduler, kubectl and kwok are compiled from the Go module proxy;
+so are kubelet, containerd (+ ctr, containerd-shim-runc-v2) and crictl for real nodes.
 Each component has a small wrapper module under ``edgekit/rehearsal/go/<component>/`` whose
 committed ``go.mod``/``go.sum`` pin the exact version; the binaries land in
 ``~/.cache/edgekit/<component>-<version>/`` and are reused while the pinned modules are unchanged.
@@ -51,6 +52,7 @@ class Component:
     module: str  # the pinned upstream module, its version read from go.mod
     packages: tuple[str, ...]  # Go packages to build; binary name = last path element
     binaries: tuple[str, ...]
+    tags: tuple[str, ...] = ()  # Go build tags
 
     @property
     def module_dir(self) -> Path:
@@ -78,7 +80,7 @@ class Component:
     def ldflags(self) -> str:
         version = self.version
         flags = ["-s", "-w"]
-        if self.name == "k8s":
+        if self.name in ("k8s", "kubelet"):
             major, minor = version.lstrip("v").split(".")[:2]
             for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
                 flags += [f"-X {pkg}.gitVersion={version}", f"-X {pkg}.gitMajor={major}",
@@ -90,6 +92,10 @@ class Component:
             flags.append(f"-X sigs.k8s.io/kwok/pkg/consts.Version={version.lstrip('v')}")
         elif self.name == "cosign":
             flags.append(f"-X sigs.k8s.io/release-utils/version.gitVersion={version}")
+        elif self.name == "crictl":
+            flags.append(f"-X sigs.k8s.io/cri-tools/pkg/version.Version={version.lstrip('v')}")
+        elif self.name == "containerd":
+            flags.append(f"-X github.com/containerd/containerd/v2/version.Version={version}")
         return " ".join(flags)
 
     def is_built(self) -> bool:
@@ -114,7 +120,24 @@ COMPONENTS: dict[str, Component] = {
                         ("github.com/sigstore/cosign/v2/cmd/cosign",), ("cosign",)),
 }
 
-BINARY_COMPONENT = {b: c for c in COMPONENTS.values() for b in c.binaries}
+# The real nodes of `edgekit dev cluster up --real-nodes N`: built only when real nodes are asked
+# for, so KWOK-only runs never wait for them. The kubelet module pins the same k8s.io/kubernetes
+# version and replaces as the control plane's, so the Go build cache is shared and warm.
+NODE_COMPONENTS: dict[str, Component] = {
+    "kubelet": Component("kubelet", "k8s.io/kubernetes", ("k8s.io/kubernetes/cmd/kubelet",), ("kubelet",)),
+    # Static (CGO off) and without the snapshotters that need cgo or kernel extras.
+    "containerd": Component(
+        "containerd", "github.com/containerd/containerd/v2",
+        tuple(f"github.com/containerd/containerd/v2/cmd/{b}" for b in ("containerd", "ctr", "containerd-shim-runc-v2")),
+        ("containerd", "ctr", "containerd-shim-runc-v2"),
+        tags=("no_btrfs", "no_devmapper", "no_zfs"),
+    ),
+    # `down` stops pod sandboxes through the CRI so the CNI plugins undo their interfaces and rules.
+    "crictl": Component("crictl", "sigs.k8s.io/cri-tools", ("sigs.k8s.io/cri-tools/cmd/crictl",), ("crictl",)),
+}
+
+ALL_COMPONENTS: dict[str, Component] = {**COMPONENTS, **NODE_COMPONENTS}
+BINARY_COMPONENT = {b: c for c in ALL_COMPONENTS.values() for b in c.binaries}
 
 
 def binary(name: str) -> Path:
@@ -167,6 +190,8 @@ def build(comp: Component, *, jobs: int = 2, say: Callable[[str], None] = print)
         # Debian/Ubuntu-style `nice` keeps the machine responsive during the long first build.
         argv = ["nice", "-n", "10", _go(), "build", "-trimpath", "-p", str(jobs),
                 "-ldflags", comp.ldflags()]
+        if comp.tags:
+            argv += ["-tags", ",".join(comp.tags)]
         if len(comp.packages) == 1:
             argv += ["-o", str(tmp / comp.binaries[0]), comp.packages[0]]
         else:
@@ -212,19 +237,19 @@ def build_record(comp: Component) -> dict[str, object] | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build-go-tools", description=__doc__.split("\n\n")[0])
     parser.add_argument("components", nargs="*", metavar="COMPONENT",
-                        help=f"components to build: {', '.join(COMPONENTS)} (default: all)")
+                        help=f"components to build: {', '.join(ALL_COMPONENTS)} (default: all)")
     parser.add_argument("--status", action="store_true", help="only show what is built")
     parser.add_argument("-p", "--jobs", type=int, default=2, help="parallel Go compile jobs (default 2)")
     args = parser.parse_args(argv)
-    names = args.components or list(COMPONENTS)
-    if unknown := [n for n in names if n not in COMPONENTS]:
+    names = args.components or list(ALL_COMPONENTS)
+    if unknown := [n for n in names if n not in ALL_COMPONENTS]:
         parser.error(f"unknown component(s): {', '.join(unknown)}")
     try:
         for name in names:
-            comp = COMPONENTS[name]
+            comp = ALL_COMPONENTS[name]
             if args.status:
                 state = "built" if comp.is_built() else "missing"
-                print(f"{name:6} {comp.version:9} {state:8} {comp.out_dir}")
+                print(f"{name:10} {comp.version:9} {state:8} {comp.out_dir}")
             else:
                 build(comp, jobs=args.jobs, say=lambda m: print(m, flush=True))
     except EdgekitError as exc:

@@ -15,7 +15,8 @@ from typing import Any
 from edgekit.errors import ConfigError
 from edgekit.kube import names
 
-__all__ = ["KWOK_ANNOTATION", "FleetSpec", "node_objects", "parse_counts", "parse_weights", "spread"]
+__all__ = ["KWOK_ANNOTATION", "FleetSpec", "device_labels", "node_objects", "parse_counts", "parse_weights",
+           "spread"]
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_LABEL = "type"  # kwok's own examples label fake nodes type=kwok
@@ -103,6 +104,15 @@ class FleetSpec:
         return sum(self.pools.values())
 
 
+def device_labels(name: str, pool: str, arch: str, zone: str) -> dict[str, str]:
+    """The labels every edge node carries, fake or real: hostname, os, arch, zone, group, edge role."""
+    return {
+        names.HOSTNAME_LABEL: name, names.OS_LABEL: "linux", names.ARCH_LABEL: arch, names.ZONE_LABEL: zone,
+        names.GROUP_LABEL: pool, names.KUBEEDGE_GROUP_LABEL: pool, names.OPENYURT_POOL_LABEL: pool,
+        names.KUBEEDGE_EDGE_LABEL: "", names.OPENYURT_EDGE_LABEL: "true",
+    }
+
+
 def node_objects(spec: FleetSpec, *, start: int = 1) -> list[dict[str, Any]]:
     """Node manifests ``<pool>-<nnnn>`` (numbered from ``start`` within each pool)."""
     out: list[dict[str, Any]] = []
@@ -116,13 +126,8 @@ def node_objects(spec: FleetSpec, *, start: int = 1) -> list[dict[str, Any]]:
         for i in range(count):
             name = f"{pool}-{start + i:04d}"
             arch = arches[i]
-            labels = {
-                names.HOSTNAME_LABEL: name, names.OS_LABEL: "linux", names.ARCH_LABEL: arch,
-                names.ZONE_LABEL: spec.zones[i % len(spec.zones)] if spec.zones else "zone-a",
-                names.GROUP_LABEL: pool, names.KUBEEDGE_GROUP_LABEL: pool, names.OPENYURT_POOL_LABEL: pool,
-                names.KUBEEDGE_EDGE_LABEL: "", names.OPENYURT_EDGE_LABEL: "true", KWOK_LABEL: "kwok",
-                **spec.extra_labels,
-            }
+            zone = spec.zones[i % len(spec.zones)] if spec.zones else "zone-a"
+            labels = {**device_labels(name, pool, arch, zone), KWOK_LABEL: "kwok", **spec.extra_labels}
             capacity = {"cpu": spec.cpu, "memory": spec.memory, "pods": spec.max_pods}
             for resource, plan in accel_plan.items():
                 if plan[i]:

@@ -27,7 +27,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 @dataclass(frozen=True)
 class ClusterPKI:
-    """Files in ``directory``: ca.crt/key, apiserver.crt/key, sa.key/pub."""
+    """Files in ``directory``: ca.crt/key, apiserver.crt/key, apiserver-kubelet-client.crt/key, sa.key/pub."""
 
     directory: Path
 
@@ -48,6 +48,15 @@ class ClusterPKI:
         return self.directory / "apiserver.key"
 
     @property
+    def kubelet_client_cert(self) -> Path:
+        """The API server's client certificate towards kubelets (``logs``, ``exec``)."""
+        return self.directory / "apiserver-kubelet-client.crt"
+
+    @property
+    def kubelet_client_key(self) -> Path:
+        return self.directory / "apiserver-kubelet-client.key"
+
+    @property
     def sa_key(self) -> Path:
         return self.directory / "sa.key"
 
@@ -57,6 +66,7 @@ class ClusterPKI:
 
     def exists(self) -> bool:
         return all(p.is_file() for p in (self.ca_cert, self.ca_key, self.server_cert, self.server_key,
+                                         self.kubelet_client_cert, self.kubelet_client_key,
                                          self.sa_key, self.sa_pub))
 
     def create(self) -> ClusterPKI:
@@ -68,8 +78,13 @@ class ClusterPKI:
         server = build_certificate(_name("kube-apiserver"), ca_name, server_key.public_key(), ca_key,
                        server_names=("127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
                                      "kubernetes.default.svc", "10.0.0.1"))
+        kubelet_client_key = ec.generate_private_key(ec.SECP256R1())
+        kubelet_client = build_certificate(_name("kube-apiserver-kubelet-client", "system:masters"), ca_name,
+                                           kubelet_client_key.public_key(), ca_key, client=True)
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         files = {
+            self.kubelet_client_cert: kubelet_client.public_bytes(serialization.Encoding.PEM),
+            self.kubelet_client_key: pem_private_key(kubelet_client_key),
             self.ca_cert: ca.public_bytes(serialization.Encoding.PEM),
             self.ca_key: pem_private_key(ca_key),
             self.server_cert: server.public_bytes(serialization.Encoding.PEM),

@@ -41,6 +41,28 @@ def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     return False
 
 
+def pid_runs(pid: int, binary: str) -> bool:
+    """True if ``pid`` runs ``binary`` (guards against a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return False
+    return cmdline == binary
+
+
+def stop_pid(pid: int, binary: str, timeout: float = 10.0) -> None:
+    """Stop the process group led by ``pid`` (started detached, found again by pid): TERM, then KILL."""
+    if not pid_runs(pid, binary):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_runs(pid, binary):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 class ManagedProcess:
     """One service process, its log file, and a clean stop."""
 

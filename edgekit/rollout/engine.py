@@ -56,6 +56,8 @@ from edgekit.rollout.leasing import Lease
 from edgekit.rollout.planning import NO_ZONE, PlannedWave, plan_waves
 from edgekit.rollout.ports import ClusterPort, PodTracker, RolloutWatch, TelemetryPort
 from edgekit.rollout.resource import EdgeRollout, HistoryEntry, ImageRef, RolloutSpec, RolloutStatus, WaveStatus
+from edgekit.rollout.shadowing import ShadowFigures, ShadowPolicy
+from edgekit.rollout.shadowwave import shadow_due, shadow_moves_back, step_shadow
 from edgekit.rollout.strategy import Strategy, fmt_duration
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,14 @@ class Live:
 
 
 def _moves_back(status: RolloutStatus) -> dict[str, str | None]:
-    return {n: w.from_revisions.get(n) for w in status.waves if w.phase != r.W_PENDING for n in w.nodes}
+    moves = shadow_moves_back(status)
+    moves.update({n: w.from_revisions.get(n) for w in status.waves if w.phase != r.W_PENDING for n in w.nodes})
+    return moves
 
 
 def plan_rollout(*, name: str, namespace: str, app: str, group: str, image: ImageRef, strategy: Strategy,
                  nodes: dict[str, dict[str, str]], revisions: dict[str, ImageRef], profile: str = "k3s",
-                 undo_of: str | None = None, now: float) -> EdgeRollout:
+                 undo_of: str | None = None, now: float, shadow: ShadowPolicy | None = None) -> EdgeRollout:
     """The EdgeRollout a push would create (pure): frozen wave plan with each node's origin."""
     label = r.node_label(app)
     current = {n: labels.get(label) for n, labels in nodes.items()}
@@ -101,7 +105,7 @@ def plan_rollout(*, name: str, namespace: str, app: str, group: str, image: Imag
     previous_rev = tally.most_common(1)[0][0] if tally else None
     previous = revisions.get(previous_rev) if previous_rev else None
     spec = RolloutSpec(app=app, group=group, target=image, strategy=strategy, profile=profile,
-                       previous=previous, undo_of=undo_of)
+                       previous=previous, undo_of=undo_of, shadow=shadow)
     status = RolloutStatus(
         phase=r.PENDING, revision=image.revision, previous_revision=previous_rev,
         waves=[WaveStatus(w.index, str(w.target), list(w.nodes), {n: current[n] for n in w.nodes},
@@ -135,6 +139,7 @@ class Engine:
         self._lease: Lease | None = None
         self._watch: RolloutWatch | None = None
         self._tracker: PodTracker | None = None
+        self._shadow_tracker: PodTracker | None = None
         self._last_write = 0.0
         self._hold_key: tuple[str, str | None] | None = None
         self._hold_since = 0.0
@@ -145,7 +150,7 @@ class Engine:
 
     # --- creating -------------------------------------------------------------------------
     def prepare(self, *, namespace: str, app: str, group: str, image: ImageRef, strategy: Strategy,
-                profile: str = "k3s", undo_of: str | None = None) -> EdgeRollout:
+                profile: str = "k3s", undo_of: str | None = None, shadow: ShadowPolicy | None = None) -> EdgeRollout:
         """Check everything and plan, changing nothing. The errors a push can meet come from here."""
         nodes = self.cluster.group_nodes(group, profile)
         existing = self.cluster.list_rollouts(namespace, app=app)
@@ -158,7 +163,7 @@ class Engine:
         revisions = self.cluster.app_revisions(namespace, app)
         return plan_rollout(name=next_rollout_name(existing, app, group), namespace=namespace, app=app,
                             group=group, image=image, strategy=strategy, nodes=nodes, revisions=revisions,
-                            profile=profile, undo_of=undo_of, now=self.clock())
+                            profile=profile, undo_of=undo_of, now=self.clock(), shadow=shadow)
 
     def create(self, rollout: EdgeRollout) -> EdgeRollout:
         return self.cluster.create_rollout(rollout)
@@ -198,11 +203,11 @@ class Engine:
             clean = True  # an orderly failure: hand the lease back so `resume` can start at once
             raise
         finally:
-            for closing in (self._watch, self._tracker):
+            for closing in (self._watch, self._tracker, self._shadow_tracker):
                 if closing is not None:
                     with contextlib.suppress(Exception):
                         closing.close()
-            self._watch = self._tracker = None
+            self._watch = self._tracker = self._shadow_tracker = None
             if clean:
                 lease.release()
             self._lease = None
@@ -274,6 +279,9 @@ class Engine:
         now = self.clock()
         if spec.abort and st.phase in (r.PENDING, r.PROGRESSING, r.PAUSED):
             self._start_rollback(f"aborted: {spec.abort}", "abort", None)
+            return
+        if shadow_due(ro) and not spec.paused and st.phase in (r.PENDING, r.PROGRESSING):
+            step_shadow(self)  # shadowwave.py: the candidate beside the current model, before wave 1
             return
         if st.phase == r.PENDING:
             st.phase = r.PROGRESSING
@@ -390,6 +398,16 @@ class Engine:
         if self.live is not None:
             self.live.extra["relabel_s"] = self.live.extra.get("relabel_s", 0.0) + time.perf_counter() - started
         self._changed()
+
+    def _shadow_pods(self, revision: str) -> PodTracker:
+        if self._shadow_tracker is None:
+            self._shadow_tracker = self.cluster.track_pods(self.ro.namespace, self.ro.spec.app, revision)
+        return self._shadow_tracker
+
+    def _shadow_figures(self, nodes: Sequence[str], digest: str, metric: str) -> ShadowFigures:
+        if self.telemetry is None:
+            return ShadowFigures(devices=len(nodes))
+        return self.telemetry.shadow(nodes, digest, metric)
 
     def _pods(self) -> PodTracker:
         if self._tracker is None:
@@ -546,7 +564,8 @@ class Engine:
                           f"removing {spec.app}-{spec.target.revision}")
             self._save(r.EV_RELABELLED, f"{len(moves)} nodes relabelled back")
             return
-        if not self._retire(spec.target.revision, since=relabelled):
+        retiring = [spec.target.revision] + ([st.shadow.revision] if st.shadow is not None else [])
+        if not all([self._retire(rev, since=relabelled) for rev in retiring]):
             self._sleep(self.options.tick_s)
             return
         cond = st.condition("RolledBack") or {}

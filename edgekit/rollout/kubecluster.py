@@ -195,6 +195,20 @@ class KubeCluster:
                                 content_type="application/apply-patch+yaml",
                                 query={"fieldManager": FIELD_MANAGER, "force": True})
 
+    def ensure_shadow_daemonset(self, namespace: str, spec: RolloutSpec, serving: ImageRef, revision: str,
+                                candidate: ImageRef) -> None:
+        policy = spec.shadow
+        settings = RenderSettings(app=spec.app, image=serving.image, group=self._group(spec.group, spec.profile),
+                                  target=spec.profile, namespace=namespace, revision=revision,
+                                  require_digest=True, shadow_image=candidate.image,
+                                  shadow_ratio=policy.ratio if policy else 0.1,
+                                  shadow_metric=policy.metric if policy else "top1", **self.render_options)
+        for obj in sort_for_apply(render(settings)):
+            res = resource_for(obj["apiVersion"], obj["kind"])
+            self.client.request("PATCH", res.path(namespace, obj["metadata"]["name"]), body=obj,
+                                content_type="application/apply-patch+yaml",
+                                query={"fieldManager": FIELD_MANAGER, "force": True})
+
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
         if self.client.get_or_none(_DAEMONSETS.path(namespace, f"{app}-{revision}")) is None:
             return None

@@ -29,6 +29,7 @@ from edgekit.rollout import resource as r
 from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
+from edgekit.rollout.shadowing import ShadowFigures, pool_reports
 
 
 class SimulatedCrash(BaseException):
@@ -84,6 +85,7 @@ class MemoryCluster:
         self.calls: Counter[str] = Counter()
         self.version = 0
         self.changed = threading.Condition()
+        self.shadows: dict[tuple[str, str, str], ImageRef] = {}  # shadow DaemonSets: their candidate
         self._crash: Callable[[str, Any], bool] | None = None
         self._crash_error: BaseException | None = None
         self._lock = threading.RLock()
@@ -153,6 +155,13 @@ class MemoryCluster:
     def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None:
         self._call("apply-daemonset", image.revision)
         self.daemonsets[(namespace, spec.app, image.revision)] = image
+        self._bump()
+
+    def ensure_shadow_daemonset(self, namespace: str, spec: RolloutSpec, serving: ImageRef, revision: str,
+                                candidate: ImageRef) -> None:
+        self._call("apply-daemonset", revision)
+        self.daemonsets[(namespace, spec.app, revision)] = serving
+        self.shadows[(namespace, spec.app, revision)] = candidate
         self._bump()
 
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
@@ -286,6 +295,23 @@ class MemoryTelemetry:
         rev = self.cluster.revision_of(self.app, node)
         image = self.cluster.daemonsets.get((self.namespace, self.app, rev)) if rev else None
         return image.digest if image else None
+
+    def shadow(self, devices: Sequence[str], digest: str, metric: str) -> ShadowFigures:
+        """Devices on a shadow DaemonSet of candidate ``digest`` report ``shadow_samples`` (default
+        500) samples each, of which ``shadow_agreement`` (behaviour of the candidate) agree."""
+        reports: dict[str, dict[str, Any]] = {}
+        for device in devices:
+            rev = self.cluster.revision_of(self.app, device)
+            candidate = self.cluster.shadows.get((self.namespace, self.app, rev)) if rev else None
+            if candidate is None or device in self.offline or device in self.silent:
+                continue
+            b = self.behaviour.get(candidate.digest, {})
+            n = int(b.get("shadow_samples", 500))
+            agree = round(n * float(b.get("shadow_agreement", 1.0)))
+            reports[device] = {"digest": candidate.digest, "metric": metric, "samples": n, "errors": 0,
+                               "agreement": {"metric": metric, "value": agree / n if n else None, "agree": agree,
+                                             "sum": float(agree), "sum_sq": float(agree)}}
+        return pool_reports(devices, reports, digest, metric)
 
     def window(self, devices: Sequence[str], since: float, digest: str | None) -> TelemetryFigures:
         self.calls += 1

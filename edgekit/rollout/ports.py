@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from edgekit.rollout.gating import TelemetryFigures
 from edgekit.rollout.leasing import LeaseRecord
 from edgekit.rollout.resource import EdgeRollout, ImageRef, RolloutSpec
+from edgekit.rollout.shadowing import ShadowFigures
 
 
 class RolloutWatch(Protocol):
@@ -64,6 +65,12 @@ class ClusterPort(Protocol):
         ...
 
     def ensure_daemonset(self, namespace: str, spec: RolloutSpec, image: ImageRef) -> None: ...
+
+    def ensure_shadow_daemonset(self, namespace: str, spec: RolloutSpec, serving: ImageRef, revision: str,
+                                candidate: ImageRef) -> None:
+        """Apply ``<app>-<revision>``: ``serving``'s image with ``candidate`` as the agents' shadow
+        (``spec.shadow`` says how: ratio, metric)."""
+        ...
 
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
         """Pods the DaemonSet still runs or wants (None: no such DaemonSet)."""
@@ -115,6 +122,10 @@ class TelemetryPort(Protocol):
 
     def observing_since(self) -> float:
         """Since when reports are being collected (a baseline needs some history)."""
+        ...
+
+    def shadow(self, devices: Sequence[str], digest: str, metric: str) -> ShadowFigures:
+        """These devices' newest shadow reports on candidate ``digest`` with ``metric``, pooled."""
         ...
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgekit.rollout.gating import Baseline, TelemetryFigures, Verdict
+from edgekit.rollout.shadowing import ShadowPolicy, ShadowStatus
 from edgekit.rollout.strategy import Strategy
 
 GROUP = "edgekit.io"
@@ -115,12 +116,14 @@ class RolloutSpec:
     abort: str | None = None             # annotations, see above
     promote: int | None = None
     undo_of: str | None = None
+    shadow: ShadowPolicy | None = None   # spec.shadow: a shadow wave first (push --shadow-first)
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none({
             "app": self.app, "group": self.group, "image": self.target.image,
             "revision": self.target.revision, "target": self.profile,
             **self.strategy.to_json(), "paused": self.paused,
+            "shadow": self.shadow.to_json() if self.shadow else None,
         })
 
     def annotations(self) -> dict[str, str]:
@@ -143,6 +146,7 @@ class RolloutSpec:
             paused=bool(d.get("paused", False)), abort=ann.get(ANN_ABORT) or None,
             promote=int(promote) if promote and promote.lstrip("-").isdigit() else None,
             undo_of=ann.get(ANN_UNDO_OF),
+            shadow=ShadowPolicy.from_json(d["shadow"]) if d.get("shadow") else None,
         )
 
 
@@ -237,6 +241,7 @@ class RolloutStatus:
     updated_at: float | None = None
     history: list[HistoryEntry] = field(default_factory=list)
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    shadow: ShadowStatus | None = None
 
     @property
     def moved_nodes(self) -> list[str]:
@@ -266,6 +271,7 @@ class RolloutStatus:
             "startedAt": to_time(self.started_at), "updatedAt": to_time(self.updated_at),
             "history": [h.to_json() for h in self.history[-HISTORY_LIMIT:]],
             "conditions": self.conditions or None,
+            "shadow": self.shadow.to_json(to_time) if self.shadow else None,
         })
 
     @classmethod
@@ -279,6 +285,7 @@ class RolloutStatus:
             started_at=from_time(d.get("startedAt")), updated_at=from_time(d.get("updatedAt")),
             history=[HistoryEntry.from_json(h) for h in d.get("history", ())],
             conditions=list(d.get("conditions") or ()),
+            shadow=ShadowStatus.from_json(d.get("shadow"), from_time),
         )
 
 

@@ -29,6 +29,7 @@ from edgekit.rollout.gating import TelemetryFigures, figures_from_window
 from edgekit.rollout.ports import ClusterPort, ImagePort, TelemetryPort
 from edgekit.rollout.resource import EdgeRollout
 from edgekit.rollout.settings import RolloutSettings
+from edgekit.rollout.shadowing import ShadowFigures, ShadowPolicy, pool_reports
 from edgekit.rollout.strategy import Strategy
 
 if TYPE_CHECKING:
@@ -57,6 +58,9 @@ class FleetTelemetry:
         if found is not None and not found.complete:   # temporary: the engine holds and asks again
             raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
         return figures_from_window(view.window(devices, since, digest))
+
+    def shadow(self, devices: Sequence[str], digest: str, metric: str) -> ShadowFigures:
+        return pool_reports(devices, self.watcher.view().shadow_reports(devices), digest, metric)
 
     def close(self) -> None:
         self.watcher.stop()
@@ -127,7 +131,7 @@ class PushPlan:
 
 
 def plan_push(session: Session, *, image: str, group: str, app: str, strategy: Strategy,
-              undo_of: str | None = None) -> PushPlan:
+              undo_of: str | None = None, shadow: ShadowPolicy | None = None) -> PushPlan:
     """Pin the image, check its signature, resolve the group, refuse a second rollout, plan the
     waves. Writes nothing."""
     from edgekit.kube.names import check_app_name
@@ -138,8 +142,9 @@ def plan_push(session: Session, *, image: str, group: str, app: str, strategy: S
     signed_by = session.images.verify_signature(pinned)
     engine = Engine(session.cluster, None, options=session.options())
     rollout = engine.prepare(namespace=session.namespace, app=app, group=group, image=pinned, strategy=strategy,
-                             profile=session.settings.target, undo_of=undo_of)
-    return PushPlan(rollout, session.images.image_size(pinned), signed_by, strategy.gates.active_gates())
+                             profile=session.settings.target, undo_of=undo_of, shadow=shadow)
+    gates = strategy.gates.active_gates() + ([shadow.describe()] if shadow is not None else [])
+    return PushPlan(rollout, session.images.image_size(pinned), signed_by, gates)
 
 
 def start(session: Session, plan: PushPlan) -> EdgeRollout:

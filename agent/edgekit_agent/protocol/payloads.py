@@ -18,6 +18,8 @@ EVENT_KINDS: Final = (
     "spool_overflow",
     "broker_rejected",
     "agent_stopping",
+    "shadow_loaded",
+    "shadow_rejected",
 )
 
 
@@ -134,6 +136,7 @@ def health_payload(
     cpu_pct: float,
     replayed: bool = False,
     latency_hist: LatencyHist | None = None,
+    shadow: dict[str, Any] | None = None,
 ) -> Health:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
     payload.update(
@@ -148,6 +151,8 @@ def health_payload(
     )
     if latency_hist is not None:
         payload["latency_hist"] = latency_hist
+    if shadow is not None:
+        payload["shadow"] = shadow
     return payload  # type: ignore[return-value]
 
 

@@ -11,6 +11,10 @@ What a fault does here:
 - rate: the device's traffic (inferences per second) while it runs the model;
 - probe_fail: the device serves a probe that cannot pass (``ModelStore.with_failing_probe``);
 - silent: health is never reported (the connection and birth stay);
+
+A pod of a shadow revision (``edgekit push --shadow-first``) names its candidate; the device then
+runs it as the agent's shadow on the same live inputs (``SimSettings.inputs``: rows of a real data
+set, one per request; without them the golden probe's inputs).
 - crash_loop / offline: handled by the simulator (the agent dies / never starts).
 """
 
@@ -47,11 +51,22 @@ class Placement:
     image: str
     group: str
     pod: str
+    shadow: str | None = None           # a shadow revision's candidate image (push --shadow-first)
+    shadow_ratio: float = 0.1
+    shadow_metric: str = "top1"
 
 
 def _feeds(loaded: LoadedModel) -> dict[str, np.ndarray[Any, Any]]:
     # The golden probe's inputs are valid inputs of the right shapes and types.
     return {name: np.asarray(value) for name, value in loaded.probe.inputs.items()}
+
+
+def _fits(loaded: LoadedModel, inputs: np.ndarray[Any, Any]) -> bool:
+    feeds = _feeds(loaded)
+    if len(feeds) != 1:
+        return False
+    probe = next(iter(feeds.values()))
+    return probe.ndim == inputs.ndim and probe.shape[1:] == inputs.shape[1:] and probe.dtype == inputs.dtype
 
 
 def _bad_feeds(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[Any, Any]]:
@@ -62,7 +77,8 @@ def _bad_feeds(feeds: dict[str, np.ndarray[Any, Any]]) -> dict[str, np.ndarray[A
 class VirtualDevice:
     def __init__(self, placement: Placement, loaded: LoadedModel, fault: Fault, *, broker_url: str | None,
                  interval: float, topic_root: str, rate: float, rng: random.Random,
-                 extra_settings: dict[str, Any] | None = None) -> None:
+                 extra_settings: dict[str, Any] | None = None, shadow: LoadedModel | None = None,
+                 inputs: np.ndarray[Any, Any] | None = None) -> None:
         self.placement = placement
         self.loaded = loaded
         self.fault = fault
@@ -72,9 +88,14 @@ class VirtualDevice:
                                  image=placement.image, broker_url=broker_url, topic_root=topic_root,
                                  interval=interval, probe_interval=max(30.0, interval * 10), spool_dir=None,
                                  reconnect_min=0.5, reconnect_max=5.0, intra_op_threads=1,
+                                 shadow_image=placement.shadow if shadow is not None else None,
+                                 shadow_ratio=placement.shadow_ratio, shadow_metric=placement.shadow_metric,
                                  **(extra_settings or {}))
         self.core = AgentCore(settings, meter=_METER)
         self.feeds = _feeds(loaded)
+        self.shadow_model = shadow
+        # live inputs: one row of ``inputs`` per request when they fit the model's single input
+        self.inputs = inputs if inputs is not None and _fits(loaded, inputs) else None
         self.bad = _bad_feeds(self.feeds)
         self._run = loaded.session.session.run
         self.started = time.monotonic()
@@ -100,6 +121,9 @@ class VirtualDevice:
         if self.core.settings.broker_url:
             self.core.start_telemetry(spool=MemorySpool(max_bytes=1 << 20))
         self.core.use_model(self.loaded)
+        if self.shadow_model is not None:
+            # The agent's own shadow runner, drained by the simulator's scheduler (no thread per device).
+            self.core.use_shadow(self.shadow_model, rng=random.Random(self.rng.random()))
         self.alive = True
 
     def step(self, now: float) -> float:
@@ -149,11 +173,20 @@ class VirtualDevice:
             core.stats.record(measured * self.fault.latency_factor + self.fault.latency_ms / 1000.0)
         else:
             try:
-                core.infer(self.feeds)
+                core.infer(self._live_feeds())
             except EdgekitError:
                 self.errors += 1
                 return
+            if core.shadow is not None:
+                core.shadow.drain()
         self.inferences += 1
+
+    def _live_feeds(self) -> dict[str, np.ndarray[Any, Any]]:
+        if self.inputs is None:
+            return self.feeds
+        i = self.rng.randrange(len(self.inputs))
+        name = next(iter(self.feeds))
+        return {name: self.inputs[i:i + 1]}
 
     def stop(self, *, graceful: bool = True) -> None:
         """Graceful: final health, agent_stopping, offline status, DISCONNECT. Otherwise the

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import json
 import logging
 import random
 import threading
@@ -52,6 +53,7 @@ class SimSettings:
     restart_delay: float = 1.0     # crash loop: seconds dead before the agent comes back
     seed: int = 0
     workers: int = 32              # device starts and (graceful, slow) stops run in parallel
+    inputs: Any = None             # live inputs: an array whose rows are requests (None: the probe's)
 
 
 def placements_from_pods(pods: list[dict[str, Any]], app: str | None = None) -> dict[str, Placement]:
@@ -77,7 +79,14 @@ def placements_from_pods(pods: list[dict[str, Any]], app: str | None = None) -> 
                 if env.get("name") == "EDGEKIT_AGENT_GROUP" and env.get("value"):
                     group = env["value"]
         created = meta.get("creationTimestamp") or ""
-        placement = Placement(node, pod_app, revision, image, group, meta.get("name", ""))
+        annotations = meta.get("annotations") or {}
+        shadow = annotations.get(names.SHADOW_ANNOTATION) or None
+        try:
+            knobs = json.loads(annotations.get(names.SHADOW_SETTINGS_ANNOTATION) or "{}")
+        except ValueError:
+            knobs = {}
+        placement = Placement(node, pod_app, revision, image, group, meta.get("name", ""), shadow,
+                              float(knobs.get("ratio", 0.1)), str(knobs.get("metric", "top1")))
         if node not in best or created >= best[node][0]:
             best[node] = (created, placement)
     return {node: p for node, (_, p) in best.items()}
@@ -219,6 +228,8 @@ class Simulator:
                     slot.state, slot.since, slot.placement = "failed", time.monotonic(), want
                     self._stop_device(slot)
                 return  # fetching: come back when it is there
+            if want.shadow and self.models.ready(want.shadow) is None and self.models.error(want.shadow) is None:
+                return  # the shadow candidate is fetching: come back too
         slot.state = "stopping" if slot.device is not None else "starting"
         old = slot.device
         self._pool.submit(self._switch, node, slot, old, want)
@@ -249,9 +260,12 @@ class Simulator:
                 return
             if fault.probe_fail:
                 loaded = self.models.with_failing_probe(loaded)
+            # a candidate that failed to fetch or verify: the agent serves on without a shadow
+            shadow = self.models.ready(want.shadow) if want.shadow else None
             device = VirtualDevice(want, loaded, fault, broker_url=self.settings.broker_url,
                                    interval=self.settings.interval, topic_root=self.settings.topic_root,
-                                   rate=self.settings.rate, rng=random.Random(f"{self.settings.seed}/{node}"))
+                                   rate=self.settings.rate, rng=random.Random(f"{self.settings.seed}/{node}"),
+                                   shadow=shadow, inputs=self.settings.inputs)
             device.start()
             self.starts += 1
             with slot.lock:
