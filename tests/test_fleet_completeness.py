@@ -20,12 +20,14 @@ from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgekit.cli import cli
-from edgekit.errors import IncompleteTelemetryError, TemporaryError
+from edgekit.errors import IncompleteTelemetryError
 from edgekit.fleet.completeness import SyncProgress, assess, counter_value, recheck
 from edgekit.fleet.exporting import start_exporter
 from edgekit.fleet.watching import FleetWatcher
 from edgekit.rehearsal.mosquitto import MosquittoBroker
+from edgekit.rollout.gating import Elapsed, KubeFigures, judge
 from edgekit.rollout.service import FleetTelemetry
+from edgekit.rollout.strategy import GatePolicy
 from tests.fixtures.fleet import ROOT, SimFleet, fleet_settings
 
 STOCK = "max_queued_messages 1000\nmax_inflight_messages 20\nmax_queued_bytes 0\nsys_interval 1"
@@ -150,16 +152,23 @@ def test_incomplete_snapshot_is_said_everywhere(mqtt_broker_factory: Callable[..
         metrics = requests.get(exporter.url, timeout=10).text
     assert "edgekit_fleet_snapshot_complete 0.0" in metrics
 
-    # the gates' seam refuses to judge, with an error the engine retries (it holds the wave)
+    # the gates' figures say so, and the judge holds on them instead of passing a partial fleet
     telemetry = FleetTelemetry(FleetWatcher(settings).start())
     try:
         assert telemetry.watcher.wait_settled(timeout=20)
         telemetry.watcher.wait_verified(timeout=10)
-        with pytest.raises(IncompleteTelemetryError) as caught:
-            telemetry.window(["any-device"], time.time() - 60, None)
-        assert isinstance(caught.value, TemporaryError)
+        figures = telemetry.window(["any-device"], time.time() - 60, None)
+        assert figures.incomplete
     finally:
         telemetry.close()
+    verdict = judge(GatePolicy(max_error_rate=None), bake_s=0.0, auto_promote=True, kube=KubeFigures(1, 1),
+                    tele=replace(figures, expected=1, reported=1, on_digest=1), baseline=None,
+                    elapsed=Elapsed(10.0, 10.0))
+    assert (verdict.decision, verdict.gate) == ("hold", "telemetry"), verdict.reason
+    late = judge(GatePolicy(max_error_rate=None), bake_s=0.0, auto_promote=True, kube=KubeFigures(1, 1),
+                 tele=replace(figures, expected=1, reported=1, on_digest=1), baseline=None,
+                 elapsed=Elapsed(10_000.0, 10_000.0))
+    assert (late.decision, late.gate) == ("rollback", "telemetry"), late.reason
 
 
 @pytest.mark.mqtt

@@ -86,10 +86,13 @@ class TelemetryFigures:
     offline: tuple[str, ...] = ()
     # every latency of the window, merged over the devices (None: no device sent a histogram)
     latency_hist: LatencyHistogram | None = None
+    # why the fleet's picture may lack devices (the broker dropped retained statuses); None: complete
+    incomplete: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         # the histogram stays out of the status record: its percentiles are what a reader needs
         return _drop_none({
+            "incomplete": self.incomplete,
             "expected": self.expected, "reported": self.reported, "onDigest": self.on_digest,
             "offDigest": self.off_digest, "inferences": self.inferences, "errors": self.errors,
             "errorRate": self.error_rate, "p50Ms": self.p50_ms, "p95Ms": self.p95_ms, "p99Ms": self.p99_ms,
@@ -103,7 +106,8 @@ class TelemetryFigures:
                    inferences=int(d.get("inferences", 0)), errors=int(d.get("errors", 0)),
                    error_rate=d.get("errorRate"), p50_ms=d.get("p50Ms"), p95_ms=d.get("p95Ms"),
                    p99_ms=d.get("p99Ms"), probe_failures=int(d.get("probeFailures", 0)),
-                   silent=tuple(d.get("silent", ())), offline=tuple(d.get("offline", ())))
+                   silent=tuple(d.get("silent", ())), offline=tuple(d.get("offline", ())),
+                   incomplete=d.get("incomplete"))
 
 
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +456,15 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
                                  f"judgements: {failing.text}", name, streak)
     if baking:
         return verdict(HOLD, f"baking: {fmt_duration(since_ready)} of {fmt_duration(bake_s)}")
+
+    # A partial picture may hide failing devices: evidence against the wave (above) still counts,
+    # but nothing passes on it. Hold; at the wave timeout roll back, whatever --inconclusive says.
+    incomplete = tele.incomplete or (control.incomplete if control is not None else None)
+    if incomplete:
+        if timed_out:
+            return verdict(ROLLBACK, f"telemetry still incomplete at the wave timeout "
+                                     f"({fmt_duration(policy.wave_timeout_s)}): {incomplete}", "telemetry")
+        return verdict(HOLD, f"not judging a partial fleet: {incomplete}", "telemetry")
 
     reporting = by_gate["reporting"]
     if reporting.ok is not True:

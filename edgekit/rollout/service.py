@@ -11,10 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from edgekit.errors import EngineConflictError, IncompleteTelemetryError, RolloutError, RolloutNotFoundError
+from edgekit.errors import EngineConflictError, RolloutError, RolloutNotFoundError
 from edgekit.rollout import resource as r
 from edgekit.rollout.engine import (
     Engine,
@@ -55,9 +55,10 @@ class FleetTelemetry:
         approximation and no histogram (``WindowStats.latency_exact``)."""
         view = self.watcher.view()
         found = view.completeness()
-        if found is not None and not found.complete:   # temporary: the engine holds and asks again
-            raise IncompleteTelemetryError(f"not judging a partial fleet: {found.reason}")
-        return figures_from_window(view.window(devices, since, digest))
+        figures = figures_from_window(view.window(devices, since, digest))
+        if found is not None and not found.complete:   # the judge holds, then rolls back at the timeout
+            figures = replace(figures, incomplete=found.reason or "the broker dropped retained statuses")
+        return figures
 
     def shadow(self, devices: Sequence[str], digest: str, metric: str) -> ShadowFigures:
         return pool_reports(devices, self.watcher.view().shadow_reports(devices), digest, metric)
