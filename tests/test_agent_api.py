@@ -121,7 +121,7 @@ MALFORMED: list[tuple[str, dict[str, Any] | bytes, dict[str, str], int, str]] = 
     ("twice", {"inputs": [_inp()["inputs"][0], _inp()["inputs"][0]]}, {}, 400, "given twice"),
     ("unknown output", {**_inp(), "outputs": [{"name": "probs"}]}, {}, 400, "unknown output 'probs'"),
     ("bad parameters", {**_inp(), "parameters": {"binary_data_output": "yes"}}, {}, 400, "true or false"),
-    ("header too long", _inp(), {HEADER_LENGTH: "999999"}, 400, "outside the body"),
+    ("header too long", _inp(), {HEADER_LENGTH: "999999"}, 400, "for a body of"),
     ("header not a number", _inp(), {HEADER_LENGTH: "ten"}, 400, HEADER_LENGTH),
     ("binary size mismatch", {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                           "parameters": {"binary_data_size": 10}}]}, {}, 400, "does not match"),
