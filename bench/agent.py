@@ -16,7 +16,8 @@
 (f) abuse: normal JSON inference (digits, batch 1, one keep-alive client) alone, then while another
     process holds 50 slow-header connections (a header line a second; reconnecting when closed) and
     runs 20 bomb clients in parallel, each sending a bomb a second, rotating: 100k ``[``; a flat array
-    of the wrong size and an array of strings, each at the JSON limit (max_json_bytes 1 MiB); an
+    of the wrong size, an array of strings and nested lists, each at the JSON limit (max_json_bytes
+    1 MiB); an
     8 MiB JSON body; an 8 MiB binary body whose JSON header declares 256 bytes; a 1 GiB
     Content-Length; all against the same agent (max_request_bytes 8 MiB): throughput
     and p99 of the normal traffic, what the abusers got, and the agent's peak RSS against
@@ -379,6 +380,8 @@ def _bombs() -> list[tuple[str, bytes, dict[str, str]]]:
     return [("deep", b"[" * 100_000, {}),
             ("wide", wide(ABUSE_JSON_BYTES), {}),
             ("strings", head + b'"a",' * (n - 1) + b'"a"]}]}', {}),
+            # the costliest JSON per byte found: nested lists, which json.loads and numpy build in full
+            ("nested", head + b"[0]," * (n - 1) + b"[0]]}]}", {}),
             ("big-json", wide(ABUSE_MAX_BYTES), {}),
             ("big-binary", binary_head + bytes(ABUSE_MAX_BYTES - len(binary_head)),
              {"Inference-Header-Content-Length": str(len(binary_head))}),

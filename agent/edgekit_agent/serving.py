@@ -44,6 +44,7 @@ from edgekit_agent.errors import InferenceRequestError, ModelNotReadyError
 from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgekit_agent.metrics import render_metrics
 from edgekit_agent.oip import HEADER_LENGTH, decode_infer_header, encode_infer_response
+from edgekit_agent.parser_process import INLINE_BYTES, ParserProcess
 from edgekit_agent.runtime import TensorInfo
 
 log = logging.getLogger("edgekit_agent")
@@ -103,6 +104,7 @@ class _Server(ThreadingHTTPServer):
         self.token = s.read_api_token()
         self.slots = threading.BoundedSemaphore(s.max_connections)
         self.budget = _ByteBudget(2 * s.max_request_bytes)
+        self.parser = ParserProcess()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -391,11 +393,19 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = core.model
         assert model is not None
+        inputs, outputs, depth = model.session.inputs, model.session.outputs, core.settings.max_json_depth
         try:
-            header = decode_infer_header(json_part, binary_length, model.session.inputs, model.session.outputs,
-                                         max_depth=core.settings.max_json_depth)
+            if json_length <= INLINE_BYTES:
+                header = decode_infer_header(json_part, binary_length, inputs, outputs, max_depth=depth)
+            else:
+                header = self.server.parser.decode(json_part, binary_length, inputs, outputs, max_depth=depth,
+                                                   timeout=core.settings.body_timeout_s)
         except InferenceRequestError as exc:
-            self._error(exc.status, exc.one_line())
+            if exc.status == 503:
+                core.requests_busy += 1
+                self._json(503, {"error": exc.one_line()}, {"Retry-After": "1"})
+            else:
+                self._error(exc.status, exc.one_line())
             return
         del json_part
         binary = self.rfile.read(binary_length) if binary_length else b""
@@ -466,3 +476,4 @@ class InferenceServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.parser.close()
