@@ -18,7 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from concurrent.futures.process import BrokenProcessPool
@@ -33,7 +33,7 @@ INLINE_BYTES = 16 * 1024
 # the worker's nice value: the serving process (inline requests, the model) gets a busy CPU first
 WORKER_NICE = 10
 
-_Outcome = tuple[str, InferHeader | tuple[int, str]]
+Outcome = tuple[str, InferHeader | tuple[int, str]]  # ("ok", header) or ("error", (status, message))
 
 
 def _busy(message: str) -> InferenceRequestError:
@@ -46,7 +46,7 @@ def _lower_priority() -> None:
 
 
 def _decode(json_part: bytes, binary_length: int, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
-            max_depth: int) -> _Outcome:
+            max_depth: int) -> Outcome:
     # errors travel as values: an exception with keyword arguments does not survive pickling
     try:
         return "ok", decode_infer_header(json_part, binary_length, inputs, outputs, max_depth=max_depth)
@@ -55,8 +55,12 @@ def _decode(json_part: bytes, binary_length: int, inputs: Sequence[TensorInfo], 
 
 
 class ParserProcess:
-    def __init__(self, max_pending: int = 2) -> None:
-        self._slots = threading.BoundedSemaphore(max_pending)
+    """``decode`` runs in the worker: a module-level function (it is sent by name), ``_decode`` unless
+    a test needs another."""
+
+    def __init__(self, max_pending: int = 2, decode: Callable[..., Outcome] = _decode) -> None:
+        self._max_pending, self._pending = max_pending, 0
+        self._decode = decode
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
@@ -77,17 +81,19 @@ class ParserProcess:
     def decode(self, json_part: bytes, binary_length: int, inputs: Sequence[TensorInfo],
                outputs: Sequence[TensorInfo], *, max_depth: int, timeout: float) -> InferHeader:
         """``decode_infer_header`` in the worker; status 503 when it has enough to do."""
-        if not self._slots.acquire(blocking=False):
-            raise _busy("busy: too many big JSON requests being parsed")
+        with self._lock:
+            if self._pending >= self._max_pending:
+                raise _busy("busy: too many big JSON requests being parsed")
+            self._pending += 1
         pool = self._executor()
         try:
-            future: Future[_Outcome] = pool.submit(_decode, json_part, binary_length, list(inputs), list(outputs),
+            future: Future[Outcome] = pool.submit(self._decode, json_part, binary_length, list(inputs), list(outputs),
                                                    max_depth)
         except BaseException:
-            self._slots.release()
+            self._done()
             raise
-        # the slot is held until the worker is done with it, not until this caller stops waiting
-        future.add_done_callback(lambda _: self._slots.release())
+        # counted until the worker is done with it, not until this caller stops waiting
+        future.add_done_callback(lambda _: self._done())
         try:
             _, value = future.result(timeout)
         except BrokenProcessPool as exc:
@@ -100,6 +106,15 @@ class ParserProcess:
         status, message = value
         raise InferenceRequestError(message, status=status)
 
+    def _done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        """Requests in the worker or waiting for it."""
+        return self._pending
+
     def close(self) -> None:
         with self._lock:
             pool, self._pool = self._pool, None
@@ -107,4 +122,4 @@ class ParserProcess:
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["INLINE_BYTES", "ParserProcess"]
+__all__ = ["INLINE_BYTES", "Outcome", "ParserProcess"]
