@@ -17,11 +17,10 @@
     process holds 50 slow-header connections (a header line a second; reconnecting when closed) and
     runs 20 bomb clients in parallel, each sending a bomb a second, rotating: 100k ``[``; a flat array
     of the wrong size, an array of strings and nested lists, each at the JSON limit (max_json_bytes
-    1 MiB); an
-    8 MiB JSON body; an 8 MiB binary body whose JSON header declares 256 bytes; a 1 GiB
-    Content-Length; all against the same agent (max_request_bytes 8 MiB): throughput
-    and p99 of the normal traffic, what the abusers got, and the agent's peak RSS against
-    2x idle RSS + 2x max_request_bytes.
+    1 MiB); an 8 MiB JSON body; an 8 MiB binary body whose JSON header declares 256 bytes; a 1 GiB
+    Content-Length; all against the same agent (max_request_bytes 8 MiB): throughput and p99 of the
+    normal traffic, what the abusers got, and the peak RSS of the agent and of its JSON parser
+    process against 2x idle RSS + 2x max_request_bytes.
 
     .venv/bin/python bench/agent.py --only f     # just the abuse run
     .venv/bin/python bench/agent.py --only f --normal-rate 200   # the same at a steady 200 req/s
@@ -30,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import multiprocessing
@@ -479,9 +479,23 @@ def _proc_kb(pid: int, field: str) -> int:
     return 0
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _agent_cpu_s(pid: int) -> float:
+    """The agent's CPU time with its JSON parser process's."""
+    total = _cpu_s(pid)
+    for child in _children(pid):
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+            total += _cpu_s(child)
+    return total
 
 
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3,
@@ -508,23 +522,24 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         # alternating rounds, so that both conditions see the same share of a busy machine's noise
         cpu = {"alone": 0.0, "abused": 0.0, "abusers": 0.0}
         for _ in range(rounds):
-            c0 = _cpu_s(pid)
+            c0 = _agent_cpu_s(pid)
             alone += _normal_traffic(conn, seconds / rounds, rate)
-            cpu["alone"] += _cpu_s(pid) - c0
+            cpu["alone"] += _agent_cpu_s(pid) - c0
             stop = ctx.Event()
             abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers),
                                  daemon=True)
             abuser.start()
             time.sleep(2.0)  # let the slow connections and the first bombs land
             assert abuser.pid is not None
-            c0, a0 = _cpu_s(pid), _cpu_s(abuser.pid)
+            c0, a0 = _agent_cpu_s(pid), _cpu_s(abuser.pid)
             abused += _normal_traffic(conn, seconds / rounds, rate)
-            cpu["abused"] += _cpu_s(pid) - c0
+            cpu["abused"] += _agent_cpu_s(pid) - c0
             cpu["abusers"] += _cpu_s(abuser.pid) - a0
             stop.set()
             abuser.join(30)
         conn.close()
         peak_kb = _proc_kb(pid, "VmHWM")
+        helper_kb = sum(_proc_kb(child, "VmHWM") for child in _children(pid))
         answers: dict[tuple[str, str], int] = {}
         while not results.empty():
             key = results.get()
@@ -545,7 +560,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
     row("f", f"... under {slow} slow-header connections + {bombers} bombs/s", f"{t_abused:,.0f} req/s",
         f"{t_abused / t_alone * 100:.0f} % of alone (target ≥ 90 %); p99 {p_abused:.2f} ms = "
         f"{p_abused / p_alone:.2f}x alone (target ≤ 2x); median {statistics.median(abused) * 1000:.2f} ms")
-    row("f", "agent CPU alone / under abuse", f"{cpu['alone'] / seconds * 100:.0f} % / "
+    row("f", "agent CPU (with its parser process) alone / under abuse", f"{cpu['alone'] / seconds * 100:.0f} % / "
         f"{cpu['abused'] / seconds * 100:.0f} % of a core",
         f"{(cpu['abused'] / len(abused) - cpu['alone'] / len(alone)) / (cpu['alone'] / len(alone)) * 100:+.0f} % "
         f"CPU per normal request; the abusers' own process: {cpu['abusers'] / seconds * 100:.0f} % of a core")
@@ -556,8 +571,9 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
                                                for k, v in counters.items()))
     limit_kb = 2 * idle_kb + 2 * ABUSE_MAX_BYTES // 1024
     row("f", "agent RSS idle / peak under abuse", f"{idle_kb / 1024:.0f} / {peak_kb / 1024:.0f} MiB",
+        f"+ its JSON parser process's peak {helper_kb / 1024:.0f} MiB = {(peak_kb + helper_kb) / 1024:.0f} MiB; "
         f"limit 2x idle + 2x max_request_bytes = {limit_kb / 1024:.0f} MiB: "
-        f"{'within' if peak_kb <= limit_kb else 'OVER'}")
+        f"{'within' if peak_kb + helper_kb <= limit_kb else 'OVER'}")
 
 
 def main() -> None:
