@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit_agent.errors import InferenceRequestError
 from edgekit_agent.parsing import FlatData, load_request_json
-from edgekit_agent.runtime import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
+from edgekit_agent.tensors import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 

@@ -25,7 +25,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from edgekit_agent.errors import InferenceRequestError
 from edgekit_agent.oip import InferHeader, decode_infer_header
-from edgekit_agent.runtime import TensorInfo
+from edgekit_agent.tensors import TensorInfo
 
 # Inline, the worst JSON of this size holds the GIL for ~2 ms (nested lists); a round trip to the
 # worker costs about as much, so smaller parts are not worth sending.

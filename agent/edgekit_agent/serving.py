@@ -16,9 +16,12 @@ gets a 4xx with ``{"error": reason}`` and the server keeps going. Bound to 127.0
 One client must not take the server down, so: at most ``max_connections`` connections are served
 at once (more are answered 503 and closed at accept); a request's line and headers must arrive
 within ``header_timeout_s`` and its body within ``body_timeout_s`` (deadlines, not per-read
-timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes`` are refused
-from their Content-Length, and the bodies over 64 KiB being read or decoded at once share a
-budget of twice that; JSON is parsed within bounds (``parsing.py``). With ``api_token_file`` set every endpoint but
+timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes``, and JSON
+over ``max_json_bytes``, are refused from their declared lengths, unread, and the bodies over
+64 KiB being read or decoded at once share a budget of twice ``max_request_bytes``; a binary part
+is read only once the JSON header accounts for its every byte; JSON is parsed within bounds
+(``parsing.py``), over 16 KiB in a helper process (``parser_process.py``) so that it never holds
+this process's GIL while small requests wait. With ``api_token_file`` set every endpoint but
 the two health probes needs ``Authorization: Bearer <token>``.
 """
 
@@ -45,7 +48,7 @@ from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgekit_agent.metrics import render_metrics
 from edgekit_agent.oip import HEADER_LENGTH, decode_infer_header, encode_infer_response
 from edgekit_agent.parser_process import INLINE_BYTES, ParserProcess
-from edgekit_agent.runtime import TensorInfo
+from edgekit_agent.tensors import TensorInfo
 
 log = logging.getLogger("edgekit_agent")
 
@@ -434,10 +437,10 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
-        if 0 < length <= self.server.core.settings.max_request_bytes:
+        if 0 < length <= _ByteBudget.SMALL:
             self._start_phase("body", self.server.core.settings.body_timeout_s)
             self.rfile.read(length)
-        elif length:
+        elif length:  # a body nobody wants is not worth copying: dropped in the kernel as we close
             self.close_connection = True
             self.unread = length
 
