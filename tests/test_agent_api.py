@@ -399,3 +399,23 @@ def _decoded_error(parser: Any, json_part: bytes) -> tuple[int, str]:
     except InferenceRequestError as exc:
         return exc.status, str(exc)
     raise AssertionError("no error")
+
+
+def test_binary_part_is_checked_from_its_length_before_it_exists() -> None:
+    from edgekit_agent.errors import InferenceRequestError
+    from edgekit_agent.oip import decode_infer_header
+    from edgekit_agent.runtime import TensorInfo
+
+    f32 = np.dtype(np.float32)
+    inputs, outputs = [TensorInfo("x", f32, (-1, 2))], [TensorInfo("y", f32, (-1, 2))]
+    head = json.dumps({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 24}}]}).encode()
+    for length, reason in ((8 << 20, f"{(8 << 20) - 24} unused bytes"), (20, "body ends after 20 of 24")):
+        with pytest.raises(InferenceRequestError, match=reason):
+            decode_infer_header(head, length, inputs, outputs)
+    header = decode_infer_header(head, 24, inputs, outputs)
+    assert header.binary_bytes == 24
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(header.complete(x.astype("<f4").tobytes()).feeds["x"], x)
+    with pytest.raises(InferenceRequestError, match="the binary part has 23 bytes"):
+        header.complete(b"\0" * 23)
