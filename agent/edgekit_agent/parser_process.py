@@ -18,6 +18,7 @@ import contextlib
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -40,9 +41,18 @@ def _busy(message: str) -> InferenceRequestError:
     return InferenceRequestError(message, status=503)
 
 
-def _lower_priority() -> None:
+def _init_worker(parent: int) -> None:
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+
+    # the worker holds its own queue's pipe open, so a parent killed with SIGKILL would leave it
+    # waiting forever; it watches for being orphaned instead
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
 
 
 def _decode(json_part: bytes, binary_length: int, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
@@ -69,7 +79,7 @@ class ParserProcess:
             if self._pool is None:
                 # spawn, not fork: the agent has threads (MQTT, onnxruntime) a fork would copy mid-step
                 self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_lower_priority)
+                                                 initializer=_init_worker, initargs=(os.getpid(),))
             return self._pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
