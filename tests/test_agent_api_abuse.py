@@ -257,3 +257,28 @@ def test_small_requests_are_answered_while_big_json_waits_for_the_parser(agent_p
     finally:
         for s in bombs:
             s.close()
+
+
+def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, model_folder: Path) -> None:
+    import os
+    import signal
+
+    agent = _agent(agent_process, model_folder)
+    batch = json.dumps({"inputs": [{"name": "input", "shape": [300, 1, 8, 8], "datatype": "FP32",
+                                    "data": [0.5] * 19200}]}).encode()
+    assert _infer(agent, batch)[0] == 200  # over 16 KiB of JSON: the parser process starts
+    assert agent.proc.proc is not None
+    pid = agent.proc.proc.pid
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    assert children
+    os.kill(pid, signal.SIGKILL)
+    agent.proc.proc.wait(30)
+
+    def gone(child: int) -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(c) for c in children), timeout=30)
