@@ -480,8 +480,11 @@ def _proc_kb(pid: int, field: str) -> int:
 
 
 def _children(pid: int) -> list[int]:
-    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-            for c in (task / "children").read_text().split()]
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a connection's thread, gone
+            kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
 
 
 def _cpu_s(pid: int) -> float:
