@@ -121,7 +121,7 @@ MALFORMED: list[tuple[str, dict[str, Any] | bytes, dict[str, str], int, str]] = 
     ("twice", {"inputs": [_inp()["inputs"][0], _inp()["inputs"][0]]}, {}, 400, "given twice"),
     ("unknown output", {**_inp(), "outputs": [{"name": "probs"}]}, {}, 400, "unknown output 'probs'"),
     ("bad parameters", {**_inp(), "parameters": {"binary_data_output": "yes"}}, {}, 400, "true or false"),
-    ("header too long", _inp(), {HEADER_LENGTH: "999999"}, 400, "outside the body"),
+    ("header too long", _inp(), {HEADER_LENGTH: "999999"}, 400, "for a body of"),
     ("header not a number", _inp(), {HEADER_LENGTH: "ten"}, 400, HEADER_LENGTH),
     ("binary size mismatch", {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
                                           "parameters": {"binary_data_size": 10}}]}, {}, 400, "does not match"),
@@ -283,3 +283,139 @@ def test_binary_extension_little_endian_fp16_roundtrip() -> None:
     assert n is not None
     assert np.frombuffer(body[n:], "<f2").tolist() == arr.ravel().tolist()
     assert struct.unpack("<e", body[n + 2:n + 4])[0] == 1.0
+
+
+def test_big_json_is_decoded_in_the_helper_process(api: tuple[AgentCore, str], digits_folder: Path) -> None:
+    import multiprocessing
+
+    from edgekit_agent.parser_process import INLINE_BYTES
+
+    _, url = api
+    x = np.random.default_rng(2).random((300, 1, 8, 8), dtype=np.float32)
+    doc = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    body = json.dumps(doc).encode()
+    assert len(body) > INLINE_BYTES
+    status, _, out = post(url, raw=body)
+    assert status == 200, out[:300]
+    sess = ort.InferenceSession(str(digits_folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(np.array(json.loads(out)["outputs"][0]["data"], np.float32).reshape(300, 10),
+                               sess.run(None, {"input": x})[0], rtol=1e-5, atol=1e-6)
+    assert any("SpawnProcess" in p.name for p in multiprocessing.active_children())
+    # its refusals carry the same status and one-line reason as inline ones
+    doc["inputs"][0]["shape"] = [301, 1, 8, 8]
+    status, _, out = post(url, doc)
+    assert status == 400 and json.loads(out)["error"] == "input 'input': data has 19200 elements, shape " \
+                                                         "[301, 1, 8, 8] needs 19264"
+
+
+def test_json_over_max_json_bytes_is_refused_but_binary_of_that_size_is_served(
+        api: tuple[AgentCore, str], expected: np.ndarray[Any, Any]) -> None:
+    core, _ = api
+    small = AgentCore(load_settings(overrides={"device": "api-json", "model_dir": str(core.settings.model_dir),
+                                               "listen_port": 0, "max_json_bytes": 200, "allow_unsigned": True}))
+    assert small.load()
+    server = InferenceServer(small).start()
+    try:
+        status, _, out = post(server.url, {"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32",
+                                                       "data": X.ravel().tolist()}]})
+        error = json.loads(out)["error"]
+        assert status == 413 and "over the limit of 200" in error and HEADER_LENGTH in error and "\n" not in error
+        assert small.requests_rejected == 1
+        head = json.dumps({"inputs": [{"name": "input", "shape": list(X.shape), "datatype": "FP32",
+                                       "parameters": {"binary_data_size": X.nbytes}}]}).encode()
+        assert len(head) < 200 < len(head) + X.nbytes
+        status, _, out = post(server.url, raw=head + X.astype("<f4").tobytes(),
+                              headers={HEADER_LENGTH: str(len(head)), "Content-Type": "application/octet-stream"})
+        assert status == 200, out
+        np.testing.assert_allclose(np.array(json.loads(out)["outputs"][0]["data"], np.float32).reshape(2, 10),
+                                   expected, rtol=1e-5, atol=1e-6)
+    finally:
+        server.stop()
+
+
+def wait_for_file(json_part: bytes, binary_length: int, inputs: Any, outputs: Any, max_depth: int) -> Any:
+    """A stand-in decoder for the parser worker: blocks until the file named by ``json_part`` exists."""
+    import time
+
+    while not Path(json_part.decode()).exists():
+        time.sleep(0.01)
+    return "error", (400, "released")
+
+
+def exit_worker(json_part: bytes, binary_length: int, inputs: Any, outputs: Any, max_depth: int) -> Any:
+    import os
+
+    os._exit(1)
+
+
+def test_parser_process_bounds_its_queue_and_replaces_a_dead_worker(tmp_path: Path) -> None:
+    import threading
+
+    from edgekit_agent.errors import InferenceRequestError
+    from edgekit_agent.parser_process import ParserProcess
+
+    from tests.fixtures.agent import wait_until
+
+    release = tmp_path / "release"
+    parser = ParserProcess(max_pending=2, decode=wait_for_file)
+    answers: list[str] = []
+
+    def call() -> None:
+        try:
+            parser.decode(str(release).encode(), 0, [], [], max_depth=32, timeout=120)
+        except InferenceRequestError as exc:
+            answers.append(f"{exc.status} {exc.one_line()}")
+
+    try:
+        threads = [threading.Thread(target=call) for _ in range(2)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: parser.pending == 2, timeout=60)
+        # a third is refused at once, while the first two still wait for the worker
+        assert _decoded_error(parser, b"unused") == (503, "busy: too many big JSON requests being parsed")
+        assert answers == []
+        release.touch()
+        for t in threads:
+            t.join(120)
+        assert answers == ["400 released", "400 released"]
+    finally:
+        parser.close()
+    dying = ParserProcess(decode=exit_worker)
+    try:
+        with pytest.raises(InferenceRequestError, match="parser process stopped") as info:
+            dying.decode(b"{}", 0, [], [], max_depth=32, timeout=120)
+        assert info.value.status == 503
+        dying._decode = wait_for_file  # the next request gets a new worker
+        assert _decoded_error(dying, str(release).encode()) == (400, "released")
+    finally:
+        dying.close()
+
+
+def _decoded_error(parser: Any, json_part: bytes) -> tuple[int, str]:
+    from edgekit_agent.errors import InferenceRequestError
+
+    try:
+        parser.decode(json_part, 0, [], [], max_depth=32, timeout=120)
+    except InferenceRequestError as exc:
+        return exc.status, str(exc)
+    raise AssertionError("no error")
+
+
+def test_binary_part_is_checked_from_its_length_before_it_exists() -> None:
+    from edgekit_agent.errors import InferenceRequestError
+    from edgekit_agent.oip import decode_infer_header
+    from edgekit_agent.runtime import TensorInfo
+
+    f32 = np.dtype(np.float32)
+    inputs, outputs = [TensorInfo("x", f32, (-1, 2))], [TensorInfo("y", f32, (-1, 2))]
+    head = json.dumps({"inputs": [{"name": "x", "shape": [3, 2], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 24}}]}).encode()
+    for length, reason in ((8 << 20, f"{(8 << 20) - 24} unused bytes"), (20, "body ends after 20 of 24")):
+        with pytest.raises(InferenceRequestError, match=reason):
+            decode_infer_header(head, length, inputs, outputs)
+    header = decode_infer_header(head, 24, inputs, outputs)
+    assert header.binary_bytes == 24
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(header.complete(x.astype("<f4").tobytes()).feeds["x"], x)
+    with pytest.raises(InferenceRequestError, match="the binary part has 23 bytes"):
+        header.complete(b"\0" * 23)

@@ -144,7 +144,8 @@ def _reset_peak_rss(agent: AgentProcess) -> int:
 
 
 def test_json_memory_stays_within_a_small_multiple_of_the_body(agent_process: Start, model_folder: Path) -> None:
-    agent = _agent(agent_process, model_folder)
+    # the parser's bound, at a JSON limit raised far above its 1 MiB default
+    agent = _agent(agent_process, model_folder, max_json_bytes=16 << 20)
     for _ in range(3):
         assert _infer(agent)[0] == 200
     n = 4 << 20  # elements; "0," is the densest number text: 2 bytes per 4-byte float
@@ -192,3 +193,92 @@ def test_bearer_token_guards_all_but_the_health_probes(agent_process: Start, mod
     status, doc = _infer(agent, headers=good)
     assert status == 200 and doc["outputs"][0]["shape"] == [1, 10]
     assert http("GET", agent.url + "/v2/models/digits", headers=good)[0] == 200
+
+
+def _send_head(agent: AgentProcess, length: int, extra: bytes = b"", headers: dict[str, str] | None = None
+               ) -> socket.socket:
+    """A POST to /infer declaring ``length`` body bytes, of which only ``extra`` is sent."""
+    s = socket.create_connection(("127.0.0.1", agent.port), timeout=30)
+    lines = [f"POST {INFER} HTTP/1.1", "Host: x", f"Content-Length: {length}",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + extra)
+    return s
+
+
+def _answer(s: socket.socket) -> tuple[int, dict[str, Any]]:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            data.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]):
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_bombs_are_refused_before_their_bodies_arrive(agent_process: Start, model_folder: Path) -> None:
+    agent = _agent(agent_process, model_folder)
+    before = _metrics(agent)[("edgekit_agent_requests_rejected_total", "")]
+    # JSON over max_json_bytes (1 MiB): answered from its Content-Length, nothing sent
+    with _send_head(agent, 2 << 20) as s:
+        status, doc = _answer(s)
+    assert status == 413 and doc["error"] == ("the request's JSON of 2097152 bytes is over the limit of 1048576; "
+                                              "send tensors as binary data (Inference-Header-Content-Length)")
+    # a binary body whose JSON header accounts for 256 of its 8 MiB: answered after the header alone
+    head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 256}}]}).encode()
+    with _send_head(agent, len(head) + (8 << 20), head, {"Inference-Header-Content-Length": str(len(head))}) as s:
+        status, doc = _answer(s)
+    assert status == 400 and doc["error"] == f"{(8 << 20) - 256} unused bytes after the binary inputs"
+    assert _metrics(agent)[("edgekit_agent_requests_rejected_total", "")] == before + 2
+    assert _infer(agent)[0] == 200
+
+
+def test_small_requests_are_answered_while_big_json_waits_for_the_parser(agent_process: Start,
+                                                                          model_folder: Path) -> None:
+    agent = _agent(agent_process, model_folder)
+    # nested lists at the 1 MiB JSON limit: the costliest JSON per byte to parse
+    head = b'{"inputs":[{"name":"input","shape":[1,1,8,8],"datatype":"FP32","data":['
+    lists = (1 << 20) // 4 - 29
+    bomb = head + b"[0]," * (lists - 1) + b"[0]]}]}"
+    bombs = [_send_head(agent, len(bomb), bomb) for _ in range(2)]
+    try:
+        for _ in range(10):
+            assert _infer(agent)[0] == 200
+        # ... all of them before either bomb, which waits for the parser process, is answered
+        for s in bombs:
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+            s.setblocking(True)
+        for s in bombs:
+            status, doc = _answer(s)
+            assert status == 413 and "outside flat numeric 'data' arrays" in doc["error"], doc
+    finally:
+        for s in bombs:
+            s.close()
+
+
+def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, model_folder: Path) -> None:
+    import os
+    import signal
+
+    agent = _agent(agent_process, model_folder)
+    batch = json.dumps({"inputs": [{"name": "input", "shape": [300, 1, 8, 8], "datatype": "FP32",
+                                    "data": [0.5] * 19200}]}).encode()
+    assert _infer(agent, batch)[0] == 200  # over 16 KiB of JSON: the parser process starts
+    assert agent.proc.proc is not None
+    pid = agent.proc.proc.pid
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    assert children
+    os.kill(pid, signal.SIGKILL)
+    agent.proc.proc.wait(30)
+
+    def gone(child: int) -> bool:
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(c) for c in children), timeout=30)

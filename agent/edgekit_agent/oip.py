@@ -2,8 +2,9 @@
 
 Inference bodies are JSON, or JSON followed by raw little-endian tensors (the binary tensor data
 extension): ``decode_infer_request`` checks every name, shape and datatype against the model's
-inputs before any tensor is built; ``encode_infer_response`` returns JSON or JSON plus raw tensors.
-Each malformed request raises ``InferenceRequestError`` with its HTTP status.
+inputs before any tensor is built (``decode_infer_header`` does it from the JSON part alone, so the
+server reads a binary part only once its size is known to be right); ``encode_infer_response``
+returns JSON or JSON plus raw tensors. Each malformed request raises ``InferenceRequestError`` with its HTTP status.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from edgekit_agent.errors import InferenceRequestError
 from edgekit_agent.parsing import FlatData, load_request_json
-from edgekit_agent.runtime import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
+from edgekit_agent.tensors import NUMPY_TO_OIP, OIP_TO_NUMPY, TensorInfo
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -53,6 +54,42 @@ def _check_fits(tensor: TensorInfo, shape: tuple[int, ...], datatype: str) -> No
         raise _bad(f"input {tensor.name!r} has shape {list(shape)}, the model expects {want_text}")
 
 
+@dataclass(frozen=True)
+class BinaryInput:
+    """An input whose bytes follow the JSON header: ``size`` bytes at ``offset`` of the binary part."""
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class InferHeader:
+    """The JSON part of a request, checked; its binary inputs (exactly ``binary_bytes``) not read yet."""
+
+    id: str | None
+    feeds: dict[str, np.ndarray[Any, Any]]
+    binary_inputs: list[BinaryInput]
+    outputs: list[str]
+    binary_outputs: set[str]
+
+    @property
+    def binary_bytes(self) -> int:
+        return sum(b.size for b in self.binary_inputs)
+
+    def complete(self, binary: bytes) -> InferRequest:
+        """The request, with ``binary`` (``binary_bytes`` long) cut into its tensors without a copy."""
+        if len(binary) != self.binary_bytes:
+            raise _bad(f"the binary part has {len(binary)} bytes, the inputs declare {self.binary_bytes}")
+        feeds = dict(self.feeds)
+        for b in self.binary_inputs:
+            arr = np.frombuffer(binary, dtype=b.dtype.newbyteorder("<"), count=math.prod(b.shape), offset=b.offset)
+            feeds[b.name] = arr.astype(b.dtype, copy=False).reshape(b.shape)
+        return InferRequest(self.id, feeds, self.outputs, self.binary_outputs)
+
+
 def decode_infer_request(body: bytes, header_length: int | None,
                          inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], *,
                          max_depth: int = 32) -> InferRequest:
@@ -63,6 +100,15 @@ def decode_infer_request(body: bytes, header_length: int | None,
         if header_length < 0 or header_length > len(body):
             raise _bad(f"{HEADER_LENGTH} {header_length} is outside the body of {len(body)} bytes")
         json_part, binary = body[:header_length], body[header_length:]
+    header = decode_infer_header(json_part, len(binary), inputs, outputs, max_depth=max_depth)
+    return header.complete(binary)
+
+
+def decode_infer_header(json_part: bytes, binary_length: int,
+                        inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo], *,
+                        max_depth: int = 32) -> InferHeader:
+    """Parse and validate a request's JSON part, knowing only how long its binary part is: a body
+    whose binary inputs do not add up to ``binary_length`` is refused before that part is read."""
     req = load_request_json(json_part, max_depth=max_depth)
     if not isinstance(req, dict):
         raise _bad("request body must be a JSON object")
@@ -71,6 +117,7 @@ def decode_infer_request(body: bytes, header_length: int | None,
         raise _bad("request needs a non-empty 'inputs' list")
     by_name = {t.name: t for t in inputs}
     feeds: dict[str, np.ndarray[Any, Any]] = {}
+    binaries: list[BinaryInput] = []
     offset = 0
     for i, item in enumerate(raw_inputs):
         where = f"inputs[{i}]"
@@ -81,7 +128,7 @@ def decode_infer_request(body: bytes, header_length: int | None,
             raise _bad(f"{where}.name must be a string")
         if name not in by_name:
             raise _bad(f"unknown input {name!r}; the model's inputs are {sorted(by_name)}")
-        if name in feeds:
+        if name in feeds or any(b.name == name for b in binaries):
             raise _bad(f"input {name!r} is given twice")
         datatype = item.get("datatype")
         if not isinstance(datatype, str) or datatype not in OIP_TO_NUMPY:
@@ -103,11 +150,10 @@ def decode_infer_request(body: bytes, header_length: int | None,
             if size != count * dtype.itemsize:
                 raise _bad(f"input {name!r}: binary_data_size {size} does not match shape {list(shape)} of "
                            f"{datatype} ({count * dtype.itemsize} bytes)")
-            if offset + size > len(binary):
-                raise _bad(f"input {name!r}: body ends after {len(binary) - offset} of {size} binary bytes")
-            arr = np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+            if offset + size > binary_length:
+                raise _bad(f"input {name!r}: body ends after {binary_length - offset} of {size} binary bytes")
+            binaries.append(BinaryInput(name, dtype, shape, offset, size))
             offset += size
-            feeds[name] = arr.astype(dtype, copy=False).reshape(shape)
         else:
             if "data" not in item:
                 raise _bad(f"input {name!r} has no 'data' (or parameters.binary_data_size)")
@@ -122,9 +168,9 @@ def decode_infer_request(body: bytes, header_length: int | None,
             if arr.size != count:
                 raise _bad(f"input {name!r}: data has {arr.size} elements, shape {list(shape)} needs {count}")
             feeds[name] = arr.reshape(shape)
-    if offset != len(binary):
-        raise _bad(f"{len(binary) - offset} unused bytes after the binary inputs")
-    missing = sorted(set(by_name) - set(feeds))
+    if offset != binary_length:
+        raise _bad(f"{binary_length - offset} unused bytes after the binary inputs")
+    missing = sorted(set(by_name) - set(feeds) - {b.name for b in binaries})
     if missing:
         raise _bad(f"missing input(s) {missing}")
     out_names = [o.name for o in outputs]
@@ -148,7 +194,7 @@ def decode_infer_request(body: bytes, header_length: int | None,
         if all_binary:
             binary_out = set(out_names)
     req_id = req.get("id")
-    return InferRequest(str(req_id) if req_id is not None else None, feeds, wanted, binary_out)
+    return InferHeader(str(req_id) if req_id is not None else None, feeds, binaries, wanted, binary_out)
 
 
 def _flag(params: Any, key: str) -> bool:

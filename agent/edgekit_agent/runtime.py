@@ -1,4 +1,4 @@
-"""The onnxruntime adapter: execution provider choice, session creation, tensor type tables.
+"""The onnxruntime adapter: execution provider choice, session creation, ONNX type tables.
 
 Providers are chosen from what this onnxruntime build reports (``get_available_providers``), in
 the order asked for (settings, else the build's own priority order), with the CPU provider always
@@ -16,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgekit_agent.errors import ModelRejectedError
+from edgekit_agent.tensors import TensorInfo
 
 log = logging.getLogger("edgekit_agent")
 
@@ -30,28 +31,6 @@ ONNX_TO_NUMPY: dict[str, Any] = {
     "tensor(uint8)": np.uint8, "tensor(uint16)": np.uint16, "tensor(uint32)": np.uint32,
     "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_, "tensor(string)": np.object_,
 }
-# Open Inference Protocol datatype <-> numpy dtype (BYTES is not served: no string models here).
-OIP_TO_NUMPY: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}
-NUMPY_TO_OIP: dict[Any, str] = {np.dtype(v): k for k, v in OIP_TO_NUMPY.items()}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A model input or output as the session sees it; symbolic dims are ``-1``."""
-
-    name: str
-    dtype: np.dtype[Any]
-    shape: tuple[int, ...]
-
-    @property
-    def oip_datatype(self) -> str:
-        return NUMPY_TO_OIP.get(self.dtype, "BYTES")
-
-
 def choose_providers(preferred: Sequence[str], available: Sequence[str] | None = None) -> list[str]:
     """The providers to ask for, in order: ``preferred`` (or all local ones) that exist, then CPU."""
     have = list(ort.get_available_providers() if available is None else available)

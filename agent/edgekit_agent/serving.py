@@ -16,9 +16,12 @@ gets a 4xx with ``{"error": reason}`` and the server keeps going. Bound to 127.0
 One client must not take the server down, so: at most ``max_connections`` connections are served
 at once (more are answered 503 and closed at accept); a request's line and headers must arrive
 within ``header_timeout_s`` and its body within ``body_timeout_s`` (deadlines, not per-read
-timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes`` are refused
-from their Content-Length, and the bodies over 64 KiB being read or decoded at once share a
-budget of twice that; JSON is parsed within bounds (``parsing.py``). With ``api_token_file`` set every endpoint but
+timeouts, so dripping a byte a second does not help); bodies over ``max_request_bytes``, and JSON
+over ``max_json_bytes``, are refused from their declared lengths, unread, and the bodies over
+64 KiB being read or decoded at once share a budget of twice ``max_request_bytes``; a binary part
+is read only once the JSON header accounts for its every byte; JSON is parsed within bounds
+(``parsing.py``), over 16 KiB in a helper process (``parser_process.py``) so that it never holds
+this process's GIL while small requests wait. With ``api_token_file`` set every endpoint but
 the two health probes needs ``Authorization: Bearer <token>``.
 """
 
@@ -43,8 +46,9 @@ from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import InferenceRequestError, ModelNotReadyError
 from edgekit_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edgekit_agent.metrics import render_metrics
-from edgekit_agent.oip import HEADER_LENGTH, decode_infer_request, encode_infer_response
-from edgekit_agent.runtime import TensorInfo
+from edgekit_agent.oip import HEADER_LENGTH, decode_infer_header, encode_infer_response
+from edgekit_agent.parser_process import INLINE_BYTES, ParserProcess
+from edgekit_agent.tensors import TensorInfo
 
 log = logging.getLogger("edgekit_agent")
 
@@ -56,6 +60,11 @@ _MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[
 _REFUSED = b'{"error":"too many connections"}'
 _REFUSAL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Retry-After: 1\r\nConnection: close\r\n\r\n%s" % (len(_REFUSED), _REFUSED))
+
+
+# what is read into it is dropped, so one buffer serves every connection
+_DISCARD = bytearray(1 << 20)
+_TRUNC = getattr(socket, "MSG_TRUNC", 0)
 
 
 class _ByteBudget:
@@ -98,6 +107,7 @@ class _Server(ThreadingHTTPServer):
         self.token = s.read_api_token()
         self.slots = threading.BoundedSemaphore(s.max_connections)
         self.budget = _ByteBudget(2 * s.max_request_bytes)
+        self.parser = ParserProcess()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -173,13 +183,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _drain(self) -> None:
         # Closing with unread bytes makes the kernel send RST, which can destroy our answer before
         # the client reads it; so read (and drop) what the client still sends, for a bounded time.
-        sock, left, chunk = self.connection, self.unread, bytearray(65536)
+        # MSG_TRUNC makes Linux drop TCP data in the kernel, uncopied: refusing a big body costs
+        # about as much CPU as refusing a small one.
+        sock, left, chunk = self.connection, self.unread, _DISCARD
         deadline = time.monotonic() + min(2.0, self.server.core.settings.header_timeout_s)
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
             while left > 0 and (remaining := deadline - time.monotonic()) > 0:
                 sock.settimeout(remaining)
-                n = sock.recv_into(chunk)
+                n = sock.recv_into(chunk, len(chunk), _TRUNC)
                 if n == 0:
                     break
                 left -= n
@@ -337,9 +349,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(400, f"bad Content-Length {length_text!r}")
             return
         if length > core.settings.max_request_bytes:
-            self.close_connection = True
-            self.unread = length
-            self._error(413, f"request of {length} bytes is over the limit of {core.settings.max_request_bytes}")
+            self._refuse_unread(length, 413, f"request of {length} bytes is over the limit of "
+                                             f"{core.settings.max_request_bytes}")
+            return
+        header_text = self.headers.get(HEADER_LENGTH)
+        try:
+            header_length = length if header_text is None else int(header_text)
+            if not 0 <= header_length <= length:
+                raise ValueError
+        except ValueError:
+            self._refuse_unread(length, 400, f"bad {HEADER_LENGTH} {header_text!r} for a body of {length} bytes")
+            return
+        if header_length > core.settings.max_json_bytes:
+            self._refuse_unread(length, 413, f"the request's JSON of {header_length} bytes is over the limit of "
+                                             f"{core.settings.max_json_bytes}; send tensors as binary data "
+                                             f"({HEADER_LENGTH})")
             return
         if not self.server.budget.take(length, core.settings.body_timeout_s):
             core.requests_busy += 1
@@ -348,32 +372,52 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(503, {"error": "busy: too many request bytes in flight"}, {"Retry-After": "1"})
             return
         try:
-            self._infer(core, m, length)
+            self._infer(core, m, header_length, length - header_length)
         finally:
             self.server.budget.give(length)
 
-    def _infer(self, core: AgentCore, m: re.Match[str], length: int) -> None:
+    def _refuse_unread(self, unread: int, status: int, message: str) -> None:
+        """Answer before reading the body, then close (what the client still sends is drained)."""
+        self.close_connection = True
+        self.unread = unread
+        self._error(status, message)
+
+    def _infer(self, core: AgentCore, m: re.Match[str], json_length: int, binary_length: int) -> None:
+        # The JSON part first: a binary part is read only once the JSON says it has the right length.
         self._start_phase("body", core.settings.body_timeout_s)
-        body = self.rfile.read(length)
-        if len(body) != length:
+        json_part = self.rfile.read(json_length)
+        if len(json_part) != json_length:
             self.close_connection = True
             return
+        # answered before the binary part is read: close, and drain what the client still sends
+        self.unread, closing = binary_length, self.close_connection
+        self.close_connection = closing or bool(binary_length)
         if not self._model_matches(core, m.group("name"), m.group("version")):
-            return
-        header_text = self.headers.get(HEADER_LENGTH)
-        try:
-            header_length = int(header_text) if header_text is not None else None
-        except ValueError:
-            self._error(400, f"bad {HEADER_LENGTH} {header_text!r}")
             return
         model = core.model
         assert model is not None
+        inputs, outputs, depth = model.session.inputs, model.session.outputs, core.settings.max_json_depth
         try:
-            req = decode_infer_request(body, header_length, model.session.inputs, model.session.outputs,
-                                       max_depth=core.settings.max_json_depth)
+            if json_length <= INLINE_BYTES:
+                header = decode_infer_header(json_part, binary_length, inputs, outputs, max_depth=depth)
+            else:
+                header = self.server.parser.decode(json_part, binary_length, inputs, outputs, max_depth=depth,
+                                                   timeout=core.settings.body_timeout_s)
         except InferenceRequestError as exc:
-            self._error(exc.status, exc.one_line())
+            if exc.status == 503:
+                core.requests_busy += 1
+                self._json(503, {"error": exc.one_line()}, {"Retry-After": "1"})
+            else:
+                self._error(exc.status, exc.one_line())
             return
+        del json_part
+        binary = self.rfile.read(binary_length) if binary_length else b""
+        self.unread = 0
+        if len(binary) != binary_length:
+            self.close_connection = True
+            return
+        self.close_connection = closing
+        req = header.complete(binary)
         try:
             results = core.infer(req.feeds, req.outputs)
         except ModelNotReadyError as exc:
@@ -393,10 +437,10 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             length = 0
-        if 0 < length <= self.server.core.settings.max_request_bytes:
+        if 0 < length <= _ByteBudget.SMALL:
             self._start_phase("body", self.server.core.settings.body_timeout_s)
             self.rfile.read(length)
-        elif length:
+        elif length:  # a body nobody wants is not worth copying: dropped in the kernel as we close
             self.close_connection = True
             self.unread = length
 
@@ -435,3 +479,4 @@ class InferenceServer:
     def stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.parser.close()
