@@ -8,7 +8,7 @@ Cells: traffic 0.1, 1, 10, 100 inferences/s per device x canaries of 1, 5, 20 de
 - healthy: error rate half the threshold, latency +5%;
 - bad: error rate 3x the threshold, latency +50% (p95 too);
 - quietly wrong: no errors, top-1 agreement 0.9 — nothing these gates see; only shadow
-  evaluation (``push --shadow-first``) can catch it, so it is printed as such.
+  evaluation (``push --shadow-first``) can catch it.
 
 Each run: every device reports every ``--interval`` s (default 10) the inferences of that period
 (Poisson), its errors (binomial) and its latencies (lognormal, binned into the agent's
@@ -17,7 +17,20 @@ over the same window. The judge is called at every report tick with the cumulati
 the engine does, until it advances or rolls back (bake 2 min, wave timeout 10 min, threshold 1%,
 p95 regression gate 20% against the control group).
 
-Columns: false rollbacks (fail verdicts on healthy canaries), inconclusive at the timeout (rolled
+The shadow wave (a second table) runs the real shadow judge
+(``edgekit.rollout.shadowing.judge_shadow`` with the default ``ShadowPolicy``: top-1 agreement ≥
+0.98 by SPRT at 99% confidence, ≥ 200 samples, a share ``ratio`` of live requests, 10 min
+timeout) for each cell: the canary's devices run the candidate beside the served model on
+``ratio`` of their requests (Poisson), the candidate fails some of them (binomial: the fault's
+error rate) and agrees with the served model on each of the others with the fault's agreement
+(0.995 for healthy and bad, 0.9 for quietly wrong). The judge is called at every report tick with
+the pooled cumulative counts until it passes or fails. Columns: healthy candidates wrongly
+stopped on evidence, stopped at the timeout for want of samples or evidence, and passed; bad
+candidates stopped in the shadow wave by their errors (the others meet the normal waves' gates,
+above); quietly wrong ones stopped before any device switches (on
+evidence or at the timeout), missed, and the median and p95 time to stop.
+
+Columns of the normal waves: false rollbacks (fail verdicts on healthy canaries), inconclusive at the timeout (rolled
 back by ``--inconclusive fail``, counted apart), detections before the timeout (bad canaries
 failed on evidence), median and p95 time to detect, and whether the traffic can detect a 3x
 error rate in principle: ``canary x traffic x timeout`` reaches the samples the sequential test
@@ -47,12 +60,16 @@ from rich.table import Table  # noqa: E402
 
 from edgekit.rollout.evidence import detection_samples, sprt_detection_samples  # noqa: E402
 from edgekit.rollout.gating import Elapsed, KubeFigures, TelemetryFigures, judge  # noqa: E402
+from edgekit.rollout.shadowing import ShadowFigures, ShadowPolicy, ShadowVerdict, judge_shadow  # noqa: E402
 from edgekit.rollout.strategy import GatePolicy  # noqa: E402
 
 TRAFFIC = (0.1, 1.0, 10.0, 100.0)
 CANARIES = (1, 5, 20)
 FAULTS = ("healthy", "bad")
+SHADOW_FAULTS = ("healthy", "bad", "quietly wrong")
+# per shadow fault: the candidate's error rate on live inputs, and its top-1 agreement
 THRESHOLD = 0.01
+SHADOW_BEHAVIOUR = {"healthy": (THRESHOLD / 2, 0.995), "bad": (3 * THRESHOLD, 0.995), "quietly wrong": (0.0, 0.9)}
 MEDIAN_MS, SIGMA = 20.0, 0.4
 
 
@@ -149,6 +166,78 @@ def run_cell(cell: Cell) -> Result:
     return Result(cell, passed, failed, inconclusive, tuple(times), calls, time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class ShadowCell:
+    fault: str
+    rate: float
+    canary: int
+    runs: int
+    seed: int
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class ShadowResult:
+    cell: ShadowCell
+    passed: int
+    stopped: int                 # failed on evidence
+    timed_out: int               # failed at the shadow timeout, undecided
+    times: tuple[float, ...]     # time of each fail verdict (evidence or timeout)
+    judge_calls: int
+    seconds: float
+
+
+def run_shadow_cell(cell: ShadowCell) -> ShadowResult:
+    """The shadow wave of one cell: the real ``judge_shadow`` at every report tick. Verdicts depend
+    only on the pooled counts and on whether the timeout has come, so they are remembered per
+    state: many runs of a low-traffic cell reach the same counts."""
+    started = time.perf_counter()
+    rng = np.random.default_rng([cell.seed, int(cell.rate * 10), cell.canary, SHADOW_FAULTS.index(cell.fault), 7])
+    pol = ShadowPolicy()
+    ticks = math.ceil(pol.timeout_s / cell.interval_s)
+    p_err, p_agree = SHADOW_BEHAVIOUR[cell.fault]
+    tries = rng.poisson(cell.rate * cell.interval_s * cell.canary * pol.ratio, (cell.runs, ticks))
+    errors = rng.binomial(tries, p_err)
+    agree = rng.binomial(tries - errors, p_agree).cumsum(axis=1)
+    samples, errors = (tries - errors).cumsum(axis=1), errors.cumsum(axis=1)
+    seen: dict[tuple[int, int, int, bool], ShadowVerdict] = {}
+    passed = stopped = timed_out = calls = 0
+    times: list[float] = []
+    for run in range(cell.runs):
+        verdict: ShadowVerdict | None = None
+        for t in range(ticks):
+            now = (t + 1) * cell.interval_s
+            key = (int(samples[run, t]), int(agree[run, t]), int(errors[run, t]), now >= pol.timeout_s)
+            verdict = seen.get(key)
+            if verdict is None:
+                figures = ShadowFigures(cell.canary, cell.canary, key[0], key[1], errors=key[2])
+                verdict = seen[key] = judge_shadow(pol, figures, now)
+                calls += 1
+            if verdict.decision != "hold":
+                break
+        assert verdict is not None
+        if verdict.decision == "pass":
+            passed += 1
+            continue
+        times.append(now)
+        if verdict.reason.startswith(("shadow failed", "the candidate failed")):
+            stopped += 1
+        else:
+            timed_out += 1
+    return ShadowResult(cell, passed, stopped, timed_out, tuple(times), calls, time.perf_counter() - started)
+
+
+def _run(cell: Cell | ShadowCell) -> Result | ShadowResult:
+    return run_cell(cell) if isinstance(cell, Cell) else run_shadow_cell(cell)
+
+
+def _ttd(times: Sequence[float]) -> tuple[str, str]:
+    if not times:
+        return "-", "-"
+    arr = np.array(times)
+    return f"{np.median(arr):g}s", f"{np.percentile(arr, 95):g}s"
+
+
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:.2f}%" if whole else "-"
 
@@ -176,15 +265,24 @@ def main(argv: Sequence[str] | None = None) -> int:
               + ("" if args.no_latency else ", p95 regression ≤ 20% vs control")
               + f"; bake {args.bake:g}s, wave timeout {args.timeout:g}s, reports every {args.interval:g}s, "
               f"control {args.control} healthy devices; {runs} runs per cell, {args.workers} workers")
+    shadow_cells = [ShadowCell(f, r, c, runs, args.seed, args.interval)
+                    for f in SHADOW_FAULTS for r in TRAFFIC for c in CANARIES]
     started = time.perf_counter()
-    results = []
+    results: list[Result] = []
+    shadow_results: list[ShadowResult] = []
+    todo: list[Cell | ShadowCell] = [*cells, *shadow_cells]
     with multiprocessing.Pool(args.workers) as pool:
         # one line per cell as it ends, so a long run shows its progress
-        for r in pool.imap_unordered(run_cell, cells):
-            results.append(r)
+        for done, r in enumerate(pool.imap_unordered(_run, todo), 1):
+            if isinstance(r, Result):
+                results.append(r)
+                line = f"passed {r.passed}, failed {r.failed}, inconclusive {r.inconclusive}"
+            else:
+                shadow_results.append(r)
+                line = f"shadow: passed {r.passed}, stopped {r.stopped}, timed out {r.timed_out}"
             c = r.cell
-            print(f"[{len(results)}/{len(cells)}] {c.fault} {c.rate:g}/s x {c.canary}: passed {r.passed}, "
-                  f"failed {r.failed}, inconclusive {r.inconclusive} ({r.seconds:.0f}s)", file=sys.stderr, flush=True)
+            print(f"[{done}/{len(todo)}] {c.fault} {c.rate:g}/s x {c.canary}: {line} ({r.seconds:.0f}s)",
+                  file=sys.stderr, flush=True)
     by = {(r.cell.fault, r.cell.rate, r.cell.canary): r for r in results}
     table = Table(title=f"gates Monte Carlo: {runs} runs per cell", title_justify="left")
     for col in ("inf/s/dev", "canary", "in principle", "healthy: false rollback", "inconclusive@timeout",
@@ -195,18 +293,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             h, b = by[("healthy", rate, canary)], by[("bad", rate, canary)]
             reach = canary * rate * args.timeout
             principle = f"{'yes' if reach >= need else 'no'} ({reach:g}/{need})"
-            ttd = np.array(b.times) if b.times else None
             table.add_row(f"{rate:g}", str(canary), principle, _pct(h.failed, runs), _pct(h.inconclusive, runs),
                           _pct(h.passed, runs), _pct(b.failed, runs), _pct(b.inconclusive, runs),
-                          _pct(b.passed, runs),
-                          "-" if ttd is None else f"{np.median(ttd):g}s",
-                          "-" if ttd is None else f"{np.percentile(ttd, 95):g}s")
+                          _pct(b.passed, runs), *_ttd(b.times))
     con.print(table)
-    con.print("quietly wrong (0 errors, agreement 0.9): n/a in every cell: needs --shadow-first (shadow evaluation); "
-              "errors and latency look healthy to these gates")
+    con.print("quietly wrong (0 errors, agreement 0.9): errors and latency look healthy to these gates; "
+              "the shadow wave below (push --shadow-first) is what stops it")
+    sp = ShadowPolicy()
+    sby = {(r.cell.fault, r.cell.rate, r.cell.canary): r for r in shadow_results}
+    stable = Table(title=f"shadow wave first (push --shadow-first, defaults): {runs} runs per cell",
+                   title_justify="left")
+    for col in ("inf/s/dev", "canary", "samples by timeout", "healthy: wrongly stopped", "timed out", "passed",
+                "bad: stopped in shadow", "quietly wrong: stopped", "on evidence", "at timeout", "passed (missed)",
+                "TTS median", "TTS p95"):
+        stable.add_column(col, justify="right")
+    for rate in TRAFFIC:
+        for canary in CANARIES:
+            sh, sb, sq = (sby[(f, rate, canary)] for f in SHADOW_FAULTS)
+            reach = canary * rate * sp.ratio * sp.timeout_s
+            stable.add_row(f"{rate:g}", str(canary), f"{'yes' if reach >= sp.min_samples else 'no'} "
+                           f"({reach:g}/{sp.min_samples})", _pct(sh.stopped, runs), _pct(sh.timed_out, runs),
+                           _pct(sh.passed, runs), _pct(sb.stopped + sb.timed_out, runs),
+                           _pct(sq.stopped + sq.timed_out, runs), _pct(sq.stopped, runs), _pct(sq.timed_out, runs),
+                           _pct(sq.passed, runs), *_ttd(sq.times))
+    con.print(stable)
+    con.print(f"shadow: {sp.describe()}; the candidate errs {THRESHOLD / 2:.1%} (healthy), {3 * THRESHOLD:.0%} "
+              f"(bad), 0 (quietly wrong), and agrees 0.995 (healthy, bad) or 0.9 (quietly wrong); a shadow "
+              f"that fails, on evidence or at its timeout, stops the rollout before any device switches")
     calls = sum(r.judge_calls for r in results)
-    con.print(f"{calls} judge calls in {time.perf_counter() - started:.0f}s wall "
-              f"({sum(r.seconds for r in results):.0f}s of worker time)")
+    shadow_calls = sum(r.judge_calls for r in shadow_results)
+    con.print(f"{calls} judge calls and {shadow_calls} distinct shadow judge calls in "
+              f"{time.perf_counter() - started:.0f}s wall "
+              f"({sum(r.seconds for r in results) + sum(r.seconds for r in shadow_results):.0f}s of worker time)")
     con.print(f"detectable in principle: canary x traffic x timeout ≥ {need} inferences, where the sequential "
               f"test (valid at every look) fails {3 * THRESHOLD:.0%} against {THRESHOLD:.0%} at "
               f"{pol.confidence:.0%} confidence with {pol.power:.0%} power; a fixed-sample test judged once "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytest
 from scipy.stats import binomtest
 
@@ -78,7 +79,7 @@ def test_a_quietly_wrong_candidate_is_stopped_before_any_node_switches() -> None
     assert sh is not None and sh.phase == "Failed" and len(sh.nodes) == 2
     assert sh.verdict is not None and sh.verdict.decision == "fail"
     assert sh.verdict.samples == 800 and sh.verdict.agreement == pytest.approx(0.9)
-    assert "Wilson" in sh.verdict.reason and "0.9000" in sh.verdict.reason
+    assert "SPRT" in sh.verdict.reason and "0.9000" in sh.verdict.reason
     # no node was ever labelled with the candidate's revision, and its DaemonSet never existed
     assert all(NEW.revision not in revs for revs in cluster.ever.values())
     assert NEW.revision not in cluster.applied and cluster.applied == [SHADOW]
@@ -107,7 +108,7 @@ def test_a_good_candidate_passes_the_shadow_wave_and_rolls_out() -> None:
 
 
 def test_an_inconclusive_shadow_holds_then_fails_at_its_timeout() -> None:
-    cluster, telemetry = shadow_fleet(agreement=0.98)
+    cluster, telemetry = shadow_fleet(agreement=0.96)  # between H0 (≥ 0.98) and H1 (≤ 0.94): undecided
     telemetry.behaviour[NEW.digest]["shadow_samples"] = 150
     engine, name = push_shadow(cluster, telemetry, ShadowPolicy(min_agreement=0.98, min_samples=200,
                                                                 timeout_s=0.5))
@@ -158,10 +159,11 @@ def test_the_judge_needs_evidence() -> None:
     assert judge_shadow(policy, few, 100).decision == "fail"
     bad = ShadowFigures(devices=2, reporting=2, samples=400, agree=360)
     verdict = judge_shadow(policy, bad, 1)
-    assert verdict.decision == "fail" and verdict.upper is not None and verdict.upper < 0.98
+    assert verdict.decision == "fail" and verdict.llr is not None and verdict.fail_at is not None
+    assert verdict.llr >= verdict.fail_at and "SPRT" in verdict.test and "99%" in verdict.test
     good = ShadowFigures(devices=2, reporting=2, samples=1000, agree=999)
     assert judge_shadow(policy, good, 1).decision == "pass"
-    close = ShadowFigures(devices=2, reporting=2, samples=300, agree=294)  # 0.98 itself: undecided
+    close = ShadowFigures(devices=2, reporting=2, samples=300, agree=288)  # 0.96: between H0 and H1, undecided
     assert judge_shadow(policy, close, 1).decision == "hold"
     assert judge_shadow(policy, close, 100).decision == "fail"
     failing = ShadowFigures(devices=2, reporting=2, samples=300, agree=300, errors=30)
@@ -180,3 +182,71 @@ def test_policy_checks() -> None:
         validate_shadow(ShadowPolicy(ratio=0))
     assert ShadowPolicy.from_json(ShadowPolicy(min_agreement=0.95, timeout_s=90).to_json()) == \
         ShadowPolicy(min_agreement=0.95, timeout_s=90)
+
+
+def _shadow_runs(policy: ShadowPolicy, *, agreement: float, runs: int, seed: int, error_rate: float = 0.0,
+                 step: int = 20, looks: int = 100, score_sd: float = 0.0) -> tuple[float, float]:
+    """Shares of runs the real judge failed and passed when it looks after every ``step`` more
+    shadow runs, ``looks`` times (a run still held at the last look counts as neither). top1:
+    each row agrees with chance ``agreement``; scores: a clipped normal around ``agreement``."""
+    rng = np.random.default_rng(seed)
+    failed = passed = 0
+    for _ in range(runs):
+        tries = np.full(looks, step)
+        errors = rng.binomial(tries, error_rate)
+        rows = tries - errors
+        if policy.metric == "top1":
+            agree = rng.binomial(rows, agreement).cumsum()
+            total = squares = np.zeros(looks)
+        else:
+            scores = np.clip(rng.normal(agreement, score_sd, int(rows.sum())), -1.0, 1.0)
+            ends = rows.cumsum()
+            total, squares = np.cumsum(scores)[ends - 1], np.cumsum(scores * scores)[ends - 1]
+            agree = np.zeros(looks, dtype=int)
+        n, e = rows.cumsum(), errors.cumsum()
+        for i in range(looks):
+            figures = ShadowFigures(1, 1, int(n[i]), int(agree[i]), float(total[i]), float(squares[i]), int(e[i]))
+            decision = judge_shadow(policy, figures, float(i)).decision
+            if decision != "hold":
+                failed += decision == "fail"
+                passed += decision == "pass"
+                break
+    return failed / runs, passed / runs
+
+
+REPEATED = ShadowPolicy(min_agreement=0.98, min_samples=200, confidence=0.99, timeout_s=math.inf)
+
+
+def test_a_healthy_candidate_is_rarely_stopped_however_often_the_judge_looks() -> None:
+    # agreement 0.995 and errors at half the 1% limit, judged every 20 shadow runs up to 2,000
+    failed, passed = _shadow_runs(REPEATED, agreement=0.995, error_rate=0.005, runs=2000, seed=11)
+    assert failed <= 0.01 and passed >= 0.98
+    # at the minimum itself (the worst case of H0) the sequential test still keeps its 1%
+    failed, _ = _shadow_runs(REPEATED, agreement=0.98, runs=2000, seed=12)
+    assert failed <= 0.01
+
+
+def test_the_simulation_catches_a_test_that_is_not_valid_under_repeated_looks() -> None:
+    # the one-look Wilson bound at 99%, judged at each of the same looks at the minimum itself,
+    # stops far more than 1%
+    rng = np.random.default_rng(13)
+    disagree = rng.binomial(np.full((2000, 100), 20), 0.02).cumsum(axis=1)
+    n = np.arange(1, 101) * 20
+    stopped = sum(any(wilson_bounds(int(k - d), int(k), 0.99)[1] < 0.98
+                      for k, d in zip(n[9:], row[9:], strict=True)) for row in disagree)
+    assert stopped / 2000 > 0.02
+
+
+def test_a_quietly_wrong_candidate_is_stopped_with_power() -> None:
+    failed, passed = _shadow_runs(REPEATED, agreement=0.9, runs=2000, seed=14)
+    assert failed >= 0.99 and passed == 0
+
+
+def test_the_mean_score_test_holds_under_repeated_looks_and_has_power() -> None:
+    cos = ShadowPolicy(metric="cosine", min_agreement=0.98, min_samples=200, confidence=0.99, timeout_s=math.inf)
+    failed, passed = _shadow_runs(cos, agreement=0.98, score_sd=0.005, runs=1000, seed=15)
+    assert failed <= 0.01
+    failed, passed = _shadow_runs(cos, agreement=0.995, score_sd=0.002, runs=1000, seed=16)
+    assert failed <= 0.01 and passed >= 0.99
+    failed, passed = _shadow_runs(cos, agreement=0.9, score_sd=0.05, runs=1000, seed=17)
+    assert failed >= 0.99 and passed == 0

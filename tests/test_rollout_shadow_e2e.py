@@ -109,7 +109,7 @@ def test_a_quietly_wrong_model_is_stopped_by_shadow_evaluation(
     sh = ro.status.shadow
     assert sh is not None and sh.phase == "Failed" and len(sh.nodes) == 2
     verdict = sh.verdict
-    assert verdict is not None and verdict.decision == "fail" and "Wilson" in verdict.test
+    assert verdict is not None and verdict.decision == "fail" and "SPRT" in verdict.test
     assert verdict.samples >= 60 and verdict.confidence == pytest.approx(0.99)
     assert verdict.agreement is not None and abs(verdict.agreement - measured) < 0.1
     assert verdict.figures.errors == 0 and verdict.figures.reporting == 2
@@ -136,7 +136,8 @@ def test_a_good_model_passes_the_shadow_wave_and_rolls_out(
     assert ro.status.phase == "Succeeded"
     sh = ro.status.shadow
     assert sh is not None and sh.phase == "Passed" and sh.verdict is not None
-    assert sh.verdict.agreement == 1.0 and sh.verdict.lower is not None and sh.verdict.lower >= 0.98
+    assert sh.verdict.agreement == 1.0 and sh.verdict.llr is not None and sh.verdict.pass_at is not None
+    assert sh.verdict.llr <= sh.verdict.pass_at
     events = [h.event for h in ro.status.history]
     assert events.index("shadow-passed") < events.index("wave-started")
     assert set(fleet.revisions().values()) == {revision_of(new)}

@@ -8,14 +8,28 @@ candidate as its ``shadow_image``, and only the canary's nodes are relabelled to
 then replaces one pod per canary node and nothing else; changing the current revision's own
 DaemonSet would restart its pods on every node of the group.
 
-The test (top1): each device reports cumulative counts (rows compared, rows whose top class
-agreed). Pooled over the canary, the agreement's one-sided Wilson score interval at
-``confidence`` decides: pass when the lower bound reaches ``min_agreement``, fail when the upper
-bound stays below it, otherwise hold for more samples until the shadow timeout, where an
-undecided test fails (safety first). For cosine and ``MODULE:FUNCTION`` scores the same
-decisions use the normal interval of the mean score. Judging waits for ``min_samples`` so an
-early run of luck decides nothing; the default confidence (99%) leaves room for the repeated
-looks a rollout takes.
+The test, valid however often the engine looks (every few seconds, for as long as the shadow
+runs), pooled over the canary's cumulative counts; ``alpha = 1 - confidence`` bounds both the
+chance of ever failing a good candidate and of ever passing a bad one:
+
+- top1: Wald's SPRT on the disagreement rate (``evidence.rate_test``, the error-rate gate's test):
+  H0 disagreement ``<= 1 - min_agreement`` against H1 ``>= DETECT_FACTOR x`` that, so ``delta``,
+  the agreement gap the test is built to detect, is ``(DETECT_FACTOR - 1) x (1 - min_agreement)``
+  (0.04 below a minimum of 0.98: an agreement of 0.94). Its likelihood ratio is a supermartingale
+  under H0, so by Ville's inequality it ever reaches ``1/alpha`` (fail) with chance at most
+  ``alpha``; under H1 it ever falls to ``alpha`` (pass) with chance at most ``alpha``. Between the
+  two it holds for more samples.
+- cosine and ``MODULE:FUNCTION`` scores: a two-sided normal-mixture confidence sequence for the
+  mean score (Robbins; Howard et al. 2021), with the sample variance as the normal approximation's
+  variance: the mean lies within ``sd * sqrt(2 (n + m) log(sqrt((n + m) / m) / alpha)) / n`` at
+  every ``n`` at once, each side with chance ``alpha`` of ever being crossed, tightest near
+  ``n = m = min_samples``. Pass when the lower bound reaches ``min_agreement``, fail when the
+  upper bound stays below it.
+- the candidate's own failures on live inputs: the same SPRT of its error rate against 1%; it
+  only fails the wave.
+
+Judging waits for ``min_samples`` so an early run of luck decides nothing; a shadow still
+undecided at its timeout fails (safety first).
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ from statistics import NormalDist
 from typing import Any, Literal
 
 from edgekit.errors import ThresholdRangeError
+from edgekit.rollout.evidence import DETECT_FACTOR, FAIL, PASS, RateEvidence, rate_test
 
 ShadowDecision = Literal["pass", "fail", "hold"]
 MAX_CANDIDATE_ERROR_RATE = 0.01  # a candidate that fails more often than this on live inputs fails
@@ -139,7 +154,8 @@ def pool_reports(devices: Iterable[str], reports: Mapping[str, Mapping[str, Any]
 
 
 def wilson_bounds(agree: int, n: int, confidence: float) -> tuple[float, float]:
-    """One-sided Wilson score bounds (lower, upper) of a proportion, each at ``confidence``."""
+    """One-sided Wilson score bounds (lower, upper) of a proportion, each at ``confidence``, for
+    one look: judged at every look they would fail a good candidate far more often than stated."""
     if n <= 0:
         return 0.0, 1.0
     z = NormalDist().inv_cdf(confidence)
@@ -149,14 +165,22 @@ def wilson_bounds(agree: int, n: int, confidence: float) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def mean_bounds(total: float, squares: float, n: int, confidence: float) -> tuple[float, float]:
-    """One-sided normal bounds of a mean score from its sum and sum of squares."""
+def mean_sequence_bounds(total: float, squares: float, n: int, confidence: float,
+                         rho_samples: int) -> tuple[float, float]:
+    """Bounds of a mean score valid at every ``n`` at once (see the module docstring): a
+    normal-mixture confidence sequence, each side crossed with chance at most ``1 - confidence``,
+    tuned to be tightest at ``rho_samples``."""
     if n <= 1:
         return -math.inf, math.inf
-    mean = total / n
-    var = max(0.0, (squares - n * mean * mean) / (n - 1))
-    half = NormalDist().inv_cdf(confidence) * math.sqrt(var / n)
+    mean, m, alpha = total / n, max(1, rho_samples), 1 - confidence
+    width = math.sqrt(2 * (n + m) * math.log(math.sqrt((n + m) / m) / alpha))
+    half = math.sqrt(_variance(total, squares, n)) * width / n
     return mean - half, mean + half
+
+
+def _variance(total: float, squares: float, n: int) -> float:
+    mean = total / n
+    return max(0.0, (squares - n * mean * mean) / (n - 1))
 
 
 @dataclass(frozen=True)
@@ -165,17 +189,21 @@ class ShadowVerdict:
     reason: str
     test: str
     agreement: float | None = None
-    lower: float | None = None
+    lower: float | None = None    # the mean score's bounds (cosine, MODULE:FUNCTION)
     upper: float | None = None
     samples: int = 0
     confidence: float = 0.0
     figures: ShadowFigures = field(default_factory=ShadowFigures)
+    llr: float | None = None      # top1: the SPRT's log likelihood ratio and its two bounds
+    fail_at: float | None = None
+    pass_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in {
             "decision": self.decision, "reason": self.reason, "test": self.test, "agreement": self.agreement,
             "lower": self.lower, "upper": self.upper, "samples": self.samples, "confidence": self.confidence,
-            "figures": self.figures.to_json()}.items() if v is not None}
+            "figures": self.figures.to_json(), "llr": self.llr, "failAt": self.fail_at,
+            "passAt": self.pass_at}.items() if v is not None}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any] | None) -> ShadowVerdict | None:
@@ -183,40 +211,66 @@ class ShadowVerdict:
             return None
         return cls(d["decision"], d.get("reason", ""), d.get("test", ""), d.get("agreement"), d.get("lower"),
                    d.get("upper"), int(d.get("samples", 0)), float(d.get("confidence", 0.0)),
-                   ShadowFigures.from_json(d.get("figures")) or ShadowFigures())
+                   ShadowFigures.from_json(d.get("figures")) or ShadowFigures(), d.get("llr"), d.get("failAt"),
+                   d.get("passAt"))
+
+
+def agreement_delta(min_agreement: float) -> float:
+    """The agreement gap below ``min_agreement`` the top-1 SPRT is built to detect with the
+    stated confidence (its H1), as the error-rate gate detects ``DETECT_FACTOR`` x its threshold."""
+    disagree = 1 - min_agreement
+    return min(DETECT_FACTOR * disagree, (1 + disagree) / 2) - disagree
 
 
 def judge_shadow(policy: ShadowPolicy, figures: ShadowFigures, elapsed_s: float) -> ShadowVerdict:
-    """Pass, fail or hold the shadow wave on the pooled figures, ``elapsed_s`` after its pods were Ready."""
+    """Pass, fail or hold the shadow wave on the pooled figures, ``elapsed_s`` after its pods were
+    Ready: a sequential test, valid at every look (see the module docstring)."""
     n, conf = figures.samples, policy.confidence
+    alpha = 1 - conf
+    sprt: RateEvidence | None = None
+    lower = upper = math.nan
     if policy.metric == "top1":
-        test = f"one-sided Wilson score bound on top-1 agreement at {conf:.0%} confidence"
+        delta = agreement_delta(policy.min_agreement)
+        test = (f"SPRT of top-1 agreement ≥ {policy.min_agreement:g} against ≤ "
+                f"{policy.min_agreement - delta:.4g} (delta {delta:.4g}) at {conf:.0%} confidence, "
+                f"valid at every look")
         value = figures.agree / n if n else None
-        lower, upper = wilson_bounds(figures.agree, n, conf)
+        sprt = rate_test(n - figures.agree, n, 1 - policy.min_agreement, alpha=alpha, beta=alpha)
+        numbers = f"log LR {_fmt(sprt.llr, 2)}: fail ≥ {sprt.fail_at:.2f}, pass ≤ {sprt.pass_at:.2f}"
     else:
-        test = f"one-sided normal bound on the mean {policy.metric} score at {conf:.0%} confidence"
+        test = (f"confidence sequence (normal mixture) on the mean {policy.metric} score at {conf:.0%} "
+                f"confidence, valid at every look")
         value = figures.score_sum / n if n else None
-        lower, upper = mean_bounds(figures.score_sum, figures.score_sq, n, conf)
+        lower, upper = mean_sequence_bounds(figures.score_sum, figures.score_sq, n, conf, policy.min_samples)
+        numbers = f"bounds {_fmt(lower)}–{_fmt(upper)}"
     timed_out = elapsed_s >= policy.timeout_s
 
     def verdict(decision: ShadowDecision, reason: str) -> ShadowVerdict:
         return ShadowVerdict(decision, reason, test, None if value is None else round(value, 6),
-                             None if not math.isfinite(lower) else round(lower, 6),
-                             None if not math.isfinite(upper) else round(upper, 6), n, conf, figures)
+                             _rounded(lower), _rounded(upper), n, conf, figures,
+                             None if sprt is None else _rounded(sprt.llr),
+                             None if sprt is None else round(sprt.fail_at, 6),
+                             None if sprt is None else round(sprt.pass_at, 6))
 
     attempts = n + figures.errors
-    if attempts >= policy.min_samples and figures.errors > MAX_CANDIDATE_ERROR_RATE * attempts:
-        return verdict("fail", f"the candidate failed {figures.errors} of {attempts} shadow runs on live inputs")
+    failing = rate_test(figures.errors, attempts, MAX_CANDIDATE_ERROR_RATE, alpha=alpha, beta=alpha)
+    if attempts >= policy.min_samples and failing.outcome == FAIL:
+        return verdict("fail", f"the candidate failed {figures.errors} of {attempts} shadow runs on live inputs "
+                               f"(SPRT of its error rate against {MAX_CANDIDATE_ERROR_RATE:.0%} at "
+                               f"{conf:.0%} confidence)")
     evidence = (f"{policy.metric} agreement {_fmt(value)} over {n} samples from {figures.reporting}/"
-                f"{figures.devices} devices ({conf:.0%} bounds {_fmt(lower)}–{_fmt(upper)}, "
-                f"need ≥ {policy.min_agreement:g}; {test})")
+                f"{figures.devices} devices ({numbers}; need ≥ {policy.min_agreement:g}; {test})")
     if n < policy.min_samples:
         if timed_out:
             return verdict("fail", f"shadow timed out with {n} of {policy.min_samples} samples: {evidence}")
         return verdict("hold", f"waiting for shadow samples ({n}/{policy.min_samples}): {evidence}")
-    if lower >= policy.min_agreement:
+    if sprt is not None:
+        passed, failed = sprt.outcome == PASS, sprt.outcome == FAIL
+    else:
+        passed, failed = lower >= policy.min_agreement, upper < policy.min_agreement
+    if passed:
         return verdict("pass", f"shadow passed: {evidence}")
-    if upper < policy.min_agreement:
+    if failed:
         return verdict("fail", f"shadow failed: {evidence}")
     if timed_out:
         return verdict("fail", f"shadow inconclusive at its timeout (failing for safety): {evidence}")
@@ -228,12 +282,16 @@ def shadow_revision(target_revision: str) -> str:
     return f"shadow-{target_revision}"
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-__all__ = ["ShadowFigures", "ShadowPolicy", "ShadowVerdict", "judge_shadow", "mean_bounds", "pool_reports",
-           "shadow_revision", "validate_shadow", "wilson_bounds"]
+def _rounded(value: float) -> float | None:
+    return round(value, 6) if math.isfinite(value) else None
+
+
+__all__ = ["ShadowFigures", "ShadowPolicy", "ShadowVerdict", "agreement_delta", "judge_shadow",
+           "mean_sequence_bounds", "pool_reports", "shadow_revision", "validate_shadow", "wilson_bounds"]
 
 
 SH_PENDING, SH_RUNNING, SH_PASSED, SH_FAILED = "Pending", "Running", "Passed", "Failed"
