@@ -502,11 +502,11 @@ def _agent_cpu_s(pid: int) -> float:
 
 
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3,
-                rate: float = 0.0) -> None:
+                rate: float = 0.0, settings: dict[str, Any] | None = None) -> None:
     port = free_port()
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
            "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES,
-           "max_json_bytes": ABUSE_JSON_BYTES, "allow_unsigned": True}
+           "max_json_bytes": ABUSE_JSON_BYTES, "allow_unsigned": True, **(settings or {})}
     (work / "abuse.json").write_text(json.dumps(cfg))
     agent = ManagedProcess("abuse", [sys.executable, "-m", "edgekit_agent", "serve", "--config",
                                      str(work / "abuse.json")], work / "abuse.log").start()
@@ -596,6 +596,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="(f) alternations of alone and under abuse (more: less sensitive to a busy machine)")
     parser.add_argument("--only", default="abcdef", help="which sections to run, e.g. 'f'")
+    parser.add_argument("--agent-setting", action="append", default=[], metavar="KEY=JSON",
+                        help="(f) an agent setting to compare, e.g. intra_op_spinning=true (repeatable)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-agent-") as tmp:
         work = Path(tmp)
@@ -615,7 +617,8 @@ def main() -> None:
                 bench_outage(digits, work, args.outage)
             if "f" in args.only:
                 bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers, args.rounds,
-                            rate=args.normal_rate)
+                            rate=args.normal_rate,
+                            settings={k: json.loads(v) for k, v in (a.split("=", 1) for a in args.agent_setting)})
         finally:
             broker.stop()
     table = Table(title="edgekit-agent benchmarks")

@@ -282,3 +282,20 @@ def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, 
             return True
 
     wait_until(lambda: all(gone(c) for c in children), timeout=30)
+
+
+def test_the_parser_process_runs_only_on_an_otherwise_idle_core(agent_process: Start, model_folder: Path) -> None:
+    import os
+
+    agent = _agent(agent_process, model_folder)
+    batch = json.dumps({"inputs": [{"name": "input", "shape": [300, 1, 8, 8], "datatype": "FP32",
+                                    "data": [0.5] * 19200}]}).encode()
+    assert _infer(agent, batch)[0] == 200  # over 16 KiB of JSON: the parser process starts
+    assert agent.proc.proc is not None
+    pid = agent.proc.proc.pid
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    assert len(workers) == 1, children
+    assert os.sched_getscheduler(workers[0]) == os.SCHED_IDLE
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # the server itself is not demoted

@@ -231,7 +231,8 @@ class AgentCore:
         try:
             loaded = load_model(folder, image=s.image, public_key=s.public_key, allow_unsigned=s.allow_unsigned,
                                 providers=s.execution_providers,
-                                intra_op_threads=s.intra_op_threads, name=s.model_name,
+                                intra_op_threads=s.intra_op_threads, spinning=s.intra_op_spinning,
+                                name=s.model_name,
                                 registry_options=s.registry_options() if s.public_key and s.image else None,
                                 chain_dir=s.kept_chains)
         except EdgekitError as exc:

@@ -79,7 +79,7 @@ def require_key(public_key: str | None, allow_unsigned: bool) -> None:
 
 def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, public_key: str | None = None,
                allow_unsigned: bool = False, providers: tuple[str, ...] = (), intra_op_threads: int = 0,
-               name: str | None = None, registry_options: Any = None,
+               spinning: bool = False, name: str | None = None, registry_options: Any = None,
                chain_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
     """Verify ``model_dir`` and build its session. Raises on anything that does not check out;
     without ``public_key`` only when ``allow_unsigned`` (``PublicKeyRequiredError`` otherwise).
@@ -117,7 +117,7 @@ def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, p
     check_runtime_version(meta.runtime.min_onnxruntime)
     probe = load_probe(root / meta.probe.path, rtol=meta.probe.rtol, atol=meta.probe.atol)
     session = create_session(str(root / meta.model.path), providers=providers or meta.runtime.execution_providers,
-                             intra_op_threads=intra_op_threads)
+                             intra_op_threads=intra_op_threads, spinning=spinning)
     _check_io(meta, session)
     check_probe_fits(probe, session)
     return LoadedModel(name or meta.name, meta, session, probe, digest, root, provenance)

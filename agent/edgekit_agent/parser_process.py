@@ -4,7 +4,8 @@
 long as their input takes: a 1 MiB JSON body of nested lists held it for over 100 ms, a 1 MiB run
 of blanks for 17 ms, and while it is held every other request of the serving process waits. So
 JSON parts over ``INLINE_BYTES`` are decoded here, in one spawned worker process started at the
-first such request (numpy and the decoder, no model), at a lower CPU priority than the server:
+first such request (numpy and the decoder, no model), at the lowest CPU priority (``SCHED_IDLE``,
+else nice 10), so a busy device serves its small requests first and big ones wait or get a 503:
 
 - at most ``max_pending`` of them are in the worker or waiting for it; more get an
   ``InferenceRequestError`` with status 503 (the server adds Retry-After), so big bodies queue
@@ -31,7 +32,7 @@ from edgekit_agent.tensors import TensorInfo
 # Inline, the worst JSON of this size holds the GIL for ~2 ms (nested lists); a round trip to the
 # worker costs about as much, so smaller parts are not worth sending.
 INLINE_BYTES = 16 * 1024
-# the worker's nice value: the serving process (inline requests, the model) gets a busy CPU first
+# the worker's nice value where SCHED_IDLE is refused
 WORKER_NICE = 10
 
 Outcome = tuple[str, InferHeader | tuple[int, str]]  # ("ok", header) or ("error", (status, message))
@@ -41,9 +42,18 @@ def _busy(message: str) -> InferenceRequestError:
     return InferenceRequestError(message, status=503)
 
 
-def _init_worker(parent: int) -> None:
+def _lower_priority() -> None:
+    """SCHED_IDLE where the kernel has it: the worker then runs only on a core nothing else wants,
+    and a request handler waking up preempts it at once (a nice value only shrinks its share)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICE)
+
+
+def _init_worker(parent: int) -> None:
+    _lower_priority()
 
     # the worker holds its own queue's pipe open, so a parent killed with SIGKILL would leave it
     # waiting forever; it watches for being orphaned instead

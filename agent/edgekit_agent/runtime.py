@@ -69,11 +69,18 @@ class Session:
         return [o.name for o in self.outputs]
 
 
-def create_session(model_path: str, *, providers: Sequence[str] = (), intra_op_threads: int = 0) -> Session:
-    """Build a session, preferring ``providers``; fall back to CPU only if an accelerator fails."""
+def create_session(model_path: str, *, providers: Sequence[str] = (), intra_op_threads: int = 0,
+                   spinning: bool = False) -> Session:
+    """Build a session, preferring ``providers``; fall back to CPU only if an accelerator fails.
+
+    Without ``spinning``, onnxruntime's idle pool threads sleep instead of busy-waiting for the next
+    run: on a device whose cores the agent shares with applications (and, under abuse, with its own
+    request handling) a spinning pool burns a core between requests and steals it from the rest."""
     opts = ort.SessionOptions()
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
     opts.log_severity_level = 3
     chosen = choose_providers(providers)
     try:

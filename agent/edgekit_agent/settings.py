@@ -43,6 +43,7 @@ class AgentSettings(MqttSettings):
     registry_insecure: bool = False
     registry_ca_file: str | None = None
     intra_op_threads: int = 0
+    intra_op_spinning: bool = False  # onnxruntime's pool busy-waits between runs (a core for lower latency)
     max_model_bytes: int = 4 << 30  # per file of a fetched layer whose image records no sizes
     # shadow evaluation: a candidate image run beside the served model on a sampled share of live
     # requests (shadowing.py); fetched and verified by the same rules as ``image``
