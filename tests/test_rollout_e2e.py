@@ -170,8 +170,11 @@ def test_offline_devices(rollout_env: RolloutEnv, new_fleet: NewFleet,
                 if sum(Fault(offline=0.1, seed=seed).offline_for(n, rev) for n in fleet.nodes) == 2)
     env.sim.faults.set(rev, offline=0.1, seed=seed)
     timeout = "12s" if policy == "fail" else "40s"
+    # this is about the reporting gate: on a busy machine 10 devices may not reach the error-rate
+    # test's minimum sample in 12 s, and the first wave must not fail on that instead
     code, ro, err = push(env, fleet, new, "--waves", "50%,100%", "--bake", "2s", "--baseline", "2s",
-                         "--wave-timeout", timeout, "--offline-policy", policy, "--min-reporting", "100%")
+                         "--wave-timeout", timeout, "--offline-policy", policy, "--min-reporting", "100%",
+                         "--inconclusive", "pass")
     offline = {n for n in fleet.nodes if Fault(offline=0.1, seed=seed).offline_for(n, rev)}
     if policy == "skip":
         assert code == 0, err
