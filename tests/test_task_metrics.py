@@ -179,7 +179,7 @@ def out(name: str, *shape: int | str | None) -> TensorInfo:
         ([out("seg", 1, 21, 64, 64)], {}, {}, False, "mask-iou", "21 class maps"),
         # PP-OCR rec: [N, T, 6625] out of a Softmax, with its character dictionary in the metadata
         ([out("softmax_11.tmp_0", "n", "t", 6625)], {"softmax_11.tmp_0": "Softmax"}, {"character": "a\nb"}, False,
-         "ctc-agreement", "'character' dictionary"),
+         "ctc-agreement", "Softmax output; a 'character' dictionary in the metadata"),
         ([out("probs", 1, 40, 6625)], {"probs": "Softmax"}, {}, False, "ctc-agreement", "Softmax"),
         ([out("logits", "N", 10)], {"logits": "Gemm"}, {}, True, "accuracy", "labels"),
         ([out("logits", "N", 10)], {"logits": "Gemm"}, {}, False, "top1", "class scores"),

@@ -130,11 +130,11 @@ def choose_metric(
             continue
         op = output_ops.get(t.name, "")
         if op == "Softmax" or dictionary:
-            evidence = (
-                f"the metadata holds a {dictionary!r} dictionary" if dictionary else "class scores out of a Softmax"
-            )
+            evidence = [f"{op} output"] if op else []
+            evidence += [f"a {dictionary!r} dictionary in the metadata"] if dictionary else []
             return MetricChoice(
-                _spec("ctc-agreement", i), f"{_shape_text(t)} is a sequence [N,T,C] of {evidence}: CTC decoding"
+                _spec("ctc-agreement", i),
+                f"{_shape_text(t)} is a sequence [N,T,C] of class scores ({'; '.join(evidence)}): CTC decoding",
             )
     first = outputs[0] if outputs else None
     if first is not None and first.shape is not None and len(first.shape) in (2, 3):
