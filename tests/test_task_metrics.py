@@ -3,14 +3,16 @@ and the metric auto picks from a model's outputs and metadata."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgekit.errors import ConfigError, DataError
 from edgekit.optimize import fidelity as fid
-from edgekit.optimize.inspecting import TensorInfo
+from edgekit.optimize.inspecting import TensorInfo, inspect_model
 from edgekit.optimize.metric_choice import choose_metric, generic_metric_warning
-from edgekit.optimize.task_metrics import TASK_METRICS, decode, detection_f1, mask_iou, topk_agreement
+from edgekit.optimize.task_metrics import TASK_METRICS, decode, detection_f1, mask_iou, nms, topk_agreement
 
 DET = dict(TASK_METRICS["detection-f1"].defaults)
 CLASSES = 3
@@ -207,3 +209,23 @@ def test_generic_metric_on_a_detection_head_warns() -> None:
     assert "--metric mask-iou" in str(generic_metric_warning("cosine", [out("m", 1, 1, 640, 640)], {}))
     assert generic_metric_warning("detection-f1", outputs, {}) is None
     assert generic_metric_warning("cosine", [out("logits", 1, 10)], {}) is None
+
+
+def test_nms_stopping_at_max_keep_equals_cutting_the_full_result() -> None:
+    rng = np.random.default_rng(1)
+    centers = rng.random((500, 2)) * 100
+    boxes = np.concatenate([centers - 6, centers + 6], axis=1)
+    scores, classes = rng.random(500), rng.integers(0, 3, 500)
+    full = nms(boxes, scores, classes, 0.45)
+    assert 20 < len(full) < 500  # some suppressed, enough kept to cut
+    np.testing.assert_array_equal(nms(boxes, scores, classes, 0.45, max_keep=20), full[:20])
+
+
+def test_auto_picks_the_task_metric_of_the_real_models(ppocr_models: dict[str, Path], digits_model: Path) -> None:
+    picks = {}
+    for key, path in ppocr_models.items():
+        info = inspect_model(path)
+        picks[key] = choose_metric(False, info.outputs, info.metadata, info.output_ops).spec
+    digits = inspect_model(digits_model)
+    picks["digits"] = choose_metric(True, digits.outputs, digits.metadata, digits.output_ops).spec
+    assert picks == {"det": "mask-iou", "rec": "ctc-agreement", "cls": "top1", "digits": "accuracy"}

@@ -59,16 +59,25 @@ def box_iou(a: Array, b: Array) -> Array:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def nms(boxes: Array, scores: Array, classes: Array, iou_threshold: float) -> Array:
-    """Indices kept by greedy class-wise non-maximum suppression, best score first."""
+def nms(boxes: Array, scores: Array, classes: Array, iou_threshold: float, max_keep: int | None = None) -> Array:
+    """Indices kept by greedy class-wise non-maximum suppression, best score first; it stops at
+    ``max_keep`` (the greedy order makes that the same as cutting the full result), which bounds
+    the work when a broken candidate scores thousands of boxes over the threshold."""
     order = np.argsort(-scores, kind="stable")
     # Shifting each class to its own region makes one pass suppress only within a class.
     shifted = boxes + (classes.astype(np.float64) * (np.abs(boxes).max(initial=0.0) * 2 + 1))[:, None]
+    x1, y1, x2, y2 = (shifted[:, i] for i in range(4))
+    area = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
     keep: list[int] = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         best, rest = order[0], order[1:]
         keep.append(int(best))
-        order = rest[box_iou(shifted[best : best + 1], shifted[rest])[0] <= iou_threshold]
+        w = np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None)
+        inter = w * h
+        union = area[best] + area[rest] - inter
+        iou = np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+        order = rest[iou <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -87,7 +96,7 @@ def decode(rows: Array, conf: float, nms_iou: float, max_det: int) -> Detections
     idx = np.flatnonzero(scores > conf)
     idx = idx[np.argsort(-scores[idx], kind="stable")[:MAX_NMS_BOXES]]
     boxes = xyxy(rows[idx, :4].astype(np.float64))
-    kept = nms(boxes, scores[idx], classes[idx], nms_iou)[:max_det]
+    kept = nms(boxes, scores[idx], classes[idx], nms_iou, max_det)
     return Detections(boxes[kept], scores[idx][kept], classes[idx][kept])
 
 
