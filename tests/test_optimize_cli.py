@@ -62,6 +62,10 @@ def test_inspect_table_shows_symbolic_dims_of_ppocr(ppocr_models: dict[str, Path
     result = invoke("inspect", ppocr_models["det"])
     assert result.exit_code == 0
     assert "p2o.DynamicDimension.1" in result.stdout and "\x1b[" not in result.stdout
+    rec = invoke("inspect", ppocr_models["rec"])
+    assert "metadata: character (" in rec.stdout and " lines)" in rec.stdout
+    info = json.loads(invoke("inspect", ppocr_models["rec"], "-O", "json").stdout)
+    assert info["output_ops"] == {"softmax_11.tmp_0": "Softmax"} and "character" in info["metadata"]
 
 
 def test_inspect_sees_quantized_models(digits_int8: tuple[Path, dict]) -> None:

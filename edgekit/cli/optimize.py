@@ -70,6 +70,12 @@ def inspect_cmd(model: Path, output: str) -> None:
     )
     if info.external_data:
         con.print(f"external data: {', '.join(info.external_data)}")
+    if info.metadata:
+        # Values can be whole dictionaries (an OCR model's characters): long ones by their size only.
+        con.print("metadata: " + escape(", ".join(
+            f"{k}={v}" if len(v) <= 40 and "\n" not in v else f"{k} ({len(v.splitlines())} lines)"
+            for k, v in info.metadata.items()
+        )))
     table = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         table.add_column(col)
