@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgekit.cli import cli
-from edgekit.image.building import PackageSettings, package
+from edgekit.image.building import PackageSettings, package, summarize_report
 from tests.fixtures.registry import FIXED_CREATED
 
 
@@ -137,20 +137,30 @@ def test_quantization_report_beside_the_model_is_embedded(digits_model: Path, tm
     model = tmp_path / "digits.int8.onnx"
     shutil.copyfile(digits_model, model)
     report = {"schema": 1, "chosen": "static-u8s8", "precision": "int8", "method": "static",
-              "metric": "top1", "budget": "1%", "threads": 1,
+              "metric": "top5", "metric_settings": {"k": 5, "output": 0},
+              "metric_reason": "given with --metric", "budget": "1%", "threads": 1,
               "baseline": {"latency_p50_ms": 0.2, "size_bytes": 376683, "score": 0.97},
               "result": {"name": "static-u8s8", "size_bytes": 110000, "latency_p50_ms": 0.15,
-                         "latency_ratio": 0.75, "fidelity": {"score": 0.965, "drop": 0.005}}}
+                         "latency_ratio": 0.6582048556817742,
+                         "fidelity": {"score": 0.9651234567, "drop": 0.005}}}
     (tmp_path / "digits.int8.onnx.report.json").write_text(json.dumps(report))
     image = package(model, PackageSettings(name="digits", version="2.0"), tmp_path / "img")
     q = image.metadata.quantization
     assert q is not None and q["method"] == "static" and q["size"]["ratio"] == round(110000 / 376683, 4)
-    assert q["latency"]["ratio"] == 0.75 and q["fidelity"]["drop"] == 0.005
+    assert q["latency"]["ratio"] == 0.6582048556817742 and q["fidelity"]["drop"] == 0.005
+    assert q["metric"] == "top5" and q["metric_settings"] == {"k": 5, "output": 0}
     assert image.metadata.precision == "int8" and image.metadata.probe.rtol == 5e-2
     shown = invoke("show", tmp_path / "img", "--output", "json")
     assert json.loads(shown.stdout)["metadata"]["quantization"]["method"] == "static"
     table = invoke("show", tmp_path / "img")
     assert "quantization" in table.stdout and "static" in table.stdout and "unsigned" in table.stdout
+    # Figures as people read them, not as floats print.
+    text = " ".join(table.stdout.split())  # rich wraps long cells
+    assert "size x0.29, latency x0.66, fidelity" in text and "score 0.9651" in text
+    assert "6582048" not in text and "9651234" not in text and "top5 (k=5, output=0), budget 1%" in text
+    # A report written before task metrics has no settings: the summary says so, and packages fine.
+    older = {k: v for k, v in report.items() if k not in ("metric_settings", "metric_reason")}
+    assert summarize_report(older)["metric_settings"] == {} and summarize_report(older)["metric"] == "top5"
 
 
 def test_probe_data_is_used(digits_model: Path, tmp_path: Path) -> None:

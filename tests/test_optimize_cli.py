@@ -62,6 +62,10 @@ def test_inspect_table_shows_symbolic_dims_of_ppocr(ppocr_models: dict[str, Path
     result = invoke("inspect", ppocr_models["det"])
     assert result.exit_code == 0
     assert "p2o.DynamicDimension.1" in result.stdout and "\x1b[" not in result.stdout
+    rec = invoke("inspect", ppocr_models["rec"])
+    assert "metadata: character (" in rec.stdout and " lines)" in rec.stdout
+    info = json.loads(invoke("inspect", ppocr_models["rec"], "-O", "json").stdout)
+    assert info["output_ops"] == {"softmax_11.tmp_0": "Softmax"} and "character" in info["metadata"]
 
 
 def test_inspect_sees_quantized_models(digits_int8: tuple[Path, dict]) -> None:
@@ -292,3 +296,74 @@ def test_quantize_bad_input(case: str, code: int, needle: str, bad_files: dict[s
         assert "candidate" not in result.stderr  # refused before the search
     assert not out.exists() and not Path(str(out) + ".report.json").exists()
     assert not list(d.glob(".out.onnx.*"))  # no temp file left behind
+
+
+# --- quantize: the task metric ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A YOLO-style head [1, 4+3, 336]: a 1x1 Conv over a 12x28 image, boxes and class scores out
+    of a Sigmoid (boxes scaled to pixels), with its calibration and eval data beside it."""
+    folder = tmp_path_factory.mktemp("tiny-detector")
+    rng = np.random.default_rng(3)
+    scale = np.array([28, 12, 8, 8, 1, 1, 1], np.float32).reshape(1, 7, 1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w"], ["feat"], name="conv"),
+            helper.make_node("Reshape", ["feat", "shape"], ["flat"], name="flatten"),
+            helper.make_node("Sigmoid", ["flat"], ["sig"], name="sigmoid"),
+            helper.make_node("Mul", ["sig", "scale"], ["output0"], name="scale_boxes"),
+        ],
+        "tiny-detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 12, 28])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, 336])],
+        [
+            numpy_helper.from_array(rng.standard_normal((7, 3, 1, 1)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 7, 336], np.int64), "shape"),
+            numpy_helper.from_array(scale, "scale"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+              str(folder / "det.onnx"))
+    np.savez(folder / "calib.npz", images=rng.random((16, 3, 12, 28), dtype=np.float32))
+    np.savez(folder / "eval.npz", images=rng.random((16, 3, 12, 28), dtype=np.float32))
+    return folder / "det.onnx"
+
+
+def quantize_detector(model: Path, out: Path, *extra: str) -> tuple[Result, dict]:
+    result = invoke(
+        "quantize", model, "-o", out, "--calibration", model.parent / "calib.npz", "--eval",
+        model.parent / "eval.npz", "--method", "static", "--per-channel", "--no-reduce-range",
+        "--no-mixed-precision", "--budget-time", "5s", *extra,
+    )
+    assert result.exit_code == 0, result.stderr
+    return result, json.loads(Path(str(out) + ".report.json").read_text())
+
+
+def test_quantize_picks_detection_f1_for_a_detection_head(tiny_detector: Path, tmp_path: Path) -> None:
+    result, report = quantize_detector(tiny_detector, tmp_path / "det.int8.onnx")
+    assert report["metric"] == "detection-f1"
+    assert report["metric_settings"] == {"conf": 0.25, "nms": 0.45, "iou": 0.5, "max_det": 300, "output": 0}
+    assert "looks like a detection head" in report["metric_reason"] and "3 class scores" in report["metric_reason"]
+    assert "metric: detection-f1 (conf=0.25" in " ".join(result.stdout.split())
+    assert report["candidates"][0]["fidelity"]["metric"] == "detection-f1"
+
+
+def test_quantize_cosine_on_a_detection_head_warns_and_shows_one_cosine_column(
+    tiny_detector: Path, tmp_path: Path
+) -> None:
+    result, report = quantize_detector(tiny_detector, tmp_path / "det.int8.onnx", "--metric", "cosine")
+    assert report["metric"] == "cosine" and report["metric_reason"] == "given with --metric"
+    assert any("--metric detection-f1" in w for w in report["warnings"])
+    assert "judge it with --metric detection-f1" in " ".join(result.stderr.split())
+    header = next(ln for ln in result.stdout.splitlines() if "candidate" in ln and "verdict" in ln)
+    assert header.count("cosine") == 1, header
+
+
+def test_quantize_detection_f1_settings_reach_the_report(tiny_detector: Path, tmp_path: Path) -> None:
+    _, report = quantize_detector(
+        tiny_detector, tmp_path / "det.int8.onnx", "--metric", "detection-f1:conf=0.5,iou=0.6"
+    )
+    assert report["metric_settings"]["conf"] == 0.5 and report["metric_settings"]["iou"] == 0.6
+    assert report["budget"] == "detection-f1 ≥ 0.95"
+    bad = invoke("quantize", tiny_detector, "-o", tmp_path / "x.onnx", "--metric", "detection-f1:conf=7")
+    assert_error(bad, 2, "detection-f1: conf must be between 0 and 1")

@@ -432,16 +432,28 @@ def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
             size, lat = q.get("size") or {}, q.get("latency") or {}
             fid = q.get("fidelity") or {}
             table.add_row("quantization", escape(
-                f"{q.get('method') or q.get('chosen')}: size x{size.get('ratio')}, latency x{lat.get('ratio')}, "
-                f"fidelity {json_short(fid)}"))
+                f"{q.get('method') or q.get('chosen')}: size x{_figure(size.get('ratio'), '.2f')}, "
+                f"latency x{_figure(lat.get('ratio'), '.2f')}, fidelity {json_short(fid)}"))
+            if q.get("metric"):
+                shown = ", ".join(f"{k}={_figure(v)}" for k, v in (q.get("metric_settings") or {}).items())
+                table.add_row("metric", escape(
+                    str(q["metric"]) + (f" ({shown})" if shown else "")
+                    + (f", budget {q['budget']}" if q.get("budget") else "")))
         else:
             table.add_row("quantization", "none")
     con.print(table)
 
 
+def _figure(value: Any, spec: str = ".4g") -> str:
+    """A measured float as people read it (0.658, not 0.6582048556817742); anything else as is."""
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
 def json_short(data: Any) -> str:
     if isinstance(data, dict):
-        return ", ".join(f"{k} {v}" for k, v in list(data.items())[:4] if not isinstance(v, dict | list))
+        return ", ".join(f"{k} {_figure(v)}" for k, v in list(data.items())[:4] if not isinstance(v, dict | list))
     return str(data)
 
 

@@ -70,6 +70,12 @@ def inspect_cmd(model: Path, output: str) -> None:
     )
     if info.external_data:
         con.print(f"external data: {', '.join(info.external_data)}")
+    if info.metadata:
+        # Values can be whole dictionaries (an OCR model's characters): long ones by their size only.
+        con.print("metadata: " + escape(", ".join(
+            f"{k}={v}" if len(v) <= 40 and "\n" not in v else f"{k} ({len(v.splitlines())} lines)"
+            for k, v in info.metadata.items()
+        )))
     table = Table(title="inputs and outputs", title_justify="left")
     for col in ("", "name", "dtype", "shape"):
         table.add_column(col)
@@ -218,14 +224,17 @@ def _report_table(report: QuantizeReport) -> Table:
     table = Table(
         title=f"candidates ({report.metric}, budget: {report.budget}, {report.threads} thread(s))", title_justify="left"
     )
-    for col in ("candidate", "size", "latency vs FP32", report.metric, "cosine", "verdict", "s"):
+    # When cosine is the metric, a second cosine column would only repeat it.
+    with_cosine = report.metric != "cosine"
+    columns = ["candidate", "size", "latency vs FP32", report.metric, *(["cosine"] * with_cosine), "verdict", "s"]
+    for col in columns:
         table.add_column(col, justify="left" if col in ("candidate", "verdict") else "right")
     table.add_row(
         "FP32 baseline",
         _size(report.baseline["size_bytes"]),
         f"{report.baseline['latency_p50_ms']:.3f} ms",
         f"{report.baseline['score']:.4g}",
-        "1",
+        *(["1"] if with_cosine else []),
         "",
         "",
     )
@@ -244,7 +253,7 @@ def _report_table(report: QuantizeReport) -> Table:
             _size(c.size_bytes),
             f"{c.latency_ratio:.2f}x" if c.latency_ratio is not None else "-",
             f"{f.score:.4g}" if f else "-",
-            f"{f.cosine:.4f}" if f else "-",
+            *([f"{f.cosine:.4f}" if f else "-"] if with_cosine else []),
             f"[{styles.get(c.verdict, '')}]{c.verdict}[/]",
             f"{c.seconds:.1f}",
         )
@@ -260,7 +269,13 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option("--calibration", help="Calibration data: .npz/.npy, a folder of them or of images, or 'synthetic'.")
 @click.option("--eval", "eval_data", help="Eval data held apart from calibration (same forms).")
 @click.option("--labels", type=click.Path(path_type=Path), help="True labels of the eval data, one per line.")
-@click.option("--metric", help="accuracy | top1 | cosine | max-abs | MODULE:FUNCTION (default: from the data).")
+@click.option(
+    "--metric",
+    metavar="NAME[:KEY=VALUE,...]",
+    help="accuracy | top1 | top5 | cosine | max-abs | detection-f1 | mask-iou | ctc-agreement | "
+    "embedding-cosine | MODULE:FUNCTION; task metrics take settings, e.g. detection-f1:conf=0.25,nms=0.45,iou=0.5 "
+    "(default: chosen from the model's outputs, metadata and labels).",
+)
 @click.option("--max-drop", help="Budget: '1%' = at most 1 point below FP32; '0.99' = a limit on the score.")
 @input_shape_option
 @click.option("--exclude-nodes", default="", help="Comma-separated node names kept in FP32.")
@@ -316,7 +331,8 @@ def quantize_cmd(
 
     --method auto tries static QDQ (per-tensor/per-channel, MinMax/Percentile/Entropy calibration,
     reduce-range) and dynamic MatMul/Gemm quantization, scores each on eval data held apart from
-    calibration data, times each against FP32 interleaved, keeps the most sensitive nodes in FP32
+    calibration data with a task metric (picked from the model's outputs, metadata and labels
+    unless --metric names one), times each against FP32 interleaved, keeps the most sensitive nodes in FP32
     when a recipe misses the budget, and never returns a model slower than FP32. Writes OUT and
     OUT.report.json.
 
@@ -330,7 +346,9 @@ def quantize_cmd(
           --calibration models/digits/calib.npz --eval models/digits/eval.npz \\
           --labels models/digits/eval_labels.txt --max-drop 1%
       edgekit quantize det.onnx -o det.int8.onnx --calibration imgs/ --input-shape x=1,3,640,640 \\
-          --metric edgekit.optimize.task_metrics:text_mask_iou --max-drop 0.95 --budget-time 10m
+          --metric mask-iou:threshold=0.3 --max-drop 0.95 --budget-time 10m
+      edgekit quantize yolov8n.onnx -o yolov8n.int8.onnx --calibration imgs/ \\
+          --metric detection-f1:conf=0.25,nms=0.45,iou=0.5 --max-drop 0.95
     """
     from edgekit.optimize.datasets import ImagePreprocessing, parse_floats
     from edgekit.optimize.quantizing import QuantizeSettings, quantize, report_path
@@ -377,6 +395,11 @@ def quantize_cmd(
     con = console()
     for w in report.warnings:
         console(stderr=True).print(f"[bold yellow]warning:[/] {w}")
+    options = ", ".join(f"{k}={v:g}" for k, v in report.metric_settings.items())
+    con.print(
+        f"metric: [bold]{escape(report.metric)}[/]" + (f" ({escape(options)})" if options else "")
+        + f" — {escape(report.metric_reason)}"
+    )
     con.print(_report_table(report))
     chosen = report.chosen_result
     verdict = "[bold green]INT8[/]" if chosen else "[bold yellow]FP32 kept[/]"

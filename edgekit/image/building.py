@@ -163,6 +163,9 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         "precision": report.get("precision"),
         "chosen": report.get("chosen"),
         "metric": report.get("metric"),
+        # Reports older than the task metrics lack these two: an empty record says "none given".
+        "metric_settings": report.get("metric_settings") or {},
+        "metric_reason": report.get("metric_reason") or "",
         "budget": report.get("budget"),
         "size": {"fp32_bytes": fp32_size, "bytes": size,
                  "ratio": round(size / fp32_size, 4) if size and fp32_size else None},

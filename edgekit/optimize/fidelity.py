@@ -9,6 +9,9 @@ evaluation uses too):
   top1      argmax agreement with FP32 on the first output; higher is better
   cosine    mean cosine similarity per sample, the worst output counts; higher is better
   max-abs   largest absolute difference over all outputs; lower is better
+  task metrics (``task_metrics``): detection-f1, top5, mask-iou, ctc-agreement, embedding-cosine,
+            each with settings: ``NAME:key=value,...`` (``detection-f1:conf=0.3,iou=0.6``);
+            higher is better
   MODULE:FUNCTION  your function(reference: list[ndarray], candidate: list[ndarray]) -> float,
             called once per eval batch and averaged; higher is better
 """
@@ -23,11 +26,14 @@ import numpy as np
 from edgekit_agent import agreement
 
 from edgekit.errors import ConfigError, DataError
+from edgekit.optimize.task_metrics import INTEGER_SETTINGS, TASK_METRICS, UNIT_SETTINGS
 
 Outputs = list[np.ndarray]  # one array per model output, axis 0 over samples
 UserMetric = Callable[[list[np.ndarray], list[np.ndarray]], float]
 
-BUILTIN = ("accuracy", "top1", "cosine", "max-abs")
+BUILTIN = ("accuracy", "top1", "top5", "cosine", "max-abs", "detection-f1", "mask-iou", "ctc-agreement",
+           "embedding-cosine")
+UNIT_SCORES = ("accuracy", "top1", "cosine", *TASK_METRICS)  # scores between 0 and 1
 
 
 @dataclass(frozen=True)
@@ -36,9 +42,45 @@ class Metric:
     higher_is_better: bool
     needs_labels: bool = False
     user: UserMetric | None = None
+    settings: tuple[tuple[str, float], ...] = ()  # a task metric's, every key with its value
+
+    @property
+    def options(self) -> dict[str, float]:
+        return dict(self.settings)
+
+    def describe_settings(self) -> str:
+        return ", ".join(f"{k}={v:g}" for k, v in self.settings)
+
+
+def _task_settings(name: str, text: str) -> tuple[tuple[str, float], ...]:
+    """``conf=0.3,iou=0.6`` over the metric's defaults; every key known, every value in range."""
+    task = TASK_METRICS[name]
+    values = dict(task.defaults)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in task.defaults:
+            raise ConfigError(
+                f"{name} takes {', '.join(f'{k}=' for k in task.defaults)}; got {item!r}", field="--metric"
+            )
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: {key} must be a number, got {raw.strip()!r}", field="--metric") from None
+        if key in UNIT_SETTINGS and not 0 <= value <= 1:
+            raise ConfigError(f"{name}: {key} must be between 0 and 1, got {value:g}", field="--metric")
+        if key in INTEGER_SETTINGS and (value != int(value) or (value < 0 and key != "axis")):
+            raise ConfigError(f"{name}: {key} must be a whole number ≥ 0, got {value:g}", field="--metric")
+        if key in ("k", "max_det") and value < 1:
+            raise ConfigError(f"{name}: {key} must be at least 1, got {value:g}", field="--metric")
+        values[key] = value
+    return tuple(values.items())
 
 
 def parse_metric(name: str) -> Metric:
+    base, _, options = name.partition(":")
+    if base in TASK_METRICS:
+        return Metric(base, True, settings=_task_settings(base, options))
     if name in ("accuracy", "top1", "cosine"):
         return Metric(name, True, needs_labels=name == "accuracy")
     if name in ("max-abs", "max_abs"):
@@ -92,21 +134,14 @@ def parse_budget(text: str, metric: Metric) -> Budget:
         if not 0 <= value <= 100:
             raise ConfigError(f"a drop must be between 0% and 100%, got {text!r}", field="--max-drop")
         return Budget(text, drop=value / 100)
-    if metric.name in ("accuracy", "top1", "cosine") and not 0 <= value <= 1:
+    if metric.name in UNIT_SCORES and not 0 <= value <= 1:
         raise ConfigError(f"a {metric.name} limit must be between 0 and 1, got {text!r}", field="--max-drop")
     return Budget(text, limit=value)
 
 
-def default_metric(has_labels: bool, output_shapes: Sequence[Sequence[object] | None]) -> str:
-    if has_labels:
-        return "accuracy"
-    first = output_shapes[0] if output_shapes else None
-    if first is not None and len(first) == 2:
-        return "top1"
-    return "cosine"
-
-
 def default_budget(metric: Metric) -> str:
+    if metric.name in TASK_METRICS:
+        return TASK_METRICS[metric.name].budget
     return {"accuracy": "1%", "top1": "1%", "cosine": "0.99"}.get(metric.name, "1%" if metric.user else "0.01")
 
 
@@ -141,6 +176,19 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
             f"accuracy needs one prediction per label: got {list(pred.shape)} predictions for {labels.shape[0]} labels"
         )
     return float((pred == labels).mean())
+
+
+def _task_score(metric: Metric, reference: Outputs, candidate: Outputs) -> float:
+    options = metric.options
+    index = int(options["output"])
+    if index >= len(reference):
+        raise ConfigError(
+            f"{metric.name}: output={index}, but the model has {len(reference)} output(s)", field="--metric"
+        )
+    try:
+        return TASK_METRICS[metric.name].score(reference[index], candidate[index], options)
+    except ValueError as exc:
+        raise DataError(f"{exc}; pick the metric for this output with --metric") from exc
 
 
 @dataclass(frozen=True)
@@ -193,6 +241,8 @@ def evaluate(
         score, reference = cos, 1.0
     elif metric.name == "max-abs":
         score, reference = mabs, 0.0
+    elif metric.name in TASK_METRICS:
+        score, reference = _task_score(metric, ref, cand), _task_score(metric, ref, ref)
     else:
         assert metric.user is not None
         scores = []

@@ -67,6 +67,8 @@ class ModelInfo:
     nodes: int
     op_histogram: dict[str, int] = field(default_factory=dict)
     quantization: str = "none"  # none | qdq | qoperator | dynamic | mixed
+    metadata: dict[str, str] = field(default_factory=dict)  # the model's metadata_props
+    output_ops: dict[str, str] = field(default_factory=dict)  # output name -> op that produces it
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -153,6 +155,7 @@ def inspect_model(path: str | os.PathLike[str], model: onnx.ModelProto | None = 
     size = p.stat().st_size + sum((p.parent / e).stat().st_size for e in ext if (p.parent / e).exists())
     opsets = {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    outputs = {o.name for o in model.graph.output}
     return ModelInfo(
         path=str(p),
         size_bytes=size,
@@ -168,4 +171,6 @@ def inspect_model(path: str | os.PathLike[str], model: onnx.ModelProto | None = 
         nodes=nodes,
         op_histogram=dict(ops.most_common()),
         quantization=quantization_state(ops),
+        metadata={p.key: p.value for p in model.metadata_props},
+        output_ops={name: n.op_type for n in model.graph.node for name in n.output if name in outputs},
     )

@@ -38,6 +38,7 @@ from edgekit.optimize.inspecting import ModelInfo, inspect_model
 from edgekit.optimize.judging import final_choice, finalists, kept_fp32_reason
 from edgekit.optimize.loading import load_model
 from edgekit.optimize.measuring import eval_batch_size, model_outputs, time_pair, time_side_by_side, timing_feed
+from edgekit.optimize.metric_choice import MetricChoice, choose_metric, generic_metric_warning
 from edgekit.optimize.planning import (
     MIN_STEP_SECONDS,
     activation_bytes,
@@ -122,7 +123,7 @@ class _Search:
         check_output_path(self.out, self.model_path)
         model = load_model(self.model_path)
         info = inspect_model(self.model_path, model)
-        metric, budget = self._metric_and_budget(info)
+        metric, budget, choice = self._metric_and_budget(info)
 
         self.progress.stage("loading data")
         calib, evals, labels, warnings = load_search_data(
@@ -162,6 +163,8 @@ class _Search:
             reason=reason,
             metric=metric.name,
             budget=budget.describe(metric),
+            metric_settings=metric.options,
+            metric_reason=choice.reason,
             threads=s.threads,
             baseline=baseline,
             candidates=self.results,
@@ -174,8 +177,8 @@ class _Search:
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
 
-    def _metric_and_budget(self, info: ModelInfo) -> tuple[fid.Metric, fid.Budget]:
-        """Refuse what cannot work before any slow step; pick the metric and its budget."""
+    def _metric_and_budget(self, info: ModelInfo) -> tuple[fid.Metric, fid.Budget, MetricChoice]:
+        """Refuse what cannot work before any slow step; pick the metric (and say why) and its budget."""
         s = self.s
         if info.quantization != "none":
             raise QuantizationError(
@@ -183,12 +186,19 @@ class _Search:
             )
         if s.labels and not s.eval and not s.calibration:
             raise ConfigError("--labels needs --eval data to label", field="--labels")
-        metric_name = s.metric or fid.default_metric(bool(s.labels), [o.shape for o in info.outputs])
-        metric = fid.parse_metric(metric_name)
+        if s.metric:
+            choice = MetricChoice(s.metric, "given with --metric")
+            warning = generic_metric_warning(s.metric, info.outputs, info.output_ops)
+            if warning:
+                self.warnings.append(warning)
+        else:
+            choice = choose_metric(bool(s.labels), info.outputs, info.metadata, info.output_ops)
+        metric = fid.parse_metric(choice.spec)
         budget = fid.parse_budget(s.max_drop or fid.default_budget(metric), metric)
         if metric.needs_labels and not s.labels:
             raise ConfigError("the accuracy metric needs --labels", field="--metric")
-        return metric, budget
+        self.progress.stage(f"metric {metric.name}: {choice.reason}")
+        return metric, budget, choice
 
     def _baseline(
         self, prepared: Path, prepared_model: onnx.ModelProto, work: Path, calib: Dataset, evals: Dataset,

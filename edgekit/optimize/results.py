@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,8 @@ class QuantizeReport:
     steps: list[str]
     warnings: list[str]
     seconds: float
+    metric_settings: dict[str, float] = field(default_factory=dict)  # a task metric's settings
+    metric_reason: str = ""  # why this metric: auto's choice, or given with --metric
 
     @property
     def chosen_result(self) -> CandidateResult | None:
@@ -73,6 +75,8 @@ class QuantizeReport:
             "precision": "fp32" if chosen is None else ("mixed" if chosen.recipe.exclude else "int8"),
             "method": None if chosen is None else chosen.recipe.method,
             "metric": self.metric,
+            "metric_settings": self.metric_settings,
+            "metric_reason": self.metric_reason,
             "budget": self.budget,
             "threads": self.threads,
             "baseline": self.baseline,
