@@ -377,6 +377,8 @@ def quantize_cmd(
     con = console()
     for w in report.warnings:
         console(stderr=True).print(f"[bold yellow]warning:[/] {w}")
+    for line in report.fp32_subgraph_lines:
+        console(stderr=True).print(f"[bold yellow]kept in FP32:[/] {escape(line)}")
     con.print(_report_table(report))
     chosen = report.chosen_result
     verdict = "[bold green]INT8[/]" if chosen else "[bold yellow]FP32 kept[/]"

@@ -16,6 +16,7 @@ from onnx import version_converter
 
 from edgekit.errors import QuantizationError, first_line
 from edgekit.optimize.shapes import fix_input_shapes
+from edgekit.optimize.subgraphs import fold_constant_ifs
 
 
 @dataclass
@@ -62,7 +63,8 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> tuple[onnx.Model
 
 
 def prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], workdir: Path) -> Prepared:
-    """Write ``workdir/prepared.onnx``: shapes fixed, opset upgraded, pre-processed."""
+    """Write ``workdir/prepared.onnx``: shapes fixed, opset upgraded, ``If`` nodes with a
+    constant condition folded, pre-processed."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     steps: list[str] = []
@@ -73,6 +75,8 @@ def prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], workd
     model, note = upgrade_opset(model)
     if note:
         steps.append(note)
+    model, notes = fold_constant_ifs(model)
+    steps += notes
     src = workdir / "fixed.onnx"
     onnx.save(model, str(src))
     out = workdir / "prepared.onnx"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ class QuantizeReport:
     steps: list[str]
     warnings: list[str]
     seconds: float
+    # Control-flow nodes whose bodies stay FP32 (``subgraphs.KeptSubgraph``), and one line each.
+    fp32_subgraphs: list[dict[str, Any]] = field(default_factory=list)
+    fp32_subgraph_lines: list[str] = field(default_factory=list)
 
     @property
     def chosen_result(self) -> CandidateResult | None:
@@ -82,6 +85,7 @@ class QuantizeReport:
             "eval": self.eval,
             "steps": self.steps,
             "warnings": self.warnings,
+            "fp32_subgraphs": self.fp32_subgraphs,
             "seconds": round(self.seconds, 1),
         }
 
