@@ -133,7 +133,7 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str) ->
     )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
     try:
-        values: list[Any] = ReferenceEvaluator(probe).run(None, {})
+        values: Any = ReferenceEvaluator(probe).run(None, {})  # a list when outputs are not named
         return np.asarray(values[0])
     except Exception:  # whatever the evaluator cannot run simply stays unfolded
         return None
