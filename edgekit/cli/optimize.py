@@ -325,6 +325,12 @@ def quantize_cmd(
     size (or --image-size), (pixel * --scale - --mean) / --std per channel, --layout NCHW/NHWC.
 
     \b
+    .npz samples run along each input's batch axis: axis 0, or where the model puts its batch
+    dimension (a state [2,batch,H]: axis 1). Inputs without one (a scalar sample rate) make each
+    file one feed, used as it is. If nodes with a constant condition are folded; other If, Loop
+    and Scan bodies stay FP32, one line each says why.
+
+    \b
     Examples:
       edgekit quantize models/digits/digits.onnx -o digits.int8.onnx \\
           --calibration models/digits/calib.npz --eval models/digits/eval.npz \\
