@@ -386,3 +386,11 @@ def test_a_model_the_search_cannot_handle_is_one_line(tmp_path: Path) -> None:
         "--quiet",
     )
     _one_error(result, 17, "while measuring the FP32 baseline: ValueError")
+
+
+def test_bench_feeds_one_file_of_a_model_without_a_batch_axis(streaming: dict[str, Path]) -> None:
+    result = invoke("bench", streaming["model"], "--runs", "20", "--data", streaming["eval"], "--output", "json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["results"][0]["runs"] == 20
+    result = invoke("bench", streaming["model"], "--runs", "20", "--data", streaming["eval"], "--batch", "4")
+    _one_error(result, 14, "--batch 4: the model takes its samples one file at a time")

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.errors import DataError
 from edgekit.optimize.datasets import Dataset, Feed, load_dataset, synthetic
 from edgekit.optimize.inspecting import inspect_model
 from edgekit.optimize.sessions import make_session, run
@@ -93,8 +94,16 @@ def bench_feed(
         ds = load_dataset(data, info.inputs, shapes=fixed, role="bench data")
     else:
         ds = synthetic(info.inputs, fixed, samples=batch, seed=seed)
-    if ds.per_file:  # inputs without a batch axis: one file is one feed
-        return ds.first()
+    if ds.per_file:  # inputs without a batch axis: one file is one feed, used as it is
+        feed = ds.first()
+        counts = {feed[k].shape[a] for k, a in axes.items() if a is not None}
+        if counts and counts != {batch}:
+            raise DataError(
+                f"--batch {batch}: the model takes its samples one file at a time, and {ds.source} holds "
+                f"batches of {sorted(counts)[0]}",
+                hint="save files with that many samples, or leave --batch at its default",
+            )
+        return feed
     if ds.samples < batch:
         reps = -(-batch // ds.samples)
         ds = Dataset({k: np.concatenate([v] * reps, axis=ds.axis(k)) for k, v in ds.arrays.items()}, ds.source,
