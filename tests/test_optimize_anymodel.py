@@ -22,7 +22,7 @@ from edgekit.optimize.datasets import load_dataset, synthetic
 from edgekit.optimize.inspecting import TensorInfo, inspect_model
 from edgekit.optimize.preparing import prepare
 from edgekit.optimize.recipes import Recipe
-from edgekit.optimize.shapes import batch_axes, shapes_to_fix
+from edgekit.optimize.shapes import batch_axes, fix_input_shapes, shapes_to_fix
 from edgekit.optimize.subgraphs import fold_constant_ifs, kept_subgraphs
 
 SEQ, H, CHANNELS = 256, 64, 16
@@ -394,3 +394,82 @@ def test_bench_feeds_one_file_of_a_model_without_a_batch_axis(streaming: dict[st
     assert json.loads(result.stdout)["results"][0]["runs"] == 20
     result = invoke("bench", streaming["model"], "--runs", "20", "--data", streaming["eval"], "--batch", "4")
     _one_error(result, 14, "--batch 4: the model takes its samples one file at a time")
+
+
+def _shape_switch_model(seq: int | str) -> onnx.ModelProto:
+    """y = x @ w when x has 256 samples per row, else (x @ w) * 0.5: the condition reads the
+    input's shape, the way exported streaming models pick a path for their chunk size."""
+    w = numpy_helper.from_array(np.eye(256, 8, dtype=np.float32), "w")
+    half = numpy_helper.from_array(np.float32(0.5), "half")
+    then_g = _branch("t", [helper.make_node("MatMul", ["x", "w"], ["t_out"])], "t_out")
+    else_g = _branch(
+        "e",
+        [helper.make_node("MatMul", ["x", "w"], ["e_mm"]), helper.make_node("Mul", ["e_mm", "half"], ["e_out"])],
+        "e_out",
+    )
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1, np.int64))),
+        helper.make_node("Gather", ["shape", "one"], ["width"], axis=0),
+        helper.make_node("Constant", [], ["chunk"], value=numpy_helper.from_array(np.array(256, np.int64))),
+        helper.make_node("Equal", ["width", "chunk"], ["is_chunk"]),
+        helper.make_node("If", ["is_chunk"], ["y"], then_branch=then_g, else_branch=else_g, name="chunk_switch"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w, half],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_if_on_a_fixed_input_dim_is_folded_once_shapes_are_pinned() -> None:
+    fixed, notes = fold_constant_ifs(_shape_switch_model(256))
+    assert notes == ["folded If 'chunk_switch': its condition is always True, so its then branch (1 node) was inlined"]
+    assert "If" not in [n.op_type for n in fixed.graph.node]
+    x = np.random.default_rng(0).standard_normal((3, 256)).astype(np.float32)
+    assert np.allclose(ort.InferenceSession(fixed.SerializeToString()).run(None, {"x": x})[0], x[:, :8])
+    # A symbolic width decides nothing until the data pins it (prepare does, from the samples).
+    dynamic = _shape_switch_model("seq")
+    same, notes = fold_constant_ifs(dynamic)
+    assert notes == [] and [k.depends_on for k in kept_subgraphs(same)] == [("x",)]
+    pinned, notes = fold_constant_ifs(fix_input_shapes(dynamic, {"x": (1, 128)}))
+    assert kept_subgraphs(pinned) == []
+    assert notes == [
+        "folded If 'chunk_switch': its condition is always False, so its else branch (2 nodes) was inlined"
+    ]
+
+
+def test_a_loop_is_reported_with_what_it_holds() -> None:
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("MatMul", ["h_in", "w"], ["h_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_out", TensorProto.FLOAT, None),
+        ],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["steps", "", "h"], ["h_final"], body=body, name="decode")],
+        "g",
+        [
+            helper.make_tensor_value_info("steps", TensorProto.INT64, []),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 4]),
+        ],
+        [helper.make_tensor_value_info("h_final", TensorProto.FLOAT, ["batch", 4])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    kept = kept_subgraphs(fold_constant_ifs(model)[0])
+    assert [(k.node, k.op_type, k.nodes_inside, k.compute_inside, k.depends_on) for k in kept] == [
+        ("decode", "Loop", 2, ("MatMul",), ("h", "steps"))
+    ]
+    assert kept[0].line().startswith("Loop 'decode' (2 nodes inside, 1 compute (MatMul)): its body depends on input(s)")

@@ -3,9 +3,10 @@
 onnxruntime's quantizers (1.32) do not quantize inside subgraphs in static QDQ mode, and they
 cannot quantize weights held as Constant nodes inside a branch. So:
 
-- an ``If`` whose condition is constant (an initializer, a Constant, or computed from them
-  alone) is folded: the branch it always takes is inlined into the main graph, where it is
-  quantized like the rest. That changes no result for any input;
+- an ``If`` whose condition is constant (computed from initializers, Constants and the shapes
+  of inputs whose dims are fixed, as ``prepare`` pins them from the data) is folded: the branch
+  it always takes is inlined into the main graph, where it is quantized like the rest. That
+  changes no result for any input the prepared model accepts;
 - every other control-flow node stays as it is, its body in FP32, and ``kept_subgraphs`` says
   which nodes, what compute they hold and what they depend on, for the report.
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from edgekit.optimize.graphs import COMPUTE_OPS, producers
 
@@ -88,27 +89,76 @@ def _walk(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _constant_nodes(graph: onnx.GraphProto) -> tuple[set[str], list[onnx.NodeProto]]:
-    """Tensors computable from initializers and Constants alone, and the nodes computing them
-    (graph nodes are in topological order, as ONNX requires)."""
-    known = {t.name for t in graph.initializer} - {v.name for v in graph.input}
+def _input_shapes(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Values that the fixed dims of graph inputs decide: ``Shape`` nodes over them, and
+    ``Gather`` of a constant index from such a shape (``Shape(x)[1]``, which exporters emit),
+    when every dim they select is fixed. A model's input shapes are pinned before quantization,
+    so these are constants."""
+    dims: dict[str, list[int | None]] = {}
+    for value in graph.input:
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            dims[value.name] = [
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor.shape.dim
+            ]
+    fixed: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    fixed[node.output[0]] = numpy_helper.to_array(attr.t)
+    shapes: dict[str, list[int | None]] = {}
+    values: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        out_shape: tuple[int, ...] | None = None  # of the value, when not 1-D
+        if node.op_type == "Shape" and node.input[0] in dims:
+            attrs = {a.name: a.i for a in node.attribute}
+            whole = dims[node.input[0]]
+            selected = whole[slice(attrs.get("start", 0), attrs.get("end", len(whole)))]
+            shapes[node.output[0]] = selected
+        elif node.op_type == "Gather" and node.input[0] in shapes and node.input[1] in fixed:
+            index = fixed[node.input[1]].astype(np.int64)
+            try:
+                selected = [shapes[node.input[0]][int(i)] for i in index.reshape(-1)]
+            except IndexError:
+                continue
+            out_shape = index.shape
+        else:
+            continue
+        if all(d is not None for d in selected):
+            value = np.asarray(selected, np.int64)
+            values[node.output[0]] = value.reshape(out_shape) if out_shape is not None else value
+    return values
+
+
+def _constant_nodes(graph: onnx.GraphProto) -> tuple[set[str], list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Values known ahead (shapes of pinned inputs), and the nodes that compute constants from
+    them, initializers and Constants alone (graph nodes are in topological order, as ONNX
+    requires)."""
+    shapes = _input_shapes(graph)
+    known = ({t.name for t in graph.initializer} - {v.name for v in graph.input}) | set(shapes)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         if _bodies(node) or node.op_type in _RANDOM_OPS or node.domain not in ("", "ai.onnx"):
             continue
+        if node.output and node.output[0] in shapes:
+            continue
         if all(not name or name in known for name in node.input):
             nodes.append(node)
             known.update(o for o in node.output if o)
-    return known, nodes
+    return known, nodes, shapes
 
 
-def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str) -> np.ndarray | None:
+def _evaluate(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], given: Mapping[str, np.ndarray], name: str
+) -> np.ndarray | None:
     """The value of constant tensor ``name``, computed by onnx's reference evaluator on the
-    nodes it depends on; None when that fails."""
+    nodes it depends on (``given``: values known ahead); None when that fails."""
     from onnx.reference import ReferenceEvaluator
 
     made_by = {o: n for n in nodes for o in n.output}
     inits = {t.name: t for t in model.graph.initializer}
+    inits.update({k: numpy_helper.from_array(v, k) for k, v in given.items()})
     needed: list[onnx.NodeProto] = []
     used_inits: dict[str, onnx.TensorProto] = {}
     seen: set[str] = set()
@@ -128,7 +178,10 @@ def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto], name: str) ->
     order = {id(n): i for i, n in enumerate(nodes)}
     needed.sort(key=lambda n: order[id(n)])
     graph = helper.make_graph(
-        needed, "condition", [], [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)],
+        needed,
+        "condition",
+        [],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None)],
         list(used_inits.values()),
     )
     probe = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
@@ -186,9 +239,9 @@ def fold_constant_ifs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str
     graph = folded.graph
     notes: list[str] = []
     while True:  # an inlined branch may hold an If that is constant in turn
-        known, const_nodes = _constant_nodes(graph)
+        known, const_nodes, given = _constant_nodes(graph)
         target = next((n for n in graph.node if n.op_type == "If" and n.input[0] in known), None)
-        value = _evaluate(folded, const_nodes, target.input[0]) if target is not None else None
+        value = _evaluate(folded, const_nodes, given, target.input[0]) if target is not None else None
         if target is None or value is None or value.size != 1:
             return folded, notes
         taken = bool(value.reshape(-1)[0])
