@@ -20,7 +20,7 @@ from edgekit.errors import DataError
 from edgekit.optimize.building import build_candidate
 from edgekit.optimize.datasets import load_dataset, synthetic
 from edgekit.optimize.inspecting import TensorInfo, inspect_model
-from edgekit.optimize.preparing import prepare
+from edgekit.optimize.preparing import pin_shapes, prepare
 from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.shapes import batch_axes, fix_input_shapes, shapes_to_fix
 from edgekit.optimize.subgraphs import fold_constant_ifs, kept_subgraphs
@@ -473,3 +473,89 @@ def test_a_loop_is_reported_with_what_it_holds() -> None:
         ("decode", "Loop", 2, ("MatMul",), ("h", "steps"))
     ]
     assert kept[0].line().startswith("Loop 'decode' (2 nodes inside, 1 compute (MatMul)): its body depends on input(s)")
+
+
+def test_a_model_whose_compute_all_hangs_on_an_input_if_keeps_fp32_and_says_so(tmp_path: Path) -> None:
+    """The whole network inside an If over the sample rate (as a real VAD exports it): no recipe
+    can reach it, so auto says so instead of timing candidates that cannot differ."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    rate = numpy_helper.from_array(np.array(16000, np.int64), "rate")
+    half = numpy_helper.from_array(np.float32(0.5), "half")
+    then_g = _branch("t", [helper.make_node("MatMul", ["x", "w"], ["t_out"])], "t_out")
+    else_g = _branch(
+        "e",
+        [helper.make_node("MatMul", ["x", "w"], ["e_mm"]), helper.make_node("Mul", ["e_mm", "half"], ["e_out"])],
+        "e_out",
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+            helper.make_node("If", ["is16k"], ["y"], then_branch=then_g, else_branch=else_g, name="net"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [w, rate, half],
+    )
+    model = tmp_path / "net.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        np.savez(data / f"{i}.npz", x=np.full((1, 8), i, np.float32), sr=np.int64(16000))
+    out = tmp_path / "out.onnx"
+    result = invoke("quantize", model, "-o", out, "--calibration", data, "--quiet")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(Path(f"{out}.report.json").read_text())
+    assert report["chosen"] == "fp32" and report["candidates"] == []
+    assert report["reason"] == (
+        "kept FP32: all 2 compute ops are inside control flow left in FP32 (If 'net'), nothing else to quantize"
+    )
+    assert out.read_bytes() == model.read_bytes()
+
+
+def test_shapes_that_onnxruntime_refuses_once_pinned_stay_symbolic() -> None:
+    """The branch not taken reshapes x to Shape(x)[:width] and feeds an LSTM: with x's width
+    unknown its rank is unknown and the model loads; pinned, onnxruntime folds the shape and
+    refuses the LSTM's rank (what the Silero VAD export does with its chunk length)."""
+    hidden = 2
+    inits = [
+        numpy_helper.from_array(np.ones((1, 4 * hidden, 4), np.float32), "lw"),
+        numpy_helper.from_array(np.ones((1, 4 * hidden, hidden), np.float32), "lr"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+    ]
+    then_g = _branch("t", [helper.make_node("Identity", ["x"], ["t_out"])], "t_out")
+    else_g = _branch(
+        "e",
+        [
+            helper.make_node("Unsqueeze", ["width", "zero"], ["end"]),
+            helper.make_node("Slice", ["shape", "zero", "end"], ["target"]),
+            helper.make_node("Reshape", ["x", "target"], ["r"]),
+            helper.make_node("LSTM", ["r", "lw", "lr"], ["e_out"], hidden_size=hidden),
+        ],
+        "e_out",
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.array(1, np.int64))),
+            helper.make_node("Gather", ["shape", "one"], ["width"], axis=0),
+            helper.make_node("Constant", [], ["chunk"], value=numpy_helper.from_array(np.array(4, np.int64))),
+            helper.make_node("Equal", ["width", "chunk"], ["is_chunk"]),
+            helper.make_node("If", ["is_chunk"], ["y"], then_branch=then_g, else_branch=else_g),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.ones((1, 4), np.float32)
+    assert np.array_equal(ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0], x)
+    kept, pinned, warnings = pin_shapes(model, {"x": (1, 4)})
+    assert pinned == {} and kept.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "seq"
+    assert len(warnings) == 1 and warnings[0].startswith("input 'x' kept symbolic: pinned to [1, 4], ")
+    assert "First input tensor must have rank 3" in warnings[0]

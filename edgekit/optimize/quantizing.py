@@ -46,6 +46,7 @@ from edgekit.optimize.planning import (
     escalation_ends,
     escalation_rounds,
     mixed_precision_reserve,
+    nothing_to_quantize,
     ranking_samples,
     search_recipes,
 )
@@ -147,16 +148,21 @@ class _Search:
             self.step = "measuring the FP32 baseline"
             ctx, base_ms = self._baseline(prepared.path, prepared_model, work, calib, evals, labels, metric, budget)
             baseline = {"latency_p50_ms": base_ms, "size_bytes": info.size_bytes, "score": ctx.fp32.score}
-            recipes = search_recipes(
-                info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
-                activation_type=s.activation_type, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
-            )
-            self.step = "trying candidates"
-            self._first_pass(recipes, ctx, activation_bytes(prepared_model))
-            if s.mixed_precision and not self._any_in_budget():
-                self._mixed_precision(ctx)
-            self.step = "choosing"
-            chosen, reason = self._choose(ctx)
+            unreachable = nothing_to_quantize(prepared_model.graph, fp32_subgraphs)
+            chosen: CandidateResult | None = None
+            if unreachable is not None:
+                reason = unreachable
+            else:
+                recipes = search_recipes(
+                    info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
+                    activation_type=s.activation_type, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
+                )
+                self.step = "trying candidates"
+                self._first_pass(recipes, ctx, activation_bytes(prepared_model))
+                if s.mixed_precision and not self._any_in_budget():
+                    self._mixed_precision(ctx)
+                self.step = "choosing"
+                chosen, reason = self._choose(ctx)
             self.step = "writing the result"
             self.progress.stage(self.step)
             if chosen is not None and chosen.path is not None:
