@@ -23,7 +23,7 @@ from edgekit.optimize.inspecting import TensorInfo, inspect_model
 from edgekit.optimize.preparing import pin_shapes, prepare
 from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.shapes import batch_axes, fix_input_shapes, shapes_to_fix
-from edgekit.optimize.subgraphs import fold_constant_ifs, kept_subgraphs
+from edgekit.optimize.subgraphs import fold_constant_ifs, kept_subgraphs, unvarying_scalars
 
 SEQ, H, CHANNELS = 256, 64, 16
 AUDIO = TensorInfo("audio", "float32", ("batch", SEQ))
@@ -287,6 +287,15 @@ def test_a_static_candidate_runs_and_stays_close_with_the_if_body_in_fp32(
     assert np.median(prob_err) < 0.01 and prob_err.max() < 0.1 and state_err < 0.1, (prob_err, state_err)
 
 
+def test_inputs_that_never_vary_in_the_data() -> None:
+    feeds = [
+        {"sr": np.array(16000, np.int64), "gain": np.array([0.5], np.float32), "x": np.zeros((1, 4), np.float32)},
+        {"sr": np.array(16000, np.int64), "gain": np.array([0.7], np.float32), "x": np.zeros((1, 4), np.float32)},
+    ]
+    assert unvarying_scalars(feeds, ["sr", "gain", "x", "absent"]) == {"sr": "16000"}
+    assert unvarying_scalars(feeds[:1], ["gain"]) == {"gain": "0.5"}
+
+
 # --- the command --------------------------------------------------------------------------------
 def test_quantize_auto_on_a_streaming_model(streaming: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "vad.int8.onnx"
@@ -313,10 +322,10 @@ def test_quantize_auto_on_a_streaming_model(streaming: dict[str, Path], tmp_path
     assert "Traceback" not in result.stderr
     kept_lines = [ln for ln in result.stderr.splitlines() if ln.startswith("kept in FP32:")]
     assert len(kept_lines) == 1, result.stderr
-    assert "If 'rate_switch'" in kept_lines[0] and "depends on input(s) 'sr'" in kept_lines[0]
+    assert "If 'rate_switch'" in kept_lines[0] and "depends on input(s) 'sr' (sr=16000 in every sample" in kept_lines[0]
     report = json.loads(Path(f"{out}.report.json").read_text())
     assert report["calibration"]["samples"] == 48 and report["eval"]["samples"] == 8
-    assert [k["node"] for k in report["fp32_subgraphs"]] == ["rate_switch"]
+    assert [(k["node"], k["same_in_data"]) for k in report["fp32_subgraphs"]] == [("rate_switch", ["sr=16000"])]
     assert any(s.startswith("folded If 'proj_switch'") for s in report["steps"])
     built = [c for c in report["candidates"] if c["fidelity"] is not None]
     assert built, report["candidates"]

@@ -55,7 +55,7 @@ from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.results import CandidateResult, QuantizeReport, report_json, report_path
 from edgekit.optimize.sensitivity import rank_nodes
 from edgekit.optimize.shapes import Shapes, shapes_to_fix
-from edgekit.optimize.subgraphs import kept_subgraphs
+from edgekit.optimize.subgraphs import KeptSubgraph, kept_subgraphs, unvarying_scalars
 from edgekit.optimize.writing import atomic_write, check_output_path
 
 
@@ -144,7 +144,7 @@ class _Search:
             prepared = prepare(ensure_node_names(model), shapes, work)
             self.warnings += prepared.warnings
             prepared_model = onnx.load(str(prepared.path))
-            fp32_subgraphs = kept_subgraphs(prepared_model)
+            fp32_subgraphs = self._with_data_values(kept_subgraphs(prepared_model), calib, evals)
             self.step = "measuring the FP32 baseline"
             ctx, base_ms = self._baseline(prepared.path, prepared_model, work, calib, evals, labels, metric, budget)
             baseline = {"latency_p50_ms": base_ms, "size_bytes": info.size_bytes, "score": ctx.fp32.score}
@@ -190,6 +190,18 @@ class _Search:
         )
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
+
+    @staticmethod
+    def _with_data_values(kept: list[KeptSubgraph], *data: Dataset) -> list[KeptSubgraph]:
+        """Name the inputs a kept control-flow node hinges on that never vary in the data: the
+        user learns that an export for that value would quantize."""
+        names = {n for k in kept for n in k.depends_on}
+        if not names:
+            return kept
+        same = unvarying_scalars((feed for d in data if not d.synthetic for feed in d.batches(1)), names)
+        return [
+            replace(k, same_in_data=tuple(f"{n}={same[n]}" for n in k.depends_on if n in same)) for k in kept
+        ]
 
     def _metric_and_budget(self, info: ModelInfo) -> tuple[fid.Metric, fid.Budget]:
         """Refuse what cannot work before any slow step; pick the metric and its budget."""

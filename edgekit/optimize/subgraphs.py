@@ -17,7 +17,7 @@ before.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from edgekit.optimize.graphs import COMPUTE_OPS, producers
 
-__all__ = ["CONTROL_FLOW_OPS", "KeptSubgraph", "fold_constant_ifs", "kept_subgraphs"]
+__all__ = ["CONTROL_FLOW_OPS", "KeptSubgraph", "fold_constant_ifs", "kept_subgraphs", "unvarying_scalars"]
 
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 # Ops whose value is not a function of their inputs: never evaluated ahead of time.
@@ -43,6 +43,7 @@ class KeptSubgraph:
     nodes_inside: int
     compute_inside: tuple[str, ...]  # op types of the compute ops in its bodies
     depends_on: tuple[str, ...]  # graph inputs its condition (If) or trip count/inputs depend on
+    same_in_data: tuple[str, ...] = ()  # "sr=16000": inputs it depends on that never vary in the data
 
     @property
     def reason(self) -> str:
@@ -51,6 +52,11 @@ class KeptSubgraph:
             why = f"{what} depends on input(s) {', '.join(repr(n) for n in self.depends_on)}"
         else:
             why = f"{what} is not constant"
+        if self.same_in_data:
+            why += (
+                f" ({', '.join(self.same_in_data)} in every sample: not folded, as the model must still"
+                " answer other values; an export for that value would fold it)"
+            )
         return f"{why}; onnxruntime's quantizers leave subgraph bodies in FP32"
 
     def line(self) -> str:
@@ -66,6 +72,7 @@ class KeptSubgraph:
             "nodes_inside": self.nodes_inside,
             "compute_inside": list(self.compute_inside),
             "depends_on": list(self.depends_on),
+            "same_in_data": list(self.same_in_data),
             "reason": self.reason,
         }
 
@@ -298,3 +305,21 @@ def kept_subgraphs(model: onnx.ModelProto) -> list[KeptSubgraph]:
             )
         )
     return kept
+
+
+def unvarying_scalars(feeds: Iterable[Mapping[str, np.ndarray]], names: Iterable[str]) -> dict[str, str]:
+    """``{name: value}`` for the single-value inputs among ``names`` that hold the same value in
+    every feed (a sample rate of 16000 in each file)."""
+    wanted = set(names)
+    seen: dict[str, np.ndarray] = {}
+    varying: set[str] = set()
+    for feed in feeds:
+        for name in wanted - varying:
+            value = feed.get(name)
+            if value is None or value.size != 1:
+                varying.add(name)
+            elif name not in seen:
+                seen[name] = value
+            elif not np.array_equal(seen[name], value):
+                varying.add(name)
+    return {name: str(seen[name].reshape(-1)[0]) for name in sorted(seen) if name not in varying}
