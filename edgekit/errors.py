@@ -12,6 +12,8 @@
     │   └── MissingExternalDataError      13
     ├── DataError                         14  calibration / eval / label data does not fit the model
     ├── QuantizationError                 15  every candidate failed to build
+    │   └── UnsupportedModelError         17  the search met a model it cannot handle (the message
+    │                                           says what failed where)
     ├── OutputError                       16  cannot write the output path
     ├── ImageError                        20  model image / registry (defined in edgekit_agent.errors,
     │   │                                       the device reads images too)
@@ -145,6 +147,7 @@ __all__ = [
     "TelemetryTLSError",
     "TemporaryError",
     "ThresholdRangeError",
+    "UnsupportedModelError",
 ]
 
 
@@ -173,6 +176,13 @@ class DataError(EdgekitError):
 
 class QuantizationError(EdgekitError):
     exit_code = 15
+
+
+class UnsupportedModelError(QuantizationError):
+    """Something in the model or its data that the quantization search does not handle: one
+    line naming the step and the cause instead of a traceback."""
+
+    exit_code = 17
 
 
 class OutputError(EdgekitError):

@@ -341,6 +341,12 @@ def quantize_cmd(
     size (or --image-size), (pixel * --scale - --mean) / --std per channel, --layout NCHW/NHWC.
 
     \b
+    .npz samples run along each input's batch axis: axis 0, or where the model puts its batch
+    dimension (a state [2,batch,H]: axis 1). Inputs without one (a scalar sample rate) make each
+    file one feed, used as it is. If nodes with a constant condition are folded; other If, Loop
+    and Scan bodies stay FP32, one line each says why.
+
+    \b
     Examples:
       edgekit quantize models/digits/digits.onnx -o digits.int8.onnx \\
           --calibration models/digits/calib.npz --eval models/digits/eval.npz \\
@@ -400,6 +406,8 @@ def quantize_cmd(
         f"metric: [bold]{escape(report.metric)}[/]" + (f" ({escape(options)})" if options else "")
         + f" — {escape(report.metric_reason)}"
     )
+    for line in report.fp32_subgraph_lines:
+        console(stderr=True).print(f"[bold yellow]kept in FP32:[/] {escape(line)}")
     con.print(_report_table(report))
     chosen = report.chosen_result
     verdict = "[bold green]INT8[/]" if chosen else "[bold yellow]FP32 kept[/]"

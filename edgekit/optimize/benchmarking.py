@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.optimize.datasets import Feed, load_dataset, synthetic
+from edgekit.errors import DataError
+from edgekit.optimize.datasets import Dataset, Feed, load_dataset, synthetic
 from edgekit.optimize.inspecting import inspect_model
 from edgekit.optimize.sessions import make_session, run
-from edgekit.optimize.shapes import resolve_shape
+from edgekit.optimize.shapes import batch_axes, resolve_shape
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,27 @@ def bench_feed(
 ) -> Feed:
     """One input feed for benchmarking: the first ``batch`` samples of ``data`` or random values."""
     info = inspect_model(path)
-    fixed = {i.name: resolve_shape(i, shapes.get(i.name), batch) for i in info.inputs}
+    axes = batch_axes(info.inputs)
+    fixed = {i.name: resolve_shape(i, shapes.get(i.name), batch, axes[i.name]) for i in info.inputs}
     if data:
         ds = load_dataset(data, info.inputs, shapes=fixed, role="bench data")
     else:
         ds = synthetic(info.inputs, fixed, samples=batch, seed=seed)
-    feed = next(ds.batches(batch))
-    if next(iter(feed.values())).shape[0] < batch:
-        reps = -(-batch // next(iter(feed.values())).shape[0])
-        feed = {k: np.concatenate([v] * reps)[:batch] for k, v in feed.items()}
-    return feed
+    if ds.per_file:  # inputs without a batch axis: one file is one feed, used as it is
+        feed = ds.first()
+        counts = {feed[k].shape[a] for k, a in axes.items() if a is not None}
+        if counts and counts != {batch}:
+            raise DataError(
+                f"--batch {batch}: the model takes its samples one file at a time, and {ds.source} holds "
+                f"batches of {sorted(counts)[0]}",
+                hint="save files with that many samples, or leave --batch at its default",
+            )
+        return feed
+    if ds.samples < batch:
+        reps = -(-batch // ds.samples)
+        ds = Dataset({k: np.concatenate([v] * reps, axis=ds.axis(k)) for k, v in ds.arrays.items()}, ds.source,
+                     axes=ds.axes)
+    return next(ds.batches(batch))
 
 
 def bench_models(

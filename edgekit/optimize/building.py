@@ -35,8 +35,7 @@ class _Reader:
         self._it = iter(self.data.batches(1))
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        sub = {k: v[start_index:end_index] for k, v in self.data.arrays.items()}
-        self._it = iter(Dataset(sub, self.data.source).batches(1))
+        self._it = iter(self.data.select(start_index, end_index).batches(1))
 
 
 def excluded_nodes(recipe: Recipe, model: onnx.ModelProto) -> list[str]:

@@ -1,16 +1,24 @@
 """Calibration and evaluation data: ``.npz``/``.npy`` files keyed by input name, folders of
 images with explicit preprocessing, or ``synthetic`` random data (loudly marked as such).
 
-A ``Dataset`` holds one array per model input whose axis 0 runs over samples; ``batches(n)``
-cuts it into feeds for onnxruntime. Everything is checked against the model's inputs here, so a
-wrong name, shape or dtype fails before any quantization work starts.
+A ``Dataset`` holds the samples in one of two layouts, chosen from the model's inputs
+(``shapes.batch_axes``):
+
+- batched: one array per input whose batch axis (0, or the axis the model declares, as in an
+  RNN state ``[2,batch,H]``) runs over samples; files are joined along it and ``batches(n)``
+  cuts feeds of ``n`` samples;
+- per file: when some input cannot be batched (a scalar such as a sample rate, a state of
+  fixed shape), each file is one feed, kept as it is, and ``batches`` yields the files in turn.
+
+Everything is checked against the model's inputs here, so a wrong name, rank, shape or dtype
+fails before any quantization work starts.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +26,7 @@ import numpy as np
 
 from edgekit.errors import ConfigError, DataError
 from edgekit.optimize.inspecting import TensorInfo
-from edgekit.optimize.shapes import resolve_shape
+from edgekit.optimize.shapes import BatchAxes, batch_axes, resolve_shape
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 Feed = dict[str, np.ndarray]
@@ -41,27 +49,68 @@ class ImagePreprocessing:
     std: tuple[float, ...] = (1.0,)
 
 
+def _along(arr: np.ndarray, axis: int, part: slice) -> np.ndarray:
+    index: list[slice] = [slice(None)] * arr.ndim
+    index[axis] = part
+    return arr[tuple(index)]
+
+
 @dataclass(frozen=True)
 class Dataset:
+    """Samples for a model's inputs (see the module docs for the two layouts).
+
+    ``arrays`` and ``axes`` hold batched samples (``axes`` lists only inputs not batched on
+    axis 0); ``files``, when not empty, holds one feed per file and ``arrays`` is empty.
+    """
+
     arrays: Mapping[str, np.ndarray]
     source: str
     synthetic: bool = False
+    axes: Mapping[str, int] = field(default_factory=dict)
+    files: tuple[Feed, ...] = ()
+
+    @property
+    def per_file(self) -> bool:
+        return bool(self.files)
+
+    def axis(self, name: str) -> int:
+        return self.axes.get(name, 0)
 
     @property
     def samples(self) -> int:
-        return int(next(iter(self.arrays.values())).shape[0])
+        if self.files:
+            return len(self.files)
+        name, arr = next(iter(self.arrays.items()))
+        return int(arr.shape[self.axis(name)])
+
+    def select(self, start: int, stop: int | None = None) -> Dataset:
+        """Samples ``start`` to ``stop`` (files, in the per-file layout)."""
+        part = slice(start, stop)
+        if self.files:
+            return Dataset({}, self.source, self.synthetic, files=self.files[part])
+        arrays = {k: _along(v, self.axis(k), part) for k, v in self.arrays.items()}
+        return Dataset(arrays, self.source, self.synthetic, self.axes)
 
     def batches(self, size: int = 1) -> Iterator[Feed]:
+        if self.files:
+            yield from (dict(feed) for feed in self.files)
+            return
         for start in range(0, self.samples, size):
-            yield {name: arr[start : start + size] for name, arr in self.arrays.items()}
+            yield {k: _along(v, self.axis(k), slice(start, start + size)) for k, v in self.arrays.items()}
 
     def head(self, n: int) -> Dataset:
-        return Dataset({k: v[:n] for k, v in self.arrays.items()}, self.source, self.synthetic)
+        return self.select(0, n)
 
     def split(self, first: int) -> tuple[Dataset, Dataset]:
-        a = Dataset({k: v[:first] for k, v in self.arrays.items()}, self.source, self.synthetic)
-        b = Dataset({k: v[first:] for k, v in self.arrays.items()}, self.source, self.synthetic)
-        return a, b
+        return self.select(0, first), self.select(first)
+
+    def first(self) -> Feed:
+        """One sample's feed (one file's, in the per-file layout)."""
+        return next(self.head(1).batches(1))
+
+    def sample_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of input ``name`` in one feed of ``first()``."""
+        return tuple(int(d) for d in self.first()[name].shape)
 
 
 def parse_floats(text: str, field: str) -> tuple[float, ...]:
@@ -71,9 +120,20 @@ def parse_floats(text: str, field: str) -> tuple[float, ...]:
         raise ConfigError(f"expected comma-separated numbers, got {text!r}", field=field) from exc
 
 
+def _without(shape: Sequence[object], axis: int | None) -> list[object]:
+    return [d for i, d in enumerate(shape) if i != axis]
+
+
 def _check(
-    inputs: Sequence[TensorInfo], arrays: dict[str, np.ndarray], source: str, shapes: Mapping[str, tuple[int, ...]]
+    inputs: Sequence[TensorInfo],
+    arrays: dict[str, np.ndarray],
+    source: str,
+    shapes: Mapping[str, tuple[int, ...]],
+    axes: BatchAxes | None = None,
 ) -> dict[str, np.ndarray]:
+    """One file's arrays checked against the model's inputs; a sample given without its batch
+    axis gets one of size 1."""
+    axes = axes if axes is not None else batch_axes(inputs)
     names = {i.name for i in inputs}
     missing = names - arrays.keys()
     extra = arrays.keys() - names
@@ -88,11 +148,12 @@ def _check(
     counts = set()
     for info in inputs:
         arr = np.asarray(arrays[info.name])
+        axis = axes.get(info.name, 0)
         if arr.dtype != np.dtype(info.dtype):
             raise DataError(f"{source}: input {info.name!r} is {arr.dtype}, the model wants {info.dtype}")
         rank = len(info.shape) if info.shape is not None else arr.ndim
-        if arr.ndim == rank - 1:  # one sample without its batch axis
-            arr = arr[None]
+        if axis is not None and arr.ndim == rank - 1:  # one sample without its batch axis
+            arr = np.expand_dims(arr, axis)
         if arr.ndim != rank:
             raise DataError(
                 f"{source}: input {info.name!r} has shape {list(arr.shape)}, "
@@ -100,25 +161,48 @@ def _check(
             )
         want = shapes.get(info.name)
         if want is not None:
-            if tuple(arr.shape[1:]) != tuple(want[1:]):
+            if _without(arr.shape, axis) != _without(want, axis):
                 raise DataError(
-                    f"{source}: input {info.name!r} samples are {list(arr.shape[1:])}, "
-                    f"--input-shape says {list(want[1:])}"
+                    f"{source}: input {info.name!r} samples are {_without(arr.shape, axis)}, "
+                    f"--input-shape says {_without(want, axis)}"
                 )
         elif info.shape is not None:
-            for axis, (d, got) in enumerate(zip(info.shape[1:], arr.shape[1:], strict=True), start=1):
-                if isinstance(d, int) and d > 0 and d != got:
+            for i, (d, got) in enumerate(zip(info.shape, arr.shape, strict=True)):
+                if i != axis and isinstance(d, int) and d > 0 and d != got:
                     raise DataError(
                         f"{source}: input {info.name!r} has shape {list(arr.shape)}, "
-                        f"the model wants {info.shape_text()} (axis {axis})"
+                        f"the model wants {info.shape_text()} (axis {i})"
                     )
-        counts.add(arr.shape[0])
+        if axis is not None:
+            counts.add(arr.shape[axis])
         out[info.name] = arr
-    if len(counts) != 1:
+    if len(counts) > 1:
         raise DataError(f"{source}: inputs have different sample counts {sorted(counts)}")
     if counts == {0}:
         raise DataError(f"{source}: no samples")
     return out
+
+
+def _dataset(parts: Sequence[tuple[str, dict[str, np.ndarray]]], axes: BatchAxes, source: str) -> Dataset:
+    """Checked files as one Dataset: joined along their batch axes when every input has one,
+    else one feed per file (which must then agree in shape, as their outputs are compared
+    side by side)."""
+    if all(a is not None for a in axes.values()):
+        try:
+            merged = {name: np.concatenate([p[name] for _, p in parts], axis=axes[name] or 0) for name in parts[0][1]}
+        except ValueError as exc:
+            raise DataError(f"{source}: files hold samples of different shapes: {exc}") from exc
+        return Dataset(merged, source, axes={k: a for k, a in axes.items() if a})
+    first_name, first = parts[0]
+    for name, part in parts[1:]:
+        for key, arr in part.items():
+            if arr.shape != first[key].shape:
+                raise DataError(
+                    f"{name}: input {key!r} has shape {list(arr.shape)} but {first_name} has "
+                    f"{list(first[key].shape)}; samples kept per file must agree in shape",
+                    hint="inputs without a batch axis are fed one file at a time",
+                )
+    return Dataset({}, source, files=tuple(p for _, p in parts))
 
 
 def _read_array_file(path: Path, inputs: Sequence[TensorInfo]) -> dict[str, np.ndarray]:
@@ -181,22 +265,30 @@ def _read_images(
     return batch
 
 
+def _random(info: TensorInfo, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    dtype = np.dtype(info.dtype)
+    if dtype.kind == "f":
+        return rng.random(shape, dtype=np.float32).astype(dtype)
+    if dtype.kind in "iu":
+        return np.asarray(rng.integers(0, 100, shape)).astype(dtype)
+    if dtype.kind == "b":
+        return np.asarray(rng.random(shape) > 0.5)
+    raise DataError(f"cannot make synthetic data for input {info.name!r} of type {info.dtype}")
+
+
 def synthetic(inputs: Sequence[TensorInfo], shapes: Mapping[str, tuple[int, ...]], samples: int, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
+    axes = batch_axes(inputs)
+    one = {i.name: resolve_shape(i, shapes.get(i.name), 1, axes[i.name]) for i in inputs}
+    if any(a is None for a in axes.values()):
+        files = tuple({i.name: _random(i, one[i.name], rng) for i in inputs} for _ in range(samples))
+        return Dataset({}, "synthetic", synthetic=True, files=files)
     arrays: dict[str, np.ndarray] = {}
     for info in inputs:
-        shape = resolve_shape(info, shapes.get(info.name))
-        full = (samples, *shape[1:])
-        dtype = np.dtype(info.dtype)
-        if dtype.kind == "f":
-            arrays[info.name] = rng.random(full, dtype=np.float32).astype(dtype)
-        elif dtype.kind in "iu":
-            arrays[info.name] = rng.integers(0, 100, full).astype(dtype)
-        elif dtype.kind == "b":
-            arrays[info.name] = rng.random(full) > 0.5
-        else:
-            raise DataError(f"cannot make synthetic data for input {info.name!r} of type {info.dtype}")
-    return Dataset(arrays, "synthetic", synthetic=True)
+        full = list(one[info.name])
+        full[axes[info.name] or 0] = samples
+        arrays[info.name] = _random(info, tuple(full), rng)
+    return Dataset(arrays, "synthetic", synthetic=True, axes={k: a for k, a in axes.items() if a})
 
 
 def load_dataset(
@@ -215,11 +307,13 @@ def load_dataset(
         return synthetic(inputs, shapes, samples, seed)
     path = Path(spec)
     source = f"{role} {path}"
+    axes = batch_axes(inputs)
     if not path.exists():
         raise DataError(f"{role} path not found: {path}")
     if path.is_file():
         if path.suffix in {".npz", ".npy"}:
-            return Dataset(_check(inputs, _read_array_file(path, inputs), source, shapes), str(path))
+            return _dataset([(source, _check(inputs, _read_array_file(path, inputs), source, shapes, axes))], axes,
+                            str(path))
         if path.suffix.lower() in IMAGE_SUFFIXES and len(inputs) == 1:
             arr = _read_images([path], inputs[0], preprocessing or ImagePreprocessing(), shapes.get(inputs[0].name))
             return Dataset(_check(inputs, {inputs[0].name: arr}, source, shapes), str(path))
@@ -228,12 +322,9 @@ def load_dataset(
     arrays_files = [p for p in files if p.suffix in {".npz", ".npy"}]
     image_files = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if arrays_files:
-        parts = [_check(inputs, _read_array_file(p, inputs), f"{role} {p}", shapes) for p in arrays_files]
-        try:
-            merged = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-        except ValueError as exc:
-            raise DataError(f"{source}: files hold samples of different shapes: {exc}") from exc
-        return Dataset(merged, str(path))
+        parts = [(f"{role} {p}", _check(inputs, _read_array_file(p, inputs), f"{role} {p}", shapes, axes))
+                 for p in arrays_files]
+        return _dataset(parts, axes, str(path))
     if image_files:
         if len(inputs) != 1:
             raise DataError(f"{source}: image folders fit only single-input models")
@@ -295,12 +386,12 @@ def load_search_data(
         warnings.append(f"no --eval data: held out {evals.samples} of the calibration samples for eval")
     else:
         evals = load_dataset("synthetic", inputs, samples=16, role="eval", **{**kw, "seed": seed + 1})
-    calib = Dataset({k: v[:calibration_samples] for k, v in calib.arrays.items()}, calib.source, calib.synthetic)
+    calib = calib.head(calibration_samples)
     label_array = None
     if labels:
         label_array = load_labels(labels, evals.samples)
     if evals.samples > eval_samples:
-        evals = Dataset({k: v[:eval_samples] for k, v in evals.arrays.items()}, evals.source, evals.synthetic)
+        evals = evals.head(eval_samples)
         if label_array is not None:
             label_array = label_array[:eval_samples]
     return calib, evals, label_array, warnings

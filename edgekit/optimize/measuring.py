@@ -20,7 +20,12 @@ from edgekit.optimize.sessions import make_session, run
 __all__ = ["eval_batch_size", "model_outputs", "time_pair", "time_side_by_side", "timing_feed"]
 
 
-def eval_batch_size(model: onnx.ModelProto) -> int:
+def eval_batch_size(model: onnx.ModelProto, data: Dataset | None = None) -> int:
+    """Samples per eval run: the model's fixed batch, 32 where it is symbolic, and 1 for data
+    batched on another axis than 0 (outputs are joined on axis 0, so every run must give
+    outputs of one shape)."""
+    if data is not None and (data.axes or data.per_file):
+        return 1
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
@@ -32,11 +37,12 @@ def eval_batch_size(model: onnx.ModelProto) -> int:
 
 def model_outputs(path: Path | str, data: Dataset, batch: int, threads: int) -> list[list[np.ndarray]]:
     session = make_session(path, threads=threads)
-    return [run(session, feed) for feed in data.batches(batch)]
+    # Scalar outputs get an axis so that batches join into one array per output.
+    return [[np.atleast_1d(o) for o in run(session, feed)] for feed in data.batches(batch)]
 
 
 def timing_feed(data: Dataset) -> dict[str, np.ndarray]:
-    return {k: v[:1] for k, v in data.arrays.items()}
+    return data.first()
 
 
 def time_pair(

@@ -13,8 +13,10 @@ import numpy as np
 import onnx
 
 from edgekit.errors import QuantizationError
+from edgekit.optimize.graphs import COMPUTE_OPS
 from edgekit.optimize.recipes import Recipe, auto_recipes
 from edgekit.optimize.results import CandidateResult
+from edgekit.optimize.subgraphs import KeptSubgraph
 
 __all__ = [
     "CALIBRATION_MEMORY",
@@ -25,6 +27,7 @@ __all__ = [
     "escalation_ends",
     "escalation_rounds",
     "mixed_precision_reserve",
+    "nothing_to_quantize",
     "ranking_samples",
     "search_recipes",
 ]
@@ -66,6 +69,21 @@ def search_recipes(
             hint="use --method static",
         )
     return recipes
+
+
+def nothing_to_quantize(graph: onnx.GraphProto, kept: Sequence[KeptSubgraph]) -> str | None:
+    """Why no recipe can help, when every compute op sits in a control-flow body that stays
+    FP32 (a model whose whole network hangs on an ``If`` over its sample rate); else None."""
+    if any(node.op_type in COMPUTE_OPS for node in graph.node):
+        return None
+    inside = sum(len(k.compute_inside) for k in kept)
+    if not inside:
+        return None
+    where = ", ".join(f"{k.op_type} {k.node!r}" for k in kept if k.compute_inside)
+    return (
+        f"kept FP32: all {inside} compute ops are inside control flow left in FP32 ({where}), "
+        "nothing else to quantize"
+    )
 
 
 def mixed_precision_reserve(budget_time: float | None, mixed_precision: bool) -> float:

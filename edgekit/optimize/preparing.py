@@ -14,8 +14,9 @@ from pathlib import Path
 import onnx
 from onnx import version_converter
 
-from edgekit.errors import QuantizationError, first_line
+from edgekit.errors import InvalidModelError, QuantizationError, first_line
 from edgekit.optimize.shapes import fix_input_shapes
+from edgekit.optimize.subgraphs import fold_constant_ifs
 
 
 @dataclass
@@ -29,9 +30,14 @@ class Prepared:
 def quiet_onnxruntime_logs() -> Iterator[None]:
     """onnxruntime's quantization tools log warnings through the root logger; keep them out of
     the user's terminal (the report says what matters)."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # its C++ warnings (unused initializers) too
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)
+    # CRITICAL: quant_pre_process logs a whole traceback at ERROR when its optimization step
+    # fails, and goes on without it.
+    root.setLevel(logging.CRITICAL)
     try:
         # The calibrators also print progress to stdout, which would corrupt piped output.
         with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -61,18 +67,58 @@ def upgrade_opset(model: onnx.ModelProto, minimum: int = 13) -> tuple[onnx.Model
         raise QuantizationError(f"cannot convert opset {current} to {minimum}: {first_line(exc)}") from exc
 
 
+def _rejected(model: onnx.ModelProto) -> str | None:
+    """Why onnxruntime refuses to load ``model`` as the search will (fully optimized: its
+    constant folding re-infers types inside subgraphs), or None."""
+    from edgekit.optimize.sessions import make_session
+
+    try:
+        make_session(model.SerializeToString())
+    except InvalidModelError as exc:
+        return exc.one_line()
+    return None
+
+
+def pin_shapes(
+    model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]], list[str]]:
+    """``model`` with as many of ``shapes`` pinned as onnxruntime still accepts, the shapes
+    pinned, and one warning per input left symbolic.
+
+    Pinning is an optimization (symbolic shape inference, constant Ifs); some models with
+    control flow stop type-checking when an input's shape is fixed (a branch's rank then
+    contradicts the other's), and such an input keeps its symbolic shape.
+    """
+    fixed = fix_input_shapes(model, shapes)
+    if not shapes or _rejected(fixed) is None or _rejected(model) is not None:
+        return fixed, dict(shapes), []
+    pinned: dict[str, tuple[int, ...]] = {}
+    warnings: list[str] = []
+    for name, shape in shapes.items():
+        reason = _rejected(fix_input_shapes(model, {**pinned, name: shape}))
+        if reason is None:
+            pinned[name] = shape
+        else:
+            warnings.append(f"input {name!r} kept symbolic: pinned to {list(shape)}, {reason[:200]}")
+    return fix_input_shapes(model, pinned), pinned, warnings
+
+
 def prepare(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]], workdir: Path) -> Prepared:
-    """Write ``workdir/prepared.onnx``: shapes fixed, opset upgraded, pre-processed."""
+    """Write ``workdir/prepared.onnx``: shapes fixed, opset upgraded, ``If`` nodes with a
+    constant condition folded, pre-processed."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     steps: list[str] = []
     warnings: list[str] = []
     if shapes:
-        model = fix_input_shapes(model, shapes)
-        steps.append("fixed input shapes " + ", ".join(f"{k}={list(v)}" for k, v in shapes.items()))
+        model, pinned, warnings = pin_shapes(model, shapes)
+        if pinned:
+            steps.append("fixed input shapes " + ", ".join(f"{k}={list(v)}" for k, v in pinned.items()))
     model, note = upgrade_opset(model)
     if note:
         steps.append(note)
+    model, notes = fold_constant_ifs(model)
+    steps += notes
     src = workdir / "fixed.onnx"
     onnx.save(model, str(src))
     out = workdir / "prepared.onnx"

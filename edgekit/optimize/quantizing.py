@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import numpy as np
 import onnx
 
-from edgekit.errors import ConfigError, QuantizationError
+from edgekit.errors import ConfigError, EdgekitError, QuantizationError, UnsupportedModelError, first_line
 from edgekit.optimize import fidelity as fid
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_search_data
 from edgekit.optimize.evaluating import SearchContext, evaluate_candidate
@@ -47,6 +47,7 @@ from edgekit.optimize.planning import (
     escalation_ends,
     escalation_rounds,
     mixed_precision_reserve,
+    nothing_to_quantize,
     ranking_samples,
     search_recipes,
 )
@@ -55,6 +56,7 @@ from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.results import CandidateResult, QuantizeReport, report_json, report_path
 from edgekit.optimize.sensitivity import rank_nodes
 from edgekit.optimize.shapes import Shapes, shapes_to_fix
+from edgekit.optimize.subgraphs import KeptSubgraph, kept_subgraphs, unvarying_scalars
 from edgekit.optimize.writing import atomic_write, check_output_path
 
 
@@ -108,6 +110,7 @@ class _Search:
         self.started = time.monotonic()
         self.warnings: list[str] = []
         self.results: list[CandidateResult] = []
+        self.step = "checking the inputs"
 
     def time_left(self) -> float:
         if self.s.budget_time is None:
@@ -125,7 +128,8 @@ class _Search:
         info = inspect_model(self.model_path, model)
         metric, budget, choice = self._metric_and_budget(info)
 
-        self.progress.stage("loading data")
+        self.step = "loading data"
+        self.progress.stage(self.step)
         calib, evals, labels, warnings = load_search_data(
             info.inputs, calibration=s.calibration, eval=s.eval, labels=s.labels, shapes=s.input_shapes,
             preprocessing=s.preprocessing, seed=s.seed, calibration_samples=s.calibration_samples,
@@ -136,21 +140,32 @@ class _Search:
 
         with tempfile.TemporaryDirectory(prefix="edgekit-quantize-") as tmp:
             work = Path(tmp)
-            self.progress.stage("preparing the model")
+            self.step = "preparing the model"
+            self.progress.stage(self.step)
             prepared = prepare(ensure_node_names(model), shapes, work)
             self.warnings += prepared.warnings
             prepared_model = onnx.load(str(prepared.path))
+            fp32_subgraphs = self._with_data_values(kept_subgraphs(prepared_model), calib, evals)
+            self.step = "measuring the FP32 baseline"
             ctx, base_ms = self._baseline(prepared.path, prepared_model, work, calib, evals, labels, metric, budget)
             baseline = {"latency_p50_ms": base_ms, "size_bytes": info.size_bytes, "score": ctx.fp32.score}
-            recipes = search_recipes(
-                info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
-                activation_type=s.activation_type, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
-            )
-            self._first_pass(recipes, ctx, activation_bytes(prepared_model))
-            if s.mixed_precision and not self._any_in_budget():
-                self._mixed_precision(ctx)
-            chosen, reason = self._choose(ctx)
-            self.progress.stage("writing the result")
+            unreachable = nothing_to_quantize(prepared_model.graph, fp32_subgraphs)
+            chosen: CandidateResult | None = None
+            if unreachable is not None:
+                reason = unreachable
+            else:
+                recipes = search_recipes(
+                    info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
+                    activation_type=s.activation_type, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
+                )
+                self.step = "trying candidates"
+                self._first_pass(recipes, ctx, activation_bytes(prepared_model))
+                if s.mixed_precision and not self._any_in_budget():
+                    self._mixed_precision(ctx)
+                self.step = "choosing"
+                chosen, reason = self._choose(ctx)
+            self.step = "writing the result"
+            self.progress.stage(self.step)
             if chosen is not None and chosen.path is not None:
                 atomic_write(self.out, chosen.path.read_bytes())
             else:
@@ -172,10 +187,24 @@ class _Search:
             eval={"source": evals.source, "samples": evals.samples, "synthetic": evals.synthetic, "labels": s.labels},
             steps=prepared.steps,
             warnings=self.warnings,
+            fp32_subgraphs=[k.to_dict() for k in fp32_subgraphs],
+            fp32_subgraph_lines=[k.line() for k in fp32_subgraphs],
             seconds=time.monotonic() - self.started,
         )
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
+
+    @staticmethod
+    def _with_data_values(kept: list[KeptSubgraph], *data: Dataset) -> list[KeptSubgraph]:
+        """Name the inputs a kept control-flow node hinges on that never vary in the data: the
+        user learns that an export for that value would quantize."""
+        names = {n for k in kept for n in k.depends_on}
+        if not names:
+            return kept
+        same = unvarying_scalars((feed for d in data if not d.synthetic for feed in d.batches(1)), names)
+        return [
+            replace(k, same_in_data=tuple(f"{n}={same[n]}" for n in k.depends_on if n in same)) for k in kept
+        ]
 
     def _metric_and_budget(self, info: ModelInfo) -> tuple[fid.Metric, fid.Budget, MetricChoice]:
         """Refuse what cannot work before any slow step; pick the metric (and say why) and its budget."""
@@ -205,7 +234,7 @@ class _Search:
         labels: np.ndarray | None, metric: fid.Metric, budget: fid.Budget,
     ) -> tuple[SearchContext, float]:
         """FP32's outputs, score and p50 latency (ms): what every candidate is measured against."""
-        batch = eval_batch_size(prepared_model)
+        batch = eval_batch_size(prepared_model, evals)
         self.progress.stage("measuring the FP32 baseline")
         reference = model_outputs(prepared, evals, batch, self.s.threads)
         fp32_fid = fid.evaluate(metric, reference, reference, labels)
@@ -306,7 +335,15 @@ def quantize(
     ``<out>.report.json``."""
     if settings is not None and settings.threads < 1:
         raise ConfigError("must be at least 1", field="--threads")
-    return _Search(Path(model), Path(out), settings or QuantizeSettings(), progress or _Silent()).run()
+    search = _Search(Path(model), Path(out), settings or QuantizeSettings(), progress or _Silent())
+    try:
+        return search.run()
+    except (EdgekitError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # whatever a model brings, the user gets one line, not a traceback
+        raise UnsupportedModelError(
+            f"cannot quantize {model} while {search.step}: {type(exc).__name__}: {first_line(exc, 300)}"
+        ) from exc
 
 
 __all__ = ["CandidateResult", "QuantizeReport", "QuantizeSettings", "quantize", "report_path"]

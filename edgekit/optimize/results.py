@@ -59,6 +59,9 @@ class QuantizeReport:
     seconds: float
     metric_settings: dict[str, float] = field(default_factory=dict)  # a task metric's settings
     metric_reason: str = ""  # why this metric: auto's choice, or given with --metric
+    # Control-flow nodes whose bodies stay FP32 (``subgraphs.KeptSubgraph``), and one line each.
+    fp32_subgraphs: list[dict[str, Any]] = field(default_factory=list)
+    fp32_subgraph_lines: list[str] = field(default_factory=list)
 
     @property
     def chosen_result(self) -> CandidateResult | None:
@@ -86,6 +89,7 @@ class QuantizeReport:
             "eval": self.eval,
             "steps": self.steps,
             "warnings": self.warnings,
+            "fp32_subgraphs": self.fp32_subgraphs,
             "seconds": round(self.seconds, 1),
         }
 

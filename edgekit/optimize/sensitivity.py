@@ -41,7 +41,7 @@ def rank_nodes(float_model: Path, qdq_model: Path, data: Dataset, workdir: Path,
         modify_model_output_intermediate_tensors,
     )
 
-    subset = Dataset({k: v[:samples] for k, v in data.arrays.items()}, data.source)
+    subset = data.head(samples)
 
     class Reader:
         """A CalibrationDataReader (collect_activations iterates it)."""

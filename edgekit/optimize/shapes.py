@@ -1,8 +1,10 @@
-"""Input shapes: parse ``NAME=D1,D2,...`` and pin a model's symbolic dimensions."""
+"""Input shapes: parse ``NAME=D1,D2,...``, find each input's batch axis, and pin a model's
+symbolic dimensions."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import onnx
@@ -14,6 +16,39 @@ if TYPE_CHECKING:
     from edgekit.optimize.datasets import Dataset  # datasets imports this module
 
 Shapes = dict[str, tuple[int, ...]]
+BatchAxes = dict[str, int | None]
+
+
+def _fixed(d: object) -> bool:
+    return isinstance(d, int) and d > 0
+
+
+def batch_axes(inputs: Sequence[TensorInfo]) -> BatchAxes:
+    """The axis each input's samples run along, or None for an input that cannot be batched.
+
+    The batch dimension is the symbolic name most inputs carry on axis 0 (``batch``, ``N``); an
+    input that carries it elsewhere (an RNN state ``[2,batch,H]``) is batched there. A scalar
+    has no batch axis, nor has an input of fixed shape beside symbolic ones unless it leads with
+    1. Where every input is fixed, axis 0 counts samples as it always did. An unknown rank is
+    read from the data, batched on axis 0.
+    """
+    leading = Counter(i.shape[0] for i in inputs if i.shape and isinstance(i.shape[0], str))
+    name = leading.most_common(1)[0][0] if leading else None
+    all_fixed = all(i.shape is not None and all(_fixed(d) for d in i.shape) for i in inputs)
+    axes: BatchAxes = {}
+    for info in inputs:
+        shape = info.shape
+        if shape is None:
+            axes[info.name] = 0
+        elif not shape:
+            axes[info.name] = None
+        elif name is not None and name in shape:
+            axes[info.name] = shape.index(name)
+        elif not _fixed(shape[0]) or all_fixed or shape[0] == 1:
+            axes[info.name] = 0
+        else:
+            axes[info.name] = None
+    return axes
 
 
 def parse_input_shapes(specs: Iterable[str]) -> Shapes:
@@ -33,9 +68,11 @@ def parse_input_shapes(specs: Iterable[str]) -> Shapes:
     return shapes
 
 
-def resolve_shape(info: TensorInfo, given: tuple[int, ...] | None, batch: int = 1) -> tuple[int, ...]:
+def resolve_shape(
+    info: TensorInfo, given: tuple[int, ...] | None, batch: int = 1, axis: int | None = 0
+) -> tuple[int, ...]:
     """A concrete shape for an input: the given one (checked against fixed dims) or the model's
-    own with a symbolic leading dimension read as the batch size."""
+    own with its symbolic batch dimension (``axis``) read as the batch size."""
     if given is not None:
         if info.shape is not None:
             if len(given) != len(info.shape):
@@ -52,7 +89,7 @@ def resolve_shape(info: TensorInfo, given: tuple[int, ...] | None, batch: int = 
     for i, d in enumerate(info.shape):
         if isinstance(d, int) and d > 0:
             dims.append(d)
-        elif i == 0:
+        elif i == axis:
             dims.append(batch)
         else:
             raise DataError(
@@ -87,16 +124,17 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...
 
 
 def shapes_to_fix(info: ModelInfo, given: Shapes, sample: Dataset | None) -> Shapes:
-    """Input shapes to pin: those given, else from the data; a model whose only symbolic dim is
-    the batch keeps it (static quantization handles that), others are fixed whole."""
+    """Input shapes to pin: those given, else from the data; an input whose only symbolic dim is
+    its batch axis keeps it (static quantization handles that), others are fixed whole."""
     shapes: Shapes = {}
+    axes = batch_axes(info.inputs)
     for inp in info.inputs:
         if inp.name in given:
             shapes[inp.name] = given[inp.name]
             continue
         if inp.shape is None or not inp.symbolic:
             continue
-        only_batch = all(isinstance(d, int) and d > 0 for d in inp.shape[1:])
+        only_batch = all(_fixed(d) for i, d in enumerate(inp.shape) if i != axes[inp.name])
         if only_batch:
             continue
         if sample is None:
@@ -104,5 +142,5 @@ def shapes_to_fix(info: ModelInfo, given: Shapes, sample: Dataset | None) -> Sha
                 f"input {inp.name!r} has symbolic dimensions {inp.shape_text()}",
                 hint=f"pass --input-shape {inp.name}=D1,D2,... or calibration data",
             )
-        shapes[inp.name] = (1, *sample.arrays[inp.name].shape[1:])
+        shapes[inp.name] = sample.sample_shape(inp.name)
     return shapes
