@@ -185,6 +185,8 @@ def out(name: str, *shape: int | str | None) -> TensorInfo:
         ([out("probs", 1, 40, 6625)], {"probs": "Softmax"}, {}, False, "ctc-agreement", "Softmax"),
         ([out("logits", "N", 10)], {"logits": "Gemm"}, {}, True, "accuracy", "labels"),
         ([out("logits", "N", 10)], {"logits": "Gemm"}, {}, False, "top1", "class scores"),
+        # one score per sample (a VAD's speech probability): top-1 of one column always agrees
+        ([out("output", "batch", 1)], {"output": "Sigmoid"}, {}, False, "max-abs", "one score per sample"),
         ([out("sentence_embedding", 1, 384)], {}, {}, False, "embedding-cosine", "embedding"),
         ([out("last_hidden_state", 1, "seq", 768)], {}, {}, False, "embedding-cosine", "embedding"),
         ([out("y", 1, 2, 3)], {}, {}, False, "cosine", "no output looks like"),

@@ -10,7 +10,7 @@ Decided from what the model declares, in this order:
    - [N, T, C] out of a Softmax, or with a character dictionary in the metadata: ``ctc-agreement``
      (PP-OCR rec);
    - [N, D] or [N, T, D] named like an embedding (embed, feature, pooler, hidden): ``embedding-cosine``;
-   - [N, C]: ``top1``;
+   - [N, C]: ``top1`` (``max-abs`` when C is 1: one score per sample);
 4. otherwise ``cosine``.
 Pure: reads ``TensorInfo`` and metadata, never the model file.
 """
@@ -140,8 +140,10 @@ def choose_metric(
     if first is not None and first.shape is not None and len(first.shape) in (2, 3):
         if any(word in first.name.lower() for word in EMBEDDING_WORDS):
             return MetricChoice("embedding-cosine", f"{_shape_text(first)} is named like an embedding")
-        if len(first.shape) == 2:
+        if len(first.shape) == 2 and first.shape[1] != 1:
             return MetricChoice("top1", f"{_shape_text(first)} holds class scores [N,C]")
+        if len(first.shape) == 2:  # one column (a VAD's speech probability): top-1 would always agree
+            return MetricChoice("max-abs", f"{_shape_text(first)} is one score per sample: its largest change")
     return MetricChoice("cosine", "no output looks like class scores, detections, masks or sequences")
 
 
