@@ -136,3 +136,19 @@ def test_pae_is_dsse_v1() -> None:
     # the example of the DSSE v1 protocol document
     assert pae("http://example.com/HelloWorld", b"hello world") == \
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+
+
+def test_pull_and_push_carry_the_attestation(registry: DockerRegistry, digits_model: Path, keys: dict[str, Path],
+                                             cosign: Path, tmp_path: Path) -> None:
+    from edgekit.image.pushing import pull_image, push_layout
+
+    image = package_attested(registry, digits_model, keys["release"], "carried", write_report(tmp_path / "r.json"))
+    pulled = pull_image(parse_reference(image), tmp_path / "folder")
+    assert (pulled.signatures, pulled.attestations) == (1, 1)
+    local = invoke("verify", tmp_path / "folder", "--key", keys["release.pub"], "--output", "json")
+    assert local.exit_code == 0, local.stderr
+    assert json.loads(local.stdout)["attestation"]["predicate"]["accuracy"]["drop"] == pytest.approx(0.01)
+    copied = push_layout(tmp_path / "folder", parse_reference(f"{registry.host}/att/copied:1.0"))
+    assert copied.attestations == 1
+    out = _verify_attestation(cosign, tmp_path, keys["release.pub"], f"{registry.host}/att/copied@{copied.digest}")
+    assert out.returncode == 0, out.stderr
