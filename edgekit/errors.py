@@ -59,6 +59,14 @@
         ├── ThresholdRangeError           67  a gate threshold or duration out of range            [P]
         ├── RolloutNotFoundError          68  no such EdgeRollout                                  [P]
         └── RolledBackError               69  the rollout ended rolled back (a gate failed or aborted)
+    ReleasePolicyError                    90  the release policy refuses the image (quantization     [P]
+    │                                           attestation); raised before any cluster call
+    ├── AttestationMissingError           91  no quantization attestation, where one is required   [P]
+    ├── AttestationInvalidError           92  attestations exist but none verifies with the key    [P]
+    │                                           for this image (other key, tampered, other image)
+    ├── AccuracyBudgetError               93  attested accuracy drop over the policy's budget      [P]
+    └── LatencyBudgetError                94  attested latency ratio for the platform at or over   [P]
+                                                the policy's limit, or not measured there
 
 [T]: also a ``TemporaryError``, worth retrying (after ``retry_after`` when the server said how
 long). [P]: also a ``PermanentError``, not worth retrying as it is. Errors marked neither depend on
@@ -96,6 +104,9 @@ from edgekit_agent.errors import (
 )
 
 __all__ = [
+    "AccuracyBudgetError",
+    "AttestationInvalidError",
+    "AttestationMissingError",
     "BrokerError",
     "BrokerProtocolError",
     "BrokerUnreachableError",
@@ -122,6 +133,7 @@ __all__ = [
     "KubeInvalidError",
     "KubeNotFoundError",
     "KubeUnavailableError",
+    "LatencyBudgetError",
     "MissingExternalDataError",
     "ModelError",
     "ModelNotFoundError",
@@ -132,6 +144,7 @@ __all__ = [
     "QuantizationError",
     "RegistryAuthError",
     "RegistryUnavailableError",
+    "ReleasePolicyError",
     "RolledBackError",
     "RolloutError",
     "RolloutInProgressError",
@@ -319,6 +332,39 @@ class RolledBackError(RolloutError):
     """The rollout finished rolled back; scripts see a failure."""
 
     exit_code = 69
+
+
+# --- release policy and quantization attestations (90-94) ---------------------------------
+class ReleasePolicyError(PermanentError):
+    """The release policy (``edgekit push --policy``) refuses the image. Raised before any call to
+    the cluster, so nothing changed. Each subclass is one family of refusal."""
+
+    exit_code = 90
+
+
+class AttestationMissingError(ReleasePolicyError):
+    """The image has no quantization attestation (or its report records no figure the policy needs)."""
+
+    exit_code = 91
+
+
+class AttestationInvalidError(ReleasePolicyError):
+    """Quantization attestations exist, but none verifies with the key and names this image."""
+
+    exit_code = 92
+
+
+class AccuracyBudgetError(ReleasePolicyError):
+    """The attested accuracy drop against FP32 is over the policy's budget."""
+
+    exit_code = 93
+
+
+class LatencyBudgetError(ReleasePolicyError):
+    """The attested latency ratio against FP32 for the group's platform is at or over the limit
+    (or was never measured there)."""
+
+    exit_code = 94
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

@@ -356,3 +356,46 @@ def test_controller_runs_detached_rollouts(rollout_env: RolloutEnv, new_fleet: N
     log = (tmp_path / "controller.log").read_text()
     assert code == 0, log
     assert f"{name}: taking over" in log and f"{name}: Succeeded" in log
+
+
+def test_release_policy_on_the_rehearsal_fleet(rollout_env: RolloutEnv, new_fleet: NewFleet, digits_model: Path,
+                                               cosign: Path, tmp_path: Path) -> None:
+    """Attested by ``package --sign-key`` with the release key: cosign and edgekit verify the
+    attestation; an image over the accuracy budget is refused with the fleet untouched; one in
+    budget passes the policy and rolls out."""
+    from tests.fixtures.rollout import RELEASE_PASSWORD
+    from tests.test_images_attest import write_report
+    from tests.test_images_signing import _cosign
+
+    env = rollout_env
+    fleet = new_fleet(3)
+    fleet.deploy(env.images["1.0"])
+    key = env.public_key.with_suffix(".key")
+    made: dict[str, str] = {}
+    for version, score in (("7.0", 0.995), ("8.0", 0.9)):
+        report = write_report(tmp_path / f"{version}.json", score=score)
+        out = env.cli("package", str(digits_model), "--name", "digits", "--version", version, "--report", str(report),
+                      "--push", f"{env.registry.host}/models/digits", "--sign-key", str(key),
+                      "--output", "json", env=env.env(EDGEKIT_KEY_PASSWORD=RELEASE_PASSWORD.decode()), check=True)
+        made[version] = f"{env.registry.host}/models/digits@{json.loads(out.stdout)['push']['digest']}"
+    good, lossy = made["7.0"], made["8.0"]
+    verified = _cosign(cosign, tmp_path, "verify-attestation", "--key", env.public_key, "--type",
+                       "https://edgekit.io/attestations/quantization/v1", "--insecure-ignore-tlog=true",
+                       "--allow-http-registry", "--trusted-root", tmp_path / "trusted_root.json", good)
+    assert verified.returncode == 0, verified.stderr
+    checked = env.cli("verify", good, "--public-key", str(env.public_key), "--output", "json", check=True)
+    assert json.loads(checked.stdout)["attestation"]["predicate"]["accuracy"]["drop"] == pytest.approx(0.005)
+
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"max_accuracy_drop": 0.01, "platform": "linux/amd64"}))
+    before = (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()])
+    refused = env.cli("push", lossy, "-g", fleet.group, "-a", fleet.app, "--policy", str(policy), *FAST)
+    assert refused.returncode == 93, refused.stderr
+    assert refused.stderr.count("\n") == 1 and "drop 0.1 is over the budget 0.01" in refused.stderr
+    assert (fleet.revisions(), fleet.daemonsets(), [r.name for r in fleet.rollouts()]) == before
+
+    code, ro, err = push(env, fleet, f"{env.registry.host}/models/digits:7.0", "--policy", str(policy), *FAST)
+    assert code == 0, err
+    assert ro.status.phase == "Succeeded" and ro.spec.target.image == good
+    assert set(fleet.revisions().values()) == {revision_of(good)}
+    fleet.wait_running(revision_of(good))

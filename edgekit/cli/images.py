@@ -109,7 +109,8 @@ def _size(n: float | None) -> str:
               help="Write an OCI image layout folder here.")
 @click.option("--push", "push_ref", metavar="REF", help="Push straight to this registry reference.")
 @click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="With --push: sign the pushed image with this private key.")
+              help="With --push: sign the pushed image with this private key, and attach its quantization "
+                   "report as a signed in-toto attestation (as `cosign attest`).")
 @_ALLOW_UNENCRYPTED
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path),
               help="Quantization report to embed [default: <model>.report.json when present].")
@@ -181,11 +182,19 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
                                                            monolithic_max=reg.chunk_size_mb << 20),
                                  progress=progress)
         signed = sign_image(parse_reference(result.reference), key, options=options) if key else None
+        attested = None
+        if key:
+            from edgekit import __version__
+            from edgekit.image.attesting import attest_image, predicate_for
+
+            predicate = predicate_for(image.metadata.to_dict(), list(image.manifests), edgekit_version=__version__)
+            attested = attest_image(parse_reference(result.reference), key, predicate, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if output == "json":
         emit_json({"image": image.to_dict(), "push": result.to_dict(),
-                   "signature": signed.to_dict() if signed else None})
+                   "signature": signed.to_dict() if signed else None,
+                   "attestation": attested.to_dict() if attested else None})
         return
     con = console()
     con.print(f"pushed [bold]{escape(result.reference)}[/]")
@@ -193,6 +202,8 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
               f"{result.blobs_existing} already there")
     if signed:
         con.print(f"signed with key {signed.key_id} -> {signed.signature_tag}")
+    if attested:
+        con.print(f"attested the quantization report -> {attested.attestation_tag}")
 
 
 # --- push / pull -------------------------------------------------------------------------------
@@ -360,26 +371,51 @@ def sign_cmd(ref: str, key: Path, annotations: tuple[str, ...], allow_unencrypte
 
 @click.command("verify")
 @click.argument("target", metavar="REF|DIR")
-@click.option("--key", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Public key.")
+@click.option("--key", "--public-key", "key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Public key.")
+@click.option("--require-attestation", is_flag=True,
+              help="Fail (exit 91) unless the image carries a quantization attestation.")
 @registry_options
 @output_option
-def verify_cmd(target: str, key: Path, output: str, **kwargs: Any) -> None:
-    """Check an image's cosign signature with a public key (registry reference or layout folder).
+def verify_cmd(target: str, key: Path, require_attestation: bool, output: str, **kwargs: Any) -> None:
+    """Check an image's cosign signature with a public key (registry reference or layout folder),
+    and its quantization attestation when it has one.
 
-    Exits 0 only when a signature made with KEY names this image's digest.
+    Exits 0 only when a signature made with KEY names this image's digest and any quantization
+    attestation it carries verifies with KEY for this digest (92 otherwise); without one it says so
+    and exits 0 unless --require-attestation (91).
 
     \b
     Examples:
       edgekit verify localhost:5000/models/digits:1.2.0 --key edgekit.pub --insecure
       edgekit verify pulled/digits-1.2.0 --key cosign.pub
     """
+    from edgekit.errors import AttestationMissingError
+    from edgekit.image.attesting import verify_attestation
+
     options, _ = _registry(kwargs)
     digest, report = verify_image(target, key, options=options)
+    try:
+        attested: dict[str, Any] | None = verify_attestation(target, key, options=options, digest=digest).to_dict()
+    except AttestationMissingError:
+        if require_attestation:
+            raise
+        attested = None
     if output == "json":
         emit_json({"target": target, "digest": digest, "verified": True, "key_id": report.key_id,
-                   "signatures": report.found, "payloads": list(report.verified)})
+                   "signatures": report.found, "payloads": list(report.verified), "attestation": attested})
         return
-    console().print(f"verified [bold]{escape(target)}[/] ({digest}) with key {report.key_id}")
+    con = console()
+    con.print(f"verified [bold]{escape(target)}[/] ({digest}) with key {report.key_id}")
+    if attested is None:
+        con.print("quantization attestation: none")
+        return
+    pred = attested["predicate"]
+    acc = pred.get("accuracy") or {}
+    ratios = ", ".join(f"{p} x{_figure(v.get('ratio'), '.2f')}" for p, v in (pred.get("latency") or {}).items()
+                       if isinstance(v, dict) and v.get("ratio") is not None) or "not measured"
+    con.print(escape(f"quantization attestation verified: {pred.get('precision')} {pred.get('method') or ''}"
+                     f" {acc.get('metric')} drop {_figure(acc.get('drop'))}, latency {ratios}"), highlight=False)
 
 
 @click.command("show")

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
 
+from edgekit.cli._output import console
 from edgekit.cli.images import push_cmd as upload_cmd
 from edgekit.cli.rollout_options import pop_strategy, starting_options
 from edgekit.cli.rollout_session import opened, start
@@ -31,6 +33,18 @@ from edgekit.kube.targets import GROUP_FORMS
               help="Shadow samples to gather before judging [200].")
 @click.option("--shadow-timeout", default=None, metavar="DURATION",
               help="Longest the shadow wave may take; undecided by then, it fails [10m].")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Release policy (YAML or JSON: max_accuracy_drop, require_attestation, max_latency_ratio, "
+                   "platform): refuse, before any cluster call, an image whose signed quantization attestation "
+                   "breaks it (exit 91-94).")
+@click.option("--max-accuracy-drop", default=None, metavar="DROP",
+              help="Policy: largest attested accuracy drop vs FP32 (1% or 0.01: one point) [policy file].")
+@click.option("--max-latency-ratio", type=float, default=None, metavar="RATIO",
+              help="Policy: refuse an attested latency ratio vs FP32 at or over this [1.0: must be faster].")
+@click.option("--require-attestation/--no-require-attestation", default=None,
+              help="Policy: refuse an image without a quantization attestation by --public-key [required].")
+@click.option("--policy-platform", default=None, metavar="OS/ARCH",
+              help="Policy: the group's platform whose attested latency counts [every measured platform].")
 @starting_options("Create the rollout and return; `edgekit controller` runs it.")
 def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **kw: Any) -> None:
     """Roll IMAGE out to a device group in health-gated waves, rolling back by itself when a
@@ -46,6 +60,11 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
     All state lives in an EdgeRollout, so `edgekit rollout resume` continues from any machine if
     this process dies.
 
+    With --policy (or the policy flags) the image's signed quantization attestation is verified with
+    --public-key and judged first: an accuracy drop over budget, a latency ratio at or over the
+    limit on the group's platform, or an attestation missing or signed by another key stops the
+    push before any call to the cluster.
+
     Without --group, `edgekit push LAYOUT REF` uploads an image layout to a registry.
 
     \b
@@ -55,13 +74,29 @@ def push_rollout(image: str, group: str, app: str, detach: bool, output: str, **
           --bake 2m --spread-by topology.kubernetes.io/zone --max-error-rate 1% --max-p95-regression 20%
       edgekit push registry.local/detector@sha256:3f2a… -g kubeedge:cams -a detector --manual-promote
       edgekit push registry.local/detector:1.5 -g cameras -a detector --shadow-first --min-agreement 0.98
+      edgekit push registry.local/detector:1.6 -g cameras -a detector --policy release-policy.yaml
     """
     from edgekit.rollout import service
 
     shadow = _pop_shadow(kw)
     strategy = pop_strategy(kw)
-    with opened(kw, images=True, telemetry=not detach, trust="edgekit push") as session:
-        plan = service.plan_push(session, image=image, group=group, app=app, strategy=strategy, shadow=shadow)
+    policy = _pop_policy(kw)
+    checked: list[str] = []
+
+    def check_policy(settings: Any, options: Any) -> None:
+        from edgekit.rollout.releasing import check_release
+
+        assert policy is not None
+        release = check_release(image, policy, settings.public_key, options=options)
+        checked.append(release.image)  # roll out exactly the digest the policy judged
+        if output != "json":
+            console(stderr=True).print(escape(f"release policy passed: {'; '.join(release.verdict.checked)}"),
+                                       highlight=False)
+
+    with opened(kw, images=True, telemetry=not detach, trust="edgekit push",
+                before_connect=check_policy if policy is not None else None) as session:
+        target = checked[0] if checked else image
+        plan = service.plan_push(session, image=target, group=group, app=app, strategy=strategy, shadow=shadow)
         start(session, plan, output, detach=detach,
               created=lambda ro: f"created rollout {ro.name}: {len(ro.status.waves)} waves over "
                                  f"{sum(len(w.nodes) for w in ro.status.waves)} nodes; "
@@ -92,6 +127,20 @@ def _pop_shadow(kw: dict[str, Any]) -> Any:
         min_samples=base.min_samples if given["shadow_min_samples"] is None else given["shadow_min_samples"],
         timeout_s=base.timeout_s if given["shadow_timeout"] is None else parse_duration(
             given["shadow_timeout"], flag="--shadow-timeout")))
+
+
+def _pop_policy(kw: dict[str, Any]) -> Any:
+    """The release policy from --policy and the per-rule flags (flags win); None when none is given."""
+    from edgekit.rollout.policy import ReleasePolicy, override
+    from edgekit.rollout.releasing import read_policy_file
+
+    path = kw.pop("policy_file")
+    flags = {"max_accuracy_drop": kw.pop("max_accuracy_drop"), "max_latency_ratio": kw.pop("max_latency_ratio"),
+             "require_attestation": kw.pop("require_attestation"), "platform": kw.pop("policy_platform")}
+    if path is None and all(v is None for v in flags.values()):
+        return None
+    base = read_policy_file(path) if path is not None else ReleasePolicy()
+    return override(base, where="policy flags", **flags)
 
 
 def _wants_rollout(args: list[str]) -> bool:

@@ -20,9 +20,12 @@ from edgekit.cli._output import console
 from edgekit.cli.rollout_view import Follower, answer, show
 
 if TYPE_CHECKING:
+    from edgekit_agent.oci.registry import RegistryOptions
+
     from edgekit.kube.client import KubeClient
     from edgekit.rollout.resource import EdgeRollout
     from edgekit.rollout.service import PushPlan, Session
+    from edgekit.rollout.settings import RolloutSettings
 
 
 def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
@@ -42,7 +45,8 @@ def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
     return connect_from_kubeconfig(kubeconfig, context)
 
 
-def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | None) -> Session:
+def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | None,
+             before_connect: Callable[[RolloutSettings, RegistryOptions], None] | None = None) -> Session:
     from edgekit.rollout import service
     from edgekit.rollout.images import RegistryImages
     from edgekit.rollout.kubecluster import KubeCluster
@@ -57,13 +61,15 @@ def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | 
     settings = load_rollout_settings(kw.pop("config_file", None), **overrides)
     if trust is not None:  # before the cluster is contacted: nothing changes without a key
         settings.require_trust(trust)
+    from edgekit.image.options import load_registry_settings
+
+    reg = load_registry_settings(insecure=settings.registry_insecure or None) if images or before_connect else None
+    if before_connect is not None and reg is not None:  # e.g. the release policy: a refusal leaves the
+        before_connect(settings, reg.to_options())      # cluster untouched
     client = connect(kw.pop("kubeconfig", None), kw.pop("context", None))
     cluster = KubeCluster(client, render_options=settings.render_options())
     session = service.Session(cluster, settings)
-    if images:
-        from edgekit.image.options import load_registry_settings
-
-        reg = load_registry_settings(insecure=settings.registry_insecure or None)
+    if images and reg is not None:
         session.images = RegistryImages(reg.to_options(), public_key=settings.public_key,
                                         require_digest=settings.require_digest)
     brokers, root, interval = kw.pop("brokers", ()), kw.pop("topic_root", None), kw.pop("health_interval", None)
@@ -80,11 +86,13 @@ def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | 
 
 @contextmanager
 def opened(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False,
-           trust: str | None = None) -> Iterator[Session]:
+           trust: str | None = None,
+           before_connect: Callable[[RolloutSettings, RegistryOptions], None] | None = None) -> Iterator[Session]:
     """A session from the flags in ``kw`` (removed from it): ``images`` to resolve and verify images,
     ``telemetry`` to judge gates from the fleet's reports, ``trust`` (the command's name) to require a
-    public key or ``--allow-unsigned`` first."""
-    session = _session(kw, images=images, telemetry=telemetry, trust=trust)
+    public key or ``--allow-unsigned`` first, ``before_connect`` to check something with the settings
+    before the cluster is contacted."""
+    session = _session(kw, images=images, telemetry=telemetry, trust=trust, before_connect=before_connect)
     try:
         yield session
     finally:

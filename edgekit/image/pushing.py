@@ -4,7 +4,8 @@ Push order follows the distribution spec: blobs first (each one HEAD-checked, so
 registry already has is never sent again; mounted from another repository when one is named;
 uploaded in one PUT up to ``monolithic_max`` bytes, else in PATCH chunks that resume from the
 registry's offset after a dropped connection), then platform manifests by digest, then the
-index under its tag, then cosign signature manifests found beside the image.
+index under its tag, then the cosign signature and attestation manifests found beside the image
+(`sha256-<hex>.sig`, `.att`); pull copies them into the folder too.
 
 Pull writes an OCI layout folder through ``LayoutWriter``: nothing appears at the destination
 until every blob has been downloaded and checked against its digest.
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgekit_agent.errors import ImageError, ImageLayoutError, RegistryUnavailableError
+from edgekit_agent.errors import ImageError, ImageLayoutError, ImageNotFoundError, RegistryUnavailableError
 from edgekit_agent.oci.layout import OciLayout
 from edgekit_agent.oci.mediatypes import ANN_REF_NAME, ANN_VERSION, check_descriptor, signature_tag
 from edgekit_agent.oci.reference import Reference, parse_reference
@@ -28,6 +29,7 @@ from edgekit_agent.oci.signatures import verify_image_signatures
 from edgekit_agent.oci.sources import ImageSource, LayoutSource, RegistrySource, manifest_kind
 from edgekit_agent.oci.transport import FileSlice
 
+from edgekit.image.attestations import attestation_tag
 from edgekit.image.layouts import LayoutWriter
 
 __all__ = ["PullResult", "PushResult", "TransferProgress", "TransferSettings", "pull_image", "push",
@@ -69,6 +71,7 @@ class PushResult:
     bytes_uploaded: int = 0
     manifests: int = 0
     signatures: int = 0
+    attestations: int = 0  # cosign attestation manifests (``sha256-<hex>.att``) pushed beside the image
     requests: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class PullResult:
     blobs: int = 0
     bytes_downloaded: int = 0
     signatures: int = 0
+    attestations: int = 0
     platforms: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,7 +130,8 @@ def _graph(source: ImageSource, top: Manifest) -> _Graph:
 
 def _label(desc: dict[str, Any]) -> str:
     title = (desc.get("annotations") or {}).get("org.opencontainers.image.title")
-    kind = "config" if "config" in desc["mediaType"] else ("signature" if "cosign" in desc["mediaType"] else "layer")
+    media = desc["mediaType"]
+    kind = "config" if "config" in media else ("signature" if "cosign" in media or "dsse" in media else "layer")
     return f"{title or kind} {desc['digest'][7:19]}"
 
 
@@ -312,6 +317,13 @@ def push_layout(layout: str | Path, ref: Reference, *, options: RegistryOptions 
             _push_graph(source, sig_graph, client, ref.repository, signature_tag(top.digest), settings,
                         progress, result)
             result.signatures += 1
+        att_desc = source.layout.find_tag(attestation_tag(top.digest)) if include_signatures else None
+        if att_desc:
+            att = source.manifest(att_desc["digest"])
+            att_graph = _Graph(top=att, children=(), blobs=_graph(source, att).blobs)
+            _push_graph(source, att_graph, client, ref.repository, attestation_tag(top.digest), settings,
+                        progress, result)
+            result.attestations += 1
         result.requests = client.requests
     return result
 
@@ -352,6 +364,13 @@ def _fetch_graph(source: ImageSource, graph: _Graph, writer: LayoutWriter, progr
         result.bytes_downloaded += int(desc["size"])
 
 
+def _attestations(source: RegistrySource, digest: str) -> Manifest | None:
+    try:
+        return source.client.get_manifest(source.ref.repository, attestation_tag(digest))
+    except ImageNotFoundError:
+        return None
+
+
 def pull_image(ref: Reference, dest: str | Path, *, options: RegistryOptions | None = None,
                progress: TransferProgress | None = None, force: bool = False, public_key: Any = None,
                require_signature: bool = False, include_signatures: bool = True) -> PullResult:
@@ -381,6 +400,11 @@ def pull_image(ref: Reference, dest: str | Path, *, options: RegistryOptions | N
                 entries.append({"mediaType": sig.media_type, "digest": sig.digest, "size": len(sig.data),
                                 "annotations": {ANN_REF_NAME: signature_tag(top.digest)}})
                 result.signatures = 1
+            if include_signatures and (att := _attestations(source, top.digest)) is not None:
+                _fetch_graph(source, _graph(source, att), writer, progress, result)
+                entries.append({"mediaType": att.media_type, "digest": att.digest, "size": len(att.data),
+                                "annotations": {ANN_REF_NAME: attestation_tag(top.digest)}})
+                result.attestations = 1
             writer.commit(entries)
         return result
     finally:

@@ -1,0 +1,201 @@
+"""Quantization attestations: the in-toto statement, its DSSE envelope and what a verifier reads back.
+
+This is what ``cosign attest --key KEY --type https://edgekit.io/attestations/quantization/v1
+--predicate report.json IMAGE`` writes, so ``cosign verify-attestation`` accepts edgekit's and
+edgekit reads cosign's:
+
+- the statement: ``{"_type": "https://in-toto.io/Statement/v0.1", "predicateType": TYPE,
+  "subject": [{"name": "registry/repo", "digest": {"sha256": HEX}}], "predicate": {...}}`` (Go's
+  field order, compact; the predicate's keys sorted as Go marshals a map);
+- the envelope: ``{"payloadType": "application/vnd.in-toto+json", "payload": base64(statement),
+  "signatures": [{"keyid": "", "sig": base64(DER ECDSA-SHA256 over PAE)}]}``, where PAE is DSSE's
+  ``"DSSEv1" SP len(type) SP type SP len(body) SP body``;
+- stored as a layer (media type ``application/vnd.dsse.envelope.v1+json``, annotations
+  ``predicateType`` and an empty ``dev.cosignproject.cosign/signature``) of the manifest tagged
+  ``sha256-<hex>.att`` beside the image.
+
+Pure functions only: the registry side is ``edgekit.image.attesting``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from edgekit_agent.oci.mediatypes import check_digest
+
+__all__ = [
+    "DSSE_ENVELOPE",
+    "INTOTO_PAYLOAD",
+    "PREDICATE_ANNOTATION",
+    "QUANTIZATION_PREDICATE",
+    "STATEMENT_V01",
+    "AttestedClaim",
+    "attestation_tag",
+    "envelope_json",
+    "open_envelope",
+    "pae",
+    "quantization_predicate",
+    "sign_envelope",
+    "statement_bytes",
+]
+
+QUANTIZATION_PREDICATE = "https://edgekit.io/attestations/quantization/v1"
+INTOTO_PAYLOAD = "application/vnd.in-toto+json"
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
+PREDICATE_ANNOTATION = "predicateType"
+STATEMENT_V01 = "https://in-toto.io/Statement/v0.1"
+STATEMENT_V1 = "https://in-toto.io/Statement/v1"
+
+
+def attestation_tag(digest: str) -> str:
+    """cosign's tag for the attestations of an image digest: ``sha256-<hex>.att``."""
+    algo, _, hexpart = check_digest(digest).partition(":")
+    return f"{algo}-{hexpart}.att"
+
+
+def pae(payload_type: str, body: bytes) -> bytes:
+    """DSSE v1 pre-authentication encoding: what is signed, so the type cannot be swapped."""
+    kind = payload_type.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(body), body)
+
+
+def _go_json(obj: Any) -> Any:
+    """Sorted keys at every level, as Go's encoding/json marshals a map[string]interface{}."""
+    if isinstance(obj, Mapping):
+        return {k: _go_json(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list | tuple):
+        return [_go_json(v) for v in obj]
+    return obj
+
+
+def statement_bytes(subject_name: str, digest: str, predicate: Mapping[str, Any],
+                    predicate_type: str = QUANTIZATION_PREDICATE) -> bytes:
+    """The in-toto statement cosign builds for ``--type`` URLs it does not know (v0.1, custom)."""
+    _, _, hexpart = check_digest(digest).partition(":")
+    doc = {"_type": STATEMENT_V01, "predicateType": predicate_type,
+           "subject": [{"name": subject_name, "digest": {"sha256": hexpart}}],
+           "predicate": _go_json(predicate)}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def sign_envelope(key: ec.EllipticCurvePrivateKey, statement: bytes) -> dict[str, Any]:
+    sig = key.sign(pae(INTOTO_PAYLOAD, statement), ec.ECDSA(hashes.SHA256()))
+    return {"payloadType": INTOTO_PAYLOAD, "payload": base64.b64encode(statement).decode(),
+            "signatures": [{"keyid": "", "sig": base64.b64encode(sig).decode()}]}
+
+
+def envelope_json(envelope: Mapping[str, Any]) -> bytes:
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class AttestedClaim:
+    """One envelope read back: whether ``key`` signed it, and what its statement says."""
+
+    signed: bool  # a signature verifies with the key over the PAE of this payload
+    statement: dict[str, Any] | None  # None when the payload is not an in-toto JSON statement
+    problem: str = ""  # why it does not count, in a few words
+
+    @property
+    def predicate_type(self) -> str | None:
+        return self.statement.get("predicateType") if self.statement else None
+
+    @property
+    def predicate(self) -> dict[str, Any]:
+        pred = (self.statement or {}).get("predicate")
+        return pred if isinstance(pred, dict) else {}
+
+    def names(self, digest: str) -> bool:
+        """The statement's subject includes the image digest (sha256)."""
+        hexpart = digest.partition(":")[2]
+        subjects = (self.statement or {}).get("subject")
+        return isinstance(subjects, list) and any(
+            isinstance(s, dict) and isinstance(s.get("digest"), dict) and s["digest"].get("sha256") == hexpart
+            for s in subjects)
+
+
+def open_envelope(data: bytes, pub: ec.EllipticCurvePublicKey) -> AttestedClaim:
+    """Parse a DSSE envelope and check its signatures with ``pub`` (never raises on bad input)."""
+    try:
+        env = json.loads(data)
+        payload_type = env["payloadType"]
+        body = base64.b64decode(env["payload"], validate=True)
+        sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return AttestedClaim(False, None, "not a DSSE envelope")
+    if not isinstance(payload_type, str) or payload_type != INTOTO_PAYLOAD:
+        return AttestedClaim(False, None, f"payload type {payload_type!r} is not in-toto")
+    signed = False
+    for sig in sigs:
+        try:
+            pub.verify(sig, pae(payload_type, body), ec.ECDSA(hashes.SHA256()))
+            signed = True
+            break
+        except InvalidSignature:
+            continue
+    try:
+        statement = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return AttestedClaim(signed, None, "payload is not JSON")
+    if not isinstance(statement, dict) or statement.get("_type") not in (STATEMENT_V01, STATEMENT_V1):
+        return AttestedClaim(signed, None, "payload is not an in-toto statement")
+    return AttestedClaim(signed, statement, "" if signed else "no signature verifies with the key")
+
+
+# --- the predicate -------------------------------------------------------------------------------
+def _accuracy(fidelity: Mapping[str, Any], metric: str | None) -> dict[str, Any]:
+    """The decisive score against FP32's own, and the drop in the metric's units (points for
+    unit scores): FP32 minus candidate, or the other way round for max-abs (lower is better)."""
+    score, fp32 = fidelity.get("score"), fidelity.get("fp32")
+    name = fidelity.get("metric") or metric
+    drop = None
+    if isinstance(score, int | float) and isinstance(fp32, int | float):
+        drop = round(float(score) - float(fp32) if name == "max-abs" else float(fp32) - float(score), 6)
+    return {"metric": name, "fp32": fp32, "score": score, "drop": drop}
+
+
+def quantization_predicate(metadata: Mapping[str, Any], *, platforms: tuple[str, ...] | list[str],
+                           host_platform: str, tools: Mapping[str, str]) -> dict[str, Any]:
+    """The predicate for an image's ``edgekit.json``: what was quantized, how, and what it cost.
+
+    Latency was measured by ``edgekit quantize`` on the machine that built the model; the report
+    does not say which, so it is attributed to ``host_platform`` (the packaging host) and every
+    other platform of the image is recorded as not measured."""
+    q = metadata.get("quantization") or {}
+    model = metadata.get("model") or {}
+    fidelity = q.get("fidelity") if isinstance(q.get("fidelity"), Mapping) else {}
+    latency = q.get("latency") if isinstance(q.get("latency"), Mapping) else {}
+    assert isinstance(fidelity, Mapping) and isinstance(latency, Mapping)
+    per_platform: dict[str, Any] = {}
+    for plat in platforms:
+        if plat == host_platform and latency.get("ratio") is not None:
+            per_platform[plat] = {"ratio": latency.get("ratio"), "fp32_p50_ms": latency.get("fp32_p50_ms"),
+                                  "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"),
+                                  "measured_on": "build host"}
+        else:
+            per_platform[plat] = {"ratio": None, "measured_on": "not measured"}
+    return {
+        "model": {"name": metadata.get("name"), "version": metadata.get("version"),
+                  "sha256": model.get("sha256"), "size": model.get("size")},
+        "quantized": bool(q),
+        "precision": metadata.get("precision"),
+        "method": q.get("method"),
+        "chosen": q.get("chosen"),
+        "metric": q.get("metric"),
+        "metric_settings": dict(q.get("metric_settings") or {}),
+        "metric_reason": q.get("metric_reason") or "",
+        "budget": q.get("budget"),
+        "accuracy": _accuracy(fidelity, q.get("metric")),
+        "fidelity": dict(fidelity),
+        "latency": per_platform,
+        "size": dict(q.get("size") or {}),
+        "tools": dict(tools),
+    }
