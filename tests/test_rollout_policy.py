@@ -183,4 +183,4 @@ def test_push_policy_refuses_before_any_cluster_call(attested: dict[str, str], k
     result = push(attested["good"])
     assert "release policy passed: top1 drop 0.01 ≤ 0.02; latency on linux/amd64 x0.6 < x1" in result.stderr, \
         result.stderr
-    assert result.exit_code == 41 and listener.connections > 0
+    assert result.exit_code == 41 and listener.connections > 0, result.stderr

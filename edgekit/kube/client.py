@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -152,9 +153,11 @@ class KubeClient:
         from kubernetes import client as k8s
         from kubernetes import config as k8s_config
 
+        # $KUBECONFIG is read now: the kubernetes client reads it once, when first imported
+        config_file = str(path) if path else (os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser()))
         configuration = k8s.Configuration()
         try:
-            k8s_config.load_kube_config(config_file=str(path) if path else None, context=context,
+            k8s_config.load_kube_config(config_file=config_file, context=context,
                                         client_configuration=configuration, persist_config=False)
         except k8s_config.ConfigException as exc:
             raise ConfigError(f"cannot use {where}: {' '.join(str(exc).split())}",
