@@ -124,6 +124,58 @@ def test_signature_of_another_key_or_none_is_refused(fetched: Path, digits_signe
            "its signature names")
 
 
+def _image_volume_with_kept_chain(fetched: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """What a device holds for an image-volume model: the folder without a chain, and its chain kept
+    by the agent's own writer in ``<chain_dir>/<digest hex>/``."""
+    from edgekit_agent.keeping import keep_chain, kept_chain_folder
+    from edgekit_agent.provenance import read_chain
+
+    chain = read_chain(fetched)
+    assert chain is not None
+    chains = tmp_path / "chains"
+    keep_chain(kept_chain_folder(chains, chain.digest), chain)
+    shutil.rmtree(fetched / CHAIN_DIR)
+    return fetched, chains
+
+
+def test_an_image_volume_verifies_offline_against_its_kept_chain(fetched: Path, digits_signed_layout: SignedImage,
+                                                                 tmp_path: Path) -> None:
+    """`verify --chain-dir`: no registry (the image names a closed port), the kept chain decides."""
+    folder, chains = _image_volume_with_kept_chain(fetched, tmp_path)
+    key, digest = str(digits_signed_layout.public_key), digits_signed_layout.digest
+    image = f"127.0.0.1:9/nowhere/digits@{digest}"
+    result = run_cli("verify", str(folder), "--public-key", key, "--image", image, "--chain-dir", str(chains))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["digest"] == digest and out["signature_verified"] is True
+    # without the kept chain: refused, and the registry is not asked (that would be exit 21)
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--image", image), 31, "--chain-dir")
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--image", image, "--chain-dir",
+                   str(tmp_path / "empty")), 80, "no chain of sha256:")
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--chain-dir", str(chains)), 2, "needs --image")
+    # the kept chain needs the configured key
+    _fails(run_cli("verify", str(folder), "--public-key", str(digits_signed_layout.other_public_key),
+                   "--image", image, "--chain-dir", str(chains)), 80, "not verified with key")
+
+
+def test_a_tampered_kept_chain_fails_verify(fetched: Path, digits_signed_layout: SignedImage,
+                                            tmp_path: Path) -> None:
+    folder, chains = _image_volume_with_kept_chain(fetched, tmp_path)
+    kept = chains / digits_signed_layout.digest.split(":")[1]
+    args = ["verify", str(folder), "--public-key", str(digits_signed_layout.public_key),
+            "--image", f"127.0.0.1:9/nowhere/digits@{digits_signed_layout.digest}", "--chain-dir", str(chains)]
+    config = kept / CHAIN_DIR / "config.json"
+    intact = config.read_bytes()
+    config.write_bytes(intact.replace(b'"rootfs"', b'"rootfs" ', 1))
+    _fails(run_cli(*args), 80, "another config")
+    assert f"kept chain {kept}" in run_cli(*args).stderr
+    config.write_bytes(intact)
+    assert run_cli(*args).returncode == 0
+    # the chain of another image filed under this digest
+    (kept / CHAIN_DIR / "index.json").write_bytes(b'{"manifests": []}')
+    _fails(run_cli(*args), 80, "keeps the chain of sha256:")
+
+
 def test_tampered_model_is_refused_at_the_next_load(fetched: Path, digits_signed_layout: SignedImage,
                                                     conv320_model: Path) -> None:
     key = str(digits_signed_layout.public_key)

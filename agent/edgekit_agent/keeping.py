@@ -31,13 +31,15 @@ from edgekit_agent.provenance import ImageChain, Provenance, check_chain, read_c
 
 __all__ = ["fetch_chain", "keep_chain", "kept_chain_folder", "verify_with_kept_chain"]
 
+_HEX = frozenset("0123456789abcdef")
+
 log = logging.getLogger("edgekit_agent")
 
 
 def kept_chain_folder(chain_dir: str | os.PathLike[str], digest: str) -> Path:
     """``<chain_dir>/<hex>`` for ``sha256:<hex>``; refuses anything else (it becomes a path)."""
     algo, _, hexpart = digest.partition(":")
-    if algo != "sha256" or len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+    if algo != "sha256" or not _is_hex_digest(hexpart):
         raise ModelRejectedError(f"{digest!r} is not a sha256 image digest")
     return Path(chain_dir) / hexpart
 
@@ -78,10 +80,16 @@ def keep_chain(folder: Path, chain: ImageChain) -> None:
             shutil.rmtree(work)
 
 
+def _is_hex_digest(text: str) -> bool:
+    return len(text) == 64 and all(c in _HEX for c in text)
+
+
 def verify_with_kept_chain(root: Path, meta: ModelMetadata, image: str, public_key: Any, *,
-                           chain_dir: str | os.PathLike[str], options: Any = None) -> Provenance:
+                           chain_dir: str | os.PathLike[str], options: Any = None,
+                           fetch: bool = True) -> Provenance:
     """Tie the chain-less folder ``root`` to the signed ``image`` with the chain kept in ``chain_dir``,
-    fetching and keeping it first when there is none. See the module doc."""
+    fetching and keeping it first when there is none (``fetch=False``: ``ProvenanceError`` instead,
+    no network). See the module doc."""
     digest = image.rsplit("@", 1)[1]
     folder = kept_chain_folder(chain_dir, digest)
     if folder.is_dir():
@@ -97,6 +105,12 @@ def verify_with_kept_chain(root: Path, meta: ModelMetadata, image: str, public_k
                                   hint=f"if the model folder is intact, the kept chain is damaged or was signed "
                                        f"with another key: delete {folder} and the next load fetches it "
                                        f"again") from exc
+    if not fetch:
+        raise ProvenanceError(f"{root} is not tied to a signed image: no chain of {digest[:19]}… is kept in "
+                              f"{chain_dir}",
+                              hint="the agent keeps it at the first load of that image (in <spool_dir>/chains "
+                                   "unless chain_dir says otherwise); name that folder, or load once with the "
+                                   "registry reachable")
     chain = fetch_chain(image, public_key, options=options)
     try:
         keep_chain(folder, chain)
@@ -104,3 +118,4 @@ def verify_with_kept_chain(root: Path, meta: ModelMetadata, image: str, public_k
         # still verified, only not kept: the next load asks the registry again
         log.warning("cannot keep the chain of %s in %s: %s", image, folder, exc.strerror or exc)
     return check_chain(root, chain, meta, public_key=public_key)
+
