@@ -492,12 +492,15 @@ def _engine_settings(words: list[str], *args: str) -> Any:
     by the command itself from ``args`` (what it renders every wave's objects with)."""
     from edgekit.cli.rollout_session import session_settings
 
+    # contexts under the CLI's own (its help option names: click keeps a command's help option once made)
+    ctx = click.Context(cli, info_name="edgekit", **cli.context_settings)
     command: Any = cli
     for word in words:
-        command = command.get_command(click.Context(command), word)
+        command = command.get_command(ctx, word)
+        ctx = click.Context(command, info_name=word, parent=ctx)
     command = getattr(command, "rollout", command)  # push with --group
-    ctx = command.make_context(" ".join(words), list(args))
-    return session_settings(dict(ctx.params))
+    parsed = command.make_context(words[-1], list(args), parent=ctx.parent)
+    return session_settings(dict(parsed.params))
 
 
 ENGINE_COMMANDS = [(["push"], [IMAGE, "-g", "c", "-a", "d"]), (["rollout", "undo"], ["-a", "d", "-g", "c"]),
