@@ -11,9 +11,10 @@ place. Every later load reads the kept chain and checks it with the key alone, n
 Chains of images a device no longer runs are removed: after each successful load the agent keeps
 the chains of the digests in use (the served model, the shadow) and the most recently used other
 one, so a rollback to the previous model still verifies offline (``prune_kept_chains``). A load
-marks its chain used (its folder's mtime). Chains are only ever renamed into place whole, so a
-chain is there complete or not at all; removal renames it out of the way first (one step) and then
-deletes it, so a reader sees the whole folder or none.
+marks its chain used (its folder's mtime). Chains are only ever renamed into place whole, and
+removal renames one out of the way in one step before deleting it, so no load ever sees a half-
+written or half-deleted chain; the agent loads one model at a time and never removes the chain of
+one it runs. (A ``verify --chain-dir`` of a chain removed under it fails as if it were missing.)
 
 A kept chain is only bytes to verify again. One that does not verify (tampered, damaged, or signed
 with a key that has since been replaced) is refused, ``ProvenanceError`` (exit 80), and NOT
@@ -162,7 +163,7 @@ def prune_kept_chains(chain_dir: str | os.PathLike[str], in_use: Iterable[str], 
     removed = []
     for name in chains_to_remove(kept, keep, previous=previous):
         folder = root / name
-        # one rename takes it out of sight whole (a reader finds it complete or not at all)
+        # one rename takes it out of sight whole: never a half-deleted chain at its path
         doomed = root / f".{name}.del-{os.getpid()}-{time.monotonic_ns()}"
         try:
             os.rename(folder, doomed)
