@@ -124,6 +124,128 @@ def test_signature_of_another_key_or_none_is_refused(fetched: Path, digits_signe
            "its signature names")
 
 
+def _image_volume_with_kept_chain(fetched: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """What a device holds for an image-volume model: the folder without a chain, and its chain kept
+    by the agent's own writer in ``<chain_dir>/<digest hex>/``."""
+    from edgekit_agent.keeping import keep_chain, kept_chain_folder
+    from edgekit_agent.provenance import read_chain
+
+    chain = read_chain(fetched)
+    assert chain is not None
+    chains = tmp_path / "chains"
+    keep_chain(kept_chain_folder(chains, chain.digest), chain)
+    shutil.rmtree(fetched / CHAIN_DIR)
+    return fetched, chains
+
+
+def test_an_image_volume_verifies_offline_against_its_kept_chain(fetched: Path, digits_signed_layout: SignedImage,
+                                                                 tmp_path: Path) -> None:
+    """`verify --chain-dir`: no registry (the image names a closed port), the kept chain decides."""
+    folder, chains = _image_volume_with_kept_chain(fetched, tmp_path)
+    key, digest = str(digits_signed_layout.public_key), digits_signed_layout.digest
+    image = f"127.0.0.1:9/nowhere/digits@{digest}"
+    result = run_cli("verify", str(folder), "--public-key", key, "--image", image, "--chain-dir", str(chains))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["digest"] == digest and out["signature_verified"] is True
+    # without the kept chain: refused, and the registry is not asked (that would be exit 21)
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--image", image), 31, "--chain-dir")
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--image", image, "--chain-dir",
+                   str(tmp_path / "empty")), 80, "no chain of sha256:")
+    _fails(run_cli("verify", str(folder), "--public-key", key, "--chain-dir", str(chains)), 2, "needs --image")
+    # the kept chain needs the configured key
+    _fails(run_cli("verify", str(folder), "--public-key", str(digits_signed_layout.other_public_key),
+                   "--image", image, "--chain-dir", str(chains)), 80, "not verified with key")
+
+
+def test_a_tampered_kept_chain_fails_verify(fetched: Path, digits_signed_layout: SignedImage,
+                                            tmp_path: Path) -> None:
+    folder, chains = _image_volume_with_kept_chain(fetched, tmp_path)
+    kept = chains / digits_signed_layout.digest.split(":")[1]
+    args = ["verify", str(folder), "--public-key", str(digits_signed_layout.public_key),
+            "--image", f"127.0.0.1:9/nowhere/digits@{digits_signed_layout.digest}", "--chain-dir", str(chains)]
+    config = kept / CHAIN_DIR / "config.json"
+    intact = config.read_bytes()
+    config.write_bytes(intact.replace(b'"rootfs"', b'"rootfs" ', 1))
+    _fails(run_cli(*args), 80, "another config")
+    assert f"kept chain {kept}" in run_cli(*args).stderr
+    config.write_bytes(intact)
+    assert run_cli(*args).returncode == 0
+    # the chain of another image filed under this digest
+    (kept / CHAIN_DIR / "index.json").write_bytes(b'{"manifests": []}')
+    _fails(run_cli(*args), 80, "keeps the chain of sha256:")
+
+
+def test_chains_to_remove_keeps_those_in_use_and_the_previous_one() -> None:
+    from edgekit_agent.keeping import chains_to_remove
+
+    kept = {"a": 1.0, "b": 4.0, "c": 3.0, "d": 2.0}
+    assert chains_to_remove(kept, {"a"}) == ["c", "d"]  # b: the most recently used other one
+    assert chains_to_remove(kept, {"a", "c"}) == ["d"]  # serving a, shadow c, previous b
+    assert chains_to_remove(kept, {"b"}, previous=0) == ["a", "c", "d"]
+    assert chains_to_remove(kept, {"zz"}, previous=2) == ["a", "d"]
+    assert chains_to_remove({}, {"a"}) == []
+
+
+def test_the_agent_removes_chains_of_images_it_no_longer_runs(digits_model: Path, tmp_path: Path) -> None:
+    """Three image volumes, loaded one after the other by the real agent core: after each load the
+    chains kept are the one loaded and the one before (a rollback verifies offline); older go."""
+    from edgekit_agent.core import AgentCore
+    from edgekit_agent.keeping import keep_chain, kept_chain_folder
+    from edgekit_agent.loading import fetch_model
+    from edgekit_agent.provenance import read_chain
+    from edgekit_agent.settings import load_settings
+
+    from edgekit.image.building import PackageSettings, package
+
+    key, pub = make_keypair(tmp_path / "keys")
+    chains = tmp_path / "chains"
+    volumes: dict[str, tuple[Path, str]] = {}
+    for version in ("1.0.0", "2.0.0", "3.0.0"):
+        image = package(digits_model, PackageSettings(name="digits", version=version,
+                                                      created="2026-01-01T00:00:00Z"), tmp_path / version)
+        sign_layout(image.path, image.digest, key)
+        folder = tmp_path / f"volume-{version}"
+        fetch_model(str(image.path), folder, public_key=str(pub))
+        volumes[version] = (folder, image.digest)
+
+    def load(version: str, *, keep_first: bool = False) -> AgentCore:
+        folder, digest = volumes[version]
+        if keep_first:  # what the agent keeps at an image's first load (its registry fetch)
+            chain = read_chain(folder)
+            assert chain is not None
+            keep_chain(kept_chain_folder(chains, digest), chain)
+            shutil.rmtree(folder / CHAIN_DIR)
+        core = AgentCore(load_settings(overrides={
+            "device": "prune-1", "group": "g", "spool_dir": "", "model_dir": str(folder), "public_key": str(pub),
+            # a registry that is not there: every load below verifies against a kept chain alone
+            "image": f"127.0.0.1:9/models/digits@{digest}", "chain_dir": str(chains)}))
+        assert core.load(), core.rejected
+        return core
+
+    def kept() -> set[str]:
+        return {next(v for v, (_, d) in volumes.items() if d.endswith(p.name)) for p in chains.iterdir()
+                if not p.name.startswith(".")}
+
+    load("1.0.0", keep_first=True)
+    load("2.0.0", keep_first=True)
+    assert kept() == {"1.0.0", "2.0.0"}
+    (chains / f".{'0' * 64}.tmp-x").mkdir()  # another load keeping its chain right now
+    load("3.0.0", keep_first=True)
+    assert kept() == {"2.0.0", "3.0.0"}
+    # the chain being written is left alone; nothing half-removed stays behind
+    assert sorted(p.name for p in chains.iterdir() if p.name.startswith(".")) == [f".{'0' * 64}.tmp-x"]
+    (chains / f".{'0' * 64}.tmp-x").rmdir()
+    load("2.0.0")  # the rollback: verified offline, the newer one stays as its previous
+    assert kept() == {"2.0.0", "3.0.0"}
+    core = AgentCore(load_settings(overrides={
+        "device": "prune-1", "group": "g", "spool_dir": "", "model_dir": str(volumes["1.0.0"][0]),
+        "public_key": str(pub), "image": f"127.0.0.1:9/models/digits@{volumes['1.0.0'][1]}",
+        "chain_dir": str(chains)}))
+    assert not core.load()  # its chain is gone: the (absent) registry would have to be asked
+    assert kept() == {"2.0.0", "3.0.0"}
+
+
 def test_tampered_model_is_refused_at_the_next_load(fetched: Path, digits_signed_layout: SignedImage,
                                                     conv320_model: Path) -> None:
     key = str(digits_signed_layout.public_key)

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -484,3 +485,91 @@ def test_rollouts_render_the_same_network_policy(monkeypatch: pytest.MonkeyPatch
     policy = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), **options)))["NetworkPolicy"]
     assert policy == by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
                                                    api_from_namespaces=("apps", "shop"))))["NetworkPolicy"]
+
+
+def _engine_settings(words: list[str], *args: str) -> Any:
+    """The rollout settings an engine command (push, undo, resume, controller) runs with, parsed
+    by the command itself from ``args`` (what it renders every wave's objects with)."""
+    from edgekit.cli.rollout_session import session_settings
+
+    # contexts under the CLI's own (its help option names: click keeps a command's help option once made)
+    ctx = click.Context(cli, info_name="edgekit", **cli.context_settings)
+    command: Any = cli
+    for word in words:
+        command = command.get_command(ctx, word)
+        ctx = click.Context(command, info_name=word, parent=ctx)
+    command = getattr(command, "rollout", command)  # push with --group
+    parsed = command.make_context(words[-1], list(args), parent=ctx.parent)
+    return session_settings(dict(parsed.params))
+
+
+ENGINE_COMMANDS = [(["push"], [IMAGE, "-g", "c", "-a", "d"]), (["rollout", "undo"], ["-a", "d", "-g", "c"]),
+                   (["rollout", "resume"], ["d-c-1"]), (["controller"], [])]
+
+
+@pytest.mark.parametrize(("words", "args"), ENGINE_COMMANDS)
+def test_engine_commands_render_the_namespaces_they_are_given(monkeypatch: pytest.MonkeyPatch, words: list[str],
+                                                             args: list[str]) -> None:
+    """`--api-from-namespace` on every command that runs an engine: flag > EDGEKIT_ROLLOUT_* > file,
+    into the NetworkPolicy the engine renders (settings do not travel in the EdgeRollout)."""
+    def policy(*flags: str) -> Any:
+        options = _engine_settings(words, *args, "--allow-unsigned", *flags).render_options()
+        objects = render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), **options))
+        rules = by_kind(objects)["NetworkPolicy"]["spec"].get("ingress", [])
+        return [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for rule in rules for p in rule["from"]]
+
+    assert policy() == []
+    assert policy("--api-from-namespace", "shop", "--api-from-namespace", "apps") == ["apps", "shop"]
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_API_FROM_NAMESPACES", "metrics")
+    assert policy() == ["metrics"]
+    assert policy("--api-from-namespace", "shop") == ["shop"]
+    with pytest.raises(ConfigError, match="not a namespace name"):
+        policy("--api-from-namespace", "Not_A_Namespace")
+
+
+def test_plaintext_password_is_rendered_only_when_asked(tmp_path: Path) -> None:
+    """The agent refuses a password over plain mqtt:// to a broker off its host; `render
+    --mqtt-allow-plaintext-password` (a RenderSettings field) is the one way to let it, and the real
+    agent settings load the config it renders."""
+    from edgekit_agent.errors import ConfigError as AgentConfigError
+    from edgekit_agent.settings import load_settings
+
+    def agent_config(*flags: str) -> dict[str, Any]:
+        out = CliRunner().invoke(cli, ["render", IMAGE, "-g", "c", "-a", "d", "-f", "json", "--allow-unsigned",
+                                       "--broker-url", "mqtt://10.1.2.3:1883", *flags])
+        assert out.exit_code == 0, out.output
+        return dict(json.loads(by_kind(json.loads(out.output))["ConfigMap"]["data"]["config.json"]))
+
+    closed, opened = agent_config(), agent_config("--mqtt-allow-plaintext-password")
+    assert "mqtt_allow_plaintext_password" not in closed and opened.pop("mqtt_allow_plaintext_password") is True
+    assert opened == closed  # nothing else changes
+    # the real agent settings, with a password (from the pod's environment, e.g. a Secret) for that
+    # broker, load only the config that opts in
+    env = {"EDGEKIT_AGENT_DEVICE": "cam-1", "EDGEKIT_AGENT_MQTT_USERNAME": "cam-1",
+           "EDGEKIT_AGENT_MQTT_PASSWORD": "s3cret"}
+    path = tmp_path / "config.json"
+    for allowed in (True, False):
+        objects = render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), mqtt_auth="none",
+                                        broker_url="mqtt://10.1.2.3:1883", mqtt_allow_plaintext_password=allowed))
+        path.write_text(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+        if allowed:
+            settings = load_settings(path, env=env)
+            assert settings.mqtt_allow_plaintext_password and settings.read_password() == "s3cret"
+        else:
+            with pytest.raises(AgentConfigError, match="plain MQTT"):
+                load_settings(path, env=env)
+
+
+@pytest.mark.parametrize(("words", "args"), ENGINE_COMMANDS)
+def test_engine_commands_render_the_plaintext_password_opt_in(monkeypatch: pytest.MonkeyPatch, words: list[str],
+                                                             args: list[str]) -> None:
+    def config(*flags: str) -> dict[str, Any]:
+        options = _engine_settings(words, *args, "--allow-unsigned", *flags).render_options()
+        objects = render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), **options))
+        return dict(json.loads(by_kind(objects)["ConfigMap"]["data"]["config.json"]))
+
+    assert "mqtt_allow_plaintext_password" not in config()
+    assert config("--mqtt-allow-plaintext-password")["mqtt_allow_plaintext_password"] is True
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_MQTT_ALLOW_PLAINTEXT_PASSWORD", "1")
+    assert config()["mqtt_allow_plaintext_password"] is True

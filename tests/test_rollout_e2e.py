@@ -340,7 +340,9 @@ def test_controller_runs_detached_rollouts(rollout_env: RolloutEnv, new_fleet: N
     fleet = new_fleet(10)
     v1, v2 = env.images["1.0"], env.images["2.0"]
     fleet.deploy(v1)
-    controller = env.spawn("controller", "--parallel", "2", log=tmp_path / "controller.log")
+    # settings do not travel in the EdgeRollout: the controller renders with its own flags
+    controller = env.spawn("controller", "--parallel", "2", "--api-from-namespace", "shop",
+                           log=tmp_path / "controller.log")
     try:
         created = env.cli("push", v2, "-g", fleet.group, "-a", fleet.app, "--detach", "--waves", "50%,100%", *FAST,
                           "--output", "json")
@@ -350,6 +352,10 @@ def test_controller_runs_detached_rollouts(rollout_env: RolloutEnv, new_fleet: N
         assert done.status.phase == "Succeeded", done.status.message
         assert set(fleet.revisions().values()) == {revision_of(v2)}
         assert any(h.event == "engine" for h in done.status.history)
+        policy = env.client.request("GET", f"/apis/networking.k8s.io/v1/namespaces/{env.namespace}/"
+                                           f"networkpolicies/{fleet.app}")
+        assert [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for rule in policy["spec"]["ingress"] for p in rule["from"]] == ["shop"]
     finally:
         controller.send_signal(signal.SIGTERM)
         code = controller.wait(30)

@@ -4,6 +4,7 @@
     edgekit-agent check-config --config config.json
     edgekit-agent fetch registry.local/models/digits@sha256:... --to /model --public-key cosign.pub
     edgekit-agent verify /model --public-key cosign.pub
+    edgekit-agent verify /model --public-key cosign.pub --image REF@sha256:... --chain-dir SPOOL_DIR/chains
 
 Images must be signed: without a public key (``public_key``, ``--public-key``) the agent refuses
 them unless ``allow_unsigned`` (``EDGEKIT_AGENT_ALLOW_UNSIGNED=1``, ``--allow-unsigned``) is set.
@@ -71,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="check a model folder as serve would load it (offline)",
                             description="Check DIR as `serve` checks it before loading: with --public-key, "
                             "its kept signature chain (signature, manifest, config, metadata) and files, "
-                            "without the network; then that onnxruntime loads it. Prints what it verified "
-                            "as JSON, or one error line with the error's exit code.")
+                            "without the network (an image volume: against the chain the agent kept, "
+                            "--chain-dir); then that onnxruntime loads it. Prints what it verified as JSON, "
+                            "or one error line with the error's exit code.")
     verify.add_argument("model_dir", metavar="DIR", help="model folder")
     verify.add_argument("--public-key", metavar="PEM", default=None,
                         help="cosign public key the folder's kept signature must verify with")
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="without --public-key, check an unsigned folder [EDGEKIT_AGENT_ALLOW_UNSIGNED]")
     verify.add_argument("--image", metavar="REF", default=None,
                         help="the pinned image the folder must hold (repo@sha256:...)")
+    verify.add_argument("--chain-dir", metavar="DIR", default=None,
+                        help="for a folder without its own chain (an image volume): the folder of chains "
+                             "the agent kept (chain_dir, default <spool_dir>/chains); needs --image")
     return parser
 
 
@@ -127,8 +132,11 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.image is not None and "@sha256:" not in args.image:
         raise ConfigError(f"{args.image!r} is not pinned by digest (use REF@sha256:...)", field="--image")
+    if args.chain_dir is not None and args.image is None:
+        raise ConfigError("--chain-dir needs --image: the kept chain is found by the image's digest",
+                          field="--image")
     model = load_model(args.model_dir, image=args.image, public_key=args.public_key,
-                       allow_unsigned=_allow_unsigned(args))
+                       allow_unsigned=_allow_unsigned(args), chain_dir=args.chain_dir, offline=True)
     print(json.dumps({"name": model.name, "version": model.meta.version, "digest": model.digest,
                       "dest": args.model_dir,
                       "signature_verified": bool(model.provenance and model.provenance.key_sha256)}))

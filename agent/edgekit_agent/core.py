@@ -238,7 +238,21 @@ class AgentCore:
         except EdgekitError as exc:
             self.reject(folder, exc)
             return False
+        self.prune_chains(loaded.digest, *([self.shadow.digest] if self.shadow is not None else []))
         return self.use_model(loaded, load_ms=(_perf() - started) * 1000)
+
+    def prune_chains(self, *in_use: str) -> None:
+        """After a verified load: drop the kept chains of images no longer run, but the previous
+        one (``edgekit_agent.keeping``). Never fails a load: a chain left behind only takes space."""
+        chain_dir = self.settings.kept_chains
+        if chain_dir is None:
+            return
+        from edgekit_agent.keeping import prune_kept_chains
+
+        try:
+            prune_kept_chains(chain_dir, in_use)
+        except OSError as exc:
+            log.warning("cannot prune the kept chains in %s: %s", chain_dir, exc.strerror or exc)
 
     def reject(self, folder: Path, exc: EdgekitError) -> None:
         self.model = None
@@ -285,6 +299,7 @@ class AgentCore:
             self.emit_event("shadow_rejected", exc.one_line(),
                             {"error": type(exc).__name__, "path": str(folder)})
             return False
+        self.prune_chains(loaded.digest, *([self.model.digest] if self.model is not None else []))
         try:
             self.use_shadow(loaded, rss_delta_mb=round(self.meter.rss_mb() - before, 2))
         except ValueError as exc:  # a MODULE:FUNCTION metric that does not import

@@ -80,11 +80,13 @@ def require_key(public_key: str | None, allow_unsigned: bool) -> None:
 def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, public_key: str | None = None,
                allow_unsigned: bool = False, providers: tuple[str, ...] = (), intra_op_threads: int = 0,
                spinning: bool = False, name: str | None = None, registry_options: Any = None,
-               chain_dir: str | os.PathLike[str] | None = None) -> LoadedModel:
+               chain_dir: str | os.PathLike[str] | None = None, offline: bool = False) -> LoadedModel:
     """Verify ``model_dir`` and build its session. Raises on anything that does not check out;
     without ``public_key`` only when ``allow_unsigned`` (``PublicKeyRequiredError`` otherwise).
     ``chain_dir``: where the chain of a folder without one (an image volume) is kept after its
-    first fetch (``edgekit_agent.keeping``); None: the registry is asked at every load."""
+    first fetch (``edgekit_agent.keeping``); None: the registry is asked at every load.
+    ``offline``: never ask the registry; a folder without a chain verifies only against one kept in
+    ``chain_dir`` (``edgekit-agent verify``)."""
     require_key(public_key, allow_unsigned)
     root = Path(model_dir)
     chain = read_chain(root)
@@ -111,7 +113,11 @@ def load_model(model_dir: str | os.PathLike[str], *, image: str | None = None, p
             from edgekit_agent.keeping import verify_with_kept_chain
 
             provenance = verify_with_kept_chain(root, meta, image, public_key, chain_dir=chain_dir,
-                                                options=registry_options)
+                                                options=registry_options, fetch=not offline)
+        elif offline:
+            raise ModelRejectedError(f"{root} keeps no signature chain (an image volume?), and verifying it "
+                                     "offline needs the chain the agent kept for it",
+                                     hint="name the folder of kept chains: --chain-dir <spool_dir>/chains")
         else:
             provenance = verify_folder_signature(root, meta, image, public_key, options=registry_options)
     check_runtime_version(meta.runtime.min_onnxruntime)

@@ -82,6 +82,19 @@ image_options = stacked(
                  help="How agents authenticate to the broker [node-cert]."),
 )
 
+# What the rendered agents let through. The engine renders the DaemonSets (and the app's
+# NetworkPolicy) at every wave from its own settings, not from the EdgeRollout, so every command that
+# runs an engine (push, undo, resume, controller) takes these: one without them would close what
+# another opened.
+agent_access_options = stacked(
+    click.option("--api-from-namespace", "api_from_namespaces", multiple=True, metavar="NS",
+                 help="Pods of this namespace may reach the agents' API (repeatable; default: only the node "
+                      "itself) [EDGEKIT_ROLLOUT_API_FROM_NAMESPACES, comma-separated]."),
+    click.option("--mqtt-allow-plaintext-password", is_flag=True, default=None,
+                 help="Let the agents send an MQTT password over plain mqtt:// (a network you trust) "
+                      "[EDGEKIT_ROLLOUT_MQTT_ALLOW_PLAINTEXT_PASSWORD]."),
+)
+
 telemetry_options = stacked(
     click.option("--broker", "brokers", multiple=True, metavar="URL",
                  help="MQTT broker(s) the gates read telemetry from [EDGEKIT_FLEET_BROKERS, mqtt://127.0.0.1:1883]."),
@@ -113,7 +126,7 @@ name_args = stacked(
 
 def starting_options(detach_help: str) -> Callable[[F], F]:
     """The flags of a command that creates a rollout and runs it here (push, undo)."""
-    return stacked(strategy_options, image_options, telemetry_options,
+    return stacked(strategy_options, image_options, agent_access_options, telemetry_options,
                    click.option("--detach", is_flag=True, help=detach_help), session_and_output)
 
 

@@ -45,11 +45,9 @@ def connect(kubeconfig: Path | None, context: str | None) -> KubeClient:
     return connect_from_kubeconfig(kubeconfig, context)
 
 
-def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | None,
-             before_connect: Callable[[RolloutSettings, RegistryOptions], None] | None = None) -> Session:
-    from edgekit.rollout import service
-    from edgekit.rollout.images import RegistryImages
-    from edgekit.rollout.kubecluster import KubeCluster
+def session_settings(kw: dict[str, Any]) -> RolloutSettings:
+    """The rollout settings the flags in ``kw`` ask for (removed from it), over the ``--config`` file
+    and ``EDGEKIT_ROLLOUT_*``: a flag not given (None, or () when repeatable) leaves them be."""
     from edgekit.rollout.settings import load_rollout_settings
 
     overrides = {"namespace": kw.pop("namespace", None), "target": kw.pop("target", None),
@@ -57,8 +55,19 @@ def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | 
                  "require_digest": kw.pop("require_digest", None),
                  "registry_insecure": kw.pop("insecure_registry", None), "agent_image": kw.pop("agent_image", None),
                  "agent_broker": kw.pop("agent_broker", None), "mqtt_auth": kw.pop("mqtt_auth", None),
-                 "telemetry_interval": kw.get("health_interval")}
-    settings = load_rollout_settings(kw.pop("config_file", None), **overrides)
+                 "telemetry_interval": kw.get("health_interval"),
+                 "api_from_namespaces": tuple(kw.pop("api_from_namespaces", ())) or None,
+                 "mqtt_allow_plaintext_password": kw.pop("mqtt_allow_plaintext_password", None)}
+    return load_rollout_settings(kw.pop("config_file", None), **overrides)
+
+
+def _session(kw: dict[str, Any], *, images: bool, telemetry: bool, trust: str | None,
+             before_connect: Callable[[RolloutSettings, RegistryOptions], None] | None = None) -> Session:
+    from edgekit.rollout import service
+    from edgekit.rollout.images import RegistryImages
+    from edgekit.rollout.kubecluster import KubeCluster
+
+    settings = session_settings(kw)
     if trust is not None:  # before the cluster is contacted: nothing changes without a key
         settings.require_trust(trust)
     from edgekit.image.options import load_registry_settings

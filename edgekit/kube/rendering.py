@@ -171,6 +171,9 @@ class RenderSettings:
     registry_insecure: bool = False  # plain-HTTP registry (local demos): fetch and agent skip TLS
     telemetry_interval: float = 10.0
     api_from_namespaces: tuple[str, ...] = ()  # namespaces whose pods may reach the agent's API
+    # the agent refuses a password over plain mqtt:// to a broker off its host unless told the
+    # network is trusted: an explicit opt-in, rendered only when set
+    mqtt_allow_plaintext_password: bool = False
     extra_config: Mapping[str, Any] = field(default_factory=dict)
     # a shadow revision (push --shadow-first): the agents also run this candidate on a sampled
     # share of live requests; it is fetched into the spool volume, so the pod needs no new volume
@@ -231,6 +234,8 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
     if s.mqtt_auth == "node-cert":
         config["mqtt_cert_file"] = "/etc/edgekit-agent/device/tls.crt"
         config["mqtt_key_file"] = "/etc/edgekit-agent/device/tls.key"
+    if s.mqtt_allow_plaintext_password:
+        config["mqtt_allow_plaintext_password"] = True
     if s.public_key_configmap:
         config["public_key"] = f"{AGENT_CONFIG_DIR}/keys/{KEY_FILE}"
     elif s.allow_unsigned:

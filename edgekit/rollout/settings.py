@@ -37,6 +37,7 @@ class RolloutSettings:
     telemetry_interval: float = 10.0
     public_key_configmap: str | None = None  # the devices' key (default: edgekit-cosign-key with a key)
     api_from_namespaces: tuple[str, ...] = ()  # pods of these namespaces may reach the agents' API
+    mqtt_allow_plaintext_password: bool = False  # agents may send an MQTT password over plain mqtt://
     # the engine
     lease_seconds: float = 15.0
     tick_seconds: float = 0.5
@@ -66,6 +67,8 @@ class RolloutSettings:
             out["allow_unsigned"] = True
         if self.api_from_namespaces:
             out["api_from_namespaces"] = tuple(self.api_from_namespaces)
+        if self.mqtt_allow_plaintext_password:
+            out["mqtt_allow_plaintext_password"] = True
         return out
 
     def require_trust(self, what: str) -> None:
