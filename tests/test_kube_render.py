@@ -550,9 +550,10 @@ def test_plaintext_password_is_rendered_only_when_asked(tmp_path: Path) -> None:
            "EDGEKIT_AGENT_MQTT_PASSWORD": "s3cret"}
     path = tmp_path / "config.json"
     for allowed in (True, False):
-        objects = render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"), mqtt_auth="none",
-                                        broker_url="mqtt://10.1.2.3:1883", mqtt_allow_plaintext_password=allowed))
-        path.write_text(by_kind(objects)["ConfigMap"]["data"]["config.json"])
+        # what `render --mqtt-auth none` writes (node-cert would point the agent at TLS files)
+        config = agent_config("--mqtt-auth", "none", *(["--mqtt-allow-plaintext-password"] if allowed else []))
+        assert "mqtt_cert_file" not in config and "mqtt_cert_file" in agent_config()
+        path.write_text(json.dumps(config))
         if allowed:
             settings = load_settings(path, env=env)
             assert settings.mqtt_allow_plaintext_password and settings.read_password() == "s3cret"

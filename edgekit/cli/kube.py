@@ -188,6 +188,9 @@ def _print_report(report: ApplyReport) -> None:
               help="Without --public-key, let the devices run unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED].")
 @click.option("--api-from-namespace", "api_from", multiple=True, metavar="NS",
               help="Pods of this namespace may reach the agent's API (repeatable; default: only the node itself).")
+@click.option("--mqtt-auth", type=click.Choice(["node-cert", "none"]), default="node-cert", show_default=True,
+              help="How agents authenticate to the broker: each node's TLS client certificate, or none "
+                   "(a plain mqtt:// broker on a network you trust).")
 @click.option("--mqtt-allow-plaintext-password", "plaintext_password", is_flag=True,
               help="Let the agents send an MQTT password over plain mqtt:// to the broker (a network you trust).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
@@ -199,7 +202,7 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
                agent_image: str | None, model_source: str, accelerator: str | None,
                execution_provider: str | None, broker_url: str | None, registry_insecure: bool,
                require_digest: bool, public_key: str | None, allow_unsigned: bool, api_from: tuple[str, ...],
-               plaintext_password: bool, fmt: str,
+               mqtt_auth: str, plaintext_password: bool, fmt: str,
                do_apply: bool, dry_run: bool, force_conflicts: bool, kubeconfig: Path | None,
                context: str | None) -> None:
     """Print the manifests of one revision of an app on a device group: DaemonSet APP-REVISION
@@ -232,6 +235,7 @@ def render_cmd(image: str, group: str, app: str, target: str, namespace: str, re
         broker_url=broker_url, agent_image=agent_image or DEFAULT_AGENT_IMAGE, registry_insecure=registry_insecure,
         public_key_pem=read_public_key_pem(public_key) if public_key else None, allow_unsigned=allow_unsigned,
         api_from_namespaces=api_from, mqtt_allow_plaintext_password=plaintext_password,
+        mqtt_auth=mqtt_auth,  # type: ignore[arg-type]
     )
     if not (do_apply or dry_run):
         objects = render(settings)
