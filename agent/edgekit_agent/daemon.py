@@ -56,7 +56,7 @@ def start_shadow(core: AgentCore, settings: AgentSettings) -> None:
     """Fetch (once) and load the shadow candidate, then start its worker thread. A candidate that
     fails is reported (``shadow_rejected``) and serving goes on without it."""
     assert settings.shadow_image is not None
-    folder = Path(settings.shadow_model_dir)
+    folder = Path(settings.shadow_model_path)
     if not (folder / METADATA_FILE).exists():
         try:
             log.info("fetching shadow %s into %s", settings.shadow_image, folder)
@@ -118,7 +118,7 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
     finally:
         log.info("shutting down")
         try:
-            core.shutdown()
+            core.shutdown(settings.drain_timeout_s)
         finally:
             server.stop()
     return 0
