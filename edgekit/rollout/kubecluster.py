@@ -213,6 +213,8 @@ class KubeCluster:
     def _options(self, spec: RolloutSpec) -> dict[str, Any]:
         """``render_options`` with ``model_source: auto`` decided from the group's nodes (one list)."""
         options = dict(self.render_options)
+        if spec.model_platforms:
+            options["model_platforms"] = spec.model_platforms
         if options.get("model_source", "auto") == "auto":
             group = self._group(spec.group, spec.profile)
             try:
