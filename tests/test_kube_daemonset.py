@@ -146,3 +146,51 @@ def test_probes_security_and_accelerator() -> None:
     assert agent["resources"]["limits"]["nvidia.com/gpu"] == "1"
     objects = render(RenderSettings(**base, accelerator="nvidia.com/gpu"))
     assert _config(objects)["execution_providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+# --- on a real API server -------------------------------------------------------------------------
+@pytest.mark.kube
+def test_the_engine_decides_the_model_source_from_what_the_nodes_report(kube_cluster: Any,
+                                                                        kube_namespace: str) -> None:
+    """KWOK nodes say their runtime is KWOK's own version: they do not vote. A real node of the
+    same group decides, through its status on the API server."""
+    from edgekit.kube.names import GROUP_LABEL
+    from edgekit.rehearsal.nodes import device_labels
+    from edgekit.rollout.kubecluster import KubeCluster
+    from edgekit.rollout.resource import ImageRef, RolloutSpec
+    from edgekit.rollout.strategy import build_strategy
+
+    pool = kube_cluster.unique("ms")
+    kwok = kube_cluster.add_nodes(3, pools=f"{pool}=3")
+    client = kube_cluster.client()
+    reported = client.get(f"/api/v1/nodes/{kwok[0]}")["status"]["nodeInfo"]
+    assert reported["containerRuntimeVersion"].startswith("kwok"), reported  # e.g. kwok-v0.7.0
+    assert not node_supports_image_volumes(reported)[0]
+
+    cluster = KubeCluster(client)
+    spec = RolloutSpec("msapp", pool, ImageRef(IMAGE, DIGEST, "3f2a9c1b7d0e"), build_strategy())
+    assert cluster._options(spec)["model_source"] == "image-volume"  # KWOK only: the target's default
+
+    real = f"{pool}-real"
+    client.request("POST", "/api/v1/nodes", body={"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": real, "labels": device_labels(real, pool, "amd64", "zone-a")}})
+    try:
+        def report(runtime: str) -> None:
+            client.request("PATCH", f"/api/v1/nodes/{real}/status", content_type="application/merge-patch+json",
+                           body={"status": {"nodeInfo": {"containerRuntimeVersion": runtime,
+                                                         "kubeletVersion": "v1.36.3"}}})
+
+        report("containerd://1.7.27")
+        assert cluster._options(spec)["model_source"] == "init-container"
+        cluster.ensure_daemonset(kube_namespace, spec, spec.target)
+        ds = client.get(f"/apis/apps/v1/namespaces/{kube_namespace}/daemonsets/msapp-3f2a9c1b7d0e")
+        assert ds["metadata"]["annotations"]["edgekit.io/model-source"] == "init-container"
+        assert ds["spec"]["template"]["spec"]["initContainers"][0]["name"] == "fetch-model"
+        report("containerd://2.4.2")
+        cluster.ensure_daemonset(kube_namespace, spec, spec.target)
+        ds = client.get(f"/apis/apps/v1/namespaces/{kube_namespace}/daemonsets/msapp-3f2a9c1b7d0e")
+        assert ds["metadata"]["annotations"]["edgekit.io/model-source"] == "image-volume"
+        assert "initContainers" not in ds["spec"]["template"]["spec"]
+        assert GROUP_LABEL in client.get(f"/api/v1/nodes/{real}")["metadata"]["labels"]
+    finally:
+        client.request("DELETE", f"/api/v1/nodes/{real}")
