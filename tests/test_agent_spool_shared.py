@@ -121,3 +121,34 @@ def test_the_lock_waits_for_its_holder_and_says_who(tmp_path: Path, caplog: pyte
     assert again.held
     again.release()
 
+
+
+def test_a_spool_folder_the_agent_cannot_write_is_a_clear_error() -> None:
+    """What a kubelet makes of a missing hostPath (root's, 0755) seen by the agent's uid 10001."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="edgekit-hostpath-"))  # not under pytest's 0700 root: 10001 must reach it
+    top.chmod(0o755)
+    host = top / "spool"
+    host.mkdir()
+    host.chmod(0o755 if os.getuid() == 0 else 0o555)
+    code = ("from edgekit_agent.spool import open_spool\n"
+            "from edgekit_agent.errors import SpoolError\n"
+            "try:\n"
+            f"    open_spool({str(host)!r}, max_bytes=1 << 20, max_age=60, instance='rev', device='dev')\n"
+            "except SpoolError as exc:\n"
+            "    print(exc.exit_code, exc.one_line())\n")
+    agent_src = str(Path(__file__).resolve().parents[1] / "agent")
+    prefix = ["setpriv", "--reuid", "10001", "--regid", "10001", "--clear-groups"] if os.getuid() == 0 else []
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": agent_src}, check=False)
+    finally:
+        host.chmod(0o755)
+        shutil.rmtree(top, ignore_errors=True)
+    out = done.stdout.strip()
+    assert done.returncode == 0 and out.startswith("37 cannot create the spool directory"), (out, done.stderr)
+    assert f"make {host} writable by uid" in out and "node preparation" in out

@@ -6,7 +6,8 @@ empty; a folder already there is not fetched again, but ``core.load`` checks its
 offline), then the shadow candidate when ``shadow_image`` is set (the same way, into
 ``shadow_model_dir``; its worker thread runs sampled requests after they are answered), then the
 tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
-window, an ``agent_stopping`` event, the spool drained, a retained ``offline`` status and a clean
+window, an ``agent_stopping`` event, the spool drained (for up to ``drain_timeout_s``; the rest stays
+spooled), a retained ``offline`` status and a clean
 DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that refused our login.
 """
 

@@ -412,6 +412,8 @@ class SqliteSpool(_Bounded):
                 continue  # its agent still runs (it drains on its own) or another adopter has it
             try:
                 moved += self._adopt_dir(sibling)
+            except OSError as exc:  # e.g. renamed or removed under us: the next look tries again
+                log.warning("cannot adopt the spool %s: %s", sibling, exc)
             finally:
                 lock.release()
         return moved

@@ -50,6 +50,12 @@ class SpoolLock:
             self._fd = None
 
 
+def _hint(directory: Path) -> str:
+    """What to make writable: the nearest folder that exists (on Kubernetes, the hostPath)."""
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), directory)
+    return f"make {existing} writable by uid {os.getuid()}; on Kubernetes see docs/kubernetes.md, node preparation"
+
+
 def try_lock(directory: Path) -> SpoolLock | None:
     """The lock of ``directory`` if it is free now, else None (no wait). SpoolError when the lock
     file cannot be made (the directory is not writable)."""
@@ -59,9 +65,7 @@ def try_lock(directory: Path) -> SpoolLock | None:
     except FileNotFoundError:
         return None  # the directory went away (adopted by someone else)
     except OSError as exc:
-        raise SpoolError(f"cannot create the spool lock {path}: {exc.strerror}",
-                         hint=f"make {directory.parent} writable by uid {os.getuid()} "
-                              "(see docs/kubernetes.md, node preparation)") from exc
+        raise SpoolError(f"cannot create the spool lock {path}: {exc.strerror}", hint=_hint(directory)) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -97,8 +101,7 @@ def acquire(directory: Path, timeout: float, *, clock: Callable[[], float] = tim
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create the spool directory {directory}: {exc.strerror}",
-                             hint=f"make {directory.parent} writable by uid {os.getuid()} "
-                                  "(see docs/kubernetes.md, node preparation)") from exc
+                             hint=_hint(directory)) from exc
         lock = try_lock(directory)
         if lock is not None:
             if clock() - start >= _POLL_S:
