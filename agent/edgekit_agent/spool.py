@@ -52,7 +52,7 @@ KEEP_CORRUPT = 3
 # How often a running agent looks for spools of agents that are gone (a directory listing and a
 # non-blocking flock per sibling): often enough that a replaced pod's reports move within seconds.
 ADOPT_EVERY_S = 2.0
-_ADOPTING = ".adopting-"  # a sibling renamed away while its entries move (skipped by new agents)
+_ADOPTING = ".adopting-"  # a sibling renamed away while its entries move (one a dead adopter left is adopted too)
 
 
 @dataclass(frozen=True)
