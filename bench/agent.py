@@ -10,8 +10,9 @@
     extension, end to end from a keep-alive client, against a bare ``session.run``.
 (c) RSS of an ``edgekit-agent serve`` process vs a bare process that imports onnxruntime and
     holds the same session (both after a few inferences).
-(d) spool: append rate (SQLite WAL), and replay rate through mosquitto (spooled while offline,
-    then drained with PUBACKs).
+(d) spool: append rate (SQLite WAL), replay rate through mosquitto (spooled while offline,
+    then drained with PUBACKs), and how long a new agent takes to adopt a full 16 MiB spool that a
+    replaced one left in the shared (hostPath) spool.
 (e) outage: broker stopped for --outage seconds while the core reports at 1/s; delivered share and order.
 (f) abuse: normal JSON inference (digits, batch 1, one keep-alive client) alone, then while another
     process holds 50 slow-header connections (a header line a second; reconnecting when closed) and
@@ -52,7 +53,7 @@ import onnxruntime as ort  # noqa: E402
 from edgekit_agent.core import AgentCore  # noqa: E402
 from edgekit_agent.publishing import MqttPublisher  # noqa: E402
 from edgekit_agent.settings import load_settings  # noqa: E402
-from edgekit_agent.spool import SqliteSpool  # noqa: E402
+from edgekit_agent.spool import SqliteSpool, open_spool  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -315,6 +316,19 @@ def bench_spool(broker: MosquittoBroker, work: Path, n: int) -> None:
     ordered = all(json.loads(m.payload)["replayed"] for m in got)
     row("d", "spool replay through mosquitto (QoS 1, PUBACK, delete)", f"{n / dt:,.0f} msg/s",
         f"{n} spooled reports drained in {dt:.2f} s; received {len(got)}, all marked replayed: {ordered}")
+    shared = work / "spool-shared"
+    old = open_spool(str(shared), max_bytes=16 << 20, max_age=1e9, instance="rev-old", device="bench-spool")
+    while old.stats()[1] + len(topic) + len(payload) + 32 <= 16 << 20:
+        old.append(topic, payload, time.time(), replayed=False)
+    count = old.stats()[0]
+    old.close()
+    t0 = time.perf_counter()
+    new = open_spool(str(shared), max_bytes=16 << 20, max_age=1e9, instance="rev-new", device="bench-spool")
+    dt = time.perf_counter() - t0
+    moved, left = new.stats()[0], sorted(p.name for p in (shared / "bench-spool").iterdir())
+    new.close()
+    row("d", "full 16 MiB spool adopted by the next revision's agent", f"{dt:.2f} s",
+        f"{moved} of {count} reports moved in one transaction; directories left: {left}")
 
 
 # -- (e) ------------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from edgekit_agent.errors import ModelNotReadyError
 from edgekit_agent.modelmeta import file_sha256
 from edgekit_agent.oci import fetch_image
 from edgekit_agent.provenance import CHAIN_DIR
+from edgekit_agent.serving import InferenceServer
 from edgekit_agent.settings import load_settings
 
 from edgekit.rehearsal.mosquitto import MosquittoBroker
-from tests.fixtures.agent import SignedImage, TelemetryChecker, run_cli
+from tests.fixtures.agent import SignedImage, TelemetryChecker, http, run_cli
 from tests.fixtures.mqtt import MqttRecorder
 
 pytestmark = pytest.mark.mqtt
@@ -153,9 +154,17 @@ def _replace_probe(folder: Path, transform: Callable[[str, np.ndarray[Any, Any]]
 def test_probe_mismatch_is_refused(model_folder: Path, device: Callable[..., Device]) -> None:
     # The outputs this device computes differ from the packaged ones: as if the hardware computed garbage.
     _replace_probe(model_folder, lambda k, v: v + 0.5 if k.startswith("output/") else v)
-    dev = device(model_folder)
+    dev = device(model_folder, listen_port=0)
     assert not dev.core.load()
     assert dev.core.model is not None and dev.core.probe_ok is False and not dev.core.ready
+    # what the kubelet's readiness probe sees: verified and loaded is not enough, the probe must pass
+    server = InferenceServer(dev.core).start()
+    try:
+        status, _, body = http("GET", server.url + "/v2/health/ready")
+        assert status == 503 and "golden probe failing" in json.loads(body)["reason"]
+        assert http("GET", server.url + "/v2/health/live")[0] == 200
+    finally:
+        server.stop()
     (ev,) = dev.events("probe_failed")
     assert "differs from the golden probe" in ev["detail"] and ev["data"]["max_abs_err"] >= 0.49
     with pytest.raises(ModelNotReadyError, match="golden probe failing"):

@@ -420,3 +420,22 @@ def test_credentials_are_not_sent_to_a_token_realm_on_another_host(tmp_path: Pat
                          env={"EDGEKIT_REGISTRY_TOKEN_HOSTS": "localhost"})
         assert allowed.exit_code == 0, allowed.stderr
         assert REGISTRY_USER in {user for user, _ in tokens.requests}
+
+
+def test_the_engine_reads_the_platforms_a_model_image_provides(registry: DockerRegistry, digits_model: Path,
+                                                               digits_layout: Path, tmp_path: Path) -> None:
+    """They become the pods' kubernetes.io/arch rule; an index for another machine's platforms
+    only is read all the same (this machine cannot resolve it to a manifest)."""
+    from edgekit.image.building import PackageSettings, package
+    from edgekit.rollout.images import RegistryImages
+
+    images = RegistryImages(FAST)
+    push_layout(digits_layout, parse_reference(f"{registry.host}/plat/digits:1.0"))
+    both = images.pin(f"{registry.host}/plat/digits:1.0")
+    assert images.platforms(both) == ("linux/amd64", "linux/arm64")
+    arm = tmp_path / "arm"
+    package(digits_model, PackageSettings(name="digits", version="1.1", platforms=("linux/riscv64",)), arm)
+    push_layout(arm, parse_reference(f"{registry.host}/plat/digits:riscv"))
+    only = images.pin(f"{registry.host}/plat/digits:riscv")
+    assert images.platforms(only) == ("linux/riscv64",)
+    assert images.image_size(only) is None  # not resolvable here: no size, but the platforms are known

@@ -59,11 +59,11 @@ def _pod(ds: dict[str, Any]) -> dict[str, Any]:
 
 
 def _spool_on_host(ds: dict[str, Any], path: str) -> dict[str, Any]:
-    """The DaemonSet with its spool on the node (what the real-node issue will render)."""
+    """The DaemonSet with its spool at ``path`` on the node (rendered: /var/lib/edgekit/<app>/spool)."""
     out = copy.deepcopy(ds)
     for v in _pod(out)["volumes"]:
         if v["name"] == "spool":
-            v.pop("emptyDir")
+            v.pop("emptyDir", None)
             v["hostPath"] = {"path": path, "type": "DirectoryOrCreate"}
     return out
 
@@ -83,7 +83,10 @@ def test_the_api_server_runs_both_admission_plugins(engine: Engine) -> None:
 
 
 def test_the_engine_deploys_edgekit_daemonsets(engine: Engine) -> None:
-    engine.apply(engine.daemonset("ok-plain", mqtt_auth="none"))
+    plain = engine.daemonset("ok-plain", mqtt_auth="none")
+    spool = next(v for v in _pod(plain)["volumes"] if v["name"] == "spool")  # as rendered, unchanged
+    assert spool["hostPath"] == {"path": "/var/lib/edgekit/ok-plain/spool", "type": "DirectoryOrCreate"}
+    engine.apply(plain)
     engine.apply(engine.daemonset("ok-device"))  # node-cert: the device hostPath, read-only
     engine.apply(engine.daemonset("ok-kubeedge", target="kubeedge"))  # init container fetch
     engine.apply(_spool_on_host(engine.daemonset("ok-spool"), "/var/lib/edgekit/ok-spool/"))

@@ -162,11 +162,12 @@ def test_render_k3s_revision_daemonset() -> None:
     assert agent["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert agent["securityContext"] == RESTRICTED
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["automountServiceAccountToken"] is False
-    # what the agent writes lives in emptyDirs; the only hostPath is the read-only device folder
+    # the spool is a hostPath per app (it outlives pods); the other hostPath is the read-only device folder
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert set(volumes) == {"model", "config", "tmp", "spool", "mqtt-ca", "device"}
-    assert volumes["spool"]["emptyDir"] and volumes["tmp"]["emptyDir"]
-    assert [n for n, v in volumes.items() if "hostPath" in v] == ["device"]
+    assert volumes["spool"]["hostPath"] == {"path": "/var/lib/edgekit/digits/spool", "type": "DirectoryOrCreate"}
+    assert volumes["tmp"]["emptyDir"]
+    assert sorted(n for n, v in volumes.items() if "hostPath" in v) == ["device", "spool"]
     assert volumes["device"]["hostPath"]["path"] == "/etc/edgekit/device"
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     assert mounts["device"]["readOnly"] is True and mounts["spool"]["mountPath"] == "/var/lib/edgekit-agent/spool"

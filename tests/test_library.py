@@ -6,6 +6,8 @@ import inspect
 import subprocess
 import sys
 
+import pytest
+
 import edgekit
 
 HEAVY = ("onnx", "onnxruntime", "kubernetes", "paho", "numpy", "edgekit.rollout", "edgekit.fleet")
@@ -60,6 +62,9 @@ def test_rollout_client_plans_pushes_and_reads_back_on_the_in_memory_cluster() -
         def image_size(self, image: ImageRef) -> int | None:
             return 1000
 
+        def platforms(self, image: ImageRef) -> tuple[str, ...] | None:
+            return ("linux/arm64", "linux/riscv64")
+
     cluster = MemoryCluster({"cameras": {f"edge-{i}": {} for i in range(4)}})
     session = Session(cluster, RolloutSettings(tick_seconds=0.01, allow_unsigned=True), images=Images(),
                       telemetry=MemoryTelemetry(cluster, "detector"))
@@ -67,9 +72,42 @@ def test_rollout_client_plans_pushes_and_reads_back_on_the_in_memory_cluster() -
     with edgekit.RolloutClient(session) as rollouts:
         plan = rollouts.plan("reg/detector:2.0", group="cameras", app="detector", **strategy)
         assert [len(w.nodes) for w in plan.rollout.status.waves] == [1, 3] and plan.image_bytes == 1000
+        assert plan.rollout.spec.model_platforms == ("linux/arm64", "linux/riscv64")
+        assert plan.rollout.spec.annotations()["edgekit.io/model-platforms"] == "linux/arm64,linux/riscv64"
         assert not cluster.rollouts                    # planning writes nothing
         ro = rollouts.push("reg/detector:2.0", group="cameras", app="detector", **strategy)
         assert ro.status.phase == "Succeeded"
         assert {cluster.revision_of("detector", n) for n in cluster.groups["cameras"]} == {pinned.revision}
         assert rollouts.status(app="detector", group="cameras").name == ro.name
         assert [h.name for h in rollouts.history(app="detector")] == [ro.name]
+
+
+def test_a_push_whose_images_share_no_architecture_is_refused_before_anything_is_written() -> None:
+    from edgekit.errors import ConfigError
+    from edgekit.rollout.memory import MemoryCluster
+    from edgekit.rollout.resource import ImageRef, revision_for
+    from edgekit.rollout.service import Session
+    from edgekit.rollout.settings import RolloutSettings
+
+    digest = "sha256:" + "2" * 64
+    pinned = ImageRef(f"reg/detector@{digest}", digest, revision_for(digest))
+
+    class Images:  # a registry holding an arm64-only model image
+        def pin(self, image: str) -> ImageRef:
+            return pinned
+
+        def verify_signature(self, image: ImageRef) -> str | None:
+            return None
+
+        def image_size(self, image: ImageRef) -> int | None:
+            return None
+
+        def platforms(self, image: ImageRef) -> tuple[str, ...] | None:
+            return ("linux/arm64",)
+
+    cluster = MemoryCluster({"cameras": {f"edge-{i}": {} for i in range(2)}})
+    settings = RolloutSettings(tick_seconds=0.01, allow_unsigned=True, agent_platforms=("linux/amd64",))
+    with edgekit.RolloutClient(Session(cluster, settings, images=Images())) as rollouts, \
+            pytest.raises(ConfigError, match="share no architecture"):
+        rollouts.plan("reg/detector:2.0", group="cameras", app="detector", waves="1,100%")
+    assert not cluster.rollouts

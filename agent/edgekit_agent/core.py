@@ -154,7 +154,8 @@ class AgentCore:
         from edgekit_agent.publishing import MqttPublisher
 
         if spool is None:
-            spool = open_spool(s.spool_dir, max_bytes=s.spool_max_bytes, max_age=s.spool_max_age)
+            spool = open_spool(s.spool_dir, max_bytes=s.spool_max_bytes, max_age=s.spool_max_age,
+                               instance=s.spool_instance, device=s.device, lock_timeout=s.spool_lock_timeout_s)
         # Whatever a previous run left behind was not sent when it was made.
         spool.mark_replayed()
         publisher = MqttPublisher(s, spool, status=self.status_message, on_problem=self._on_publisher_problem)
@@ -287,7 +288,7 @@ class AgentCore:
         s = self.settings
         if s.shadow_image is None:
             return False
-        folder = Path(model_dir or s.shadow_model_dir)
+        folder = Path(model_dir or s.shadow_model_path)
         before = self.meter.rss_mb()
         try:
             loaded = load_model(folder, image=s.shadow_image, public_key=s.public_key,
@@ -406,6 +407,7 @@ class AgentCore:
         if self.outbox is None:
             return
         spool = self.outbox.spool
+        spool.adopt_leftovers()
         spool.prune(self.clock.time())
         dropped = spool.take_dropped()
         if dropped.total:

@@ -6,7 +6,8 @@ empty; a folder already there is not fetched again, but ``core.load`` checks its
 offline), then the shadow candidate when ``shadow_image`` is set (the same way, into
 ``shadow_model_dir``; its worker thread runs sampled requests after they are answered), then the
 tick loop. SIGTERM/SIGINT stop gracefully: a final health report for the partial
-window, an ``agent_stopping`` event, the spool drained, a retained ``offline`` status and a clean
+window, an ``agent_stopping`` event, the spool drained (for up to ``drain_timeout_s``; the rest stays
+spooled), a retained ``offline`` status and a clean
 DISCONNECT (so the broker does not fire the will). SIGHUP retries a broker that refused our login.
 """
 
@@ -56,7 +57,7 @@ def start_shadow(core: AgentCore, settings: AgentSettings) -> None:
     """Fetch (once) and load the shadow candidate, then start its worker thread. A candidate that
     fails is reported (``shadow_rejected``) and serving goes on without it."""
     assert settings.shadow_image is not None
-    folder = Path(settings.shadow_model_dir)
+    folder = Path(settings.shadow_model_path)
     if not (folder / METADATA_FILE).exists():
         try:
             log.info("fetching shadow %s into %s", settings.shadow_image, folder)
@@ -118,7 +119,7 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
     finally:
         log.info("shutting down")
         try:
-            core.shutdown()
+            core.shutdown(settings.drain_timeout_s)
         finally:
             server.stop()
     return 0

@@ -28,6 +28,7 @@
     │   ├── InferenceRequestError     33   malformed inference request (carries the HTTP status)
     │   ├── ModelNotReadyError        34   no model loaded, or probe failing
     │   └── SpoolError                37   telemetry spool cannot be opened or written
+    │       └── SpoolLockedError          86   another agent holds this spool past the wait     [T]
     ├── TelemetryError            exit 50  MQTT (agent and fleet alike); ``reason_code`` keeps the broker's
     │   ├── BrokerError               51   broker unreachable or dropped us                        [T]
     │   ├── TelemetryAuthError        52   broker refused our credentials                          [P]
@@ -275,6 +276,12 @@ class SpoolError(AgentError):
     """The on-disk telemetry spool cannot be opened or written."""
 
     exit_code = 37
+
+
+class SpoolLockedError(SpoolError, TemporaryError):
+    """Another agent process held this spool's lock for longer than ``spool_lock_timeout_s``."""
+
+    exit_code = 86
 
 
 # --- MQTT, for the device's publisher and the fleet watcher alike (50-55) -----------------------

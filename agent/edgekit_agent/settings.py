@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,6 +27,7 @@ ENV_PREFIX = "EDGEKIT_AGENT_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # json.loads recurses once per level; far below Python's recursion limit even on a handler thread
 MAX_JSON_DEPTH = 256
+_SAFE_NAME = re.compile(r"^(?!\.)[A-Za-z0-9._-]{1,253}$")  # one path component, never . or ..
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class AgentSettings(MqttSettings):
     # shadow evaluation: a candidate image run beside the served model on a sampled share of live
     # requests (shadowing.py); fetched and verified by the same rules as ``image``
     shadow_image: str | None = None
-    shadow_model_dir: str = "/shadow-model"
+    shadow_model_dir: str = "/shadow-model"  # a relative path is under the spool path (``spool_path``)
     shadow_ratio: float = 0.1        # share of served requests offered to the shadow
     shadow_cpu_budget: float = 0.25  # share of one core the shadow may use; samples over it are skipped
     shadow_metric: str = "top1"      # top1 | cosine | MODULE:FUNCTION (as ``edgekit quantize --metric``)
@@ -66,7 +68,13 @@ class AgentSettings(MqttSettings):
     spool_dir: str | None = "/var/lib/edgekit-agent/spool"
     spool_max_bytes: int = 16 * 1024 * 1024
     spool_max_age: float = 7 * 86_400.0
-    # signed chains of image-volume models, kept after their first fetch (None: <spool_dir>/chains,
+    # a spool root shared by several agents (a hostPath per app): this agent writes only
+    # <spool_dir>/<device>/<spool_instance>/ (the renderer sets the revision) and adopts the
+    # other directories of its device once their agents are gone (spoollock.py)
+    spool_instance: str | None = None
+    spool_lock_timeout_s: float = 60.0  # wait for an agent of the same instance to let go
+    drain_timeout_s: float = 20.0  # at SIGTERM: how long to keep sending the spool before leaving
+    # signed chains of image-volume models, kept after their first fetch (None: <spool path>/chains,
     # inside the spool volume, so the DaemonSet needs no other writable volume)
     chain_dir: str | None = None
     # local API
@@ -94,7 +102,14 @@ class AgentSettings(MqttSettings):
         if not self.topic_root or any(c in self.topic_root for c in "+#") or self.topic_root.startswith("/"):
             raise ConfigError(f"{self.topic_root!r} is not a valid topic root", field="topic_root")
         super().__post_init__()
-        _positive(self, "interval", "probe_interval", "spool_max_age", "header_timeout_s", "body_timeout_s")
+        _positive(self, "interval", "probe_interval", "spool_max_age", "header_timeout_s", "body_timeout_s",
+                  "spool_lock_timeout_s", "drain_timeout_s")
+        if self.spool_instance is not None and not _SAFE_NAME.match(self.spool_instance):
+            raise ConfigError(f"{self.spool_instance!r} is not a directory name (letters, digits, . _ -)",
+                              field="spool_instance")
+        if self.spool_instance is not None and not _SAFE_NAME.match(self.device):
+            raise ConfigError(f"{self.device!r} cannot name a spool directory (letters, digits, . _ -)",
+                              field="device")
         _at_least(self, 1, "max_model_bytes", "spool_max_bytes", "auth_retry_limit", "max_request_bytes",
                   "max_json_bytes", "error_burst_min", "max_json_depth", "max_connections")
         if self.max_json_depth > MAX_JSON_DEPTH:
@@ -151,12 +166,28 @@ class AgentSettings(MqttSettings):
         return self.image.rsplit("@", 1)[1] if self.image else None
 
     @property
+    def spool_path(self) -> str | None:
+        """The directory this agent writes: ``<spool_dir>/<device>/<spool_instance>``, or
+        ``spool_dir`` without an instance; None for a memory spool."""
+        if self.spool_dir is None or self.spool_instance is None:
+            return self.spool_dir
+        return os.path.join(self.spool_dir, self.device, self.spool_instance)
+
+    @property
     def kept_chains(self) -> str | None:
-        """Where chains of image-volume models are kept: ``chain_dir``, else ``<spool_dir>/chains``;
+        """Where chains of image-volume models are kept: ``chain_dir``, else ``<spool path>/chains``;
         None (neither set): kept nowhere, the registry is asked at every load."""
         if self.chain_dir:
             return self.chain_dir
-        return os.path.join(self.spool_dir, "chains") if self.spool_dir else None
+        spool = self.spool_path
+        return os.path.join(spool, "chains") if spool else None
+
+    @property
+    def shadow_model_path(self) -> str:
+        """``shadow_model_dir``, a relative one under the spool path (a revision's own directory)."""
+        if os.path.isabs(self.shadow_model_dir) or self.spool_path is None:
+            return self.shadow_model_dir
+        return os.path.join(self.spool_path, self.shadow_model_dir)
 
     def registry_options(self) -> Any:
         """``RegistryOptions`` for fetching ``image`` (and verifying its signature)."""

@@ -15,6 +15,12 @@ Why SQLite (stdlib ``sqlite3``) in WAL mode rather than hand-made segment files:
 - It costs tens of microseconds per append (see ``bench/agent.py``), negligible at one report per
   second, and the file is reused page by page once entries are deleted.
 
+Several agents may share one spool root (a hostPath that outlives pods, see ``spoollock``): each
+writes only its own directory under its lock, and adopts the directories of agents that are gone
+(``adopt_leftovers``): their entries move into its own spool, marked replayed, in one transaction.
+A crash between that commit and the removal of the old directory can send those entries twice,
+never lose them (MQTT QoS 1 is at-least-once anyway).
+
 ``MemorySpool`` has the same interface without persistence (the fleet simulator's virtual
 devices, or a device with ``spool_dir`` unset).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -32,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from edgekit_agent import spoollock
 from edgekit_agent.errors import SpoolError
+from edgekit_agent.spoollock import SpoolLock
 
 log = logging.getLogger("edgekit_agent")
 
@@ -40,6 +49,10 @@ _OVERHEAD = 32  # bytes accounted per entry beyond topic and payload
 # Corrupt spools moved aside that are kept for a post-mortem; older ones are deleted so a spool
 # that keeps breaking cannot fill the disk.
 KEEP_CORRUPT = 3
+# How often a running agent looks for spools of agents that are gone (a directory listing and a
+# non-blocking flock per sibling): often enough that a replaced pod's reports move within seconds.
+ADOPT_EVERY_S = 2.0
+_ADOPTING = ".adopting-"  # a sibling renamed away while its entries move (one a dead adopter left is adopted too)
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,7 @@ class Spool(Protocol):
     def prune(self, now: float) -> None: ...
     def take_dropped(self) -> Dropped: ...
     def stats(self) -> tuple[int, int]: ...
+    def adopt_leftovers(self, *, force: bool = False) -> int: ...
     def close(self) -> None: ...
 
 
@@ -182,6 +196,9 @@ class MemorySpool(_Bounded):
         with self._lock:
             return len(self._entries), self._bytes
 
+    def adopt_leftovers(self, *, force: bool = False) -> int:
+        return 0  # nothing outlives a memory spool to adopt
+
     def close(self) -> None:
         pass
 
@@ -229,9 +246,16 @@ class SqliteSpool(_Bounded):
     FILE = "spool.sqlite3"
 
     def __init__(self, directory: str | os.PathLike[str], max_bytes: int = 16 << 20,
-                 max_age: float = 7 * 86400.0) -> None:
+                 max_age: float = 7 * 86400.0, *, lock: SpoolLock | None = None,
+                 shared_root: str | os.PathLike[str] | None = None) -> None:
+        """``lock``: this directory's lock, held by the caller and released by ``close``;
+        ``shared_root``: the directory whose other subdirectories are other agents' spools."""
         super().__init__(max_bytes, max_age)
         self.path = Path(directory) / self.FILE
+        self.lock = lock
+        self.shared_root = Path(shared_root) if shared_root is not None else None
+        self._next_adopt = 0.0
+        self.adopted_total = 0
         try:
             Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
             _restrict(Path(directory), 0o700)
@@ -360,16 +384,120 @@ class SqliteSpool(_Bounded):
         with self._lock:
             return self._count, self._bytes
 
+    # -- spools of agents that are gone ------------------------------------------------------
+    def adopt_leftovers(self, *, force: bool = False) -> int:
+        """Move the entries of every sibling spool whose lock is free into this one and remove that
+        directory; the number of entries moved. Looks at most every ``ADOPT_EVERY_S`` unless
+        ``force``. Siblings still locked (a running agent) are left alone."""
+        if self.shared_root is None:
+            return 0
+        now = time.monotonic()
+        if not force and now < self._next_adopt:
+            return 0
+        self._next_adopt = now + ADOPT_EVERY_S
+        own = self.path.parent
+        moved = 0
+        try:
+            siblings = sorted(p for p in self.shared_root.iterdir() if p.is_dir() and p != own)
+        except OSError as exc:
+            log.warning("cannot list the spool root %s: %s", self.shared_root, exc)
+            return 0
+        for sibling in siblings:
+            try:
+                lock = spoollock.try_lock(sibling)
+            except SpoolError as exc:
+                log.warning("%s", exc.one_line())
+                continue
+            if lock is None:
+                continue  # its agent still runs (it drains on its own) or another adopter has it
+            try:
+                moved += self._adopt_dir(sibling)
+            except OSError as exc:  # e.g. renamed or removed under us: the next look tries again
+                log.warning("cannot adopt the spool %s: %s", sibling, exc)
+            finally:
+                lock.release()
+        return moved
+
+    def _adopt_dir(self, sibling: Path) -> int:
+        work = sibling
+        if not sibling.name.startswith(_ADOPTING):
+            # Renamed first, under its lock: an agent of that revision starting now makes a new,
+            # empty directory instead of writing into the one being emptied.
+            work = sibling.with_name(f"{_ADOPTING}{os.getpid()}-{sibling.name}")
+            os.replace(sibling, work)
+        n = 0
+        db = work / self.FILE
+        if db.exists():
+            n = self.adopt(db)
+            log.info("spool: adopted %d report(s) left by %s", n, sibling.name)
+        shutil.rmtree(work, ignore_errors=True)
+        return n
+
+    def adopt(self, other: Path) -> int:
+        """Append every entry of the spool database ``other`` (marked replayed, oldest first) in one
+        transaction; the number moved. A database that cannot be read counts as corrupt."""
+        with self._lock:
+            try:
+                self._db.execute("ATTACH DATABASE ? AS old", (str(other),))
+            except sqlite3.Error as exc:
+                log.error("spool %s cannot be read (%s); its reports are lost", other, exc)
+                self._dropped.corrupt = True
+                return 0
+            try:
+                if self._db.execute("SELECT 1 FROM old.sqlite_master WHERE type = 'table' AND name = 'outbox'"
+                                    ).fetchone() is None:
+                    return 0
+                self._db.execute("BEGIN")
+                moved = self._db.execute(
+                    "INSERT INTO main.outbox (topic, payload, created, replayed, size) "
+                    "SELECT topic, payload, created, 1, size FROM old.outbox ORDER BY id").rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                log.error("spool %s cannot be read (%s); its reports are lost", other, exc)
+                self._dropped.corrupt = True
+                return 0
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("DETACH DATABASE old")
+            row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
+            self._count, self._bytes = int(row[0]), int(row[1])
+            if self._bytes > self.max_bytes:
+                self._drop_oldest()
+            self.adopted_total += moved
+            return int(moved)
+
     def close(self) -> None:
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _chunks(items: list[int], n: int) -> list[list[int]]:
     return [items[i:i + n] for i in range(0, len(items), n)]
 
 
-def open_spool(directory: str | None, *, max_bytes: int, max_age: float) -> SqliteSpool | MemorySpool:
+def open_spool(directory: str | None, *, max_bytes: int, max_age: float, instance: str | None = None,
+               device: str = "", lock_timeout: float = 60.0) -> SqliteSpool | MemorySpool:
+    """The agent's spool. ``directory`` None: in memory. ``instance`` None: ``directory`` itself,
+    locked. Else ``<directory>/<device>/<instance>``, locked, adopting its siblings' leftovers."""
     if directory is None:
         return MemorySpool(max_bytes, max_age)
-    return SqliteSpool(directory, max_bytes, max_age)
+    own = Path(directory)
+    shared = None
+    if instance is not None:
+        shared = own / device
+        own = shared / instance
+    lock = spoollock.acquire(own, lock_timeout)
+    for made in (shared, Path(directory)):  # mkdir(parents=True) made them with the umask's mode
+        if made is not None:
+            _restrict(made, 0o700)
+    try:
+        spool = SqliteSpool(own, max_bytes, max_age, lock=lock, shared_root=shared)
+    except BaseException:
+        lock.release()
+        raise
+    spool.adopt_leftovers(force=True)
+    return spool

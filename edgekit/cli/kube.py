@@ -173,7 +173,9 @@ def _print_report(report: ApplyReport) -> None:
 @click.option("--revision", default=None, help="Revision name (default: first 12 hex digits of the digest).")
 @click.option("--agent-image", default=None, help="edgekit-agent container image.")
 @click.option("--model-source", type=click.Choice(["auto", "image-volume", "init-container"]), default="auto",
-              show_default=True, help="Image volume (Kubernetes 1.35+) or init container fetching by digest.")
+              show_default=True, help="Image volume or init container fetching by digest; auto: the image "
+              "volume when every node's kubelet (1.35+) and runtime (containerd 2.1+, CRI-O 1.31+) can "
+              "mount one (decided with --apply; the target's default otherwise).")
 @click.option("--accelerator", default=None, metavar="RESOURCE",
               help="Device-plugin resource to request, e.g. nvidia.com/gpu (CPU stays as fallback).")
 @click.option("--execution-provider", default=None, metavar="EP",

@@ -21,7 +21,9 @@ from edgekit.kube.applying import ApplyReport, apply_objects
 from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import group_nodes
 from edgekit.kube.install import install_objects
+from edgekit.kube.modelsources import choose_model_source
 from edgekit.kube.rendering import RenderSettings, render
+from edgekit.kube.targets import TARGETS
 
 __all__ = ["AGENT_DEFAULTS", "DeployResult", "cluster_defaults", "deploy_revision", "install"]
 
@@ -64,8 +66,11 @@ def deploy_revision(client: KubeClient, settings: RenderSettings, *, dry_run: bo
                     force: bool = False) -> DeployResult:
     """Render one revision and server-side apply it (``dry_run``: server dry run + diff only)."""
     settings = cluster_defaults(client, settings)
-    objects = render(settings)
     nodes = group_nodes(client, settings.group)
+    if settings.model_source == "auto":  # decided from the nodes' runtimes and kubelets
+        choice = choose_model_source(nodes, TARGETS[settings.target].model_source)
+        settings = dataclasses.replace(settings, model_source=choice.source)
+    objects = render(settings)
     accel_nodes = None
     if settings.accelerator:
         accel_nodes = sum(_advertises(n, settings.accelerator) for n in nodes)

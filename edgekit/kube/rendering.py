@@ -4,15 +4,28 @@ For app ``A`` at revision ``R`` on group ``G``:
 
 - DaemonSet ``A-R``: pods only on nodes labelled ``rollout.edgekit.io/A=R`` *and* in ``G``; the
   rollout engine moves nodes between revisions by relabelling them. The pod runs
-  ``edgekit-agent serve`` with probes on the agent's OIP endpoints (``/v2/health/live``,
-  ``/v2/health/ready``, port ``http`` 8080). Every container meets Pod Security ``restricted``
-  (uid/gid 10001, read-only root filesystem, no privilege escalation, seccomp RuntimeDefault,
-  capabilities dropped); what the agent writes goes to emptyDir volumes (``tmp``, ``spool``). The one
-  hostPath is ``device`` (the node's MQTT client certificate, read-only, under ``/etc/edgekit/``);
-  edgekit's admission policy (``edgekit.kube.admission``) holds the engine to this shape.
+  ``edgekit-agent serve`` with probes on the agent's OIP endpoints (``/v2/health/live``;
+  ``/v2/health/ready``, which answers 200 only once the model is verified and its golden probe
+  passed; port ``http`` 8080). Every container meets Pod Security ``restricted`` (uid/gid 10001,
+  read-only root filesystem, no privilege escalation, seccomp RuntimeDefault, capabilities
+  dropped). The agent writes to an emptyDir ``tmp`` and to ``spool``, a hostPath per app
+  (``/var/lib/edgekit/<app>/spool``, DirectoryOrCreate) so that reports outlive the pods a wave or a
+  rollback replaces; each revision writes its own subdirectory under its own lock and adopts what
+  gone revisions left (``edgekit_agent.spoollock``). The node must give that directory to uid 10001
+  (docs/kubernetes.md, node preparation): the kubelet creates a missing hostPath as root, fsGroup
+  does not apply to hostPaths and ``restricted`` allows no root init container to chown it. The
+  other hostPath is ``device`` (the node's MQTT client certificate, read-only, under
+  ``/etc/edgekit/``); edgekit's admission policy (``edgekit.kube.admission``) holds the engine to
+  this shape.
 - The model: a Kubernetes image volume (the model image itself, mounted at ``/model``), or an init
   container ``edgekit-agent fetch <ref@digest> --to /model`` for clusters without image volumes
-  (KubeEdge's edgecore, Kubernetes < 1.35).
+  (KubeEdge's edgecore, Kubernetes < 1.35, containerd < 2.1). ``model_source: auto`` takes the
+  target's default; the engine and ``edgekit render --apply`` first decide it from the group's nodes
+  (``edgekit.kube.modelsources``).
+- Architectures: ``kubernetes.io/arch`` is limited to those both the agent image and the model image
+  provide (``agent_platforms``, ``model_platforms``; ``edgekit.kube.platforms``).
+- The termination grace period is the agent's drain time (``drain_seconds``) plus 10 s to stop; what
+  it cannot send in that time stays in the hostPath spool for the next pod.
 - Images are signed by default: with the cosign public key (``public_key_pem``, from
   ``edgekit render --public-key FILE``) ConfigMap ``edgekit-cosign-key`` carries it to the devices and
   the agent config points at it; the rollout engine only names that ConfigMap
@@ -37,6 +50,7 @@ from typing import Any, Literal
 from edgekit.errors import ConfigError, DigestRequiredError, ImageReferenceError
 from edgekit.kube import names
 from edgekit.kube.groups import DeviceGroup
+from edgekit.kube.platforms import DEFAULT_AGENT_PLATFORMS, common_arches
 from edgekit.kube.selectors import to_match_expressions
 from edgekit.kube.targets import DEFAULT_TARGET, TARGETS, Target, check_target
 
@@ -70,6 +84,7 @@ SPOOL_DIR = "/var/lib/edgekit-agent/spool"
 AGENT_VOLUMES = ("model", "config", "tmp", "spool", "mqtt-ca", "device", "keys")
 DEVICE_HOST_PREFIX = "/etc/edgekit/"  # hostPath of the read-only ``device`` volume lives under it
 SPOOL_HOST_PREFIX = "/var/lib/edgekit/"  # a hostPath ``spool`` may live only in <prefix><app>/
+STOP_SECONDS = 10  # beyond the drain: final report, offline status, DISCONNECT, process exit
 _DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
 _REPO = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -175,6 +190,12 @@ class RenderSettings:
     # network is trusted: an explicit opt-in, rendered only when set
     mqtt_allow_plaintext_password: bool = False
     extra_config: Mapping[str, Any] = field(default_factory=dict)
+    # architectures: the rule allows those in both lists (model None: not known, the agent's alone)
+    agent_platforms: tuple[str, ...] = DEFAULT_AGENT_PLATFORMS
+    model_platforms: tuple[str, ...] | None = None
+    # SIGTERM to exit: the agent sends its spool for this long, then leaves the rest in the hostPath
+    # spool for the next pod; the pod's grace period is this plus STOP_SECONDS
+    drain_seconds: int = 20
     # a shadow revision (push --shadow-first): the agents also run this candidate on a sampled
     # share of live requests; it is fetched into the spool volume, so the pod needs no new volume
     shadow_image: str | None = None
@@ -193,6 +214,9 @@ class RenderSettings:
         if not _under(self.device_credentials_dir, DEVICE_HOST_PREFIX):
             raise ConfigError(f"{self.device_credentials_dir!r} must be a directory under {DEVICE_HOST_PREFIX}",
                               field="device_credentials_dir")
+        if not 1 <= self.drain_seconds <= 3600:
+            raise ConfigError(f"must be 1..3600 seconds, got {self.drain_seconds!r}", field="drain_seconds")
+        common_arches(self.agent_platforms, self.model_platforms)  # ConfigError when none is common
         for ns in self.api_from_namespaces:
             if not names.is_dns_label(ns):
                 raise ConfigError(f"{ns!r} is not a namespace name", field="api_from_namespaces")
@@ -215,13 +239,20 @@ def _labels(app: str, revision: str) -> dict[str, str]:
             **names.MANAGED_BY_LABELS, names.APP_LABEL: app, names.REVISION_LABEL: revision}
 
 
-def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None) -> dict[str, Any]:
+def spool_host_path(app: str) -> str:
+    """The node's directory for the app's spool (hostPath), under ``SPOOL_HOST_PREFIX``."""
+    return f"{SPOOL_HOST_PREFIX}{app}/spool"
+
+
+def _agent_config(s: RenderSettings, image: ImageRef, revision: str, accel: Accelerator | None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "group": _group_name(s.group),
         "model_dir": MODEL_DIR,
         "broker_url": s.broker_url or f"mqtts://edgekit-mqtt.{s.namespace}.svc:8883",
         "interval": s.telemetry_interval,
         "spool_dir": SPOOL_DIR,
+        "spool_instance": revision,  # the hostPath is shared by the app's revisions: one directory each
+        "drain_timeout_s": s.drain_seconds,
         "listen_host": "0.0.0.0",  # kubelet probes reach the pod IP
         "listen_port": AGENT_PORT,
     }
@@ -244,7 +275,8 @@ def _agent_config(s: RenderSettings, image: ImageRef, accel: Accelerator | None)
         config["registry_insecure"] = True
     if s.shadow_image:
         config.update(shadow_image=parse_image(s.shadow_image).pinned, shadow_ratio=s.shadow_ratio,
-                      shadow_metric=s.shadow_metric, shadow_model_dir=f"{SPOOL_DIR}/shadow-model")
+                      shadow_metric=s.shadow_metric,
+                      shadow_model_dir="shadow-model")  # relative: in this revision's spool directory
     config.update(s.extra_config)
     return config
 
@@ -281,7 +313,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     labels = _labels(app, revision)
     selector_labels = {names.APP_LABEL: app, names.REVISION_LABEL: revision}
     annotations = {names.IMAGE_ANNOTATION: image.pinned, names.TARGET_ANNOTATION: target.name,
-                   "edgekit.io/group": s.group.spec}
+                   "edgekit.io/group": s.group.spec, "edgekit.io/model-source": source}
 
     # Scheduling: the revision label plus the group (equality terms as nodeSelector, the rest as affinity).
     node_selector = {names.rollout_label(app): revision, names.OS_LABEL: "linux"}
@@ -294,6 +326,8 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     expressions.extend(dict(t) for t in target.node_terms)
     if accel:
         expressions.append({"key": accel.node_label[0], "operator": "In", "values": [accel.node_label[1]]})
+    expressions.append({"key": names.ARCH_LABEL, "operator": "In",
+                        "values": common_arches(s.agent_platforms, s.model_platforms)})
 
     resources: dict[str, dict[str, str]] = {
         "requests": {"cpu": s.cpu_request, "memory": s.memory_request},
@@ -312,7 +346,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": name}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-        {"name": "spool", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "spool", "hostPath": {"path": spool_host_path(app), "type": "DirectoryOrCreate"}},
     ]
     if (s.broker_url or "mqtts://").startswith("mqtts://"):
         mounts.append({"name": "mqtt-ca", "mountPath": f"{AGENT_CONFIG_DIR}/mqtt-ca", "readOnly": True})
@@ -380,7 +414,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
         "serviceAccountName": app,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 15,
+        "terminationGracePeriodSeconds": s.drain_seconds + STOP_SECONDS,
         "securityContext": {"runAsNonRoot": True, "runAsUser": AGENT_UID, "runAsGroup": AGENT_UID,
                             "fsGroup": AGENT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "nodeSelector": node_selector,
@@ -395,7 +429,7 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     if target.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in target.tolerations]
 
-    config = _agent_config(s, image, accel)
+    config = _agent_config(s, image, revision, accel)
     meta: dict[str, Any] = {"namespace": ns, "labels": labels}
     key = [key_configmap(ns, s.public_key_pem, s.public_key_configmap)] if s.public_key_pem is not None else []
     # No shared sub-objects (deepcopy would keep the aliases, e.g. one securityContext for two

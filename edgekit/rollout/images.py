@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit_agent.oci.fetching import resolve_image
+from edgekit_agent.oci.fetching import index_platforms, resolve_image
 from edgekit_agent.oci.reference import parse_reference
 from edgekit_agent.oci.registry import RegistryOptions
 from edgekit_agent.oci.signatures import verify_image_signatures
@@ -33,6 +33,7 @@ class RegistryImages:
         self.public_key = public_key
         self.require_digest = require_digest
         self._sizes: dict[str, int] = {}
+        self._platforms: dict[str, tuple[str, ...]] = {}
 
     def pin(self, image: str) -> ImageRef:
         """``image`` (tag or digest) -> ``repository@sha256:…`` with its revision name."""
@@ -44,9 +45,13 @@ class RegistryImages:
         source = open_source(image, self.options)
         try:
             top = source.resolve()
+            # the index lists its platforms, even those this machine cannot resolve to
+            if listed := index_platforms(top):
+                self._platforms[top.digest] = listed
             try:
                 resolved = resolve_image(source, top=top)
                 self._sizes[top.digest] = int(resolved.layer.get("size", 0))
+                self._platforms.setdefault(top.digest, tuple(resolved.platforms))
             except ImageError:
                 pass  # size is only for plans; the agent checks the image itself
         finally:
@@ -74,3 +79,6 @@ class RegistryImages:
 
     def image_size(self, image: ImageRef) -> int | None:
         return self._sizes.get(image.digest)
+
+    def platforms(self, image: ImageRef) -> tuple[str, ...] | None:
+        return self._platforms.get(image.digest)

@@ -32,6 +32,7 @@ from edgekit.kube import names
 from edgekit.kube.applying import FIELD_MANAGER, delete_object, patch_labels, sort_for_apply
 from edgekit.kube.client import KubeClient
 from edgekit.kube.groups import DeviceGroup, group_nodes, parse_group
+from edgekit.kube.modelsources import choose_model_source
 from edgekit.kube.rendering import KEY_FILE, RenderSettings, key_configmap, render
 from edgekit.kube.resources import resource_for
 from edgekit.kube.targets import TARGETS
@@ -188,7 +189,7 @@ class KubeCluster:
         ``edgekit.kube.rendering``, and applying is idempotent."""
         settings = RenderSettings(app=spec.app, image=image.image, group=self._group(spec.group, spec.profile),
                                   target=spec.profile, namespace=namespace, revision=image.revision,
-                                  require_digest=True, **self.render_options)
+                                  require_digest=True, **self._options(spec))
         for obj in sort_for_apply(render(settings)):
             res = resource_for(obj["apiVersion"], obj["kind"])
             self.client.request("PATCH", res.path(namespace, obj["metadata"]["name"]), body=obj,
@@ -202,12 +203,26 @@ class KubeCluster:
                                   target=spec.profile, namespace=namespace, revision=revision,
                                   require_digest=True, shadow_image=candidate.image,
                                   shadow_ratio=policy.ratio if policy else 0.1,
-                                  shadow_metric=policy.metric if policy else "top1", **self.render_options)
+                                  shadow_metric=policy.metric if policy else "top1", **self._options(spec))
         for obj in sort_for_apply(render(settings)):
             res = resource_for(obj["apiVersion"], obj["kind"])
             self.client.request("PATCH", res.path(namespace, obj["metadata"]["name"]), body=obj,
                                 content_type="application/apply-patch+yaml",
                                 query={"fieldManager": FIELD_MANAGER, "force": True})
+
+    def _options(self, spec: RolloutSpec) -> dict[str, Any]:
+        """``render_options`` with ``model_source: auto`` decided from the group's nodes (one list)."""
+        options = dict(self.render_options)
+        if spec.model_platforms:
+            options["model_platforms"] = spec.model_platforms
+        if options.get("model_source", "auto") == "auto":
+            group = self._group(spec.group, spec.profile)
+            try:
+                nodes = group_nodes(self.client, group)
+            except GroupNotFoundError:
+                nodes = []
+            options["model_source"] = choose_model_source(nodes, TARGETS[spec.profile].model_source).source
+        return options
 
     def daemonset_scheduled(self, namespace: str, app: str, revision: str) -> int | None:
         if self.client.get_or_none(_DAEMONSETS.path(namespace, f"{app}-{revision}")) is None:

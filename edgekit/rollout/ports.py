@@ -143,3 +143,7 @@ class ImagePort(Protocol):
     def image_size(self, image: ImageRef) -> int | None:
         """Bytes a node downloads for the image (for plans); None when unknown."""
         ...
+
+    def platforms(self, image: ImageRef) -> tuple[str, ...] | None:
+        """The ``os/arch`` platforms the image provides (its index); None when unknown."""
+        ...

@@ -102,6 +102,7 @@ ANN_ABORT = "edgekit.io/abort"              # value: why (set by ``edgekit rollo
 ANN_PROMOTE = "edgekit.io/promote"          # value: the wave index to promote
 ANN_PREVIOUS = "edgekit.io/previous-image"  # image@digest most of the group ran before
 ANN_UNDO_OF = "edgekit.io/undo-of"          # the rollout an ``undo`` reverses
+ANN_PLATFORMS = "edgekit.io/model-platforms"  # os/arch,... the model image's index lists (push reads it)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class RolloutSpec:
     promote: int | None = None
     undo_of: str | None = None
     shadow: ShadowPolicy | None = None   # spec.shadow: a shadow wave first (push --shadow-first)
+    model_platforms: tuple[str, ...] | None = None  # annotation: the pods' kubernetes.io/arch rule
 
     def to_json(self) -> dict[str, Any]:
         return _drop_none({
@@ -130,6 +132,7 @@ class RolloutSpec:
         return _drop_none({
             ANN_ABORT: self.abort, ANN_PROMOTE: None if self.promote is None else str(self.promote),
             ANN_PREVIOUS: f"{self.previous.image}" if self.previous else None, ANN_UNDO_OF: self.undo_of,
+            ANN_PLATFORMS: ",".join(self.model_platforms) if self.model_platforms else None,
         })
 
     @classmethod
@@ -147,6 +150,7 @@ class RolloutSpec:
             promote=int(promote) if promote and promote.lstrip("-").isdigit() else None,
             undo_of=ann.get(ANN_UNDO_OF),
             shadow=ShadowPolicy.from_json(d["shadow"]) if d.get("shadow") else None,
+            model_platforms=tuple(p for p in ann.get(ANN_PLATFORMS, "").split(",") if p) or None,
         )
 
 

@@ -136,6 +136,7 @@ def plan_push(session: Session, *, image: str, group: str, app: str, strategy: S
     """Pin the image, check its signature, resolve the group, refuse a second rollout, plan the
     waves. Writes nothing."""
     from edgekit.kube.names import check_app_name
+    from edgekit.kube.platforms import common_arches
 
     check_app_name(app)
     assert session.images is not None
@@ -144,6 +145,10 @@ def plan_push(session: Session, *, image: str, group: str, app: str, strategy: S
     engine = Engine(session.cluster, None, options=session.options())
     rollout = engine.prepare(namespace=session.namespace, app=app, group=group, image=pinned, strategy=strategy,
                              profile=session.settings.target, undo_of=undo_of, shadow=shadow)
+    # The pods may run only where both images have a build: refused here, before anything is written.
+    platforms = session.images.platforms(pinned)
+    common_arches(session.settings.agent_platforms, platforms)
+    rollout.spec.model_platforms = platforms or None
     gates = strategy.gates.active_gates() + ([shadow.describe()] if shadow is not None else [])
     return PushPlan(rollout, session.images.image_size(pinned), signed_by, gates)
 

@@ -15,6 +15,7 @@ from edgekit_agent.layered import load_layered
 
 from edgekit.errors import ConfigError
 from edgekit.kube import names
+from edgekit.kube.platforms import DEFAULT_AGENT_PLATFORMS, parse_platforms
 from edgekit.kube.rendering import KEY_CONFIGMAP
 from edgekit.kube.targets import DEFAULT_TARGET, check_target
 from edgekit.settings import require_public_key
@@ -38,6 +39,8 @@ class RolloutSettings:
     public_key_configmap: str | None = None  # the devices' key (default: edgekit-cosign-key with a key)
     api_from_namespaces: tuple[str, ...] = ()  # pods of these namespaces may reach the agents' API
     mqtt_allow_plaintext_password: bool = False  # agents may send an MQTT password over plain mqtt://
+    # os/arch the agent image provides; the pods run only on architectures both images provide
+    agent_platforms: tuple[str, ...] = DEFAULT_AGENT_PLATFORMS
     # the engine
     lease_seconds: float = 15.0
     tick_seconds: float = 0.5
@@ -52,6 +55,7 @@ class RolloutSettings:
             raise ConfigError("must be at least 3 seconds", field="lease_seconds")
         if not self.telemetry_interval > 0:
             raise ConfigError("must be above 0", field="telemetry_interval")
+        parse_platforms(self.agent_platforms, "agent_platforms")
 
     def render_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mqtt_auth": self.mqtt_auth, "telemetry_interval": self.telemetry_interval}
@@ -69,6 +73,8 @@ class RolloutSettings:
             out["api_from_namespaces"] = tuple(self.api_from_namespaces)
         if self.mqtt_allow_plaintext_password:
             out["mqtt_allow_plaintext_password"] = True
+        if tuple(self.agent_platforms) != DEFAULT_AGENT_PLATFORMS:
+            out["agent_platforms"] = tuple(self.agent_platforms)
         return out
 
     def require_trust(self, what: str) -> None:

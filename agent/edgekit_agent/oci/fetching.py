@@ -86,6 +86,14 @@ def _platform_of(desc: dict[str, Any]) -> str:
     return text + (f"/{plat['variant']}" if plat.get("variant") else "")
 
 
+def index_platforms(top: Manifest) -> tuple[str, ...]:
+    """The ``os/arch[/variant]`` of every entry of an image index (empty for a single manifest)."""
+    if manifest_kind(top) != "index":
+        return ()
+    entries = top.json().get("manifests")
+    return tuple(_platform_of(e) for e in entries if isinstance(e, dict)) if isinstance(entries, list) else ()
+
+
 def resolve_image(source: ImageSource, *, platform: str | None = None, top: Manifest | None = None) -> ResolvedImage:
     """Resolve a source to the manifest of ``platform`` (default: this machine) and its model layer."""
     want = platform or current_platform()
