@@ -216,6 +216,10 @@ def test_arm64_image_holds_aarch64_programs(built: Any) -> None:
     assert ELF_MACHINE.get(int.from_bytes(head[18:20], "little")) == "aarch64", python
     spool = files["var/lib/edgekit-agent/spool"]
     assert isinstance(spool, tarfile.TarInfo) and spool.uid == 10001
+    # the same check tells the other platform apart
+    amd64 = _layer_files(built, AMD64)
+    head = amd64[_resolve(amd64, "opt/edgekit-agent/bin/python") + "#head"]
+    assert isinstance(head, bytes) and ELF_MACHINE.get(int.from_bytes(head[18:20], "little")) == "x86-64"
 
 
 @pytest.mark.real

@@ -389,12 +389,18 @@ def run_in_image(built: BuiltImage, platform: Platform, argv: Sequence[str], *, 
 
     Only for images this machine can execute natively: onnxruntime segfaults under qemu-user.
     """
-    require_tools(("buildah", "runc"))
+    require_tools(("buildah", "runc", "skopeo"))
+    cache_dir().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".agent-image-run-", dir=cache_dir()) as tmp:
         log = Path(tmp) / "run.log"
         buildah = _Buildah(Path(tmp), log)
+        # `buildah from oci:DIR:TAG` names the image after DIR, which fails for a folder under
+        # ~/.cache (a dot starts a path component); skopeo copies it into the storage by a name.
+        name = f"localhost/edgekit-agent-run:{platform.arch}"
+        store = f"containers-storage:[overlay@{tmp}/storage+{tmp}/run]{name}"
         try:
-            container = buildah(["from", built.reference(platform)], "buildah from").strip()
+            _run(["skopeo", "copy", "--quiet", built.reference(platform), store], log, what="copying the image")
+            container = buildah(["from", "--pull=never", name], "buildah from").strip()
             argv_all = [*buildah.prefix, "run", "--network=host", container, "--", *argv]
             try:
                 proc = subprocess.run(argv_all, capture_output=True, text=True, env=buildah.env, timeout=timeout,
