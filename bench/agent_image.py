@@ -131,7 +131,7 @@ def main() -> int:
                       f"{cold['rootfs'].get(platform.arch, 0):.0f}" if cold else "-",
                       f"{cold['per_platform'].get(str(platform), 0):.0f}" if cold else "-",
                       f"{warm['per_platform'].get(str(platform), 0):.0f}" if warm else "-")
-    out = Console()
+    out = Console(width=120)
     out.print(table)
     for kind, run in last.items():
         if run:

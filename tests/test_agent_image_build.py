@@ -49,7 +49,11 @@ def test_the_key_follows_every_input_and_nothing_else() -> None:
     ]
     assert len({base.key, *(v.key for v in variants)}) == len(variants) + 1
     assert base.version == "0.1.0" and base.platforms == PLATFORMS
-    assert base.rootfs_for(ARM64).dir_name.startswith("agent-rootfs-bookworm-arm64-")
+    rootfs = base.rootfs_for(ARM64)
+    assert rootfs.dir_name.startswith("agent-rootfs-bookworm-arm64-")
+    assert rootfs.mmdebstrap_env() == {"SOURCE_DATE_EPOCH": str(base.epoch)}  # a reproducible rootfs
+    assert rootfs.key != type(rootfs)(rootfs.release, ARM64, rootfs.sources, epoch=0).key
+    assert rootfs.key != base.rootfs_for(AMD64).key
 
 
 def test_context_is_the_agent_package_its_pins_and_the_dockerfile() -> None:

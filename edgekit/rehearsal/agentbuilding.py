@@ -169,7 +169,7 @@ def build_rootfs(rootfs: RootfsPlan, *, say: Say = print) -> Path:
         say(f"==> making the {rootfs.release}/{rootfs.platform.arch} rootfs with mmdebstrap (log: {log})")
         start = time.monotonic()
         _run(rootfs.mmdebstrap_argv(str(tmp / "rootfs.tar"), str(sources_file)), log,
-             what=f"mmdebstrap {rootfs.platform.arch}")
+             env={**os.environ, **rootfs.mmdebstrap_env()}, what=f"mmdebstrap {rootfs.platform.arch}")
         (tmp / "packages.json").write_text(json.dumps(_dpkg_versions(tmp / "rootfs.tar"), indent=1,
                                                       sort_keys=True) + "\n")
         (tmp / _STAMP).write_text(f"{rootfs.key}\n")

@@ -100,15 +100,19 @@ class RootfsPlan:
     release: str
     platform: Platform
     sources: bytes  # the apt sources (deb822 or one-line format) it is made from
+    epoch: int = SOURCE_DATE_EPOCH  # mmdebstrap then dates files by it and drops its logs
 
     @property
     def key(self) -> str:
         return _digest(self.release.encode(), self.platform.arch.encode(), ROOTFS_VARIANT.encode(),
-                       ",".join(ROOTFS_INCLUDE).encode(), self.sources)
+                       ",".join(ROOTFS_INCLUDE).encode(), self.sources, str(self.epoch).encode())
 
     @property
     def dir_name(self) -> str:
         return f"agent-rootfs-{self.release}-{self.platform.arch}-{self.key}"
+
+    def mmdebstrap_env(self) -> dict[str, str]:
+        return {"SOURCE_DATE_EPOCH": str(self.epoch)}
 
     def mmdebstrap_argv(self, tar: str, sources_file: str) -> list[str]:
         return ["mmdebstrap", f"--variant={ROOTFS_VARIANT}", f"--arch={self.platform.arch}",
