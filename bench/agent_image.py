@@ -140,12 +140,13 @@ def main() -> int:
         else:
             out.print(f"{kind} build: not measured for these sources (python bench/agent_image.py --{kind})")
     digests = {r["index_digest"] for r in runs}
-    if digest_before:
+    if digest_before:  # the build this run replaced (it may be one of the runs above)
         digests.add(digest_before)
     if len(digests) > 1:
         out.print(f"NOT reproducible: builds of the same sources gave {len(digests)} digests: {sorted(digests)}")
-    elif len(runs) + (digest_before is not None) > 1:
-        out.print(f"reproducible: {len(runs) + (digest_before is not None)} builds of these sources, one digest")
+    elif len(runs) > 1 or (runs and digest_before):
+        out.print(f"reproducible: {len(runs)} timed builds of these sources"
+                  + (" and the build this one replaced" if digest_before else "") + " gave one digest")
     if over:
         out.print(f"over the {BUDGET_MB:.0f} MB budget: {', '.join(over)}")
     return 1 if over or len(digests) > 1 else 0
