@@ -34,12 +34,47 @@ def test_copied_files_exist() -> None:
         for src in sources:
             assert (ROOT / src).exists(), f"Dockerfile.arm64 copies {src}, which does not exist"
     ignore = (ROOT / "Dockerfile.arm64.dockerignore").read_text()
-    assert "!agent/edgekit_agent/**" in ignore and "!agent/pyproject.toml" in ignore
+    for src in ("agent/edgekit_agent/**", "agent/pyproject.toml", "agent/image-constraints.txt"):
+        assert f"!{src}" in ignore
+
+
+def global_args() -> dict[str, str]:
+    """The ARG defaults before the first FROM, expanded in order (as docker does)."""
+    args: dict[str, str] = {}
+    for op, rest in instructions():
+        if op == "FROM":
+            break
+        if op == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            args[name] = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), value)
+    return args
+
+
+def expand(text: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], text)
+
+
+def test_defaults_keep_the_public_arm64_recipe() -> None:
+    # scripts/build-agent-image sets PLATFORM and BASE_IMAGE; without them it is the docker buildx recipe
+    args = global_args()
+    assert args["PLATFORM"] == "linux/arm64"
+    assert args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    build_stage = [rest for op, rest in instructions() if op in ("ENV", "ARG")]
+    assert any("PIP_CONSTRAINT=/src/agent/image-constraints.txt" in rest for rest in build_stage)
+    assert build_stage.count("SOURCE_DATE_EPOCH") == 2  # both stages see it (wheel, useradd dates)
+
+
+def test_constraints_pin_every_dependency_exactly() -> None:
+    pins = [ln for ln in (ROOT / "agent" / "image-constraints.txt").read_text().splitlines()
+            if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[a-z0-9-]+==[\w.]+", ln) for ln in pins), pins
+    names = {ln.split("==")[0] for ln in pins}
+    assert {"onnxruntime", "numpy", "paho-mqtt", "cryptography", "setuptools"} <= names
 
 
 def test_stages_user_and_healthcheck() -> None:
     ops = instructions()
-    froms = [rest for op, rest in ops if op == "FROM"]
+    froms = [expand(rest, global_args()) for op, rest in ops if op == "FROM"]
     assert len(froms) == 2 and all(f.startswith("--platform=linux/arm64 python:") and "slim" in f for f in froms)
     users = [rest for op, rest in ops if op == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")

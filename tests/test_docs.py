@@ -79,6 +79,7 @@ def _error_classes() -> list[type]:
     import edgekit_agent.errors as agent_errors
 
     import edgekit.errors as central_errors
+    from edgekit.rehearsal.agentimage import AgentImageError
     from edgekit.rehearsal.gobuild import GoBuildError
     from edgekit.rehearsal.processes import ServiceError
     from edgekit.rehearsal.realnodes import RealNodesUnavailable
@@ -89,7 +90,8 @@ def _error_classes() -> list[type]:
             obj = getattr(module, name)
             if isinstance(obj, type) and issubclass(obj, agent_errors.EdgekitError):
                 found[name] = obj
-    found.update(ServiceError=ServiceError, GoBuildError=GoBuildError, RealNodesUnavailable=RealNodesUnavailable)
+    found.update(ServiceError=ServiceError, GoBuildError=GoBuildError, RealNodesUnavailable=RealNodesUnavailable,
+                 AgentImageError=AgentImageError)
     return list(found.values())
 
 

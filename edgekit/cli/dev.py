@@ -1,13 +1,19 @@
-"""``edgekit dev``: local services for demos and development (``dev cluster up|down|status``)."""
+"""``edgekit dev``: local services for demos and development (``dev cluster up|down|status``,
+``dev agent-image build|push``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 
 from edgekit.cli._output import console, emit_json, output_option
+
+if TYPE_CHECKING:
+    from edgekit.rehearsal.agentbuilding import BuiltImage
+    from edgekit.rehearsal.agentimage import Platform
 
 
 @click.group("dev")
@@ -19,6 +25,7 @@ def dev() -> None:
       edgekit dev cluster up --nodes 200 --pools cameras=150,gateways=50 --arch arm64=0.7,amd64=0.3
       edgekit dev cluster status
       edgekit dev cluster down
+      edgekit dev agent-image push --registry 127.0.0.1:5000
     """
 
 
@@ -130,6 +137,87 @@ def cluster_status(state_dir: Path | None, output: str) -> None:
         con.print(f"kubeconfig {info['kubeconfig']}")
     if not info or not info["ready"]:
         raise SystemExit(1)
+
+
+@dev.group("agent-image")
+def agent_image() -> None:
+    """The edgekit-agent image (linux/amd64 + linux/arm64 OCI index), built here from a Debian rootfs
+    (mmdebstrap) and Dockerfile.arm64 (buildah), cached in ~/.cache/edgekit/agent-image-<key>/.
+
+    \b
+    Examples:
+      edgekit dev agent-image build
+      edgekit dev agent-image push --registry 127.0.0.1:5000
+    """
+
+
+platform_option = click.option(
+    "--platform", "platforms", multiple=True, metavar="OS/ARCH",
+    help="linux/amd64 or linux/arm64 (repeatable; default both).")
+
+
+def _platforms(values: tuple[str, ...]) -> list[Platform]:
+    from edgekit.rehearsal.agentimage import PLATFORMS, parse_platform
+
+    return [parse_platform(v) for v in values] if values else list(PLATFORMS)
+
+
+def _show_built(built: BuiltImage, output: str, pushed: str | None = None) -> None:
+    if output == "json":
+        emit_json({"path": str(built.layout), "index_digest": built.index_digest, "version": built.plan.version,
+                   "images": built.record["images"], **({"pushed": pushed} if pushed else {})})
+        return
+    con = console()
+    con.print(f"agent image {built.plan.version}: {built.reference()} {built.index_digest}")
+    for image in built.record["images"]:
+        con.print(f"  {image['platform']:12} {image['manifest_digest']}  "
+                  f"{image['compressed_bytes'] / 1e6:.1f} MB compressed, "
+                  f"{image['uncompressed_bytes'] / 1e6:.1f} MB unpacked")
+    if pushed:
+        con.print(f"pushed {pushed}")
+
+
+@agent_image.command("build")
+@platform_option
+@output_option
+def agent_image_build(platforms: tuple[str, ...], output: str) -> None:
+    """Build the agent image index unless the one for the current sources is cached. The first build
+    makes a Debian rootfs per platform and installs the agent under qemu for arm64 (minutes).
+
+    \b
+    Examples:
+      edgekit dev agent-image build
+      edgekit dev agent-image build --platform linux/amd64
+    """
+    from edgekit.rehearsal.agentbuilding import build
+
+    con = console(stderr=True)
+    _show_built(build(_platforms(platforms), say=lambda m: con.print(escape(m))), output)
+
+
+@agent_image.command("push")
+@click.option("--registry", required=True, metavar="HOST:PORT", help="The registry to copy the index to.")
+@click.option("--repository", default="edgekit-agent", show_default=True, help="Repository in the registry.")
+@click.option("--tls-verify/--no-tls-verify", default=False, show_default=True,
+              help="Use https and verify the registry's certificate (the local test registry is plain http).")
+@platform_option
+@output_option
+def agent_image_push(registry: str, repository: str, tls_verify: bool, platforms: tuple[str, ...],
+                     output: str) -> None:
+    """Build (or reuse) the agent image index and copy all its platforms to a registry with skopeo;
+    prints the reference by digest to give `edgekit render --agent-image`.
+
+    \b
+    Examples:
+      edgekit dev agent-image push --registry 127.0.0.1:5000
+      edgekit render REF --group cameras --app detector --agent-image 127.0.0.1:5000/edgekit-agent@sha256:...
+    """
+    from edgekit.rehearsal.agentbuilding import build, push
+
+    con = console(stderr=True)
+    built = build(_platforms(platforms), say=lambda m: con.print(escape(m)))
+    pushed = push(built, registry, repository=repository, tls_verify=tls_verify, say=lambda m: con.print(escape(m)))
+    _show_built(built, output, pushed)
 
 
 COMMANDS: list[click.Command] = [dev]
