@@ -259,19 +259,24 @@ def test_small_requests_are_answered_while_big_json_waits_for_the_parser(agent_p
             s.close()
 
 
-def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, model_folder: Path) -> None:
-    import os
-    import signal
-
-    agent = _agent(agent_process, model_folder)
+def _with_parser_process(agent: AgentProcess) -> tuple[int, list[int]]:
+    """Start the agent's JSON parser process with one big request: the agent's pid and its children."""
     batch = json.dumps({"inputs": [{"name": "input", "shape": [300, 1, 8, 8], "datatype": "FP32",
                                     "data": [0.5] * 19200}]}).encode()
     assert _infer(agent, batch)[0] == 200  # over 16 KiB of JSON: the parser process starts
     assert agent.proc.proc is not None
     pid = agent.proc.proc.pid
-    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
-    assert children
+    return pid, [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                 for c in (task / "children").read_text().split()]
+
+
+def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, model_folder: Path) -> None:
+    import os
+    import signal
+
+    agent = _agent(agent_process, model_folder)
+    pid, children = _with_parser_process(agent)
+    assert children and agent.proc.proc is not None
     os.kill(pid, signal.SIGKILL)
     agent.proc.proc.wait(30)
 
@@ -287,14 +292,7 @@ def test_the_parser_process_goes_when_the_agent_is_killed(agent_process: Start, 
 def test_the_parser_process_runs_only_on_an_otherwise_idle_core(agent_process: Start, model_folder: Path) -> None:
     import os
 
-    agent = _agent(agent_process, model_folder)
-    batch = json.dumps({"inputs": [{"name": "input", "shape": [300, 1, 8, 8], "datatype": "FP32",
-                                    "data": [0.5] * 19200}]}).encode()
-    assert _infer(agent, batch)[0] == 200  # over 16 KiB of JSON: the parser process starts
-    assert agent.proc.proc is not None
-    pid = agent.proc.proc.pid
-    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
+    pid, children = _with_parser_process(_agent(agent_process, model_folder))
     workers = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
     assert len(workers) == 1, children
     assert os.sched_getscheduler(workers[0]) == os.SCHED_IDLE
