@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import onnx
+from edgekit_agent.oci.fetching import current_platform
 
 from edgekit.errors import ConfigError, EdgekitError, QuantizationError, UnsupportedModelError, first_line
 from edgekit.optimize import fidelity as fid
@@ -190,6 +191,7 @@ class _Search:
             fp32_subgraphs=[k.to_dict() for k in fp32_subgraphs],
             fp32_subgraph_lines=[k.line() for k in fp32_subgraphs],
             seconds=time.monotonic() - self.started,
+            timed_on=current_platform(),
         )
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
