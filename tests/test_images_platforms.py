@@ -180,6 +180,13 @@ def test_pushed_index_has_a_layer_per_platform_and_the_agent_fetches_its_own(
         assert _sha256(dest / MODEL_FILE) == _sha256(model)
         verified = run_cli("verify", str(dest), "--public-key", str(keys["release.pub"]), "--image", image)
         assert verified.returncode == 0, verified.stderr
+    pulled = invoke("pull", image, "-o", tmp_path / "pulled-arm", "--model-folder", "--platform", "linux/arm64",
+                    "--key", keys["release.pub"], "--insecure", "--output", "json")
+    assert pulled.exit_code == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["platform"] == "linux/arm64"
+    assert _sha256(tmp_path / "pulled-arm" / MODEL_FILE) == _sha256(builds["linux/arm64"])
+    assert_error(invoke("pull", image, "-o", tmp_path / "p", "--platform", "linux/arm64", "--insecure"), 2,
+                 "--model-folder")
     wrong = run_cli("fetch", image, "--to", str(tmp_path / "s390x"), "--allow-unsigned", "--insecure",
                     "--platform", "linux/s390x")
     assert wrong.returncode == 23 and "linux/arm64" in wrong.stderr and "Traceback" not in wrong.stderr

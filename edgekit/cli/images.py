@@ -268,14 +268,16 @@ def push_cmd(layout: Path, ref: str, mount_from: tuple[str, ...], chunk_size: in
               help="Folder to write (an OCI layout, or the model folder with --model-folder).")
 @click.option("--model-folder", is_flag=True,
               help="Write the unpacked, verified model folder for this machine's platform (what a device gets).")
+@click.option("--platform", metavar="OS/ARCH",
+              help="With --model-folder: take this platform's layer (e.g. linux/arm64) [this machine's].")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
               help="Public key: the image's signature must verify with it.")
 @click.option("--require-signature", is_flag=True, help="Fail unless a signature verifies (needs --key).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @registry_options
 @output_option
-def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, require_signature: bool,
-             force: bool, output: str, **kwargs: Any) -> None:
+def pull_cmd(ref: str, out_dir: Path, model_folder: bool, platform: str | None, key: Path | None,
+             require_signature: bool, force: bool, output: str, **kwargs: Any) -> None:
     """Pull a model image into an OCI layout folder (all platforms and its signatures).
 
     Every blob is checked against its digest; nothing appears at the output until the whole
@@ -292,6 +294,10 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
     options, _ = _registry(kwargs)
     if require_signature and key is None:
         raise ConfigError("--require-signature needs --key", field="--key")
+    if platform is not None and not model_folder:
+        raise ConfigError("--platform needs --model-folder (a layout pull keeps every platform)", field="--platform")
+    if platform is not None and (platform.count("/") != 1 or not all(platform.split("/"))):
+        raise ConfigError(f"{platform!r} is not os/arch (e.g. linux/arm64)", field="--platform")
     pub = load_public_key(key) if key is not None else None
     err = console(stderr=True)
     if model_folder:
@@ -299,7 +305,8 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
             raise OutputError(f"{out_dir} already exists and is not empty", hint="pass --force to replace it")
         with RichTransferProgress(err, "pulling") as progress:
             advance = progress.start("model layer", 0)
-            fetched = fetch_image(str(target), out_dir, public_key=pub, options=options, on_bytes=advance)
+            fetched = fetch_image(str(target), out_dir, public_key=pub, options=options, on_bytes=advance,
+                                  platform=platform)
             progress.finish("model layer", "downloaded")
         data = {"reference": str(target), "digest": fetched.digest, "manifest": fetched.manifest_digest,
                 "platform": fetched.platform, "path": str(fetched.path),
