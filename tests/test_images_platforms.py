@@ -115,6 +115,12 @@ def test_each_platform_gets_its_own_layer_report_and_probe(builds: dict[str, Pat
             got = sess.run(None, {"input": probe["input/input"]})[0]
             np.testing.assert_allclose(got, probe["output/logits"], rtol=1e-6, atol=1e-6)
     assert len(set(layers.values())) == 2
+    # show, per platform, reads that platform's metadata from its config
+    for plat, model in builds.items():
+        shown = json.loads(invoke("show", layout, "--platform", plat, "--output", "json").stdout)
+        assert shown["platform"] == plat and shown["layer_digest"] == layers[plat]
+        assert shown["metadata"]["model"]["sha256"] == _sha256(model)
+    assert_error(invoke("show", layout, "--platform", "arm64"), 2, "os/arch")
 
 
 def test_one_model_keeps_the_shared_layer(builds: dict[str, Path], tmp_path: Path) -> None:

@@ -443,9 +443,11 @@ def verify_cmd(target: str, key: Path, require_attestation: bool, output: str, *
 @click.command("show")
 @click.argument("target", metavar="REF|DIR")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Public key to check the signature.")
+@click.option("--platform", metavar="OS/ARCH",
+              help="Whose manifest and metadata to show (an image with a layer per platform) [this machine's].")
 @registry_options
 @output_option
-def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
+def show_cmd(target: str, key: Path | None, platform: str | None, output: str, **kwargs: Any) -> None:
     """Show a model image: metadata, digest, size, signature status and quantization summary.
 
     \b
@@ -454,7 +456,9 @@ def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
       edgekit show localhost:5000/models/digits:1.2.0 --insecure --key edgekit.pub --output json
     """
     options, _ = _registry(kwargs)
-    summary = show_image(target, options=options, public_key=key)
+    if platform is not None and (platform.count("/") != 1 or not all(platform.split("/"))):
+        raise ConfigError(f"{platform!r} is not os/arch (e.g. linux/arm64)", field="--platform")
+    summary = show_image(target, options=options, public_key=key, platform=platform)
     if output == "json":
         emit_json(summary.to_dict())
         return
@@ -466,7 +470,7 @@ def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("digest", summary.digest)
-    table.add_row("platforms", ", ".join(summary.platforms))
+    table.add_row("platforms", ", ".join(summary.platforms) + f" (shown: {summary.platform})")
     table.add_row("size", f"{_size(summary.total_size)} (layer {_size(summary.layer_size)})")
     sig = summary.signature
     table.add_row("signature", escape(f"{sig.get('status')} ({sig.get('count', 0)})"
