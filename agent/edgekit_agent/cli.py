@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--insecure", action="store_true", help="plain HTTP to the registry")
     fetch.add_argument("--ca-file", metavar="PEM", default=None, help="CA bundle for the registry")
     fetch.add_argument("--allow-tag", action="store_true", help="accept a reference without a digest")
+    fetch.add_argument("--platform", metavar="OS/ARCH", default=None,
+                       help="take this platform's layer of the image index (e.g. linux/arm64, to prepare "
+                            "a device's folder elsewhere) [this machine's]")
     fetch.add_argument("--max-bytes", type=int, default=None, metavar="N",
                        help="most bytes per unpacked file when the image records no sizes (default 4 GiB)")
 
@@ -117,11 +120,17 @@ def _fetch(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.ref!r} is not pinned by digest (use REF@sha256:... or --allow-tag)", field="REF")
     from edgekit_agent.oci import RegistryOptions
 
+    if args.platform is not None and (args.platform.count("/") != 1 or not all(args.platform.split("/"))):
+        raise ConfigError(f"{args.platform!r} is not os/arch (e.g. linux/arm64)", field="--platform")
     options = RegistryOptions(insecure=args.insecure, ca_file=args.ca_file)
     provenance = fetch_model(args.ref, args.dest, public_key=args.public_key,
-                             allow_unsigned=_allow_unsigned(args), options=options, max_model_bytes=args.max_bytes)
+                             allow_unsigned=_allow_unsigned(args), options=options, max_model_bytes=args.max_bytes,
+                             platform=args.platform)
+    from edgekit_agent.oci import current_platform
+
     print(json.dumps({"image": provenance.image, "digest": provenance.digest,
                       "layer_digest": provenance.layer_digest, "dest": args.dest,
+                      "platform": args.platform or current_platform(),
                       "signature_verified": provenance.key_sha256 is not None}))
     return 0
 

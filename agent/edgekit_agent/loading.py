@@ -169,13 +169,15 @@ def verify_folder_signature(root: Path, meta: ModelMetadata, image: str, public_
 
 
 def fetch_model(image: str, dest: str | os.PathLike[str], *, public_key: str | None = None,
-                allow_unsigned: bool = False, options: Any = None, max_model_bytes: int | None = None) -> Provenance:
+                allow_unsigned: bool = False, options: Any = None, max_model_bytes: int | None = None,
+                platform: str | None = None) -> Provenance:
     """Fetch ``image`` into ``dest`` with ``edgekit_agent.oci.fetch_image``, which keeps its chain.
-    Without ``public_key`` only when ``allow_unsigned``, and before any network."""
+    Without ``public_key`` only when ``allow_unsigned``, and before any network. ``platform``
+    (os/arch): whose layer to take [this machine's]."""
     require_key(public_key, allow_unsigned)
     from edgekit_agent.oci import fetch_image
     from edgekit_agent.oci.unpacking import DEFAULT_MAX_BYTES
 
-    result = fetch_image(image, Path(dest), public_key=public_key, options=options,
+    result = fetch_image(image, Path(dest), public_key=public_key, options=options, platform=platform,
                          max_model_bytes=max_model_bytes or DEFAULT_MAX_BYTES)
     return result.provenance

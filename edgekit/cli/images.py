@@ -102,7 +102,7 @@ def _size(n: float | None) -> str:
 
 # --- package -----------------------------------------------------------------------------------
 @click.command("package")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path), required=False)
 @click.option("--name", required=True, help="Model name (image title), lowercase.")
 @click.option("--version", "version", required=True, help="Model version; also the image tag.")
 @click.option("-o", "--output-dir", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -122,12 +122,14 @@ def _size(n: float | None) -> str:
 @click.option("--atol", type=float, help="Probe absolute tolerance [fp32 1e-4, int8 5e-2].")
 @click.option("--source", help="Source URL recorded in the image (org.opencontainers.image.source).")
 @click.option("--created", help="Creation time, RFC 3339 [default: SOURCE_DATE_EPOCH, else the model's mtime].")
-@click.option("--platform", "platforms", multiple=True, metavar="OS/ARCH",
-              help="Platforms listed in the index [default: linux/amd64 and linux/arm64].")
+@click.option("--platform", "platforms", multiple=True, metavar="OS/ARCH[=FILE]",
+              help="A platform listed in the index; with =FILE it gets that model (its own layer, with the "
+                   "report beside FILE and its own probe), else MODEL. Repeatable or comma-separated "
+                   "[default: linux/amd64 and linux/arm64].")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @registry_options
 @output_option
-def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push_ref: str | None,
+def package_cmd(model: Path | None, name: str, version: str, out_dir: Path | None, push_ref: str | None,
                 sign_key: Path | None, allow_unencrypted_key: bool, report: Path | None, probe_data: Path | None,
                 probe_shapes: tuple[str, ...],
                 rtol: float | None, atol: float | None, source: str | None, created: str | None,
@@ -135,28 +137,35 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
     """Build a model image: the ONNX model, its metadata and a golden probe, as an OCI image.
 
     The image index lists linux/amd64 and linux/arm64 manifests that share one layer holding
-    /model/model.onnx, /model/edgekit.json and /model/probe.npz. The same inputs give the
+    /model/model.onnx, /model/edgekit.json and /model/probe.npz. A platform given its own
+    file (--platform OS/ARCH=FILE, a build per device class) gets a layer of its own; MODEL is
+    then the model of the platforms without one, and may be left out. The same inputs give the
     same digest.
 
     \b
     Examples:
       edgekit package model.int8.onnx --name digits --version 1.2.0 -o out/digits-1.2.0
+      edgekit package --name digits --version 1.2.0 -o out/digits-1.2.0 \\
+          --platform linux/amd64=m.linux-amd64.onnx,linux/arm64=m.linux-arm64.onnx
       edgekit package model.onnx --name digits --version 1.2.0 --push localhost:5000/models/digits
       edgekit package model.onnx --name digits --version 1.2.0 --push registry.example.com/m/digits \\
           --sign-key cosign.key
     """
     # onnx/onnxruntime load only for this command: the transfer commands start faster without them
-    from edgekit.image.building import PackageSettings, package, package_to_temp
+    from edgekit.image.building import PackageSettings, package, package_to_temp, parse_platforms
     from edgekit.optimize.shapes import parse_input_shapes
 
     if (out_dir is None) == (push_ref is None):
         raise ConfigError("give exactly one of -o/--output-dir and --push", field="--output-dir")
     if sign_key is not None and push_ref is None:
         raise ConfigError("--sign-key needs --push (sign a local layout after pushing it)", field="--sign-key")
+    plats, own_files = parse_platforms(platforms)
+    if model is None and not own_files:
+        raise ConfigError("give MODEL, or a model per platform (--platform OS/ARCH=FILE)", field="MODEL")
     settings = PackageSettings(
         name=name, version=version, source=source, created=created, report=report, probe_data=probe_data,
         probe_shapes=parse_input_shapes(probe_shapes), rtol=rtol, atol=atol,
-        platforms=tuple(platforms) or PackageSettings(name=name, version=version).platforms)
+        platforms=plats, platform_models=own_files)
     err = console(stderr=True)
     if out_dir is not None:
         _registry(kwargs)
@@ -166,8 +175,12 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
         else:
             con = console()
             con.print(f"packaged [bold]{escape(name)}:{escape(version)}[/] into {escape(str(out_dir))}")
-            con.print(f"digest {image.digest}  layer {_size(image.layer_size)}  "
-                      f"platforms {', '.join(image.manifests)}")
+            if image.per_platform:
+                layers = ", ".join(f"{plat} {_size(layer['size'])}" for plat, layer in image.layers.items())
+                con.print(f"digest {image.digest}  a layer per platform: {layers}")
+            else:
+                con.print(f"digest {image.digest}  layer {_size(image.layer_size)}  "
+                          f"platforms {', '.join(image.manifests)}")
         return
     assert push_ref is not None
     ref = parse_reference(push_ref)
@@ -187,7 +200,9 @@ def package_cmd(model: Path, name: str, version: str, out_dir: Path | None, push
             from edgekit import __version__
             from edgekit.image.attesting import attest_image, predicate_for
 
-            predicate = predicate_for(image.metadata.to_dict(), list(image.manifests), edgekit_version=__version__)
+            predicate = predicate_for(image.metadata.to_dict(), list(image.manifests), edgekit_version=__version__,
+                                      per_platform={plat: meta.to_dict()
+                                                    for plat, meta in image.platform_metadata.items()})
             attested = attest_image(parse_reference(result.reference), key, predicate, options=options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -253,14 +268,16 @@ def push_cmd(layout: Path, ref: str, mount_from: tuple[str, ...], chunk_size: in
               help="Folder to write (an OCI layout, or the model folder with --model-folder).")
 @click.option("--model-folder", is_flag=True,
               help="Write the unpacked, verified model folder for this machine's platform (what a device gets).")
+@click.option("--platform", metavar="OS/ARCH",
+              help="With --model-folder: take this platform's layer (e.g. linux/arm64) [this machine's].")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path),
               help="Public key: the image's signature must verify with it.")
 @click.option("--require-signature", is_flag=True, help="Fail unless a signature verifies (needs --key).")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
 @registry_options
 @output_option
-def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, require_signature: bool,
-             force: bool, output: str, **kwargs: Any) -> None:
+def pull_cmd(ref: str, out_dir: Path, model_folder: bool, platform: str | None, key: Path | None,
+             require_signature: bool, force: bool, output: str, **kwargs: Any) -> None:
     """Pull a model image into an OCI layout folder (all platforms and its signatures).
 
     Every blob is checked against its digest; nothing appears at the output until the whole
@@ -277,6 +294,10 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
     options, _ = _registry(kwargs)
     if require_signature and key is None:
         raise ConfigError("--require-signature needs --key", field="--key")
+    if platform is not None and not model_folder:
+        raise ConfigError("--platform needs --model-folder (a layout pull keeps every platform)", field="--platform")
+    if platform is not None and (platform.count("/") != 1 or not all(platform.split("/"))):
+        raise ConfigError(f"{platform!r} is not os/arch (e.g. linux/arm64)", field="--platform")
     pub = load_public_key(key) if key is not None else None
     err = console(stderr=True)
     if model_folder:
@@ -284,7 +305,8 @@ def pull_cmd(ref: str, out_dir: Path, model_folder: bool, key: Path | None, requ
             raise OutputError(f"{out_dir} already exists and is not empty", hint="pass --force to replace it")
         with RichTransferProgress(err, "pulling") as progress:
             advance = progress.start("model layer", 0)
-            fetched = fetch_image(str(target), out_dir, public_key=pub, options=options, on_bytes=advance)
+            fetched = fetch_image(str(target), out_dir, public_key=pub, options=options, on_bytes=advance,
+                                  platform=platform)
             progress.finish("model layer", "downloaded")
         data = {"reference": str(target), "digest": fetched.digest, "manifest": fetched.manifest_digest,
                 "platform": fetched.platform, "path": str(fetched.path),
@@ -421,9 +443,11 @@ def verify_cmd(target: str, key: Path, require_attestation: bool, output: str, *
 @click.command("show")
 @click.argument("target", metavar="REF|DIR")
 @click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Public key to check the signature.")
+@click.option("--platform", metavar="OS/ARCH",
+              help="Whose manifest and metadata to show (an image with a layer per platform) [this machine's].")
 @registry_options
 @output_option
-def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
+def show_cmd(target: str, key: Path | None, platform: str | None, output: str, **kwargs: Any) -> None:
     """Show a model image: metadata, digest, size, signature status and quantization summary.
 
     \b
@@ -432,7 +456,9 @@ def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
       edgekit show localhost:5000/models/digits:1.2.0 --insecure --key edgekit.pub --output json
     """
     options, _ = _registry(kwargs)
-    summary = show_image(target, options=options, public_key=key)
+    if platform is not None and (platform.count("/") != 1 or not all(platform.split("/"))):
+        raise ConfigError(f"{platform!r} is not os/arch (e.g. linux/arm64)", field="--platform")
+    summary = show_image(target, options=options, public_key=key, platform=platform)
     if output == "json":
         emit_json(summary.to_dict())
         return
@@ -444,7 +470,7 @@ def show_cmd(target: str, key: Path | None, output: str, **kwargs: Any) -> None:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("digest", summary.digest)
-    table.add_row("platforms", ", ".join(summary.platforms))
+    table.add_row("platforms", ", ".join(summary.platforms) + f" (shown: {summary.platform})")
     table.add_row("size", f"{_size(summary.total_size)} (layer {_size(summary.layer_size)})")
     sig = summary.signature
     table.add_row("signature", escape(f"{sig.get('status')} ({sig.get('count', 0)})"

@@ -232,7 +232,8 @@ def _report_table(report: QuantizeReport) -> Table:
     table.add_row(
         "FP32 baseline",
         _size(report.baseline["size_bytes"]),
-        f"{report.baseline['latency_p50_ms']:.3f} ms",
+        f"{report.baseline['latency_p50_ms']:.3f} ms" if report.baseline["latency_p50_ms"] is not None
+        else "not measured",
         f"{report.baseline['score']:.4g}",
         *(["1"] if with_cosine else []),
         "",
@@ -282,11 +283,17 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option(
     "--activation-type",
     type=click.Choice(["uint8", "int8"]),
-    default="uint8",
-    show_default=True,
-    help="uint8 (U8S8) is fastest on x86 without VNNI; try int8 (S8S8) on arm64.",
+    default=None,
+    help="uint8 (U8S8) is fastest on x86 without VNNI; try int8 (S8S8) on arm64.  [default: uint8]",
 )
 @click.option("--reduce-range/--no-reduce-range", default=None, help="7-bit weights (default: try both on conv nets).")
+@click.option(
+    "--platform",
+    "platforms",
+    metavar="OS/ARCH,...",
+    help="A build per platform (linux/amd64,linux/arm64): OUT.linux-amd64.onnx, OUT.linux-arm64.onnx and their "
+    "reports, each from its CPU family's recipes; only this host's platform is timed. For `package --platform`.",
+)
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Threads for latency timing.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for synthetic data.")
 @click.option("--budget-time", help="Cap on the search, e.g. 10m or 300s.  [default: 8m]")
@@ -312,8 +319,9 @@ def quantize_cmd(
     max_drop: str | None,
     input_shapes: tuple[str, ...],
     exclude_nodes: str,
-    activation_type: str,
+    activation_type: str | None,
     reduce_range: bool | None,
+    platforms: str | None,
     threads: int,
     seed: int,
     budget_time: str | None,
@@ -347,6 +355,14 @@ def quantize_cmd(
     and Scan bodies stay FP32, one line each says why.
 
     \b
+    --platform linux/amd64,linux/arm64 makes a build per device class: the recipes each CPU family
+    prefers (x86 without VNNI: U8S8, reduce-range tried; with VNNI: U8S8 then S8S8; arm64: S8S8,
+    no reduce-range). This host's platform is judged and timed as above; another platform's
+    candidates are checked for fidelity here but not timed, and its build is the first in its
+    family's order inside the budget (the report says its latency was not measured there).
+    --budget-time applies to each platform.
+
+    \b
     Examples:
       edgekit quantize models/digits/digits.onnx -o digits.int8.onnx \\
           --calibration models/digits/calib.npz --eval models/digits/eval.npz \\
@@ -357,7 +373,8 @@ def quantize_cmd(
           --metric detection-f1:conf=0.25,nms=0.45,iou=0.5 --max-drop 0.95
     """
     from edgekit.optimize.datasets import ImagePreprocessing, parse_floats
-    from edgekit.optimize.quantizing import QuantizeSettings, quantize, report_path
+    from edgekit.optimize.platforms import parse_target_platforms
+    from edgekit.optimize.quantizing import QuantizeSettings, quantize, quantize_for_platforms
     from edgekit.optimize.shapes import parse_input_shapes
 
     size = None
@@ -378,7 +395,7 @@ def quantize_cmd(
         max_drop=max_drop,
         input_shapes=parse_input_shapes(input_shapes),
         exclude_nodes=tuple(n.strip() for n in exclude_nodes.split(",") if n.strip()),
-        activation_type=activation_type,  # type: ignore[arg-type]
+        activation_type=activation_type or "uint8",  # type: ignore[arg-type]
         reduce_range=reduce_range,
         threads=threads,
         seed=seed,
@@ -393,11 +410,34 @@ def quantize_cmd(
         ),
         mixed_precision=not no_mixed_precision,
     )
+    if platforms is not None:
+        targets = parse_target_platforms(platforms)
+        if activation_type is not None or reduce_range is not None:
+            raise ConfigError("--platform picks the activation type and reduce-range per CPU family",
+                              field="--activation-type" if activation_type is not None else "--reduce-range",
+                              hint="drop it, or quantize without --platform")
+        with _CliProgress(enabled=not quiet and output != "json") as progress:
+            reports = quantize_for_platforms(model, out, targets, settings, progress)
+        if output == "json":
+            emit_json({plat: r.to_dict() for plat, r in reports.items()})
+            return
+        for plat, report in reports.items():
+            console().print(f"[bold]{escape(plat)}[/]")
+            _print_report(report)
+        files = ",".join(f"{plat}={r.output}" for plat, r in reports.items())
+        console().print(f"package them: edgekit package --platform {escape(files)} --name NAME --version V ...")
+        return
     with _CliProgress(enabled=not quiet and output != "json") as progress:
         report = quantize(model, out, settings, progress)
     if output == "json":
         emit_json(report.to_dict())
         return
+    _print_report(report)
+
+
+def _print_report(report: QuantizeReport) -> None:
+    from edgekit.optimize.results import report_path
+
     con = console()
     for w in report.warnings:
         console(stderr=True).print(f"[bold yellow]warning:[/] {w}")

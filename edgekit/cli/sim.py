@@ -47,8 +47,9 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
             insecure_registry: bool, public_key: str | None, allow_unsigned: bool, duration: float | None,
             inputs_file: Path | None, output: str, **kw: Any) -> None:
     """Run the fleet simulator: one virtual device per node that runs an edgekit pod, each the real
-    agent core (real onnxruntime session on the model the pod names, fetched once per digest; its own
-    MQTT connection and last will). When Kubernetes replaces a node's pod with another revision, the
+    agent core (real onnxruntime session on the model the pod names, fetched once per digest and
+    platform: each device takes the layer of its node's kubernetes.io/arch; its own MQTT connection
+    and last will). When Kubernetes replaces a node's pod with another revision, the
     device switches model. Faults per model make a rehearsal rollout fail the way a bad model would.
 
     \b

@@ -162,26 +162,25 @@ def _accuracy(fidelity: Mapping[str, Any], metric: str | None) -> dict[str, Any]
     return {"metric": name, "fp32": fp32, "score": score, "drop": drop}
 
 
-def quantization_predicate(metadata: Mapping[str, Any], *, platforms: tuple[str, ...] | list[str],
-                           host_platform: str, tools: Mapping[str, str]) -> dict[str, Any]:
-    """The predicate for an image's ``edgekit.json``: what was quantized, how, and what it cost.
+def _platform_latency(metadata: Mapping[str, Any], plat: str, host_platform: str) -> dict[str, Any]:
+    """The latency ``metadata`` records, as measured on ``plat``, or "not measured" when its report
+    timed it elsewhere (a report that does not say was timed on ``host_platform``)."""
+    q = metadata.get("quantization") or {}
+    latency = q.get("latency") if isinstance(q.get("latency"), Mapping) else {}
+    assert isinstance(latency, Mapping)
+    timed_on = latency.get("measured_on") or host_platform
+    if plat == timed_on and latency.get("ratio") is not None:
+        return {"ratio": latency.get("ratio"), "fp32_p50_ms": latency.get("fp32_p50_ms"),
+                "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"), "measured_on": "build host"}
+    return {"ratio": None, "measured_on": "not measured"}
 
-    Latency was measured by ``edgekit quantize`` on the machine that built the model; the report
-    does not say which, so it is attributed to ``host_platform`` (the packaging host) and every
-    other platform of the image is recorded as not measured."""
+
+def _claims(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What one model's metadata says about its quantization (the per-model part of the predicate)."""
     q = metadata.get("quantization") or {}
     model = metadata.get("model") or {}
     fidelity = q.get("fidelity") if isinstance(q.get("fidelity"), Mapping) else {}
-    latency = q.get("latency") if isinstance(q.get("latency"), Mapping) else {}
-    assert isinstance(fidelity, Mapping) and isinstance(latency, Mapping)
-    per_platform: dict[str, Any] = {}
-    for plat in platforms:
-        if plat == host_platform and latency.get("ratio") is not None:
-            per_platform[plat] = {"ratio": latency.get("ratio"), "fp32_p50_ms": latency.get("fp32_p50_ms"),
-                                  "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"),
-                                  "measured_on": "build host"}
-        else:
-            per_platform[plat] = {"ratio": None, "measured_on": "not measured"}
+    assert isinstance(fidelity, Mapping)
     return {
         "model": {"name": metadata.get("name"), "version": metadata.get("version"),
                   "sha256": model.get("sha256"), "size": model.get("size")},
@@ -195,7 +194,48 @@ def quantization_predicate(metadata: Mapping[str, Any], *, platforms: tuple[str,
         "budget": q.get("budget"),
         "accuracy": _accuracy(fidelity, q.get("metric")),
         "fidelity": dict(fidelity),
-        "latency": per_platform,
         "size": dict(q.get("size") or {}),
+    }
+
+
+def _worst(claims: list[dict[str, Any]]) -> dict[str, Any]:
+    """The claims of the model with the largest accuracy drop (unknown counts as the largest):
+    a policy budget on the image then holds for every platform's model."""
+    def key(c: dict[str, Any]) -> float:
+        drop = c["accuracy"].get("drop")
+        return float("inf") if c["quantized"] and drop is None else float(drop or 0.0)
+    return max(claims, key=key)
+
+
+def quantization_predicate(metadata: Mapping[str, Any], *,
+                           platforms: tuple[str, ...] | list[str],
+                           host_platform: str, tools: Mapping[str, str],
+                           per_platform: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The predicate for an image's ``edgekit.json``: what was quantized, how, and what it cost.
+
+    Latency was measured by ``edgekit quantize`` on the machine that built the model: its report
+    records which platform (``measured_on``); one that does not say is attributed to
+    ``host_platform`` (the packaging host). Every other platform is recorded as not measured.
+
+    ``per_platform`` (platform -> metadata) describes an image with a layer per platform: each
+    platform's latency comes from its own model's report, ``platforms`` lists every model's claims,
+    and the top-level accuracy is that of the model with the largest drop."""
+    by_platform = dict(per_platform or {})
+    models = {plat: by_platform.get(plat, metadata) for plat in platforms}
+    latency = {plat: _platform_latency(meta, plat, host_platform) for plat, meta in models.items()}
+    distinct = {json.dumps(dict(m), sort_keys=True, default=str): m for m in models.values()} or \
+        {"": metadata}
+    if len(distinct) == 1:
+        return {**_claims(next(iter(distinct.values()))), "latency": latency, "tools": dict(tools)}
+    each = {plat: _claims(meta) for plat, meta in models.items()}
+    worst = _worst(list(each.values()))
+    precisions = {c["precision"] for c in each.values()}
+    return {
+        **worst,
+        "model": {**worst["model"], "sha256": None, "size": None},  # one model per platform: see platforms
+        "quantized": any(c["quantized"] for c in each.values()),
+        "precision": precisions.pop() if len(precisions) == 1 else "per-platform",
+        "latency": latency,
+        "platforms": each,
         "tools": dict(tools),
     }

@@ -57,14 +57,16 @@ def host_platform() -> str:
 
 
 def predicate_for(metadata: Mapping[str, Any], platforms: tuple[str, ...] | list[str], *,
-                  edgekit_version: str) -> dict[str, Any]:
-    """The quantization predicate of an image's metadata, with the versions of the tools at hand
-    (``edgekit_version`` from the caller: the library does not import the package root)."""
+                  edgekit_version: str, per_platform: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The quantization predicate of an image's metadata (``per_platform``: each platform's, for an
+    image with a layer per platform), with the versions of the tools at hand (``edgekit_version``
+    from the caller: the library does not import the package root)."""
     import onnx
     import onnxruntime
 
     tools = {"edgekit": edgekit_version, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
-    return quantization_predicate(metadata, platforms=platforms, host_platform=host_platform(), tools=tools)
+    return quantization_predicate(metadata, platforms=platforms, host_platform=host_platform(), tools=tools,
+                                  per_platform=per_platform)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,12 @@
-"""``package``: build a model image (OCI image index, linux/amd64 + linux/arm64) from an ONNX file.
+"""``package``: build a model image (OCI image index, linux/amd64 + linux/arm64) from ONNX files.
 
-The image has one layer, a gzip tar of ``model/model.onnx``, ``model/edgekit.json`` and
-``model/probe.npz``; every platform's manifest points at that same layer, with a config that
-names its platform and carries the metadata as a label (so ``show`` needs no layer download).
+Each platform's manifest has one layer, a gzip tar of ``model/model.onnx``, ``model/edgekit.json``
+and ``model/probe.npz``, and a config that names its platform and carries the metadata as a
+label (so ``show`` needs no layer download). With one model every platform's manifest points at
+the same layer; a platform given its own model file (a build per device class) gets a layer of
+its own, with its own quantization report (from beside that file) and golden probe. Every probe is
+computed by this host's onnxruntime: ONNX semantics do not depend on the CPU, and a device
+re-checks its probe at load and refuses a model that does not reproduce it.
 
 Reproducible by construction: the same model, settings and ``created`` time give the same
 digest. Tar entries are sorted, owned by 0:0 with fixed modes and mtimes; gzip gets no name
@@ -23,7 +27,7 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,7 +65,8 @@ from edgekit.optimize.loading import check_path, external_data_files, load_model
 from edgekit.optimize.sessions import make_session, run
 from edgekit.optimize.shapes import resolve_shape
 
-__all__ = ["BuiltImage", "PackageSettings", "build_image", "package", "report_beside", "summarize_report"]
+__all__ = ["BuiltImage", "PackageSettings", "build_image", "model_files", "package", "parse_platforms", "report_beside",
+           "summarize_report"]
 
 DEFAULT_PLATFORMS = ("linux/amd64", "linux/arm64")
 _BLOCK = 1 << 20
@@ -84,6 +89,8 @@ class PackageSettings:
     rtol: float | None = None
     atol: float | None = None
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS
+    # platform -> its own model file (a build per device class); the others get the MODEL argument
+    platform_models: Mapping[str, Path] = field(default_factory=dict)
     min_onnxruntime: str = "1.18"
     compression_level: int = 6
 
@@ -94,13 +101,22 @@ class BuiltImage:
     tag: str
     digest: str  # the image index digest
     manifests: dict[str, str]  # platform -> manifest digest
-    layer_digest: str
+    layer_digest: str  # the first platform's layer (the only one when all platforms share it)
     layer_size: int
-    metadata: ModelMetadata
+    metadata: ModelMetadata  # the first platform's
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # platform -> {digest, size}
+    platform_metadata: dict[str, ModelMetadata] = field(default_factory=dict)  # platform -> its metadata
+
+    @property
+    def per_platform(self) -> bool:
+        """True when the platforms do not all share one layer."""
+        return len({layer["digest"] for layer in self.layers.values()}) > 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "tag": self.tag, "digest": self.digest, "manifests": self.manifests,
                 "layer": {"digest": self.layer_digest, "size": self.layer_size},
+                "layers": {plat: {**layer, "model_sha256": self.platform_metadata[plat].model.sha256}
+                           for plat, layer in self.layers.items()},
                 "metadata": self.metadata.to_dict()}
 
 
@@ -117,12 +133,50 @@ def _check_settings(settings: PackageSettings) -> None:
     for plat in settings.platforms:
         if plat.count("/") != 1 or not all(plat.split("/")):
             raise ConfigError(f"{plat!r} is not os/arch", field="--platform")
+    if len(set(settings.platforms)) != len(settings.platforms):
+        raise ConfigError(f"a platform is listed twice: {', '.join(settings.platforms)}", field="--platform")
+    if (extra := sorted(set(settings.platform_models) - set(settings.platforms))):
+        raise ConfigError(f"a model is given for {', '.join(extra)}, which the image does not list",
+                          field="--platform")
     if not 0 <= settings.compression_level <= 9:
         raise ConfigError("must be 0-9", field="compression_level")
 
 
+def parse_platforms(values: tuple[str, ...] | list[str]) -> tuple[tuple[str, ...], dict[str, Path]]:
+    """``--platform`` values (repeatable, comma-separated), each ``OS/ARCH`` or ``OS/ARCH=FILE``:
+    the platforms in order (none given: the defaults) and the model file of those that name one."""
+    platforms: list[str] = []
+    files: dict[str, Path] = {}
+    for value in values:
+        for item in value.split(","):
+            plat, sep, file = (part.strip() for part in item.partition("="))
+            if not plat or (sep and not file):
+                raise ConfigError(f"{item.strip()!r} is not OS/ARCH or OS/ARCH=FILE", field="--platform")
+            platforms.append(plat)
+            if file:
+                files[plat] = Path(file)
+    return tuple(platforms) or DEFAULT_PLATFORMS, files
+
+
+def model_files(model: Path | None, settings: PackageSettings) -> dict[str, Path]:
+    """Which model file each platform of the image gets, in the order the platforms are listed:
+    its own (``platform_models``), else ``model``. Raises when a platform has neither, or when
+    ``model`` is given but no platform takes it."""
+    files: dict[str, Path] = {}
+    for plat in settings.platforms:
+        own = settings.platform_models.get(plat)
+        if own is None and model is None:
+            raise ConfigError(f"no model for {plat}: give MODEL, or {plat}=FILE", field="--platform")
+        files[plat] = own if own is not None else model  # type: ignore[assignment]
+    if model is not None and model not in files.values():
+        raise ConfigError(f"MODEL {model} is not used: every platform names its own file",
+                          field="--platform", hint="drop MODEL, or list a platform without =FILE")
+    return files
+
+
 def _created(settings: PackageSettings, model: Path) -> tuple[str, int]:
-    """The image's creation time as RFC 3339 text and as epoch seconds (tar mtimes)."""
+    """The image's creation time as RFC 3339 text and as epoch seconds (tar mtimes); ``model`` is
+    the newest model file of the image."""
     if settings.created:
         text = settings.created.replace("Z", "+00:00")
         try:
@@ -158,6 +212,12 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
     assert isinstance(result, Mapping) and isinstance(baseline, Mapping)
     fp32_size, size = baseline.get("size_bytes"), result.get("size_bytes")
     fp32_ms, ms = baseline.get("latency_p50_ms"), result.get("latency_p50_ms")
+    latency = {"fp32_p50_ms": fp32_ms, "p50_ms": ms, "ratio": result.get("latency_ratio"),
+               "threads": report.get("threads")}
+    if report.get("timed_on"):
+        # where quantize timed it (its host); an older report does not say, and the attestation
+        # then attributes the figure to the packaging host
+        latency["measured_on"] = report["timed_on"]
     return {
         "method": report.get("method"),
         "precision": report.get("precision"),
@@ -169,8 +229,7 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         "budget": report.get("budget"),
         "size": {"fp32_bytes": fp32_size, "bytes": size,
                  "ratio": round(size / fp32_size, 4) if size and fp32_size else None},
-        "latency": {"fp32_p50_ms": fp32_ms, "p50_ms": ms, "ratio": result.get("latency_ratio"),
-                    "threads": report.get("threads")},
+        "latency": latency,
         "fidelity": result.get("fidelity") if result else {"score": baseline.get("score")},
     }
 
@@ -327,8 +386,10 @@ def _annotations(meta: ModelMetadata) -> dict[str, str]:
     return ann
 
 
-def build_metadata(model_path: Path, settings: PackageSettings) -> tuple[ModelMetadata, bytes]:
-    """Read the model, run the probe with onnxruntime; return the metadata and probe.npz bytes."""
+def build_metadata(model_path: Path, settings: PackageSettings, *,
+                   created_from: Path | None = None) -> tuple[ModelMetadata, bytes]:
+    """Read the model, run the probe with onnxruntime; return the metadata and probe.npz bytes.
+    ``created_from``: the file whose mtime is the default creation time [``model_path``]."""
     _check_settings(settings)
     model = load_model(model_path, load_external=False)
     if external_data_files(model):
@@ -337,7 +398,7 @@ def build_metadata(model_path: Path, settings: PackageSettings) -> tuple[ModelMe
                                      "save_as_external_data) to package it")
     info = inspect_model(model_path, model)
     sha256, size = file_sha256(model_path)
-    created, _ = _created(settings, model_path)
+    created, _ = _created(settings, created_from or model_path)
     report_path = settings.report or report_beside(model_path)
     report = _load_report(report_path) if report_path else None
     precision = _precision(model, info.quantization)
@@ -373,37 +434,68 @@ def build_metadata(model_path: Path, settings: PackageSettings) -> tuple[ModelMe
     return meta, probe
 
 
-def build_image(model_path: str | os.PathLike[str], settings: PackageSettings, writer: LayoutWriter) -> BuiltImage:
-    """Write the blobs of a model image into ``writer`` and return the index descriptor facts."""
-    model_path = check_path(model_path)
+def _newest(files: list[Path]) -> Path:
+    return max(files, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    digest: str
+    size: int
+    diff_id: str
+    metadata: ModelMetadata
+
+
+def _write_model_layer(model_path: Path, settings: PackageSettings, writer: LayoutWriter, *,
+                       newest: Path) -> _Layer:
     before = model_path.stat()
-    meta, probe = build_metadata(model_path, settings)
-    _, mtime = _created(settings, model_path)
-    meta_json = meta.to_json().encode()
+    meta, probe = build_metadata(model_path, settings, created_from=newest)
+    _, mtime = _created(settings, newest)
     layer_tmp = writer.temp_file("layer")
-    layer_digest, layer_size, diff_id = write_layer(
-        {METADATA_FILE: meta_json, MODEL_FILE: model_path, PROBE_FILE: probe}, layer_tmp,
+    digest, size, diff_id = write_layer(
+        {METADATA_FILE: meta.to_json().encode(), MODEL_FILE: model_path, PROBE_FILE: probe}, layer_tmp,
         mtime=mtime, level=settings.compression_level)
     after = model_path.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or after.st_size != meta.model.size:
         raise InvalidModelError(f"{model_path} changed while it was being packaged")
-    writer.add_file(layer_tmp, layer_digest)
-    annotations = _annotations(meta)
-    labels = {**annotations, LABEL_METADATA: json.dumps(meta.to_dict(), separators=(",", ":"), sort_keys=True)}
-    layer_desc = {"mediaType": OCI_LAYER_GZIP, "digest": layer_digest, "size": layer_size,
-                  "annotations": {ANN_TITLE: "model"}}
+    writer.add_file(layer_tmp, digest)
+    return _Layer(digest, size, diff_id, meta)
+
+
+def build_image(model_path: str | os.PathLike[str] | None, settings: PackageSettings,
+                writer: LayoutWriter) -> BuiltImage:
+    """Write the blobs of a model image into ``writer`` and return the index descriptor facts.
+    ``model_path`` is the model of every platform without its own file in ``settings.platform_models``."""
+    _check_settings(settings)
+    model = check_path(model_path) if model_path is not None else None
+    own = {plat: check_path(path) for plat, path in settings.platform_models.items()}
+    files = model_files(model, replace(settings, platform_models=own))
+    newest = _newest(list(files.values()))
+    built: dict[Path, _Layer] = {}
+    for path in dict.fromkeys(files.values()):  # one layer per distinct file, in platform order
+        # the --report names MODEL's report; a platform's own file brings the report beside it
+        layer_settings = settings if path == model else replace(settings, report=None)
+        built[path] = _write_model_layer(path, layer_settings, writer, newest=newest)
+    first = built[files[settings.platforms[0]]]
+    annotations = _annotations(first.metadata)
     manifests: dict[str, str] = {}
     index_entries = []
-    for plat in settings.platforms:
+    for plat, path in files.items():
+        layer = built[path]
+        meta = layer.metadata
         os_name, arch = plat.split("/")
+        labels = {**_annotations(meta),
+                  LABEL_METADATA: json.dumps(meta.to_dict(), separators=(",", ":"), sort_keys=True)}
         config = {
             "architecture": arch, "os": os_name, "created": meta.created,
             "config": {"Labels": labels},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
             "history": [{"created": meta.created, "created_by": f"edgekit package {meta.name}:{meta.version}"}],
         }
         config_bytes = canonical_json(config)
         writer.add_bytes(config_bytes)
+        layer_desc = {"mediaType": OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size,
+                      "annotations": {ANN_TITLE: "model"}}
         manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                     "config": descriptor(OCI_CONFIG, config_bytes), "layers": [layer_desc],
                     "annotations": annotations}
@@ -414,8 +506,10 @@ def build_image(model_path: str | os.PathLike[str], settings: PackageSettings, w
     index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries, "annotations": annotations}
     index_bytes = canonical_json(index)
     digest = writer.add_bytes(index_bytes)
-    return BuiltImage(path=writer.dest, tag=meta.version, digest=digest, manifests=manifests,
-                      layer_digest=layer_digest, layer_size=layer_size, metadata=meta)
+    return BuiltImage(path=writer.dest, tag=first.metadata.version, digest=digest, manifests=manifests,
+                      layer_digest=first.digest, layer_size=first.size, metadata=first.metadata,
+                      layers={plat: {"digest": built[p].digest, "size": built[p].size} for plat, p in files.items()},
+                      platform_metadata={plat: built[p].metadata for plat, p in files.items()})
 
 
 def index_entry(image: BuiltImage, writer: LayoutWriter) -> dict[str, Any]:
@@ -425,10 +519,13 @@ def index_entry(image: BuiltImage, writer: LayoutWriter) -> dict[str, Any]:
     return descriptor(OCI_INDEX, data, annotations={ANN_REF_NAME: image.tag})
 
 
-def package(model_path: str | os.PathLike[str], settings: PackageSettings, output: str | os.PathLike[str],
-            *, force: bool = False) -> BuiltImage:
+def package(model_path: str | os.PathLike[str] | None, settings: PackageSettings,
+            output: str | os.PathLike[str], *, force: bool = False) -> BuiltImage:
     """Build the model image into the OCI layout folder ``output`` (atomically)."""
-    check_path(model_path)
+    if model_path is not None:
+        check_path(model_path)
+    for path in settings.platform_models.values():
+        check_path(path)
     _check_settings(settings)
     with LayoutWriter(output, force=force) as writer:
         image = build_image(model_path, settings, writer)
@@ -436,7 +533,7 @@ def package(model_path: str | os.PathLike[str], settings: PackageSettings, outpu
     return image
 
 
-def package_to_temp(model_path: str | os.PathLike[str], settings: PackageSettings) -> tuple[BuiltImage, Path]:
+def package_to_temp(model_path: str | os.PathLike[str] | None, settings: PackageSettings) -> tuple[BuiltImage, Path]:
     """Build into a fresh temporary layout (for ``package --push``); the caller removes it."""
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-package-"))
     return package(model_path, settings, tmp / "layout"), tmp

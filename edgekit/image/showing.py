@@ -33,16 +33,19 @@ class ImageSummary:
     total_size: int  # layer + configs + manifests, each counted once
     metadata: dict[str, Any] | None
     signature: dict[str, Any] = field(default_factory=dict)
+    platform: str = ""  # the platform whose manifest, layer and metadata these are
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def show_image(target: str, *, options: RegistryOptions | None = None, public_key: Any = None) -> ImageSummary:
+def show_image(target: str, *, options: RegistryOptions | None = None, public_key: Any = None,
+               platform: str | None = None) -> ImageSummary:
+    """What ``show`` prints; ``platform``: whose manifest and metadata (default: this machine's)."""
     source = open_source(target, options)
     try:
         top = source.resolve()
-        image = resolve_image(source, top=top)
+        image = resolve_image(source, top=top, platform=platform)
         total = len(top.data) + int(image.layer["size"])
         if top.digest != image.manifest.digest:
             for entry in top.json().get("manifests") or []:
@@ -76,6 +79,6 @@ def show_image(target: str, *, options: RegistryOptions | None = None, public_ke
             source=source.description, kind="layout" if isinstance(source, LayoutSource) else "registry",
             digest=top.digest, media_type=top.media_type, platforms=list(image.platforms),
             layer_digest=image.layer["digest"], layer_size=int(image.layer["size"]), total_size=total,
-            metadata=metadata, signature=signature)
+            metadata=metadata, signature=signature, platform=image.platform)
     finally:
         source.close()

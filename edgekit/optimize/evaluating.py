@@ -43,9 +43,12 @@ class SearchContext:
 
 
 def evaluate_candidate(
-    result: CandidateResult, ctx: SearchContext, out: Path, *, threads: int, timeout: float | None
+    result: CandidateResult, ctx: SearchContext, out: Path, *, threads: int, timeout: float | None,
+    timed: bool = True,
 ) -> None:
-    """Build ``result.recipe`` into ``out`` and record its size, fidelity, latency and verdict on ``result``."""
+    """Build ``result.recipe`` into ``out`` and record its size, fidelity, latency and verdict on ``result``.
+    ``timed=False``: a build for another platform, judged on fidelity only (this CPU's timing says
+    nothing about that one's)."""
     recipe = result.recipe
     try:
         path = run_limited(
@@ -54,10 +57,11 @@ def evaluate_candidate(
         result.path, result.size_bytes = path, path.stat().st_size
         outputs = model_outputs(path, ctx.evals, ctx.batch, threads)
         result.fidelity = fid.evaluate(ctx.metric, ctx.reference, outputs, ctx.labels)
-        # The first timing only warms up; the second is the one that counts.
-        _, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
-        base_ms, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
-        result.latency_ms, result.latency_ratio = cand_ms, cand_ms / base_ms
+        if timed:
+            # The first timing only warms up; the second is the one that counts.
+            _, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
+            base_ms, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
+            result.latency_ms, result.latency_ratio = cand_ms, cand_ms / base_ms
         result.verdict, result.reason = judge_candidate(
             ctx.metric, ctx.budget, result.fidelity.score, ctx.fp32.score, result.latency_ratio
         )

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from edgekit.optimize import fidelity as fid
 from edgekit.optimize.results import CandidateResult
 
-__all__ = ["FASTER_MARGIN", "final_choice", "finalists", "judge_candidate", "kept_fp32_reason"]
+__all__ = ["FASTER_MARGIN", "final_choice", "finalists", "judge_candidate", "kept_fp32_reason", "preferred_choice"]
 
 # A candidate must beat FP32 by this margin in the final side-by-side timing: a 1-2 % "win" is
 # within this machine's noise and not worth INT8's risk.
@@ -22,11 +22,14 @@ def _latency(result: CandidateResult) -> float:
 
 
 def judge_candidate(
-    metric: fid.Metric, budget: fid.Budget, score: float, fp32_score: float, latency_ratio: float
+    metric: fid.Metric, budget: fid.Budget, score: float, fp32_score: float, latency_ratio: float | None
 ) -> tuple[str, str]:
-    """(verdict, reason) of one measured candidate: over budget, slower, or in budget."""
+    """(verdict, reason) of one measured candidate: over budget, slower, or in budget
+    (``latency_ratio`` None: not timed, a build for another platform)."""
     if not budget.passes(metric, score, fp32_score):
         return "over budget", f"{metric.name} {score:.4g} vs FP32 {fp32_score:.4g} misses {budget.describe(metric)}"
+    if latency_ratio is None:
+        return "in budget", "latency not measured here"
     if latency_ratio >= 1.0:
         return "slower", f"{latency_ratio:.2f}x FP32 latency"
     return "in budget", ""
@@ -63,4 +66,20 @@ def final_choice(
         f"fastest candidate inside {budget.describe(metric)}: "
         f"{winner.latency_ratio:.2f}x FP32 latency, {metric.name} {winner.fidelity.score:.4g} "
         f"(FP32 {fp32_score:.4g})"
+    )
+
+
+def preferred_choice(
+    results: Sequence[CandidateResult], metric: fid.Metric, budget: fid.Budget, fp32_score: float, platform: str
+) -> tuple[CandidateResult | None, str]:
+    """For a platform whose latency cannot be measured here: the first in-budget candidate in the
+    order tried, which is its CPU family's preference (``platforms``), and why; None keeps FP32."""
+    winner = next((r for r in results if r.verdict == "in budget"), None)
+    if winner is None:
+        return None, kept_fp32_reason(results, metric, budget)
+    assert winner.fidelity is not None
+    return winner, (
+        f"the recipe {platform} prefers inside {budget.describe(metric)}: {metric.name} "
+        f"{winner.fidelity.score:.4g} (FP32 {fp32_score:.4g}); latency not measured on {platform}; "
+        "the device's probe checks it at load"
     )

@@ -119,17 +119,18 @@ def ranking_samples(per_sample: int) -> int:
     return max(1, min(4, CALIBRATION_MEMORY // max(1, 2 * per_sample)))
 
 
-def escalation_base(results: Sequence[CandidateResult], higher_is_better: bool) -> CandidateResult | None:
+def escalation_base(
+    results: Sequence[CandidateResult], higher_is_better: bool, *, timed: bool = True
+) -> CandidateResult | None:
     """The candidate mixed precision starts from: the most faithful static one that was faster
-    than FP32, or None."""
+    than FP32 (``timed=False``, a build for another platform: the most faithful static one), or None."""
     tried = [
         r
         for r in results
         if r.fidelity is not None
         and r.recipe.method == "static"
         and r.path is not None
-        and r.latency_ratio is not None
-        and r.latency_ratio < 1.0
+        and (not timed or (r.latency_ratio is not None and r.latency_ratio < 1.0))
     ]
     if not tried:
         return None

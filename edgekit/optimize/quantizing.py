@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import onnx
+from edgekit_agent.oci.fetching import current_platform
 
 from edgekit.errors import ConfigError, EdgekitError, QuantizationError, UnsupportedModelError, first_line
 from edgekit.optimize import fidelity as fid
@@ -35,7 +36,7 @@ from edgekit.optimize.evaluating import SearchContext, evaluate_candidate
 from edgekit.optimize.graphs import ensure_node_names, tail_nodes
 from edgekit.optimize.guarding import run_limited
 from edgekit.optimize.inspecting import ModelInfo, inspect_model
-from edgekit.optimize.judging import final_choice, finalists, kept_fp32_reason
+from edgekit.optimize.judging import final_choice, finalists, kept_fp32_reason, preferred_choice
 from edgekit.optimize.loading import load_model
 from edgekit.optimize.measuring import eval_batch_size, model_outputs, time_pair, time_side_by_side, timing_feed
 from edgekit.optimize.metric_choice import MetricChoice, choose_metric, generic_metric_warning
@@ -51,6 +52,7 @@ from edgekit.optimize.planning import (
     ranking_samples,
     search_recipes,
 )
+from edgekit.optimize.platforms import build_path, family_for, host_cpu_flags
 from edgekit.optimize.preparing import prepare
 from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.results import CandidateResult, QuantizeReport, report_json, report_path
@@ -81,6 +83,11 @@ class QuantizeSettings:
     calibration_samples: int = 128
     eval_samples: int = 1000
     mixed_precision: bool = True
+    # A build for another platform (``quantize_for_platforms``): its CPU family's activation types
+    # (tried in this order, instead of ``activation_type``), and no timing: this CPU's says nothing there.
+    activation_types: tuple[Literal["uint8", "int8"], ...] = ()
+    platform: str | None = None  # the platform the build is for (None: this host, unnamed)
+    timed: bool = True
 
 
 class Progress(Protocol):
@@ -149,15 +156,21 @@ class _Search:
             self.step = "measuring the FP32 baseline"
             ctx, base_ms = self._baseline(prepared.path, prepared_model, work, calib, evals, labels, metric, budget)
             baseline = {"latency_p50_ms": base_ms, "size_bytes": info.size_bytes, "score": ctx.fp32.score}
+            if not s.timed:
+                self.warnings.append(f"latency not measured on {s.platform}; the device's probe checks it at load")
             unreachable = nothing_to_quantize(prepared_model.graph, fp32_subgraphs)
             chosen: CandidateResult | None = None
             if unreachable is not None:
                 reason = unreachable
             else:
-                recipes = search_recipes(
-                    info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
-                    activation_type=s.activation_type, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
-                )
+                recipes = list(dict.fromkeys(
+                    recipe
+                    for act in (s.activation_types or (s.activation_type,))
+                    for recipe in search_recipes(
+                        info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
+                        activation_type=act, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
+                    )
+                ))
                 self.step = "trying candidates"
                 self._first_pass(recipes, ctx, activation_bytes(prepared_model))
                 if s.mixed_precision and not self._any_in_budget():
@@ -190,6 +203,8 @@ class _Search:
             fp32_subgraphs=[k.to_dict() for k in fp32_subgraphs],
             fp32_subgraph_lines=[k.line() for k in fp32_subgraphs],
             seconds=time.monotonic() - self.started,
+            timed_on=current_platform() if s.timed else "",
+            platform=s.platform or "",
         )
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
@@ -232,14 +247,15 @@ class _Search:
     def _baseline(
         self, prepared: Path, prepared_model: onnx.ModelProto, work: Path, calib: Dataset, evals: Dataset,
         labels: np.ndarray | None, metric: fid.Metric, budget: fid.Budget,
-    ) -> tuple[SearchContext, float]:
-        """FP32's outputs, score and p50 latency (ms): what every candidate is measured against."""
+    ) -> tuple[SearchContext, float | None]:
+        """FP32's outputs, score and p50 latency (ms; None when not timed): what every candidate is
+        measured against."""
         batch = eval_batch_size(prepared_model, evals)
         self.progress.stage("measuring the FP32 baseline")
         reference = model_outputs(prepared, evals, batch, self.s.threads)
         fp32_fid = fid.evaluate(metric, reference, reference, labels)
         feed = timing_feed(evals)
-        base_ms, _ = time_pair(prepared, prepared, feed, self.s.threads)
+        base_ms = time_pair(prepared, prepared, feed, self.s.threads)[0] if self.s.timed else None
         ctx = SearchContext(prepared, work, calib, evals, labels, metric, budget, reference, fp32_fid, feed, batch)
         return ctx, base_ms
 
@@ -254,6 +270,10 @@ class _Search:
             self.progress.candidate(i + 1, len(recipes), recipe.name)
             if i > 0 and self.time_left() - reserve < MIN_STEP_SECONDS:
                 self._skip(recipe, "time budget kept for mixed precision")
+                continue
+            if not self.s.timed and self._any_in_budget():
+                # untimed, the first in-budget recipe of the family's order wins: the rest cannot
+                self._skip(recipe, f"a recipe {self.s.platform} prefers already meets the budget")
                 continue
             samples, stride = calibration_plan(recipe, ctx.calib.samples, per_sample)
             calibrated = replace(ctx, calib=ctx.calib.head(samples), stride=stride)
@@ -276,14 +296,15 @@ class _Search:
             return result
         t0 = time.monotonic()
         out = ctx.work / f"candidate-{len(self.results)}.onnx"
-        evaluate_candidate(result, ctx, out, threads=self.s.threads, timeout=self._timeout(reserve))
+        evaluate_candidate(result, ctx, out, threads=self.s.threads, timeout=self._timeout(reserve),
+                           timed=self.s.timed)
         result.seconds = time.monotonic() - t0
         self.progress.result(result)
         return result
 
     def _mixed_precision(self, ctx: SearchContext) -> None:
         """Keep the most sensitive nodes in FP32, more each round, until the budget holds."""
-        best = escalation_base(self.results, ctx.metric.higher_is_better)
+        best = escalation_base(self.results, ctx.metric.higher_is_better, timed=self.s.timed)
         if best is None:
             return
         self.progress.stage(f"ranking nodes by quantization error ({best.recipe.name})")
@@ -307,6 +328,12 @@ class _Search:
                 return
 
     def _choose(self, ctx: SearchContext) -> tuple[CandidateResult | None, str]:
+        if not self.s.timed:
+            winner, reason = preferred_choice(self.results, ctx.metric, ctx.budget, ctx.fp32.score,
+                                              self.s.platform or "the target")
+            if winner is not None:
+                winner.verdict = "chosen"
+            return winner, reason
         timed = finalists(self.results)
         if not timed:
             return None, kept_fp32_reason(self.results, ctx.metric, ctx.budget)
@@ -346,4 +373,30 @@ def quantize(
         ) from exc
 
 
-__all__ = ["CandidateResult", "QuantizeReport", "QuantizeSettings", "quantize", "report_path"]
+def quantize_for_platforms(
+    model: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    platforms: tuple[str, ...],
+    settings: QuantizeSettings | None = None,
+    progress: Progress | None = None,
+) -> dict[str, QuantizeReport]:
+    """A build per platform: ``out.onnx`` -> ``out.linux-amd64.onnx``, ``out.linux-arm64.onnx`` (and
+    their reports), each from its CPU family's recipes (``platforms.family_for``). This host's
+    platform is judged and timed as ``quantize`` does; another's candidates are checked for
+    fidelity with this host's onnxruntime but not timed, and the first in budget in the family's
+    order is its build. ``settings.budget_time`` applies to each platform."""
+    base = settings or QuantizeSettings()
+    host, flags = current_platform(), host_cpu_flags()
+    families = {plat: family_for(plat, host_platform=host, host_flags=flags) for plat in platforms}
+    reports: dict[str, QuantizeReport] = {}
+    for plat, family in families.items():
+        if progress is not None:
+            progress.stage(f"{plat} ({family.name}): {family.why}")
+        reports[plat] = quantize(model, build_path(Path(out), plat), replace(
+            base, activation_types=family.activation_types, reduce_range=family.reduce_range,
+            platform=plat, timed=plat == host), progress)
+    return reports
+
+
+__all__ = ["CandidateResult", "QuantizeReport", "QuantizeSettings", "quantize", "quantize_for_platforms",
+           "report_path"]

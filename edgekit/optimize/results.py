@@ -62,6 +62,8 @@ class QuantizeReport:
     # Control-flow nodes whose bodies stay FP32 (``subgraphs.KeptSubgraph``), and one line each.
     fp32_subgraphs: list[dict[str, Any]] = field(default_factory=list)
     fp32_subgraph_lines: list[str] = field(default_factory=list)
+    timed_on: str = ""  # the platform (os/arch) the latencies were measured on ("": not timed)
+    platform: str = ""  # the platform the build is for ("": this host's, unnamed)
 
     @property
     def chosen_result(self) -> CandidateResult | None:
@@ -82,6 +84,9 @@ class QuantizeReport:
             "metric_reason": self.metric_reason,
             "budget": self.budget,
             "threads": self.threads,
+            # latencies are this host's: ``package`` and the attestation credit them to its platform only
+            "timed_on": self.timed_on or None,
+            "platform": self.platform or None,
             "baseline": self.baseline,
             "result": None if chosen is None else chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],

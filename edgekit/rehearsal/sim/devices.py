@@ -54,6 +54,7 @@ class Placement:
     shadow: str | None = None           # a shadow revision's candidate image (push --shadow-first)
     shadow_ratio: float = 0.1
     shadow_metric: str = "top1"
+    platform: str | None = None         # the node's os/arch: whose layer the device takes (None: this host's)
 
 
 def _feeds(loaded: LoadedModel) -> dict[str, np.ndarray[Any, Any]]:

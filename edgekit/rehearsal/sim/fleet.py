@@ -5,6 +5,8 @@ of another revision (the rollout engine relabelled the node), the device's agent
 one would (final health, offline status, clean disconnect) and a new one starts on the new model:
 fetched once from the registry by the digest in the pod spec, loaded once into a shared
 onnxruntime session, each device then with its own MQTT connection, last will and session id.
+A device takes the layer of its node's platform (labels ``kubernetes.io/os`` and ``/arch``), so an
+image with a layer per platform runs its arm64 build on arm64 nodes and its amd64 build on amd64.
 
 Threads: the pod watch; a reconciler (placements -> devices, starts/stops in a small pool); one
 scheduler that steps every device (inference at ``rate`` per second, ``tick`` for health). The
@@ -24,10 +26,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from edgekit.errors import EdgekitError
 from edgekit.kube import names
 from edgekit.kube.client import KubeClient
 from edgekit.rehearsal.sim.devices import Placement, VirtualDevice
@@ -121,6 +124,7 @@ class Simulator:
         self._watch: ListWatch | None = None
         self._rng = random.Random(settings.seed)
         self._fault_version = -1
+        self._platforms: dict[str, str | None] = {}  # node -> os/arch (None: not labelled)
         self.starts = 0
         self.stops = 0
 
@@ -198,7 +202,7 @@ class Simulator:
 
     def _reconcile(self) -> None:
         assert self._watch is not None
-        wanted = placements_from_pods(self._watch.snapshot(), self.settings.app)
+        wanted = self._with_platforms(placements_from_pods(self._watch.snapshot(), self.settings.app))
         now = time.monotonic()
         fault_changed = self.faults.version != self._fault_version
         self._fault_version = self.faults.version
@@ -216,19 +220,39 @@ class Simulator:
         for node in [n for n, s in self.slots.items() if s.placement is None and s.state == "idle"]:
             self.slots.pop(node, None)
 
+    def _with_platforms(self, placements: dict[str, Placement]) -> dict[str, Placement]:
+        """Each placement with its node's platform. Nodes never change architecture: they are read
+        once, in one list call when some node is new."""
+        unknown = [n for n in placements if n not in self._platforms]
+        if unknown:
+            try:
+                found = self.client.list("/api/v1/nodes")
+            except EdgekitError as exc:  # come back on the next pass
+                log.warning("sim: cannot read the nodes' platforms: %s", exc.one_line())
+                found, unknown = [], []
+            for node in found:
+                meta = node.get("metadata") or {}
+                labels = meta.get("labels") or {}
+                if meta.get("name") and (arch := labels.get(names.ARCH_LABEL)):
+                    self._platforms[meta["name"]] = f"{labels.get(names.OS_LABEL) or 'linux'}/{arch}"
+            for name in unknown:
+                self._platforms.setdefault(name, None)
+        return {n: replace(p, platform=self._platforms.get(n)) for n, p in placements.items()}
+
     def _fault_for(self, placement: Placement, version: str | None) -> Fault:
         return self.faults.for_model(revision=placement.revision, digest=placement.image.rsplit("@", 1)[-1],
                                      version=version)
 
     def _transition(self, node: str, slot: _Slot, want: Placement | None) -> None:
         if want is not None:
-            loaded = self.models.ready(want.image)
+            loaded = self.models.ready(want.image, want.platform)
             if loaded is None:
-                if self.models.error(want.image) is not None:
+                if self.models.error(want.image, want.platform) is not None:
                     slot.state, slot.since, slot.placement = "failed", time.monotonic(), want
                     self._stop_device(slot)
                 return  # fetching: come back when it is there
-            if want.shadow and self.models.ready(want.shadow) is None and self.models.error(want.shadow) is None:
+            if want.shadow and self.models.ready(want.shadow, want.platform) is None and \
+                    self.models.error(want.shadow, want.platform) is None:
                 return  # the shadow candidate is fetching: come back too
         slot.state = "stopping" if slot.device is not None else "starting"
         old = slot.device
@@ -250,7 +274,7 @@ class Simulator:
             if want is None:
                 slot.state, slot.since = "idle", time.monotonic()
                 return
-            loaded = self.models.ready(want.image)
+            loaded = self.models.ready(want.image, want.platform)
             if loaded is None:
                 slot.state, slot.since = "failed", time.monotonic()
                 return
@@ -261,7 +285,7 @@ class Simulator:
             if fault.probe_fail:
                 loaded = self.models.with_failing_probe(loaded)
             # a candidate that failed to fetch or verify: the agent serves on without a shadow
-            shadow = self.models.ready(want.shadow) if want.shadow else None
+            shadow = self.models.ready(want.shadow, want.platform) if want.shadow else None
             device = VirtualDevice(want, loaded, fault, broker_url=self.settings.broker_url,
                                    interval=self.settings.interval, topic_root=self.settings.topic_root,
                                    rate=self.settings.rate, rng=random.Random(f"{self.settings.seed}/{node}"),
