@@ -221,3 +221,48 @@ def test_every_setting_is_documented(cls_path: str, page: str, quoted: bool) -> 
 
     missing = [f.name for f in dataclasses.fields(cls) if not documented(f.name)]
     assert not missing, f"docs/{page} does not document {name} fields {missing}"
+
+
+# --- commands quoted in the guides ----------------------------------------------------------------
+
+def _shell_commands(markdown: str) -> list[list[str]]:
+    """Every `edgekit ...` invocation in the page's ```sh blocks, as argv (continuations joined,
+    comments, redirections and pipes cut off)."""
+    import shlex
+
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", markdown, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for i, word in enumerate(words):
+                if word == "edgekit" and (i == 0 or "=" in words[i - 1] or words[i - 1] in ("&&", ";")):
+                    argv = []
+                    for w in words[i + 1:]:
+                        if w in ("|", "&&", ";", "&", ">", ">>") or w.startswith((">", "|")):
+                            break
+                        argv.append(w)
+                    found.append(argv)
+    return found
+
+
+@pytest.mark.parametrize("page", ["k3s.md"])
+def test_edgekit_commands_in_a_guide_use_real_commands_and_flags(page: str) -> None:
+    entries: dict[str, list[click.Command]] = {}
+    for entry in walk():
+        entries.setdefault(entry.path, []).append(entry.command)
+    commands = _shell_commands((DOCS / page).read_text())
+    assert len(commands) >= 5, f"docs/{page}: found only {commands}"
+    for argv in commands:
+        words = ["edgekit", *argv]
+        depth = max(n for n in range(1, len(words) + 1) if " ".join(words[:n]) in entries)
+        path, rest = " ".join(words[:depth]), words[depth:]
+        assert not isinstance(entries[path][0], click.Group), f"docs/{page}: `{' '.join(words)}` names a group"
+        errors = []
+        for command in entries[path]:  # a command with two modes (push) passes if one mode parses it
+            try:
+                command.make_parser(click.Context(command, info_name=path)).parse_args(list(rest))
+                break
+            except click.UsageError as exc:
+                errors.append(exc.format_message())
+        else:
+            raise AssertionError(f"docs/{page}: `{' '.join(words)}`: {errors}")
