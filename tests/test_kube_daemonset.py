@@ -42,6 +42,8 @@ def _config(objects: list[dict[str, Any]]) -> dict[str, Any]:
     ("containerd://2.1.0", "v1.35.0", True),
     ("cri-o://1.31.2", "v1.35.1+k3s1", True),
     ("containerd://2.0.5", "v1.36.3", False),      # containerd before 2.1 cannot mount images
+    ("containerd://2.2.3-k3s1", "v1.36.1+k3s1", False),  # k3s's 2.2 builds mount them empty
+    ("containerd://2.3.2-k3s1", "v1.36.2+k3s1", True),
     ("containerd://1.7.27-k3s1", "v1.33.4+k3s1", False),
     ("cri-o://1.30.9", "v1.36.0", False),
     ("containerd://2.4.2", "v1.34.2", False),      # beta but off by default: status cannot tell

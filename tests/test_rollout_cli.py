@@ -3,6 +3,7 @@ with their exit codes, and the rendering of a rollout."""
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -68,3 +69,18 @@ def test_render_shows_the_control_group_beside_the_wave() -> None:
     console.print(render(again))
     text = console.export_text()
     assert "control" in text and "0.5% · 2.5 ms (2 devices)" in text
+
+
+def test_push_takes_the_model_source_into_what_it_renders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`push --model-source init-container` forces the fetch where auto would pick image volumes
+    (a runtime that reports support but does not mount them)."""
+    from edgekit.cli.rollout_session import session_settings
+    from edgekit.errors import ConfigError
+
+    assert "model_source" not in session_settings({}).render_options()
+    assert session_settings({"model_source": "init-container"}).render_options()["model_source"] == "init-container"
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_MODEL_SOURCE", "image-volume")
+    assert session_settings({}).render_options()["model_source"] == "image-volume"
+    monkeypatch.setenv("EDGEKIT_ROLLOUT_MODEL_SOURCE", "floppy")
+    with pytest.raises(ConfigError, match="image-volume or init-container"):
+        session_settings({})

@@ -80,6 +80,9 @@ image_options = stacked(
     click.option("--agent-broker", default=None, metavar="URL", help="Broker URL the agents publish to."),
     click.option("--mqtt-auth", type=click.Choice(["node-cert", "none"]), default=None,
                  help="How agents authenticate to the broker [node-cert]."),
+    click.option("--model-source", type=click.Choice(["auto", "image-volume", "init-container"]), default=None,
+                 help="How the model reaches the pods: auto picks image volumes where every node of the group "
+                      "mounts them, else the init-container fetch [auto]."),
 )
 
 # What the rendered agents let through. The engine renders the DaemonSets (and the app's

@@ -55,6 +55,7 @@ def session_settings(kw: dict[str, Any]) -> RolloutSettings:
                  "require_digest": kw.pop("require_digest", None),
                  "registry_insecure": kw.pop("insecure_registry", None), "agent_image": kw.pop("agent_image", None),
                  "agent_broker": kw.pop("agent_broker", None), "mqtt_auth": kw.pop("mqtt_auth", None),
+                 "model_source": kw.pop("model_source", None),
                  "telemetry_interval": kw.get("health_interval"),
                  "api_from_namespaces": tuple(kw.pop("api_from_namespaces", ())) or None,
                  "mqtt_allow_plaintext_password": kw.pop("mqtt_allow_plaintext_password", None)}

@@ -7,7 +7,9 @@ An image volume (KEP-4639) needs both halves on a node:
   beta but off by default in 1.33 and 1.34, where node status cannot tell whether an operator
   turned it on, so those count as "no");
 - a runtime that implements it: containerd 2.1 or newer, CRI-O 1.31 or newer. Anything else
-  (containerd 1.x, cri-dockerd, a runtime we do not know) counts as "no".
+  (containerd 1.x, cri-dockerd, a runtime we do not know) counts as "no". k3s's own containerd
+  builds (``2.2.3-k3s1``) mount image volumes empty, without an error (k3s-io/k3s#14323, fixed with
+  containerd 2.3 in v1.36.2+k3s1): a ``-k3s`` build needs 2.3.
 
 One DaemonSet per revision has one pod template, so a group is one mode: image volumes only when
 every node that runs pods supports them, else the init container for all (it works on every
@@ -32,6 +34,7 @@ ModelSource = Literal["image-volume", "init-container"]
 
 KUBELET_MIN = (1, 35)  # ImageVolume on by default
 RUNTIME_MIN = {"containerd": (2, 1), "cri-o": (1, 31)}
+K3S_CONTAINERD_MIN = (2, 3)  # k3s's containerd 2.2 builds mount image volumes empty
 _VERSION = re.compile(r"^v?(\d+)\.(\d+)")
 _KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
@@ -66,6 +69,8 @@ def node_supports_image_volumes(node_info: Mapping[str, Any]) -> tuple[bool, str
     rv = _version(version)
     if need is None or rv is None:
         return False, f"runtime {runtime or '?'} has no known image volume support"
+    if "k3s" in version and name.lower() == "containerd":
+        need = max(need, K3S_CONTAINERD_MIN)
     if rv < need:
         return False, f"runtime {runtime} < {name} {need[0]}.{need[1]}"
     return True, f"{runtime}, kubelet {kubelet}"

@@ -35,6 +35,7 @@ class RolloutSettings:
     agent_image: str | None = None
     agent_broker: str | None = None       # broker URL the agents publish to
     mqtt_auth: str = "node-cert"          # node-cert | none
+    model_source: str = "auto"            # auto (from the nodes' runtimes) | image-volume | init-container
     telemetry_interval: float = 10.0
     public_key_configmap: str | None = None  # the devices' key (default: edgekit-cosign-key with a key)
     api_from_namespaces: tuple[str, ...] = ()  # pods of these namespaces may reach the agents' API
@@ -49,6 +50,9 @@ class RolloutSettings:
         check_target(self.target)
         if self.mqtt_auth not in ("node-cert", "none"):
             raise ConfigError(f"expected node-cert or none, got {self.mqtt_auth!r}", field="mqtt_auth")
+        if self.model_source not in ("auto", "image-volume", "init-container"):
+            raise ConfigError(f"expected auto, image-volume or init-container, got {self.model_source!r}",
+                              field="model_source")
         if self.public_key is not None and not os.path.isfile(self.public_key):
             raise ConfigError(f"{self.public_key} does not exist", field="public_key")
         if not self.lease_seconds >= 3:
@@ -59,6 +63,8 @@ class RolloutSettings:
 
     def render_options(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mqtt_auth": self.mqtt_auth, "telemetry_interval": self.telemetry_interval}
+        if self.model_source != "auto":
+            out["model_source"] = self.model_source
         if self.agent_image:
             out["agent_image"] = self.agent_image
         if self.agent_broker:
