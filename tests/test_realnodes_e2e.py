@@ -34,6 +34,7 @@ from edgekit.kube import names
 from edgekit.kube.client import KubeClient
 from edgekit.rehearsal.mosquitto import MosquittoBroker
 from edgekit.rehearsal.registry import DockerRegistry
+from edgekit.rollout.resource import EdgeRollout
 from tests.fixtures.realnodes import need_real_nodes
 from tests.fixtures.rollout import FIXED_CREATED, RELEASE_PASSWORD, revision_of
 
@@ -206,6 +207,12 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
             shutil.rmtree(SPOOL_ROOT, ignore_errors=True)
 
 
+def _started(pod: dict[str, Any]) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
 def _infer(pod_ip: str, model: str, batch: np.ndarray, input_name: str) -> dict[str, Any]:
     body = json.dumps({"inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": "FP32",
                                    "data": batch.ravel().tolist()}]}).encode()
@@ -252,16 +259,29 @@ def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: Real
 
     env = real_env
     app, image = "serve", env.images["1.0"]
-    result = _edgekit("push", f"{env.registry.host}/models/digits:1.0", "--group", GROUP, "--app", app,
-                      "--waves", "1,100%", "--bake", "3s", "--wave-timeout", "150s", "--max-error-rate", "10%",
-                      "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
-                      "--broker", env.broker_url, "--insecure-registry", "--health-interval", "1",
-                      "--output", "json", env=env.env())
-    assert result.returncode == 0, f"push -> exit {result.returncode}: {result.stderr[-3000:]}\n" + json.dumps(
-        {n: p["status"] for n, p in env.real_pods(app).items()})[:4000] + "\n" + env.pod_logs(app)
-    ro = json.loads(result.stdout)
-    assert ro["status"]["phase"] == "Succeeded", ro["status"]
-    assert ro["spec"]["target"]["image"] == image
+    argv = ["push", f"{env.registry.host}/models/digits:1.0", "--group", GROUP, "--app", app,
+            "--waves", "1,100%", "--bake", "3s", "--wave-timeout", "120s", "--max-error-rate", "10%",
+            "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
+            "--broker", env.broker_url, "--insecure-registry", "--health-interval", "1", "--output", "json"]
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "agent")]), **env.env())
+    push = subprocess.Popen([sys.executable, "-m", "edgekit", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full)
+    # What the real pods went through, kept while the push runs: a rollback removes them.
+    seen: dict[str, Any] = {}
+    logged = ""
+    while push.poll() is None:
+        pods = env.real_pods(app)
+        if pods:
+            seen = {n: p["status"] for n, p in pods.items()}
+            if not logged and all(time.time() - _started(p) > 40 for p in pods.values()):
+                logged = env.pod_logs(app)
+        time.sleep(2)
+    stdout, stderr = push.communicate()
+    assert push.returncode == 0, f"push -> exit {push.returncode}: {stderr[-3000:]}\n" + json.dumps(
+        seen)[:6000] + "\n" + logged
+    ro = EdgeRollout.from_json(json.loads(stdout))
+    assert ro.status.phase == "Succeeded", ro.status
+    assert ro.spec.target.image == image  # the tag resolved once and pinned
     pods = env.wait_ready(app, revision_of(image), timeout=60)
 
     session = ort.InferenceSession(str(digits_model), providers=["CPUExecutionProvider"])
