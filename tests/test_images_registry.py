@@ -97,6 +97,39 @@ def test_fetch_image_replaces_a_model_folder(registry: DockerRegistry, digits_la
     assert info.value.exit_code == 23 and "linux/amd64" in info.value.one_line()
 
 
+def test_fetch_image_fills_a_mount_point_on_a_read_only_root(registry: DockerRegistry, digits_layout: Path,
+                                                             tmp_path: Path) -> None:
+    """The init container's case: ``/model`` is an emptyDir mount point and ``/`` is read-only, so the
+    download can be staged neither beside ``/model`` nor renamed over it."""
+    import subprocess
+
+    ref = parse_reference(f"{registry.host}/fetch/digits:ro")
+    push_layout(digits_layout, ref)
+    root = tmp_path / "root"
+    dest = root / "model"
+    dest.mkdir(parents=True)
+    mounted: list[Path] = []
+    try:
+        for argv in (["mount", "--bind", str(root), str(root)], ["mount", "-o", "remount,bind,ro", str(root)],
+                     ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(dest)]):
+            subprocess.run(argv, check=True, capture_output=True)
+            mounted.insert(0, Path(argv[-1]))
+        with pytest.raises(OSError):
+            (root / "probe").write_text("x")  # really read-only
+        (dest / ".edgekit-fetch-dead").mkdir()  # an earlier attempt killed mid-way
+        first = fetch_image(str(ref), dest, options=FAST)
+        assert verify_model_dir(dest).name == "digits" and first.path == dest
+        again = fetch_image(str(ref), dest, options=FAST, platform="linux/arm64")  # replaces the model in place
+        assert again.platform == "linux/arm64" and verify_model_dir(dest).name == "digits"
+        assert not [p for p in dest.iterdir() if p.name.startswith(".edgekit-fetch-")]
+        (dest / "edgekit.json").unlink()
+        with pytest.raises(EdgekitError, match="not a model folder"):
+            fetch_image(str(ref), dest, options=FAST)
+    finally:
+        for point in mounted:
+            subprocess.run(["umount", str(point)], check=False, capture_output=True)
+
+
 # --- no re-upload, mount -----------------------------------------------------------------------
 def test_repush_uploads_no_blob(registry_proxy: FaultProxy, digits_layout: Path) -> None:
     ref = f"{registry_proxy.host}/repush/digits"

@@ -575,3 +575,20 @@ def test_engine_commands_render_the_plaintext_password_opt_in(monkeypatch: pytes
     assert config("--mqtt-allow-plaintext-password")["mqtt_allow_plaintext_password"] is True
     monkeypatch.setenv("EDGEKIT_ROLLOUT_MQTT_ALLOW_PLAINTEXT_PASSWORD", "1")
     assert config()["mqtt_allow_plaintext_password"] is True
+
+
+@pytest.mark.parametrize(("words", "args"), ENGINE_COMMANDS[:2])  # the commands with --insecure-registry
+def test_engine_commands_render_the_insecure_registry_into_the_agents(words: list[str], args: list[str]) -> None:
+    """The agents fetch and verify from the registry the engine resolved the image on: a plain-HTTP
+    one must reach their config and the init container's fetch too (else TLS fails on the device)."""
+    def rendered(*flags: str) -> tuple[dict[str, Any], list[str]]:
+        options = _engine_settings(words, *args, "--allow-unsigned", *flags).render_options()
+        objects = by_kind(render(RenderSettings(app="d", image=IMAGE, group=parse_group("c"),
+                                                model_source="init-container", **options)))
+        fetch = objects["DaemonSet"]["spec"]["template"]["spec"]["initContainers"][0]["command"]
+        return dict(json.loads(objects["ConfigMap"]["data"]["config.json"])), fetch
+
+    config, fetch = rendered()
+    assert "registry_insecure" not in config and "--insecure" not in fetch
+    config, fetch = rendered("--insecure-registry")
+    assert config["registry_insecure"] is True and "--insecure" in fetch

@@ -75,6 +75,8 @@ class RolloutSettings:
             out["public_key_configmap"] = self.public_key_configmap or KEY_CONFIGMAP
         elif self.allow_unsigned:
             out["allow_unsigned"] = True
+        if self.registry_insecure:  # the agents fetch and verify from the same plain-HTTP registry
+            out["registry_insecure"] = True
         if self.api_from_namespaces:
             out["api_from_namespaces"] = tuple(self.api_from_namespaces)
         if self.mqtt_allow_plaintext_password:

@@ -135,6 +135,35 @@ def resolve_image(source: ImageSource, *, platform: str | None = None, top: Mani
                          platforms=platforms, config_bytes=config_bytes)
 
 
+STAGING_PREFIX = ".edgekit-fetch-"
+
+
+def stage_inside(dest: Path) -> bool:
+    """Whether to stage the download inside ``dest`` rather than beside it: ``dest`` is a folder we
+    may write but its parent is not, e.g. the init container's ``/model`` (an emptyDir mount point on
+    a read-only root filesystem), which can be neither renamed nor have a sibling."""
+    return dest.is_dir() and os.access(dest, os.W_OK) and not os.access(dest.parent, os.W_OK)
+
+
+def _fill_dir(new: Path, dest: Path, work: Path) -> None:
+    """Move the verified folder ``new``'s entries into ``dest``, the model metadata last, so a folder
+    cut short never looks like a model. What ``dest`` held is replaced only when it is a model folder;
+    staging folders of an earlier attempt that died are removed."""
+    held = [p for p in dest.iterdir() if p != work]
+    for stale in [p for p in held if p.name.startswith(STAGING_PREFIX)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    held = [p for p in held if not p.name.startswith(STAGING_PREFIX)]
+    if held and not (dest / METADATA_FILE).exists():
+        raise ConfigError(f"{dest} is not empty and is not a model folder; refusing to replace it", field="dest")
+    for old in sorted(held, key=lambda p: p.name == METADATA_FILE, reverse=True):  # metadata first: no model
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for entry in sorted(new.iterdir(), key=lambda p: p.name == METADATA_FILE):
+        os.rename(entry, dest / entry.name)
+
+
 def _replace_dir(new: Path, dest: Path) -> None:
     if dest.exists():
         if not dest.is_dir():
@@ -174,7 +203,9 @@ def fetch_image(ref: str, dest: str | os.PathLike[str], *, public_key: Any = Non
         report = verify_image_signatures(src, top.digest, public_key) if public_key is not None else None
         image = resolve_image(src, platform=platform, top=top)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        inside = stage_inside(dest)
+        work = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX if inside else f".{dest.name}.tmp-",
+                                     dir=dest if inside else dest.parent))
         try:
             layer_file = work / "layer.tar.gz"
             src.fetch_blob(image.layer["digest"], layer_file, size=image.layer["size"], on_bytes=on_bytes)
@@ -198,7 +229,10 @@ def fetch_image(ref: str, dest: str | os.PathLike[str], *, public_key: Any = Non
                 provenance = Provenance(image=ref, digest=image.digest, layer_digest=image.layer["digest"],
                                         key_sha256=None)
             write_chain(folder, chain)
-            _replace_dir(folder, dest)
+            if inside:
+                _fill_dir(folder, dest, work)
+            else:
+                _replace_dir(folder, dest)
         finally:
             with contextlib.suppress(OSError):
                 shutil.rmtree(work)

@@ -57,6 +57,9 @@ class SimSettings:
     seed: int = 0
     workers: int = 32              # device starts and (graceful, slow) stops run in parallel
     inputs: Any = None             # live inputs: an array whose rows are requests (None: the probe's)
+    # nodes whose pods a real agent container runs (real kubelets in a mixed group): simulating them
+    # too would publish a second, made-up device under the same name
+    skip_nodes: frozenset[str] = frozenset()
 
 
 def placements_from_pods(pods: list[dict[str, Any]], app: str | None = None) -> dict[str, Placement]:
@@ -202,7 +205,8 @@ class Simulator:
 
     def _reconcile(self) -> None:
         assert self._watch is not None
-        wanted = self._with_platforms(placements_from_pods(self._watch.snapshot(), self.settings.app))
+        wanted = self._with_platforms({node: p for node, p in placements_from_pods(
+            self._watch.snapshot(), self.settings.app).items() if node not in self.settings.skip_nodes})
         now = time.monotonic()
         fault_changed = self.faults.version != self._fault_version
         self._fault_version = self.faults.version

@@ -1,0 +1,295 @@
+"""End to end on real kubelets: the edgekit-agent image (built here, pulled from the test registry by
+each node's containerd) runs as a real container beside KWOK nodes in one group.
+
+One module-wide set-up (minutes, so shared): a registry and a broker on the host's own address (a
+pod reaches it through its bridge gateway; 127.0.0.1 inside a pod is the pod), the agent image
+pushed there, the digits model signed in versions 1.0 and 2.0, and ``edgekit dev cluster up`` with
+20 KWOK nodes and 2 real nodes in group ``grp``. The fleet simulator plays the KWOK devices and
+leaves the real nodes to their real agents.
+
+Node preparation: the spool is a hostPath ``/var/lib/edgekit/<app>/spool`` owned by the agent's
+uid (docs/kubernetes.md "Node preparation"). Real nodes of the dev cluster share the host's
+filesystem, so the set-up prepares it on the host, once per app, and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgekit.kube import names
+from edgekit.kube.client import KubeClient
+from edgekit.rehearsal.mosquitto import MosquittoBroker
+from edgekit.rehearsal.registry import DockerRegistry
+from edgekit.rollout.resource import EdgeRollout
+from tests.fixtures.realnodes import need_real_nodes
+from tests.fixtures.rollout import FIXED_CREATED, RELEASE_PASSWORD, revision_of
+
+pytestmark = [pytest.mark.real, pytest.mark.slow, pytest.mark.kube, pytest.mark.mqtt, pytest.mark.registry,
+              pytest.mark.timeout(3600)]
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP = "grp"
+REAL = ("grp-real-01", "grp-real-02")
+AGENT_UID = 10001
+SPOOL_ROOT = Path("/var/lib/edgekit")
+APPS = ("serve", "byvolume", "byfetch")
+
+
+def host_address() -> str:
+    """The host's first global IPv4 address: pods reach it through their bridge gateway."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
+                         check=True).stdout
+    found = [a for a in re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", out) if not a.startswith("10.244.")]
+    if not found:
+        pytest.fail("the host has no global IPv4 address that pods could reach the registry and broker on")
+    return found[0]
+
+
+def _edgekit(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "agent")]), COLUMNS="200")
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True, env=full,
+                          timeout=timeout, check=False)
+
+
+def _ok(result: subprocess.CompletedProcess[str], what: str) -> str:
+    assert result.returncode == 0, f"{what} -> exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@dataclass
+class RealEnv:
+    address: str
+    registry: DockerRegistry
+    broker: MosquittoBroker
+    agent_image: str
+    images: dict[str, str]
+    public_key: Path
+    kubeconfig: Path
+    client: KubeClient
+    sim: Any
+    workdir: Path
+
+    @property
+    def broker_url(self) -> str:
+        return f"mqtt://{self.address}:{self.broker.port}"
+
+    def env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig), "EDGEKIT_ROLLOUT_PUBLIC_KEY": str(self.public_key),
+                "EDGEKIT_REGISTRY_INSECURE": "1", "EDGEKIT_FLEET_BROKERS": self.broker_url}
+
+    def real_pods(self, app: str) -> dict[str, dict[str, Any]]:
+        pods = self.client.list(f"/api/v1/namespaces/{names.DEFAULT_NAMESPACE}/pods",
+                                label_selector=f"{names.APP_LABEL}={app}")
+        return {p["spec"]["nodeName"]: p for p in pods
+                if p["spec"].get("nodeName") in REAL and not p["metadata"].get("deletionTimestamp")}
+
+    def wait_ready(self, app: str, revision: str, timeout: float = 300) -> dict[str, dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = {n: p for n, p in self.real_pods(app).items()
+                    if p["metadata"]["labels"].get(names.REVISION_LABEL) == revision}
+            ready = {n: p for n, p in pods.items() if any(
+                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])}
+            if set(ready) == set(REAL):
+                return ready
+            if time.monotonic() > deadline:
+                pytest.fail(f"{app} pods not Ready on {sorted(set(REAL) - set(ready))}: "
+                            + json.dumps({n: p["status"] for n, p in pods.items()})[:4000]
+                            + "\n" + self.pod_logs(app))
+            time.sleep(0.5)
+
+    def pod_logs(self, app: str) -> str:
+        """The agents' own words, for a failure message."""
+        from edgekit.rehearsal import gobuild
+
+        out = []
+        for pod in self.real_pods(app).values():
+            for container in ("fetch-model", "agent"):
+                logs = subprocess.run([str(gobuild.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", "-n",
+                                       names.DEFAULT_NAMESPACE, "logs", pod["metadata"]["name"], "-c", container,
+                                       "--tail", "20"], capture_output=True, text=True, timeout=60)
+                out.append(f"--- {pod['metadata']['name']}/{container}: {logs.stdout[-2000:]}{logs.stderr[-500:]}")
+        return "\n".join(out)
+
+
+def _prepare_spool(app: str) -> None:
+    """docs/kubernetes.md "Node preparation", on the host that holds the real nodes' filesystem."""
+    subprocess.run(["install", "-d", "-o", str(AGENT_UID), "-g", str(AGENT_UID), "-m", "0700",
+                    str(SPOOL_ROOT / app / "spool")], check=True)
+
+
+def _sign_models(registry: DockerRegistry, digits_model: Path, key_dir: Path, out_dir: Path) -> tuple[
+        dict[str, str], Path]:
+    from edgekit_agent.oci.reference import parse_reference
+    from edgekit_agent.oci.registry import RegistryOptions
+
+    from edgekit.image.building import PackageSettings, package
+    from edgekit.image.pushing import push_layout
+    from edgekit.image.signing import load_private_key, sign_image, write_keypair
+
+    private, public = write_keypair(key_dir / "release", RELEASE_PASSWORD)
+    key = load_private_key(private, RELEASE_PASSWORD)
+    images = {}
+    for version in ("1.0", "2.0"):
+        layout = out_dir / f"digits-{version}"
+        package(digits_model, PackageSettings(name="digits", version=version, created=FIXED_CREATED), layout)
+        result = push_layout(layout, parse_reference(f"{registry.host}/models/digits:{version}"),
+                             options=RegistryOptions(insecure=True))
+        images[version] = f"{registry.host}/models/digits@{result.digest}"
+        sign_image(parse_reference(images[version]), key, options=RegistryOptions(insecure=True))
+    return images, public
+
+
+@pytest.fixture(scope="module")
+def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Iterator[RealEnv]:
+    need_real_nodes()
+    from edgekit_agent.oci.registry import RegistryOptions
+
+    from edgekit.rehearsal.sim import FaultBook, SimSettings, Simulator
+
+    work = tmp_path_factory.mktemp("real-e2e")
+    address = host_address()
+    registry_cls = type("HostRegistry", (DockerRegistry,), {"host_ip": address})
+    broker_cls = type("HostBroker", (MosquittoBroker,), {"host": address})
+    registry: DockerRegistry = registry_cls(work / "registry").start()
+    broker: MosquittoBroker = broker_cls(work / "broker").start()
+    state_dir = work / "dev"
+    made_spool_root = not SPOOL_ROOT.exists()
+    client: KubeClient | None = None
+    sim = None
+    try:
+        # The agent image from the builder's cache (scripts/setup builds it), into the test registry.
+        pushed = json.loads(_ok(_edgekit("dev", "agent-image", "push", "--registry", registry.host,
+                                         "--output", "json", timeout=3000), "dev agent-image push"))["pushed"]
+        images, public = _sign_models(registry, digits_model, work, work)
+        _ok(_edgekit("dev", "cluster", "up", "--nodes", "20", "--pools", f"{GROUP}=20", "--arch", "amd64=1",
+                     "--real-nodes", str(len(REAL)), "--registry", registry.host, "--no-install",
+                     "--state-dir", str(state_dir)), "dev cluster up")
+        kubeconfig = state_dir / "kubeconfig"
+        _ok(_edgekit("install", "--public-key", str(public), "--agent-repository", f"{registry.host}/edgekit-agent",
+                     "--kubeconfig", str(kubeconfig)), "install")
+        for app in APPS:
+            _prepare_spool(app)
+        client = KubeClient.from_kubeconfig(kubeconfig)
+        sim = Simulator(client, SimSettings(broker_url=broker.url, cache_dir=work / "sim-models", interval=1.0,
+                                            rate=2.0, namespace=names.DEFAULT_NAMESPACE, public_key=str(public),
+                                            registry_options=RegistryOptions(insecure=True),
+                                            skip_nodes=frozenset(REAL)), FaultBook()).start()
+        yield RealEnv(address, registry, broker, pushed, images, public, kubeconfig, client, sim, work)
+    finally:
+        if sim is not None:
+            sim.stop()
+        if client is not None:
+            client.close()
+        if state_dir.exists():
+            down = _edgekit("dev", "cluster", "down", "--state-dir", str(state_dir))
+            print(down.stdout, down.stderr, file=sys.stderr)
+        broker.stop()
+        registry.stop()
+        for app in APPS:
+            shutil.rmtree(SPOOL_ROOT / app, ignore_errors=True)
+        if made_spool_root:
+            shutil.rmtree(SPOOL_ROOT, ignore_errors=True)
+
+
+def _started(pod: dict[str, Any]) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(pod["metadata"]["creationTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _infer(pod_ip: str, model: str, batch: np.ndarray, input_name: str) -> dict[str, Any]:
+    body = json.dumps({"inputs": [{"name": input_name, "shape": list(batch.shape), "datatype": "FP32",
+                                   "data": batch.ravel().tolist()}]}).encode()
+    request = urllib.request.Request(f"http://{pod_ip}:8080/v2/models/{model}/infer", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+    return result
+
+
+@pytest.mark.parametrize("source", ["image-volume", "init-container"])
+def test_each_model_source_reaches_ready_on_the_real_nodes(real_env: RealEnv, source: str) -> None:
+    """Ready = the model verified against the release key and its golden probe passed."""
+    env = real_env
+    app = {"image-volume": "byvolume", "init-container": "byfetch"}[source]
+    image = env.images["2.0"]
+    revision = revision_of(image)
+    _ok(_edgekit("render", image, "--group", GROUP, "--app", app, "--agent-image", env.agent_image,
+                 "--model-source", source, "--broker-url", env.broker_url, "--mqtt-auth", "none",
+                 "--registry-insecure", "--public-key", str(env.public_key), "--apply",
+                 "--kubeconfig", str(env.kubeconfig), env=env.env()), "render --apply")
+    ds = env.client.get(f"/apis/apps/v1/namespaces/{names.DEFAULT_NAMESPACE}/daemonsets/{app}-{revision}")
+    spec = ds["spec"]["template"]["spec"]
+    model = next(v for v in spec["volumes"] if v["name"] == "model")
+    if source == "image-volume":
+        assert model["image"]["reference"] == image and not spec.get("initContainers")
+    else:
+        assert "emptyDir" in model and spec["initContainers"][0]["name"] == "fetch-model"
+    for node in REAL:
+        env.client.request("PATCH", f"/api/v1/nodes/{node}",
+                           body={"metadata": {"labels": {names.rollout_label(app): revision}}},
+                           content_type="application/merge-patch+json")
+    pods = env.wait_ready(app, revision)
+    for node, pod in pods.items():
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits/ready",
+                                    timeout=10) as answer:
+            assert answer.status == 200, node
+
+
+def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: RealEnv, digits_model: Path) -> None:
+    import onnxruntime as ort
+
+    from tests.fixtures.models import digits_inputs
+
+    env = real_env
+    app, image = "serve", env.images["1.0"]
+    argv = ["push", f"{env.registry.host}/models/digits:1.0", "--group", GROUP, "--app", app,
+            "--waves", "1,100%", "--bake", "3s", "--wave-timeout", "120s", "--max-error-rate", "10%",
+            "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
+            "--broker", env.broker_url, "--insecure-registry", "--health-interval", "1", "--output", "json"]
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "agent")]), **env.env())
+    push = subprocess.Popen([sys.executable, "-m", "edgekit", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full)
+    # What the real pods went through, kept while the push runs: a rollback removes them.
+    seen: dict[str, Any] = {}
+    logged = ""
+    while push.poll() is None:
+        pods = env.real_pods(app)
+        if pods:
+            seen = {n: p["status"] for n, p in pods.items()}
+            if not logged and all(time.time() - _started(p) > 40 for p in pods.values()):
+                logged = env.pod_logs(app)
+        time.sleep(2)
+    stdout, stderr = push.communicate()
+    assert push.returncode == 0, f"push -> exit {push.returncode}: {stderr[-3000:]}\n" + json.dumps(
+        seen)[:6000] + "\n" + logged
+    ro = EdgeRollout.from_json(json.loads(stdout))
+    assert ro.status.phase == "Succeeded", ro.status
+    assert ro.spec.target.image == image  # the tag resolved once and pinned
+    pods = env.wait_ready(app, revision_of(image), timeout=60)
+
+    session = ort.InferenceSession(str(digits_model), providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    batch = digits_inputs()[:4]
+    want = session.run(None, {input_name: batch})[0]
+    for node, pod in pods.items():
+        answer = _infer(pod["status"]["podIP"], "digits", batch, input_name)
+        got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5), f"{node}: {got} != {want}"
+        assert answer["model_name"] == "digits"
