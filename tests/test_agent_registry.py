@@ -4,6 +4,7 @@ folder to its signed digest, and refusing images signed by someone else or not a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 import uuid
@@ -109,6 +110,18 @@ def test_fetch_without_a_key_is_refused_unless_unsigned_is_allowed(pushed: Pushe
     keyed = run_cli("fetch", pushed.unsigned, "--to", str(tmp_path / "keyed"), "--allow-unsigned",
                     "--public-key", str(pushed.image.public_key))
     assert keyed.returncode == 26, keyed.stderr
+
+
+def test_fetch_into_a_folder_it_cannot_write_is_one_line(pushed: Pushed, tmp_path: Path) -> None:
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    # root writes anywhere; /proc refuses even root, as a read-only root filesystem does
+    target = readonly / "m" if os.geteuid() != 0 else Path("/proc/edgekit-test-model")
+    result = run_cli("fetch", pushed.signed, "--to", str(target), "--public-key", str(pushed.image.public_key))
+    assert result.returncode == 87, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert str(target.parent) in result.stderr or str(target) in result.stderr
 
 
 def test_serve_without_a_key_refuses_the_image(pushed: Pushed, mqtt_broker: MosquittoBroker,

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from edgekit_agent import __version__
-from edgekit_agent.errors import EdgekitError
+from edgekit_agent.errors import EdgekitError, LocalFileError
 
 # flag -> setting, for the few settings worth a flag (everything else: file or environment)
 _FLAGS = {
@@ -176,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         print(f"edgekit-agent: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # the device's own files: a read-only mount, a missing volume
+        where = f"{exc.filename}: " if exc.filename else ""
+        error = LocalFileError(f"{where}{exc.strerror or exc}")
+        print(f"edgekit-agent: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
     return 0

@@ -284,6 +284,13 @@ class SpoolLockedError(SpoolError, TemporaryError):
     exit_code = 86
 
 
+class LocalFileError(AgentError):
+    """A file or folder on the device that a command needs cannot be read or written (a read-only
+    mount, a missing volume, permissions)."""
+
+    exit_code = 87
+
+
 # --- MQTT, for the device's publisher and the fleet watcher alike (50-55) -----------------------
 # Defined here because both MQTT clients are built on ``edgekit_agent.mqtt``; edgekit.errors
 # re-exports the family and adds the fleet-only members (56-57).
