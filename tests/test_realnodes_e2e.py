@@ -3,9 +3,11 @@ each node's containerd) runs as a real container beside KWOK nodes in one group.
 
 One module-wide set-up (minutes, so shared): a registry and a broker on the host's own address (a
 pod reaches it through its bridge gateway; 127.0.0.1 inside a pod is the pod), the agent image
-pushed there, the digits model signed in versions 1.0 and 2.0, and ``edgekit dev cluster up`` with
-20 KWOK nodes and 2 real nodes in group ``grp``. The fleet simulator plays the KWOK devices and
-leaves the real nodes to their real agents.
+pushed there, the digits model signed in versions 1.0, 2.0 and 3.0 (3.0's golden probe expects
+wrong outputs), and ``edgekit dev cluster up`` with 20 KWOK nodes and 2 real nodes in group ``grp``.
+The fleet simulator plays the KWOK devices and leaves the real nodes to their real agents. A second
+broker (``outage_broker``) carries only the telemetry of the apps whose tests stop it, so the fleet
+broker of the other tests never goes down.
 
 Node preparation: the spool is a hostPath ``/var/lib/edgekit/<app>/spool`` owned by the agent's
 uid (docs/kubernetes.md "Node preparation"). Real nodes of the dev cluster share the host's
@@ -18,23 +20,26 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from edgekit_agent.protocol import DEFAULT_ROOT
 
 from edgekit.kube import names
 from edgekit.kube.client import KubeClient
 from edgekit.rehearsal.mosquitto import MosquittoBroker
 from edgekit.rehearsal.registry import DockerRegistry
 from edgekit.rollout.resource import EdgeRollout
+from tests.fixtures.mqtt import MqttRecorder
 from tests.fixtures.realnodes import need_real_nodes
 from tests.fixtures.rollout import FIXED_CREATED, RELEASE_PASSWORD, revision_of
 
@@ -46,7 +51,8 @@ GROUP = "grp"
 REAL = ("grp-real-01", "grp-real-02")
 AGENT_UID = 10001
 SPOOL_ROOT = Path("/var/lib/edgekit")
-APPS = ("serve", "byvolume", "byfetch")
+BAD = "3.0"  # signed by the release key, with a golden probe no device passes
+APPS = ("serve", "byvolume", "byfetch", "outage", "crash")
 
 
 def host_address() -> str:
@@ -83,10 +89,15 @@ class RealEnv:
     client: KubeClient
     sim: Any
     workdir: Path
+    outage_broker: MosquittoBroker
 
     @property
     def broker_url(self) -> str:
         return f"mqtt://{self.address}:{self.broker.port}"
+
+    @property
+    def outage_url(self) -> str:
+        return f"mqtt://{self.address}:{self.outage_broker.port}"
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": str(self.kubeconfig), "EDGEKIT_ROLLOUT_PUBLIC_KEY": str(self.public_key),
@@ -98,19 +109,44 @@ class RealEnv:
         return {p["spec"]["nodeName"]: p for p in pods
                 if p["spec"].get("nodeName") in REAL and not p["metadata"].get("deletionTimestamp")}
 
-    def wait_ready(self, app: str, revision: str, timeout: float = 300) -> dict[str, dict[str, Any]]:
+    def wait_ready(self, app: str, revision: str, timeout: float = 300,
+                   nodes: tuple[str, ...] = REAL) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
             pods = {n: p for n, p in self.real_pods(app).items()
-                    if p["metadata"]["labels"].get(names.REVISION_LABEL) == revision}
-            ready = {n: p for n, p in pods.items() if any(
-                c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions") or [])}
-            if set(ready) == set(REAL):
+                    if p["metadata"]["labels"].get(names.REVISION_LABEL) == revision and n in nodes}
+            ready = {n: p for n, p in pods.items() if _ready(p)}
+            if set(ready) == set(nodes):
                 return ready
             if time.monotonic() > deadline:
-                pytest.fail(f"{app} pods not Ready on {sorted(set(REAL) - set(ready))}: "
+                pytest.fail(f"{app} pods not Ready on {sorted(set(nodes) - set(ready))}: "
                             + json.dumps({n: p["status"] for n, p in pods.items()})[:4000]
                             + "\n" + self.pod_logs(app))
+            time.sleep(0.5)
+
+    def apply_revision(self, app: str, image: str, *extra: str, broker_url: str | None = None) -> str:
+        """``edgekit render --apply`` of ``image`` as a revision of ``app``; its pods start on the
+        nodes that ``label`` gives that revision."""
+        _ok(_edgekit("render", image, "--group", GROUP, "--app", app, "--agent-image", self.agent_image,
+                     "--broker-url", broker_url or self.broker_url, "--mqtt-auth", "none", "--registry-insecure",
+                     "--public-key", str(self.public_key), "--apply", "--kubeconfig", str(self.kubeconfig), *extra,
+                     env=self.env()), "render --apply")
+        return revision_of(image)
+
+    def label(self, nodes: tuple[str, ...], app: str, revision: str | None) -> None:
+        """Move ``nodes`` to ``revision`` of ``app`` (None: off the app, its pods go)."""
+        for node in nodes:
+            self.client.request("PATCH", f"/api/v1/nodes/{node}",
+                                body={"metadata": {"labels": {names.rollout_label(app): revision}}},
+                                content_type="application/merge-patch+json")
+
+    def wait_gone(self, pod: dict[str, Any], timeout: float = 120) -> None:
+        """Until the pod object is deleted: its containers have exited and the kubelet has said so."""
+        path = f"/api/v1/namespaces/{names.DEFAULT_NAMESPACE}/pods/{pod['metadata']['name']}"
+        deadline = time.monotonic() + timeout
+        while (left := self.client.get_or_none(path)) is not None and left["metadata"]["uid"] == pod["metadata"]["uid"]:
+            if time.monotonic() > deadline:
+                pytest.fail(f"pod {pod['metadata']['name']} still there after {timeout:g}s: {left['status']}")
             time.sleep(0.5)
 
     def pod_logs(self, app: str) -> str:
@@ -133,11 +169,16 @@ def _prepare_spool(app: str) -> None:
                     str(SPOOL_ROOT / app / "spool")], check=True)
 
 
+def _off_by_one(run: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+    return lambda *args, **kwargs: [out + 1.0 for out in run(*args, **kwargs)]
+
+
 def _sign_models(registry: DockerRegistry, digits_model: Path, key_dir: Path, out_dir: Path) -> tuple[
         dict[str, str], Path]:
     from edgekit_agent.oci.reference import parse_reference
     from edgekit_agent.oci.registry import RegistryOptions
 
+    from edgekit.image import building
     from edgekit.image.building import PackageSettings, package
     from edgekit.image.pushing import push_layout
     from edgekit.image.signing import load_private_key, sign_image, write_keypair
@@ -145,9 +186,12 @@ def _sign_models(registry: DockerRegistry, digits_model: Path, key_dir: Path, ou
     private, public = write_keypair(key_dir / "release", RELEASE_PASSWORD)
     key = load_private_key(private, RELEASE_PASSWORD)
     images = {}
-    for version in ("1.0", "2.0"):
+    for version in ("1.0", "2.0", BAD):
         layout = out_dir / f"digits-{version}"
-        package(digits_model, PackageSettings(name="digits", version=version, created=FIXED_CREATED), layout)
+        with pytest.MonkeyPatch.context() as patch:
+            if version == BAD:  # its golden outputs are off by one: no device reproduces them
+                patch.setattr(building, "run", _off_by_one(building.run))
+            package(digits_model, PackageSettings(name="digits", version=version, created=FIXED_CREATED), layout)
         result = push_layout(layout, parse_reference(f"{registry.host}/models/digits:{version}"),
                              options=RegistryOptions(insecure=True))
         images[version] = f"{registry.host}/models/digits@{result.digest}"
@@ -168,6 +212,7 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
     broker_cls = type("HostBroker", (MosquittoBroker,), {"host": address})
     registry: DockerRegistry = registry_cls(work / "registry").start()
     broker: MosquittoBroker = broker_cls(work / "broker").start()
+    outage_broker: MosquittoBroker = broker_cls(work / "outage-broker").start()
     state_dir = work / "dev"
     made_spool_root = not SPOOL_ROOT.exists()
     client: KubeClient | None = None
@@ -190,7 +235,7 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
                                             rate=2.0, namespace=names.DEFAULT_NAMESPACE, public_key=str(public),
                                             registry_options=RegistryOptions(insecure=True),
                                             skip_nodes=frozenset(REAL)), FaultBook()).start()
-        yield RealEnv(address, registry, broker, pushed, images, public, kubeconfig, client, sim, work)
+        yield RealEnv(address, registry, broker, pushed, images, public, kubeconfig, client, sim, work, outage_broker)
     finally:
         if sim is not None:
             sim.stop()
@@ -200,11 +245,16 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
             down = _edgekit("dev", "cluster", "down", "--state-dir", str(state_dir))
             print(down.stdout, down.stderr, file=sys.stderr)
         broker.stop()
+        outage_broker.stop()
         registry.stop()
         for app in APPS:
             shutil.rmtree(SPOOL_ROOT / app, ignore_errors=True)
         if made_spool_root:
             shutil.rmtree(SPOOL_ROOT, ignore_errors=True)
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
 
 
 def _started(pod: dict[str, Any]) -> float:
@@ -230,10 +280,7 @@ def test_each_model_source_reaches_ready_on_the_real_nodes(real_env: RealEnv, so
     app = {"image-volume": "byvolume", "init-container": "byfetch"}[source]
     image = env.images["2.0"]
     revision = revision_of(image)
-    _ok(_edgekit("render", image, "--group", GROUP, "--app", app, "--agent-image", env.agent_image,
-                 "--model-source", source, "--broker-url", env.broker_url, "--mqtt-auth", "none",
-                 "--registry-insecure", "--public-key", str(env.public_key), "--apply",
-                 "--kubeconfig", str(env.kubeconfig), env=env.env()), "render --apply")
+    assert env.apply_revision(app, image, "--model-source", source) == revision
     ds = env.client.get(f"/apis/apps/v1/namespaces/{names.DEFAULT_NAMESPACE}/daemonsets/{app}-{revision}")
     spec = ds["spec"]["template"]["spec"]
     model = next(v for v in spec["volumes"] if v["name"] == "model")
@@ -241,10 +288,7 @@ def test_each_model_source_reaches_ready_on_the_real_nodes(real_env: RealEnv, so
         assert model["image"]["reference"] == image and not spec.get("initContainers")
     else:
         assert "emptyDir" in model and spec["initContainers"][0]["name"] == "fetch-model"
-    for node in REAL:
-        env.client.request("PATCH", f"/api/v1/nodes/{node}",
-                           body={"metadata": {"labels": {names.rollout_label(app): revision}}},
-                           content_type="application/merge-patch+json")
+    env.label(REAL, app, revision)
     pods = env.wait_ready(app, revision)
     for node, pod in pods.items():
         with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits/ready",
@@ -293,3 +337,222 @@ def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: Real
         got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5), f"{node}: {got} != {want}"
         assert answer["model_name"] == "digits"
+
+
+# --- telemetry through outages and crashes ---------------------------------------------------------
+REQUESTS = 12  # inference requests a test makes while the broker is down
+
+
+def _reports(rec: MqttRecorder, node: str, kind: str) -> dict[str, list[dict[str, Any]]]:
+    """The ``kind`` messages the recorder got from ``node``, by agent session (one per process)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for message in rec.snapshot(lambda t: t.endswith(f"/{GROUP}/{node}/{kind}")):
+        if not message.retain:
+            payload = message.json()
+            out.setdefault(payload["session"], []).append(payload)
+    return out
+
+
+def _inferences(reports: list[dict[str, Any]]) -> int:
+    """Inferences counted by the session's distinct health reports (QoS 1 may deliver one twice)."""
+    return sum({r["seq"]: r["inferences"] for r in reports}.values())
+
+
+def _gapless(reports: list[dict[str, Any]]) -> bool:
+    seqs = {r["seq"] for r in reports}
+    return seqs == set(range(max(seqs) + 1))
+
+
+def _send_requests(pod: dict[str, Any], count: int) -> None:
+    """``count`` OIP v2 inferences, each answered (the input named as the pod's model metadata says)."""
+    from tests.fixtures.models import digits_inputs
+
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits", timeout=10) as answer:
+        input_name = json.loads(answer.read())["inputs"][0]["name"]
+    batch = digits_inputs()[:1]
+    for _ in range(count):
+        assert _infer(pod["status"]["podIP"], "digits", batch, input_name)["model_name"] == "digits"
+
+
+def _agent_status(pod: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in pod["status"]["containerStatuses"] if c["name"] == "agent")
+
+
+def _main_pid(container_id: str) -> int:
+    """The host PID of the container's first process: in the container's cgroup, PID 1 of its namespace."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if container_id not in (proc / "cgroup").read_text():
+                continue
+            found = re.search(r"^NSpid:\s+(.*)$", (proc / "status").read_text(), re.MULTILINE)
+        except OSError:  # gone meanwhile
+            continue
+        if found and found.group(1).split()[-1] == "1":
+            return int(proc.name)
+    pytest.fail(f"no process of container {container_id} on this host")
+
+
+def _spooled_health_after(app: str, node: str, since: float) -> bool:
+    """Whether a health report stamped after ``since`` sits in the node's spool for ``app``: the
+    node-local disk, read as it is (the real nodes share the host's filesystem)."""
+    import sqlite3
+
+    for path in (SPOOL_ROOT / app / "spool" / node).glob("*/spool.sqlite3"):
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                rows = db.execute("SELECT payload FROM outbox WHERE topic LIKE '%/health'").fetchall()
+        except sqlite3.Error:  # being written: look again
+            continue
+        if any(json.loads(row[0])["ts"] > since for row in rows):
+            return True
+    return False
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what if isinstance(what, str) else what()}")
+        time.sleep(0.5)
+
+
+def _received(rec: MqttRecorder, node: str) -> str:
+    """What the recorder got from ``node``, by session: health (seq, inferences, ts) and event kinds."""
+    health = {s[:8]: [(r["seq"], r["inferences"], round(r["ts"], 1)) for r in rs]
+              for s, rs in _reports(rec, node, "health").items()}
+    events = {s[:8]: [(e["seq"], e["kind"]) for e in es] for s, es in _reports(rec, node, "event").items()}
+    return f"what {node} sent: health {health}; events {events}"
+
+
+def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced(real_env: RealEnv) -> None:
+    """The old pod serves and reports into its hostPath spool while the broker is down; the next
+    revision replaces it, adopts what it left and sends it once the broker is back."""
+    env = real_env
+    node, app = REAL[1], "outage"
+    with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
+        try:
+            old = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
+            env.label((node,), app, old)
+            pod = env.wait_ready(app, old, nodes=(node,))[node]
+            _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
+            (session,) = _reports(rec, node, "health")
+
+            env.outage_broker.stop()
+            down_at = time.time()
+            _send_requests(pod, REQUESTS)
+            new = env.apply_revision(app, env.images["2.0"], broker_url=env.outage_url)
+            env.label((node,), app, new)
+            env.wait_ready(app, new, nodes=(node,))
+            env.wait_gone(pod)  # it made its last report and left its spool on the node
+            up_at = time.time()
+            env.outage_broker.start()
+
+            def arrived() -> bool:
+                health = _reports(rec, node, "health").get(session, [])
+                stopping = [e for e in _reports(rec, node, "event").get(session, [])
+                            if e["kind"] == "agent_stopping"]
+                return _inferences(health) >= REQUESTS and bool(stopping)
+
+            _wait(arrived, 180, lambda: f"the reports of {session[:8]} (down {down_at:.1f}, up {up_at:.1f}); "
+                                        + _received(rec, node))
+            health = _reports(rec, node, "health")[session]
+            assert _inferences(health) == REQUESTS, health
+            assert _gapless(health), sorted(r["seq"] for r in health)
+            late = [r for r in health if down_at <= r["ts"] <= up_at]
+            assert late and sum(r["inferences"] for r in late) == REQUESTS, health
+            assert {r["model"]["version"] for r in health} == {"1.0"}, health
+        finally:
+            env.label((node,), app, None)
+
+
+def test_a_killed_agent_is_restarted_by_the_kubelet_and_no_report_is_lost(real_env: RealEnv) -> None:
+    """``kill -9`` of the agent's process while the broker is down: the reports it had spooled are
+    on the node's disk, and the process the kubelet starts again sends them with its own."""
+    env = real_env
+    node, app = REAL[0], "crash"
+    with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
+        try:
+            revision = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
+            env.label((node,), app, revision)
+            pod = env.wait_ready(app, revision, nodes=(node,))[node]
+            _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
+            (session,) = _reports(rec, node, "health")
+            agent = _agent_status(pod)
+
+            env.outage_broker.stop()
+            _send_requests(pod, REQUESTS)
+            served = time.time()
+            # kill only once the requests are in a report, or the kill takes them with the window
+            _wait(lambda: _spooled_health_after(app, node, served), 60, "a report made after the requests")
+            os.kill(_main_pid(agent["containerID"].split("://", 1)[1]), signal.SIGKILL)
+
+            def restarted() -> bool:
+                now = env.real_pods(app).get(node)
+                return (now is not None and now["metadata"]["uid"] == pod["metadata"]["uid"]
+                        and _agent_status(now)["restartCount"] > agent["restartCount"] and _ready(now))
+
+            _wait(restarted, 180, f"the kubelet to restart the agent on {node}")
+            env.outage_broker.start()
+
+            def arrived() -> bool:
+                sessions = _reports(rec, node, "health")
+                return (_inferences(sessions.get(session, [])) >= REQUESTS and len(sessions) == 2
+                        and all(_gapless(reports) for reports in sessions.values()))
+
+            _wait(arrived, 180, lambda: f"the reports of {session[:8]} and its successor; " + _received(rec, node))
+            sessions = _reports(rec, node, "health")
+            killed = sessions.pop(session)
+            (after,) = sessions.values()
+            assert _inferences(killed) == REQUESTS, killed
+            assert _gapless(killed), sorted(r["seq"] for r in killed)
+            # a kill, not a stop: the killed process never said goodbye
+            assert not [e for e in _reports(rec, node, "event").get(session, []) if e["kind"] == "agent_stopping"]
+            assert _gapless(after), sorted(r["seq"] for r in after)
+        finally:
+            env.label((node,), app, None)
+
+
+def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled_back(real_env: RealEnv) -> None:
+    """Follows the good rollout above (the group runs 1.0). The real node is the canary; its pod
+    for 3.0 verifies the signature, fails the golden probe and so never gets Ready; the push rolls
+    back and the node serves 1.0 again from a Ready pod."""
+    from edgekit.errors import RolledBackError
+
+    env = real_env
+    app, canary = "serve", REAL[0]
+    old, bad = revision_of(env.images["1.0"]), revision_of(env.images[BAD])
+    assert env.client.get(f"/api/v1/nodes/{canary}")["metadata"]["labels"].get(names.rollout_label(app)) == old
+    argv = ["push", f"{env.registry.host}/models/digits:{BAD}", "--group", GROUP, "--app", app,
+            "--waves", "1,100%", "--canary-selector", f"{names.HOSTNAME_LABEL}={canary}",
+            "--bake", "3s", "--wave-timeout", "45s", "--max-error-rate", "10%",
+            "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
+            "--broker", env.broker_url, "--insecure-registry", "--health-interval", "1", "--output", "json"]
+    full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "agent")]), **env.env())
+    with MqttRecorder(env.broker, f"{DEFAULT_ROOT}/{GROUP}/{canary}/event") as rec:
+        push = subprocess.Popen([sys.executable, "-m", "edgekit", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=full)
+        # the canary's pods of the bad revision, as the push goes: a rollback removes them
+        seen: dict[str, dict[str, Any]] = {}
+        while push.poll() is None:
+            pod = env.real_pods(app).get(canary)
+            if pod is not None and pod["metadata"]["labels"].get(names.REVISION_LABEL) == bad:
+                was = seen.get(pod["metadata"]["uid"], {})
+                seen[pod["metadata"]["uid"]] = {"status": pod["status"], "ever_ready": was.get("ever_ready")
+                                                or _ready(pod)}
+            time.sleep(1)
+        stdout, stderr = push.communicate()
+        failed = [e.json() for e in rec.snapshot() if e.json().get("kind") == "probe_failed"]
+    assert push.returncode == RolledBackError.exit_code, f"push -> exit {push.returncode}: {stderr[-3000:]}"
+    ro = EdgeRollout.from_json(json.loads(stdout))
+    assert ro.status.phase == "RolledBack", ro.status
+    assert ro.status.waves[0].nodes == [canary], ro.status.waves
+    assert seen and not any(p["ever_ready"] for p in seen.values()), seen
+    assert [e["model"]["version"] for e in failed if e["model"]] and {e["model"]["version"] for e in failed} == {BAD}
+    # back on 1.0: the canary and every other node of the group
+    nodes = env.client.list("/api/v1/nodes", label_selector=f"{names.GROUP_LABEL}={GROUP}")
+    assert {n["metadata"]["labels"].get(names.rollout_label(app)) for n in nodes} == {old}
+    pod = env.wait_ready(app, old, nodes=(canary,), timeout=120)[canary]
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits", timeout=10) as answer:
+        assert json.loads(answer.read())["versions"] == ["1.0"]
