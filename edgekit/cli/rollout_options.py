@@ -44,7 +44,7 @@ def _gate_option(entry: GateField) -> Callable[[Any], Any]:
 
 
 # Every strategy flag is None when not given (the default applies); auto-promote always has a value.
-_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "baseline_window", *(g.param for g in GATES))
+_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "canary_selector", "baseline_window", *(g.param for g in GATES))
 _STRATEGY_FLAGS = (*_VALUED_STRATEGY_FLAGS, "auto_promote")
 
 strategy_options = stacked(
@@ -53,6 +53,9 @@ strategy_options = stacked(
     click.option("--bake", default=None, metavar="DURATION", help="Time each wave runs before its gate [2m]."),
     click.option("--spread-by", default=None, metavar="LABEL",
                  help="Spread every wave over this node label, e.g. topology.kubernetes.io/zone."),
+    click.option("--canary-selector", default=None, metavar="SELECTOR",
+                 help="Move the nodes this label selector matches first, e.g. edgekit.io/canary=true: "
+                      "the canary wave is made of them."),
     *(_gate_option(g) for g in GATES),
     click.option("--auto-promote/--manual-promote", default=True, show_default=True,
                  help="Advance by itself when the gates pass, or wait for `edgekit rollout promote`."),
