@@ -72,12 +72,10 @@ trust_options = stacked(
                  help="Without a public key, roll out unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED]."),
 )
 
-image_options = stacked(
-    click.option("--target", type=click.Choice(list(TARGETS)), default=None,
-                 help="Platform profile of the group's nodes [k3s]."),
-    trust_options,
-    click.option("--require-digest", is_flag=True, default=None,
-                 help="Refuse a tag instead of resolving it once to its digest."),
+# What the engine renders into the agents' DaemonSets at every wave, from its own settings (not
+# from the EdgeRollout): every command that runs an engine (push, undo, resume, controller) takes
+# these, so a resumed rollout renders what the push rendered.
+agent_render_options = stacked(
     click.option("--insecure-registry", is_flag=True, default=None, help="Allow plain HTTP / unverified TLS."),
     click.option("--agent-image", default=None, help="Container image of edgekit-agent for the DaemonSets."),
     click.option("--agent-broker", default=None, metavar="URL", help="Broker URL the agents publish to."),
@@ -86,6 +84,15 @@ image_options = stacked(
     click.option("--model-source", type=click.Choice(["auto", "image-volume", "init-container"]), default=None,
                  help="How the model reaches the pods: auto picks image volumes where every node of the group "
                       "mounts them, else the init-container fetch [auto]."),
+)
+
+image_options = stacked(
+    click.option("--target", type=click.Choice(list(TARGETS)), default=None,
+                 help="Platform profile of the group's nodes [k3s]."),
+    trust_options,
+    click.option("--require-digest", is_flag=True, default=None,
+                 help="Refuse a tag instead of resolving it once to its digest."),
+    agent_render_options,
 )
 
 # What the rendered agents let through. The engine renders the DaemonSets (and the app's
