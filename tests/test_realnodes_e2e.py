@@ -149,6 +149,17 @@ class RealEnv:
                 pytest.fail(f"pod {pod['metadata']['name']} still there after {timeout:g}s: {left['status']}")
             time.sleep(0.5)
 
+    def follow_logs(self, pod: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path]:
+        """``kubectl logs -f`` of the pod's agent into a file: its words outlive the pod."""
+        from edgekit.rehearsal import gobuild
+
+        path = self.workdir / f"{pod['metadata']['name']}.log"
+        with path.open("wb") as out:
+            follow = subprocess.Popen([str(gobuild.binary("kubectl")), f"--kubeconfig={self.kubeconfig}", "-n",
+                                       names.DEFAULT_NAMESPACE, "logs", "-f", pod["metadata"]["name"], "-c", "agent"],
+                                      stdout=out, stderr=subprocess.STDOUT)
+        return follow, path
+
     def pod_logs(self, app: str) -> str:
         """The agents' own words, for a failure message."""
         from edgekit.rehearsal import gobuild
@@ -431,6 +442,7 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
     revision replaces it, adopts what it left and sends it once the broker is back."""
     env = real_env
     node, app = REAL[1], "outage"
+    follow: subprocess.Popen[bytes] | None = None
     with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
         try:
             old = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
@@ -439,6 +451,7 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
             _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
             (session,) = _reports(rec, node, "health")
 
+            follow, log_path = env.follow_logs(pod)
             env.outage_broker.stop()
             down_at = time.time()
             _send_requests(pod, REQUESTS)
@@ -456,7 +469,9 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
                 return _inferences(health) >= REQUESTS and bool(stopping)
 
             _wait(arrived, 180, lambda: f"the reports of {session[:8]} (down {down_at:.1f}, up {up_at:.1f}); "
-                                        + _received(rec, node))
+                                        + _received(rec, node) + "\nthe old agent's log:\n"
+                                        + log_path.read_text(errors="replace")[-3000:]
+                                        + "\nthe new one's:\n" + env.pod_logs(app))
             health = _reports(rec, node, "health")[session]
             assert _inferences(health) == REQUESTS, health
             assert _gapless(health), sorted(r["seq"] for r in health)
@@ -465,6 +480,9 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
             assert {r["model"]["version"] for r in health} == {"1.0"}, health
         finally:
             env.label((node,), app, None)
+            if follow is not None:
+                follow.kill()
+                follow.wait()
 
 
 def test_a_killed_agent_is_restarted_by_the_kubelet_and_no_report_is_lost(real_env: RealEnv) -> None:
