@@ -11,11 +11,14 @@ broker of the other tests never goes down.
 
 Node preparation: the spool is a hostPath ``/var/lib/edgekit/<app>/spool`` owned by the agent's
 uid (docs/kubernetes.md "Node preparation"). Real nodes of the dev cluster share the host's
-filesystem, so the set-up prepares it on the host, once per app, and removes it afterwards.
+filesystem, so the set-up prepares it on the host, once per app, and removes it afterwards. Each
+run names its apps with a suffix of its own, so that runs at the same time on one machine (same
+node names, same revisions) never share a spool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +56,12 @@ REAL = ("grp-real-01", "grp-real-02")
 AGENT_UID = 10001
 SPOOL_ROOT = Path("/var/lib/edgekit")
 BAD = "3.0"  # signed by the release key, with a golden probe no device passes
-APPS = ("serve", "byvolume", "byfetch", "outage", "crash")
+# The apps carry a suffix of their own per run: an app's spool is a host path
+# (/var/lib/edgekit/<app>/spool/<node>/<revision>), and two runs of this module on one machine have
+# the same node names and the same revisions, so their agents would share (and adopt) each
+# other's spools.
+RUN = uuid.uuid4().hex[:4]
+APPS = {name: f"{name}-{RUN}" for name in ("serve", "byvolume", "byfetch", "outage", "crash")}
 
 
 def host_address() -> str:
@@ -239,7 +248,7 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
         kubeconfig = state_dir / "kubeconfig"
         _ok(_edgekit("install", "--public-key", str(public), "--agent-repository", f"{registry.host}/edgekit-agent",
                      "--kubeconfig", str(kubeconfig)), "install")
-        for app in APPS:
+        for app in APPS.values():
             _prepare_spool(app)
         client = KubeClient.from_kubeconfig(kubeconfig)
         sim = Simulator(client, SimSettings(broker_url=broker.url, cache_dir=work / "sim-models", interval=1.0,
@@ -258,10 +267,11 @@ def real_env(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> It
         broker.stop()
         outage_broker.stop()
         registry.stop()
-        for app in APPS:
+        for app in APPS.values():
             shutil.rmtree(SPOOL_ROOT / app, ignore_errors=True)
-        if made_spool_root:
-            shutil.rmtree(SPOOL_ROOT, ignore_errors=True)
+        if made_spool_root:  # only when empty: another run may have its apps there by now
+            with contextlib.suppress(OSError):
+                SPOOL_ROOT.rmdir()
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -288,7 +298,7 @@ def _infer(pod_ip: str, model: str, batch: np.ndarray, input_name: str) -> dict[
 def test_each_model_source_reaches_ready_on_the_real_nodes(real_env: RealEnv, source: str) -> None:
     """Ready = the model verified against the release key and its golden probe passed."""
     env = real_env
-    app = {"image-volume": "byvolume", "init-container": "byfetch"}[source]
+    app = APPS[{"image-volume": "byvolume", "init-container": "byfetch"}[source]]
     image = env.images["2.0"]
     revision = revision_of(image)
     assert env.apply_revision(app, image, "--model-source", source) == revision
@@ -313,7 +323,7 @@ def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: Real
     from tests.fixtures.models import digits_inputs
 
     env = real_env
-    app, image = "serve", env.images["1.0"]
+    app, image = APPS["serve"], env.images["1.0"]
     argv = ["push", f"{env.registry.host}/models/digits:1.0", "--group", GROUP, "--app", app,
             "--waves", "1,100%", "--bake", "3s", "--wave-timeout", "120s", "--max-error-rate", "10%",
             "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
@@ -441,7 +451,7 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
     """The old pod serves and reports into its hostPath spool while the broker is down; the next
     revision replaces it, adopts what it left and sends it once the broker is back."""
     env = real_env
-    node, app = REAL[1], "outage"
+    node, app = REAL[1], APPS["outage"]
     follow: subprocess.Popen[bytes] | None = None
     with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
         try:
@@ -489,7 +499,7 @@ def test_a_killed_agent_is_restarted_by_the_kubelet_and_no_report_is_lost(real_e
     """``kill -9`` of the agent's process while the broker is down: the reports it had spooled are
     on the node's disk, and the process the kubelet starts again sends them with its own."""
     env = real_env
-    node, app = REAL[0], "crash"
+    node, app = REAL[0], APPS["crash"]
     with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
         try:
             revision = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
@@ -539,7 +549,7 @@ def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled
     from edgekit.errors import RolledBackError
 
     env = real_env
-    app, canary = "serve", REAL[0]
+    app, canary = APPS["serve"], REAL[0]
     old, bad = revision_of(env.images["1.0"]), revision_of(env.images[BAD])
     assert env.client.get(f"/api/v1/nodes/{canary}")["metadata"]["labels"].get(names.rollout_label(app)) == old
     argv = ["push", f"{env.registry.host}/models/digits:{BAD}", "--group", GROUP, "--app", app,
