@@ -357,3 +357,27 @@ def test_sigterm_while_offline_keeps_the_final_report(mqtt_broker_factory: Calla
     assert [k for k, _ in mine if k != "status"][-2:] == ["health", "event"]
     assert all(d["replayed"] for k, d in mine if k != "status")
     assert again.terminate() == 0
+
+
+def test_two_revisions_side_by_side_keep_their_own_connections(mqtt_broker: MosquittoBroker,
+                                                               mqtt_recorder: Recorder, agent_process: Start,
+                                                               digits_folder: Path, tmp_path: Path) -> None:
+    """While a wave replaces a pod, the old revision's agent (draining its spool) and the new one
+    run on the same node: neither may close the other's broker connection by connecting."""
+    dev = _name()
+    rec = mqtt_recorder(mqtt_broker, f"edgekit/v1/{GROUP}/{dev}/health")
+    for revision in ("rev-a", "rev-b"):
+        agent_process(_cfg(mqtt_broker.url, dev, digits_folder, spool_dir=str(tmp_path / "shared-spool"),
+                           spool_instance=revision), wait="ready", name=revision)
+
+    def both_reporting(msgs: list[Message]) -> bool:
+        sessions: dict[str, int] = {}
+        for m in msgs:
+            session = json.loads(m.payload)["session"]
+            sessions[session] = sessions.get(session, 0) + 1
+        return len(sessions) == 2 and min(sessions.values()) >= 10
+
+    rec.wait_for(both_reporting, timeout=30)
+    log = mqtt_broker.log_tail(4000)
+    assert f"edgekit-agent-{dev}" in log
+    assert not [line for line in log.splitlines() if dev in line and "already connected" in line]

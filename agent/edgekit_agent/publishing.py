@@ -69,6 +69,16 @@ def mark_replayed(payload: bytes) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
+def default_client_id(settings: AgentSettings) -> str:
+    """``edgekit-agent-<device>``, plus ``-<spool_instance>`` when the agent has one (the revision,
+    on Kubernetes). While a wave replaces a pod, the old revision's agent (still draining its spool)
+    and the new one run side by side on the node; with one id between them the broker would close
+    each one's connection whenever the other connected. An agent of the same revision that starts
+    again (a container restart) still takes its predecessor's stale connection over."""
+    base = f"edgekit-agent-{settings.device}"
+    return f"{base}-{settings.spool_instance}" if settings.spool_instance else base
+
+
 class MqttPublisher:
     """Sends spooled telemetry to one broker; see the module docstring."""
 
@@ -80,7 +90,7 @@ class MqttPublisher:
         self.spool = spool
         self._status = status  # state -> (topic, payload); called for birth, will and offline
         self._on_problem = on_problem
-        self.client_id = client_id or f"edgekit-agent-{settings.device}"
+        self.client_id = client_id or default_client_id(settings)
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max, rng)
         self.counters = PublisherCounters()
         self.state = "idle"
