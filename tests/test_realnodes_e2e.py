@@ -310,11 +310,14 @@ def test_each_model_source_reaches_ready_on_the_real_nodes(real_env: RealEnv, so
     else:
         assert "emptyDir" in model and spec["initContainers"][0]["name"] == "fetch-model"
     env.label(REAL, app, revision)
-    pods = env.wait_ready(app, revision)
-    for node, pod in pods.items():
-        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits/ready",
-                                    timeout=10) as answer:
-            assert answer.status == 200, node
+    try:
+        pods = env.wait_ready(app, revision)
+        for node, pod in pods.items():
+            with urllib.request.urlopen(f"http://{pod['status']['podIP']}:8080/v2/models/digits/ready",
+                                        timeout=10) as answer:
+                assert answer.status == 200, node
+    finally:
+        env.label(REAL, app, None)  # the real nodes' CPU and memory go to the tests after this one
 
 
 def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: RealEnv, digits_model: Path) -> None:
