@@ -144,3 +144,50 @@ def test_bad_input_and_no_device_have_their_own_exit_codes(rollout_env: RolloutE
     result = env.cli("bench", "--group", mixed.group, "--app", "no-such-app", "--timeout", "10", candidates["fp32"])
     assert result.returncode == 71 and "no device" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3
+
+
+def test_quantize_ranks_by_the_devices_and_flags_a_class_without_them(rollout_env: RolloutEnv,
+                                                                      release_key: ReleaseKey, digits_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """An arm64-only group: arm64's candidates are ranked by its devices; amd64 has no device there,
+    so its report says its latency is the build host's."""
+    env = rollout_env
+    group, app = env.kube.unique("benchArm").lower(), env.kube.unique("qz")
+    created = env.kube.add_nodes(FleetSpec(pools={group: 2}, arch={"arm64": 1.0}))
+    fleet = Fleet(env, group, app, sorted(created))
+    try:
+        fleet.deploy(env.images["1.0"])
+        out = tmp_path / "digits.onnx"
+        result = env.cli(
+            "quantize", str(digits_dir / "digits.onnx"), "-o", str(out),
+            "--calibration", str(digits_dir / "calib.npz"), "--eval", str(digits_dir / "eval.npz"),
+            "--labels", str(digits_dir / "eval_labels.txt"), "--max-drop", "1%", "--method", "static",
+            "--budget-time", "20s", "--platform", "linux/amd64,linux/arm64",
+            "--timing-group", group, "--app", app, "--timing-repo", f"{env.registry.host}/models/digits-timing",
+            "--sign-key", str(release_key.private), "--timing-runs", "10", "--timing-timeout", "120",
+            "--output", "json", env=env.env(EDGEKIT_KEY_PASSWORD=RELEASE_PASSWORD.decode()))
+        assert result.returncode == 0, result.stderr
+        reports = json.loads(result.stdout)
+        arm, amd = reports["linux/arm64"], reports["linux/amd64"]
+
+        assert arm["latency_source"]["source"] == "devices"
+        assert sorted(arm["latency_source"]["devices"]) == sorted(fleet.nodes)
+        timed = [c for c in arm["candidates"] if c["latency_source"] == "devices"]
+        assert timed, arm["candidates"]
+        for c in timed:
+            d = c["device_latency"]
+            assert d["platform"] == "linux/arm64" and d["n"] == 10 * len(d["devices"]) and d["ratio"] > 0
+        # the build is the timed candidate fastest on the devices (when faster than FP32 there)
+        best = min(timed, key=lambda c: c["device_latency"]["ratio"])
+        if best["device_latency"]["ratio"] < 1:
+            assert arm["chosen"] == best["name"] and "device(s) of the group" in arm["reason"]
+        else:
+            assert arm["chosen"] == "fp32"
+        on_disk = json.loads(out.with_name("digits.linux-arm64.onnx.report.json").read_text())
+        assert on_disk["chosen"] == arm["chosen"] and on_disk["latency_source"]["source"] == "devices"
+
+        assert amd["latency_source"]["source"] == "build host"
+        assert "no device of linux/amd64" in amd["latency_source"]["why"]
+        assert all(c["latency_source"] != "devices" for c in amd["candidates"])
+    finally:
+        fleet.cleanup()

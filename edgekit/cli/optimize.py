@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -441,6 +442,23 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option("--scale", default=1 / 255, show_default="1/255", type=float, help="Images: pixel multiplier.")
 @click.option("--mean", default="0", show_default=True, help="Images: per-channel mean, after scaling.")
 @click.option("--std", default="1", show_default=True, help="Images: per-channel std, after scaling.")
+@click.option("--timing-group", metavar="GROUP",
+              help="Rank the candidates inside the budget by what devices of this group measure (with --app, "
+                   "--timing-repo, --sign-key and the broker flags).")
+@click.option("--app", help="With --timing-group: the app whose agents time the candidates.")
+@click.option("--timing-repo", metavar="REGISTRY/REPO",
+              help="With --timing-group: where the candidates are pushed, on the registry the agents fetch from.")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --timing-group: the release key the agents trust (password: EDGEKIT_KEY_PASSWORD).")
+@click.option("--timing-devices", default=2, show_default=True, type=click.IntRange(1, 50),
+              help="With --timing-group: devices asked per device class.")
+@click.option("--timing-runs", default=30, show_default=True, type=click.IntRange(1, 200),
+              help="With --timing-group: timed runs per model on each device.")
+@click.option("--timing-timeout", default=180.0, show_default=True, type=click.FloatRange(5, 3600),
+              help="With --timing-group: seconds to wait for the devices, per platform.")
+@click.option("--insecure-registry", is_flag=True, default=None,
+              help="With --timing-group: plain HTTP / no TLS verification to --timing-repo (local registries).")
+@device_broker_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @output_option
 def quantize_cmd(
@@ -469,8 +487,17 @@ def quantize_cmd(
     scale: float,
     mean: str,
     std: str,
+    timing_group: str | None,
+    app: str | None,
+    timing_repo: str | None,
+    sign_key: Path | None,
+    timing_devices: int,
+    timing_runs: int,
+    timing_timeout: float,
+    insecure_registry: bool | None,
     quiet: bool,
     output: str,
+    **broker: Any,
 ) -> None:
     """Quantize to INT8: the fastest model inside an accuracy budget, or FP32 with the reason.
 
@@ -498,6 +525,14 @@ def quantize_cmd(
     candidates are checked for fidelity here but not timed, and its build is the first in its
     family's order inside the budget (the report says its latency was not measured there).
     --budget-time applies to each platform.
+
+    \b
+    --timing-group G --app A ranks by the devices instead: each platform's candidates inside
+    the budget (3 at most, with the FP32 build) are packaged, pushed to --timing-repo, signed
+    with --sign-key and timed on --timing-devices devices of that class in G, beside the model
+    they run (as `edgekit bench --group`); the build is the fastest there, if faster than FP32
+    there. A platform with no device in G keeps the build host's figures, and the report says
+    so: `latency_source` records where each figure was measured.
 
     \b
     Examples:
@@ -547,12 +582,21 @@ def quantize_cmd(
         ),
         mixed_precision=not no_mixed_precision,
     )
+    if platforms is not None and (activation_type is not None or reduce_range is not None):
+        raise ConfigError("--platform picks the activation type and reduce-range per CPU family",
+                          field="--activation-type" if activation_type is not None else "--reduce-range",
+                          hint="drop it, or quantize without --platform")
+    timing = _timing_settings(timing_group, app, timing_repo, sign_key, timing_devices, timing_runs,
+                              timing_timeout, insecure_registry, broker)
+    if timing is not None:
+        with tempfile.TemporaryDirectory(prefix="edgekit-candidates-") as kept:
+            from dataclasses import replace
+
+            _quantize_on_devices(model, out, replace(settings, keep_candidates=Path(kept)), platforms, timing,
+                                 quiet=quiet, output=output)
+        return
     if platforms is not None:
         targets = parse_target_platforms(platforms)
-        if activation_type is not None or reduce_range is not None:
-            raise ConfigError("--platform picks the activation type and reduce-range per CPU family",
-                              field="--activation-type" if activation_type is not None else "--reduce-range",
-                              hint="drop it, or quantize without --platform")
         with _CliProgress(enabled=not quiet and output != "json") as progress:
             reports = quantize_for_platforms(model, out, targets, settings, progress)
         if output == "json":
@@ -570,6 +614,59 @@ def quantize_cmd(
         emit_json(report.to_dict())
         return
     _print_report(report)
+
+
+def _timing_settings(group: str | None, app: str | None, repo: str | None, sign_key: Path | None, devices: int,
+                     runs: int, timeout: float, insecure: bool | None, broker: dict[str, Any]) -> Any:
+    if group is None:
+        for flag, value in (("--app", app), ("--timing-repo", repo), ("--sign-key", sign_key)):
+            if value is not None:
+                raise ConfigError("goes with --timing-group", field=flag)
+        return None
+    for flag, value in (("--app", app), ("--timing-repo", repo), ("--sign-key", sign_key)):
+        if value is None:
+            raise ConfigError("--timing-group needs it", field=flag)
+    from edgekit.image.options import load_registry_settings
+    from edgekit.image.signing import load_private_key, password_from_env
+    from edgekit.rollout.devicetiming import DeviceTimingSettings, check_repository
+
+    assert app is not None and repo is not None and sign_key is not None
+    return DeviceTimingSettings(
+        group=group, app=app, repository=check_repository(repo),
+        sign_key=load_private_key(sign_key, password_from_env()), fleet=_fleet_settings(broker),
+        registry=load_registry_settings(insecure=insecure).to_options(), per_class=devices, runs=runs,
+        timeout=timeout)
+
+
+def _quantize_on_devices(model: Path, out: Path, settings: Any, platforms: str | None, timing: Any, *,
+                         quiet: bool, output: str) -> None:
+    from edgekit_agent.oci.fetching import current_platform
+
+    from edgekit.optimize.platforms import parse_target_platforms
+    from edgekit.optimize.quantizing import quantize, quantize_for_platforms
+    from edgekit.rollout.devicetiming import time_on_devices
+
+    with _CliProgress(enabled=not quiet and output != "json") as progress:
+        if platforms is not None:
+            reports = quantize_for_platforms(model, out, parse_target_platforms(platforms), settings, progress)
+        else:
+            report = quantize(model, out, settings, progress)
+            reports = {report.platform or current_platform(): report}
+        reports = time_on_devices(model, reports, timing, progress.stage)
+    if output == "json":
+        emit_json({plat: r.to_dict() for plat, r in reports.items()} if platforms is not None
+                  else next(iter(reports.values())).to_dict())
+        return
+    for plat, report in reports.items():
+        console().print(f"[bold]{escape(plat)}[/]")
+        _print_report(report)
+        source = report.device_timing or {}
+        line = f"latency: {source.get('source')}"
+        if source.get("devices"):
+            line += f" ({', '.join(source['devices'])} of {source.get('group')})"
+        if source.get("source") != "devices":
+            console(stderr=True).print(f"[bold yellow]{escape(plat)}:[/] {escape(str(source.get('why')))}")
+        console().print(escape(line))
 
 
 def _print_report(report: QuantizeReport) -> None:

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BenchDevice", "BenchSummary", "ClassFigure", "Refusal", "classes_without_devices", "pick_devices",
+__all__ = ["BenchDevice", "BenchSummary", "ClassFigure", "Refusal", "RelativeFigure", "classes_without_devices",
+           "pick_devices", "relative_to",
            "summarize"]
 
 UNKNOWN_PLATFORM = "unknown"
@@ -150,4 +151,47 @@ def summarize(asked: Sequence[BenchDevice], answers: Mapping[str, Mapping[str, A
             devices=[d for d, _, _ in rows],
             ratio_spread=(min(ratios), max(ratios)) if ratios else None))
     out.without_devices = classes_without_devices(expected_platforms, answered_classes)
+    return out
+
+
+@dataclass(frozen=True)
+class RelativeFigure:
+    """A candidate against a reference candidate timed in the same rounds on the same devices."""
+
+    image: str
+    ratio: float           # median over devices of (candidate median / reference median)
+    median_ms: float       # median over devices of the candidate's median
+    n: int                 # the candidate's timed runs, all devices
+    devices: list[str]
+    ratio_min: float
+    ratio_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "median_ms": self.median_ms, "n": self.n, "devices": self.devices,
+                "ratio_min": self.ratio_min, "ratio_max": self.ratio_max}
+
+
+def relative_to(answers: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, RelativeFigure]:
+    """Pure: each candidate's figures against ``reference`` (e.g. the FP32 build sent with them),
+    from the ``done`` answers where both were timed."""
+    rows: dict[str, list[tuple[str, float, float, int]]] = {}
+    for device, answer in sorted(answers.items()):
+        if answer.get("state") != "done":
+            continue
+        entries = {str(e.get("image")): e for e in answer.get("candidates") or [] if e.get("status") == "ok"}
+        ref = entries.get(reference)
+        if ref is None or not ref.get("median_ms"):
+            continue
+        for image, e in entries.items():
+            if image == reference or e.get("median_ms") is None:
+                continue
+            rows.setdefault(image, []).append((device, float(e["median_ms"]) / float(ref["median_ms"]),
+                                               float(e["median_ms"]), int(e.get("n") or 0)))
+    out: dict[str, RelativeFigure] = {}
+    for image, found in rows.items():
+        ratios = [r for _, r, _, _ in found]
+        out[image] = RelativeFigure(image, round(statistics.median(ratios), 4),
+                                    round(statistics.median(m for _, _, m, _ in found), 4),
+                                    sum(n for _, _, _, n in found), [d for d, _, _, _ in found],
+                                    round(min(ratios), 4), round(max(ratios), 4))
     return out
