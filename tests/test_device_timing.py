@@ -161,4 +161,4 @@ def test_the_cli_side_refuses_unpinned_or_too_many_candidates() -> None:
         check_candidates([f"{REG}/models/digits:1.0"])
     with pytest.raises(BenchInputError, match="at most 4"):
         check_candidates([_img(n) for n in range(1, 6)])
-    assert BenchInputError.exit_code == 74
+    assert BenchInputError.exit_code == 99

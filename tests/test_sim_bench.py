@@ -131,7 +131,7 @@ def test_the_agents_refuse_unsigned_and_foreign_signed_candidates(rollout_env: R
 
     result = env.cli("bench", "--group", mixed.group, "--app", mixed.app, "--devices", "1", "--runs", "5",
                      "--timeout", "90", candidates["unsigned"])
-    assert result.returncode == 73, result.stderr
+    assert result.returncode == 98, result.stderr
     assert "SignatureMissingError" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -140,9 +140,9 @@ def test_bad_input_and_no_device_have_their_own_exit_codes(rollout_env: RolloutE
     env = rollout_env
     unpinned = candidates["fp32"].split("@")[0] + ":fp32"
     result = env.cli("bench", "--group", mixed.group, "--app", mixed.app, unpinned)
-    assert result.returncode == 74 and "not pinned by digest" in result.stderr
+    assert result.returncode == 99 and "not pinned by digest" in result.stderr
     result = env.cli("bench", "--group", mixed.group, "--app", "no-such-app", "--timeout", "10", candidates["fp32"])
-    assert result.returncode == 71 and "no device" in result.stderr
+    assert result.returncode == 96 and "no device" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3
 
 
