@@ -41,6 +41,8 @@ def test_a_request_within_the_bounds_is_taken_and_matches_its_schema() -> None:
     jsonschema.validate(json.loads(payload), load_schema("bench_request"))
     req = parse_bench_request(payload, _settings())
     assert req.candidates == (_img(1), _img(2)) and req.runs == 20 and req.warmup == 0 and req.max_seconds == 30
+    # a longer deadline than the agent allows is cut to its own bound
+    assert parse_bench_request(_req(max_seconds=10_000), _settings()).max_seconds == 120
 
 
 @pytest.mark.parametrize(("payload", "words"), [
@@ -56,7 +58,8 @@ def test_a_request_within_the_bounds_is_taken_and_matches_its_schema() -> None:
     (_req(runs=10_000), "runs:"),
     (_req(runs=True), "runs:"),
     (_req(warmup=-1), "warmup:"),
-    (_req(max_seconds=10_000), "max_seconds:"),
+    (_req(max_seconds=-1), "max_seconds:"),
+    (_req(max_seconds="soon"), "max_seconds:"),
     (_req(reply_to="x/y"), "unknown field"),
     (b"{" + b" " * 20000 + b"}", "at most 16384"),
 ])

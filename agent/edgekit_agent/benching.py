@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -119,9 +120,11 @@ def parse_bench_request(payload: bytes, settings: AgentSettings) -> BenchRequest
     warmup = _int(data, "warmup", DEFAULT_WARMUP, 0, MAX_WARMUP)
     max_seconds = data.get("max_seconds")
     if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, int | float)
-                                    or not 0 < max_seconds <= settings.bench_max_seconds):
-        raise BenchRequestError(f"max_seconds: a number in (0, {settings.bench_max_seconds:g}]")
-    return BenchRequest(rid, tuple(candidates), runs, warmup, float(max_seconds) if max_seconds else None)
+                                    or not 0 < max_seconds < math.inf):
+        raise BenchRequestError("max_seconds: a positive number")
+    # the requester's deadline, within the agent's own bound (which always applies)
+    limit = min(float(max_seconds), settings.bench_max_seconds) if max_seconds else None
+    return BenchRequest(rid, tuple(candidates), runs, warmup, limit)
 
 
 def _int(data: Mapping[str, Any], name: str, default: int, low: int, high: int) -> int:
