@@ -5,6 +5,7 @@ candidates from the real registry, verified with the release key like a model th
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -189,5 +190,9 @@ def test_quantize_ranks_by_the_devices_and_flags_a_class_without_them(rollout_en
         assert amd["latency_source"]["source"] == "build host"
         assert "no device of linux/amd64" in amd["latency_source"]["why"]
         assert all(c["latency_source"] != "devices" for c in amd["candidates"])
+        # nothing was pushed for the class without devices
+        with urllib.request.urlopen(f"http://{env.registry.host}/v2/models/digits-timing/tags/list") as answer:
+            tags = [t for t in json.load(answer)["tags"] if not t.endswith(".sig")]  # cosign's signature tags
+        assert tags and all(t.startswith("timing-linux-arm64-") for t in tags), tags
     finally:
         fleet.cleanup()

@@ -45,7 +45,7 @@ from edgekit.errors import (
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.timing import BenchDevice, BenchSummary, pick_devices, summarize
 
-__all__ = ["GroupBench", "bench_group", "check_candidates", "raise_for_summary"]
+__all__ = ["GroupBench", "bench_group", "check_candidates", "discover_classes", "raise_for_summary"]
 
 log = logging.getLogger("edgekit.fleet.bench")
 FINAL = frozenset({"done", "failed", "busy", "rejected"})
@@ -127,6 +127,28 @@ class _Listener:
             self.results.put(data)
 
 
+def _read_statuses(client: mqtt.Client, listener: _Listener, discover_s: float) -> dict[str, dict[str, Any]]:
+    listener.subscribed.wait(10)
+    # retained statuses arrive at once after the SUBACK; a short quiet spell means all are in
+    deadline = time.monotonic() + discover_s
+    while time.monotonic() < deadline and time.monotonic() - listener.last_status < 0.5:
+        time.sleep(0.05)
+    return dict(listener.statuses)
+
+
+def discover_classes(settings: FleetSettings, *, group: str, app: str, discover_s: float = 5.0) -> dict[str, int]:
+    """The device classes of the group that answer benches for ``app`` now: platform -> devices."""
+    listener = _Listener(settings.topic_root, group)
+    client, _url = _connect(settings, listener)
+    try:
+        client.subscribe(f"{settings.topic_root.rstrip('/')}/{group}/+/status", 1)
+        statuses = _read_statuses(client, listener, discover_s)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return {plat: len(devices) for plat, devices in pick_devices(statuses, app, 1_000_000).items()}
+
+
 def bench_group(settings: FleetSettings, *, group: str, app: str, candidates: Sequence[str], per_class: int = 2,
                 runs: int = 50, warmup: int = 5, timeout: float = 120.0, discover_s: float = 5.0,
                 expected_platforms: Sequence[str] = (), classes: Sequence[str] | None = None,
@@ -149,12 +171,7 @@ def bench_group(settings: FleetSettings, *, group: str, app: str, candidates: Se
     try:
         client.subscribe([(f"{root.rstrip('/')}/{group}/+/status", 1),
                           (bench_result_subscription(root, group, app), 1)])
-        listener.subscribed.wait(10)
-        # retained statuses arrive at once after the SUBACK; a short quiet spell means all are in
-        deadline = time.monotonic() + discover_s
-        while time.monotonic() < deadline and time.monotonic() - listener.last_status < 0.5:
-            time.sleep(0.05)
-        statuses = dict(listener.statuses)
+        statuses = _read_statuses(client, listener, discover_s)
         chosen = {plat: devs for plat, devs in pick_devices(statuses, app, per_class).items()
                   if classes is None or plat in classes}
         asked = [d for devices in chosen.values() for d in devices]

@@ -14,7 +14,8 @@ After the search (``quantizing``), for each platform built:
    FP32 on the devices), else FP32 is kept; the report records, for each figure, where it was
    measured (``latency_source``: devices, build host, not measured).
 
-A platform with no device of its class in the group keeps the search's choice, and its report
+The classes present are read from the agents' retained statuses before anything is pushed. A
+platform with no device of its class in the group gets nothing pushed, keeps the search's choice, and its report
 says so: its latency is the build host's (or, for a platform this host is not, not measured).
 
 It lives in the rollout layer because it joins three below it: the quantize search (optimize),
@@ -35,7 +36,7 @@ from edgekit_agent.oci.reference import parse_reference
 from edgekit_agent.oci.registry import RegistryOptions
 
 from edgekit.errors import ConfigError, NoBenchDeviceError
-from edgekit.fleet.benching import bench_group
+from edgekit.fleet.benching import bench_group, discover_classes
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.timing import RelativeFigure, relative_to
 from edgekit.image.building import PackageSettings, package
@@ -95,8 +96,14 @@ def time_on_devices(model: Path, reports: dict[str, QuantizeReport], settings: D
     say = progress or (lambda _text: None)
     check_repository(settings.repository)
     host = current_platform()
+    # known before anything is pushed: a class without devices is not packaged for nothing
+    present = discover_classes(settings.fleet, group=settings.group, app=settings.app)
     for plat, report in reports.items():
         chosen_before = report.chosen_result
+        if plat not in present:
+            report.device_timing = _source(plat, host, settings, f"no device of {plat} in group {settings.group}")
+            say(f"{plat}: " + report.device_timing["why"])
+            continue
         kept = [r for r in report.candidates if r.verdict in IN_BUDGET and r.path is not None and r.path.exists()]
         kept.sort(key=lambda r: (r.latency_ratio is None, r.latency_ratio or 0.0))
         kept = kept[:settings.max_candidates]
