@@ -103,10 +103,12 @@ def test_two_candidates_are_timed_on_each_device_class(rollout_env: RolloutEnv, 
         assert 0.4 < figures[(plat, candidates["fp32"])]["ratio"] < 2.5
     assert data["without_devices"] == [] and data["refusals"] == []
 
+    # a device class the result must cover but the group lacks is named, the others are timed
     table = env.cli("bench", "--group", mixed.group, "--app", mixed.app, "--devices", "1", "--runs", "5",
-                    "--timeout", "90", candidates["fp32"])
+                    "--timeout", "90", "--platform", "linux/amd64,linux/arm64,linux/riscv64", candidates["fp32"])
     assert table.returncode == 0, table.stderr
     assert "linux/amd64" in table.stdout and "linux/arm64" in table.stdout and "ratio" in table.stdout
+    assert "no device of linux/riscv64" in table.stderr and "linux/amd64 in group" not in table.stderr
 
 
 def test_the_agents_refuse_unsigned_and_foreign_signed_candidates(rollout_env: RolloutEnv, mixed: Fleet,
