@@ -165,3 +165,9 @@ def test_the_cli_side_refuses_unpinned_or_too_many_candidates() -> None:
     with pytest.raises(BenchInputError, match="at most 4"):
         check_candidates([_img(n) for n in range(1, 6)])
     assert BenchInputError.exit_code == 99
+
+
+def test_candidates_are_fetched_under_the_spool_not_the_small_tmp() -> None:
+    s = AgentSettings(device="d1", spool_dir="/var/lib/edgekit-agent/spool")
+    assert s.bench_path == "/var/lib/edgekit-agent/spool/bench"
+    assert AgentSettings(device="d1", bench_dir="/data/bench").bench_path == "/data/bench"

@@ -230,7 +230,11 @@ class DeviceBench:
                                    providers=s.execution_providers, intra_op_threads=1)
         timed = [_Timed("running", reference.session.run, reference.output_names, [])]
         entries: list[dict[str, Any]] = []
-        scratch = Path(tempfile.mkdtemp(prefix="edgekit-bench-"))
+        base = Path(s.bench_path)
+        base.mkdir(parents=True, exist_ok=True)
+        for left in base.glob("run-*"):  # what a bench cut short by a crash left behind (only ours)
+            shutil.rmtree(left, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix="run-", dir=base))
         try:
             for i, image in enumerate(request.candidates):
                 entry: dict[str, Any] = {"image": image, "digest": image.rsplit("@", 1)[-1]}

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -65,6 +66,9 @@ class AgentSettings(MqttSettings):
     bench_max_runs: int = 200        # timed runs per model
     bench_max_seconds: float = 120.0  # wall time of one bench, fetches included
     bench_max_model_bytes: int = 256 << 20  # per candidate model file
+    # where candidates are fetched while timed (emptied before and after each bench); a relative path
+    # is under the spool path: the pod's /tmp is a small emptyDir, the spool a hostPath of its own
+    bench_dir: str = "bench"
     # telemetry (and the MQTT client fields of MqttSettings)
     broker_url: str | None = None
     topic_root: str = DEFAULT_ROOT
@@ -209,6 +213,16 @@ class AgentSettings(MqttSettings):
         if os.path.isabs(self.shadow_model_dir) or self.spool_path is None:
             return self.shadow_model_dir
         return os.path.join(self.spool_path, self.shadow_model_dir)
+
+    @property
+    def bench_path(self) -> str:
+        """``bench_dir``; a relative one under the spool path, or the system's temporary directory
+        when the agent has no spool directory (a memory spool: the simulator)."""
+        if os.path.isabs(self.bench_dir):
+            return self.bench_dir
+        if self.spool_path is None:
+            return os.path.join(tempfile.gettempdir(), f"edgekit-bench-{self.device}", self.bench_dir)
+        return os.path.join(self.spool_path, self.bench_dir)
 
     def registry_options(self) -> Any:
         """``RegistryOptions`` for fetching ``image`` (and verifying its signature)."""
