@@ -171,3 +171,29 @@ def test_candidates_are_fetched_under_the_spool_not_the_small_tmp() -> None:
     s = AgentSettings(device="d1", spool_dir="/var/lib/edgekit-agent/spool")
     assert s.bench_path == "/var/lib/edgekit-agent/spool/bench"
     assert AgentSettings(device="d1", bench_dir="/data/bench").bench_path == "/data/bench"
+
+
+@pytest.mark.mqtt
+@pytest.mark.registry
+def test_the_agent_process_times_a_candidate_under_its_spool(mqtt_broker: Any, agent_process: Any,
+                                                             model_images: dict[str, str], release_key: Any,
+                                                             tmp_path: Path) -> None:
+    """``edgekit-agent serve`` itself (not the simulator): fetches the signed image it serves, answers a
+    bench over the broker, fetches the candidate under its spool and leaves nothing there."""
+    from edgekit.fleet.benching import bench_group
+    from edgekit.fleet.settings import load_fleet_settings
+
+    spool = tmp_path / "spool"
+    agent_process({"device": "bench-dev-1", "group": "benchproc", "app": "digits", "image": model_images["1.0"],
+                   "model_dir": str(tmp_path / "model"), "public_key": str(release_key.public),
+                   "registry_insecure": True, "broker_url": mqtt_broker.url, "spool_dir": str(spool)},
+                  wait="ready")
+    settings = load_fleet_settings(None, overrides={"brokers": (mqtt_broker.url,)})
+    bench = bench_group(settings, group="benchproc", app="digits", candidates=[model_images["2.0"]], runs=8,
+                        timeout=90)
+    (answer,) = bench.answers.values()
+    jsonschema.validate(answer, load_schema("bench_result"))
+    (cand,) = answer["candidates"]
+    assert answer["state"] == "done" and cand["status"] == "ok" and cand["version"] == "2.0" and cand["n"] == 8
+    assert answer["running"]["version"] == "1.0" and answer["running"]["n"] == 8
+    assert (spool / "bench").is_dir() and not any((spool / "bench").iterdir())
