@@ -37,11 +37,26 @@ def _push(env: RolloutEnv, layout: Path, name: str, tag: str, key: Any = None) -
     return image
 
 
+def _replay_signature(env: RolloutEnv, repo: str, signed: str, unsigned: str) -> None:
+    """Tamper: put the release-key signature of ``signed`` where the signature of ``unsigned`` goes."""
+    def tag(image: str) -> str:
+        return image.rsplit("@", 1)[1].replace(":", "-") + ".sig"
+
+    base = f"http://{env.registry.host}/v2/{repo}/manifests/"
+    accept = "application/vnd.oci.image.manifest.v1+json"
+    with urllib.request.urlopen(urllib.request.Request(base + tag(signed), headers={"Accept": accept})) as got:
+        manifest, media_type = got.read(), got.headers["Content-Type"]
+    put = urllib.request.Request(base + tag(unsigned), data=manifest, method="PUT",
+                                 headers={"Content-Type": media_type})
+    with urllib.request.urlopen(put) as answer:
+        assert answer.status == 201
+
+
 @pytest.fixture(scope="module")
 def candidates(rollout_env: RolloutEnv, release_key: ReleaseKey, digits_model: Path,
                tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """int8: a build per class (signed); fp32: the served network again (signed); unsigned; other_key:
-    signed by a key the devices do not trust."""
+    """int8: a build per class (signed); fp32: the served network again (signed); unsigned; replayed:
+    unsigned but given fp32's signature (tampered); other_key: signed by a key the devices do not trust."""
     env, tmp = rollout_env, tmp_path_factory.mktemp("bench-candidates")
     release = load_private_key(release_key.private, RELEASE_PASSWORD)
     builds = {"linux/amd64": _quantize(tmp / "d.linux-amd64.onnx", activation="u8", reduce_range=True,
@@ -57,6 +72,10 @@ def candidates(rollout_env: RolloutEnv, release_key: ReleaseKey, digits_model: P
     package(digits_model, PackageSettings(name="digits", version="8.0-unsigned", created=FIXED_CREATED),
             tmp / "unsigned")
     out["unsigned"] = _push(env, tmp / "unsigned", "digits-bench", "unsigned")
+    package(digits_model, PackageSettings(name="digits", version="8.0-replayed", created=FIXED_CREATED),
+            tmp / "replayed")
+    out["replayed"] = _push(env, tmp / "replayed", "digits-bench", "replayed")
+    _replay_signature(env, "models/digits-bench", out["fp32"], out["replayed"])
     other, _ = write_keypair(tmp / "other", b"other")
     package(digits_model, PackageSettings(name="digits", version="8.0-other", created=FIXED_CREATED), tmp / "other")
     out["other_key"] = _push(env, tmp / "other", "digits-bench", "other", load_private_key(other, b"other"))
@@ -116,7 +135,8 @@ def test_the_agents_refuse_unsigned_and_foreign_signed_candidates(rollout_env: R
     env = rollout_env
     settings = load_fleet_settings(None, overrides={"brokers": (env.broker.url,)})
     bench = bench_group(settings, group=mixed.group, app=mixed.app, per_class=2, runs=5, timeout=90,
-                        candidates=[candidates["unsigned"], candidates["other_key"], candidates["fp32"]])
+                        candidates=[candidates["unsigned"], candidates["other_key"], candidates["replayed"],
+                                    candidates["fp32"]])
     assert len(bench.asked) == 4
     schema = load_schema("bench_result")
     for answer in bench.answers.values():
@@ -128,6 +148,8 @@ def test_the_agents_refuse_unsigned_and_foreign_signed_candidates(rollout_env: R
         assert status[candidates["other_key"]]["status"] == "refused"
         assert status[candidates["other_key"]]["error"] == "SignatureInvalidError"
         assert "n" not in status[candidates["other_key"]]  # never timed
+        assert status[candidates["replayed"]]["status"] == "refused"
+        assert status[candidates["replayed"]]["error"] == "SignatureInvalidError"
         assert status[candidates["fp32"]]["status"] == "ok"
     # the refused ones were never loaded beside the served model: every device still serves 1.0
     assert all(env.sim.slots[n].device.core.model.meta.version == "1.0" for n in mixed.nodes)
