@@ -197,3 +197,13 @@ def test_the_agent_process_times_a_candidate_under_its_spool(mqtt_broker: Any, a
     assert answer["state"] == "done" and cand["status"] == "ok" and cand["version"] == "2.0" and cand["n"] == 8
     assert answer["running"]["version"] == "1.0" and answer["running"]["n"] == 8
     assert (spool / "bench").is_dir() and not any((spool / "bench").iterdir())
+
+
+def test_a_flood_of_bad_requests_gets_a_bounded_number_of_answers() -> None:
+    from edgekit_agent.benching import DeviceBench
+
+    sent: list[dict[str, Any]] = []
+    bench = DeviceBench(_settings(), served=lambda: None, publish=sent.append)
+    states = [bench.submit(b"not json") for _ in range(50)]
+    assert states.count("rejected") == 10 and states.count("ignored") == 40
+    assert len(sent) == 10 and bench.unanswered == 40

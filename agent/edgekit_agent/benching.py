@@ -14,6 +14,8 @@ A request comes from whoever may publish on the topic, so it is treated as hosti
 - at most ``bench_max_candidates`` candidates of at most ``bench_max_model_bytes`` each, at most
   ``bench_max_runs`` timed runs per model, at most ``bench_max_seconds`` of wall time in all (a bench
   cut short says so: ``truncated``); one bench at a time (another request meanwhile: ``busy``);
+  refused and busy requests get at most 10 answers a minute, then none (a flood cannot fill the
+  spool);
 - its CPU is bounded: one worker thread at a lowered priority (nice +10 where the OS lets it),
   onnxruntime sessions of one intra-op thread, models run one after another, and after each timed
   run the worker sleeps so that its busy time stays within ``bench_cpu_budget`` of one core
@@ -60,6 +62,7 @@ MAX_WARMUP = 20
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NICE = 10
+_REFUSALS_PER_MINUTE = 10  # answers to refused or busy requests; past it they go unanswered
 
 Run = Callable[[Sequence[str] | None, Mapping[str, Any]], list[Any]]
 
@@ -176,28 +179,40 @@ class DeviceBench:
         self._busy = threading.Lock()
         self._thread: threading.Thread | None = None
         self.completed = 0
+        self.unanswered = 0
+        self._refusals: list[float] = []
 
     @property
     def busy(self) -> bool:
         return self._busy.locked()
 
     def submit(self, payload: bytes) -> str:
-        """Take a request from the broker (never blocks): ``running``, ``busy`` or ``rejected``."""
+        """Take a request from the broker (never blocks): ``running``, ``busy`` or ``rejected``
+        (``ignored`` past ``_REFUSALS_PER_MINUTE`` refusals: a flood of requests gets no answers,
+        so it cannot fill the spool)."""
         try:
             request = parse_bench_request(payload, self.settings)
         except BenchRequestError as exc:
-            rid = _request_id(payload)
             log.warning("bench request refused: %s", exc)
-            self.publish({"id": rid, "state": "rejected", "detail": str(exc)[:1000]})
-            return "rejected"
+            return self._refuse({"id": _request_id(payload), "state": "rejected", "detail": str(exc)[:1000]})
         if not self._busy.acquire(blocking=False):
-            self.publish({"id": request.id, "state": "busy", "detail": "another bench is running on this device"})
-            return "busy"
+            return self._refuse({"id": request.id, "state": "busy",
+                                 "detail": "another bench is running on this device"})
         self.publish({"id": request.id, "state": "running", "candidates": list(request.candidates),
                       "runs": request.runs})
         self._thread = threading.Thread(target=self._work, args=(request,), name="bench", daemon=True)
         self._thread.start()
         return "running"
+
+    def _refuse(self, answer: dict[str, Any]) -> str:
+        now = time.monotonic()
+        self._refusals = [t for t in self._refusals if now - t < 60.0]
+        if len(self._refusals) >= _REFUSALS_PER_MINUTE:
+            self.unanswered += 1
+            return "ignored"
+        self._refusals.append(now)
+        self.publish(answer)
+        return str(answer["state"])
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:

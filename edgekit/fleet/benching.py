@@ -66,7 +66,7 @@ class GroupBench:
     def to_dict(self) -> dict[str, Any]:
         return {"group": self.group, "app": self.app, "candidates": self.candidates, "request": self.request_id,
                 "asked": [{"device": d.device, "platform": d.platform} for d in self.asked],
-                "devices_seen": self.seen, **self.summary.to_dict()}
+                "devices_seen": self.seen, **self.summary.to_dict(), "answers": self.answers}
 
 
 def check_candidates(candidates: Sequence[str], *, limit: int = MAX_CANDIDATES) -> list[str]:
