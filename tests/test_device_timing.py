@@ -207,3 +207,29 @@ def test_a_flood_of_bad_requests_gets_a_bounded_number_of_answers() -> None:
     states = [bench.submit(b"not json") for _ in range(50)]
     assert states.count("rejected") == 10 and states.count("ignored") == 40
     assert len(sent) == 10 and bench.unanswered == 40
+
+
+@pytest.mark.mqtt
+def test_a_device_that_never_answers_is_a_timeout(mqtt_broker: Any) -> None:
+    """A retained online status that outlived its agent (the will not delivered yet): the device is
+    asked, nothing answers, and the command ends at its deadline with its own exit code."""
+    import subprocess
+    import sys
+
+    import paho.mqtt.client as mqtt
+    from edgekit_agent.protocol import status_payload
+
+    status = status_payload(device="ghost-1", group="ghosts", session="s", seq=0, ts=1.0, model=None,
+                            state="online", agent_version="0", ready=True, platform="linux/amd64", bench="det")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client.connect(mqtt_broker.host, mqtt_broker.port)
+    client.loop_start()
+    client.publish("edgekit/v1/ghosts/ghost-1/status", json.dumps(status), qos=1, retain=True).wait_for_publish(10)
+    client.loop_stop()
+    client.disconnect()
+    edgekit = str(Path(sys.executable).with_name("edgekit"))
+    result = subprocess.run([edgekit, "bench", "--group", "ghosts", "--app", "det", "--platform", "linux/amd64",
+                             "--broker", mqtt_broker.url, "--timeout", "5", _img(1)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 97, result.stderr
+    assert "answered within 5s" in result.stderr and len(result.stderr.strip().splitlines()) <= 3
