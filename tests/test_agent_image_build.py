@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from edgekit.rehearsal.agentimage import (
+    AGENT,
+    CONTROLLER,
     PLATFORMS,
     AgentImageError,
     Platform,
@@ -25,6 +27,7 @@ from edgekit.rehearsal.agentimage import (
     is_context_file,
     parse_platform,
     plan,
+    recipe_named,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +65,60 @@ def test_context_is_the_agent_package_its_pins_and_the_dockerfile() -> None:
         assert not is_context_file(outside)
     with pytest.raises(AgentImageError, match=r"lacks agent/image-constraints\.txt"):
         plan({k: v for k, v in FILES.items() if "constraints" not in k}, apt_sources=b"")
+
+
+CONTROLLER_FILES = {"pyproject.toml": b'[project]\nname = "edgekit"\nversion = "0.2.0"\n', "README.md": b"# edgekit\n",
+                    "image-constraints.txt": b"kubernetes==37.0.2\n", "Dockerfile.controller": b"FROM scratch\n",
+                    "edgekit/cli/controller.py": b"print()\n", "agent/pyproject.toml": FILES["agent/pyproject.toml"],
+                    "agent/edgekit_agent/cli.py": b"print()\n"}
+
+
+def test_the_controller_image_is_the_same_builder_with_its_own_recipe() -> None:
+    """One builder, two recipes: the controller's plan starts from the agent's rootfs (one cache),
+    has its own key, folder, Dockerfile and default platform (amd64), and follows its own inputs."""
+    agent = plan(FILES, apt_sources=b"deb mirror bookworm main")
+    ctl = plan(CONTROLLER_FILES, apt_sources=b"deb mirror bookworm main", recipe=CONTROLLER)
+    assert recipe_named("controller") is CONTROLLER and recipe_named("agent") is AGENT
+    assert ctl.version == "0.2.0" and ctl.platforms == (AMD64,)
+    assert ctl.dir_name.startswith("controller-image-") and ctl.key != agent.key
+    assert ctl.rootfs_for(AMD64).dir_name == agent.rootfs_for(AMD64).dir_name  # the same cached rootfs
+    bud = ctl.bud_argv(AMD64, "/ctx", "/ca.crt")
+    assert bud[bud.index("-f") + 1] == "/ctx/Dockerfile.controller"
+    assert ctl.build_ref(AMD64) == "localhost/edgekit:amd64"
+    both = plan(CONTROLLER_FILES, apt_sources=b"deb mirror bookworm main", recipe=CONTROLLER, platforms=PLATFORMS)
+    assert both.platforms == PLATFORMS and both.key != ctl.key
+    for changed in ({"edgekit/cli/controller.py": b"print(2)\n"}, {"agent/edgekit_agent/cli.py": b"print(1)\n"},
+                    {"image-constraints.txt": b"kubernetes==37.0.1\n"}, {"README.md": b"# edgekit!\n"}):
+        assert plan({**CONTROLLER_FILES, **changed}, apt_sources=b"deb mirror bookworm main",
+                    recipe=CONTROLLER).key != ctl.key, changed
+    assert all(is_context_file(p, CONTROLLER) for p in CONTROLLER_FILES)
+    for outside in ("tests/test_cli.py", "edgekit/__pycache__/cli.cpython-311.pyc", "Dockerfile.arm64", "docs/x.md",
+                    "agent/image-constraints.txt"):
+        assert not is_context_file(outside, CONTROLLER)
+    with pytest.raises(AgentImageError, match=r"lacks README\.md"):
+        plan({k: v for k, v in CONTROLLER_FILES.items() if k != "README.md"}, apt_sources=b"", recipe=CONTROLLER)
+    with pytest.raises(AgentImageError, match=r"unknown image 'operator'"):
+        recipe_named("operator")
+
+
+def test_the_controller_constraints_pin_everything_its_pyprojects_need() -> None:
+    """image-constraints.txt pins, at one exact version each, every dependency of edgekit and
+    edgekit-agent (their own names excepted: the image builds those wheels)."""
+    from edgekit.rehearsal.agentbuilding import dependency_roots
+
+    pins = {}
+    for line in (ROOT / CONTROLLER.constraints).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and name not in pins, line
+            pins[name] = version
+    roots = dependency_roots(CONTROLLER)
+    assert "kubernetes" in roots and "onnxruntime" in roots and "edgekit-agent" not in roots
+    assert not [r for r in roots if r.lower().replace("_", "-") not in pins]
+    agent_pins = dict(line.split("==") for line in (ROOT / AGENT.constraints).read_text().splitlines()
+                      if line and not line.startswith("#"))
+    # one venv of both packages: the agent's libraries at the versions its own image has
+    assert {k: pins[k] for k in agent_pins} == agent_pins
 
 
 def test_the_build_commands_fix_timestamps_and_use_only_local_images() -> None:
