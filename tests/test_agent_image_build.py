@@ -300,3 +300,39 @@ def test_push_copies_the_whole_index(built: Any, registry: Any) -> None:
         config = _skopeo_json("--config", "--tls-verify=false",
                               f"docker://{registry.host}/edgekit-agent@{entry['digest']}")
         assert config["architecture"] == entry["platform"]["architecture"]
+
+
+# --- the controller's image, from the same builder ------------------------------------------------------
+@pytest.fixture(scope="module")
+def built_controller() -> Iterator[Any]:
+    from edgekit.rehearsal.agentbuilding import build
+
+    missing = [t for t in ("mmdebstrap", "buildah", "runc", "skopeo") if _which(t) is None]
+    if missing:
+        pytest.fail(f"the controller image cannot be built here, missing {', '.join(missing)} (scripts/setup)")
+    yield build(say=lambda m: None, recipe=CONTROLLER)  # cached after the first time (scripts/setup builds it)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_controller_image_runs_edgekit_as_uid_10001(built_controller: Any) -> None:
+    from edgekit.rehearsal.agentbuilding import run_in_image
+
+    index = _skopeo_json("--raw", built_controller.reference())
+    assert [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]] == [("linux", "amd64")]
+    config = _skopeo_json("--config", built_controller.reference(AMD64))
+    assert config["config"]["Entrypoint"] == ["edgekit"] and config["config"]["Cmd"] == ["controller"]
+    assert config["config"]["User"].split(":")[0] == "10001"
+    assert config["created"].startswith("2026-01-01T00:00:00")
+    manifest = _skopeo_json("--raw", built_controller.reference(AMD64))
+    compressed = sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
+    assert compressed <= 250 * 1000 * 1000, f"{compressed / 1e6:.0f} MB compressed"
+    assert run_in_image(built_controller, AMD64, ["edgekit", "--version"]).strip().endswith(
+        built_controller.plan.version)
+    pins = dict(ln.split("==") for ln in (ROOT / CONTROLLER.constraints).read_text().splitlines()
+                if "==" in ln and not ln.startswith("#"))
+    out = run_in_image(built_controller, AMD64, [
+        "python", "-c", "import importlib.metadata as md, os, edgekit.rollout.service, edgekit_agent; "
+        "print(md.version('kubernetes'), md.version('onnxruntime'), os.getuid())"])
+    assert out.split() == [pins["kubernetes"], pins["onnxruntime"], "10001"]
