@@ -101,6 +101,30 @@ def test_the_controller_image_is_the_same_builder_with_its_own_recipe() -> None:
         recipe_named("operator")
 
 
+@pytest.mark.parametrize("recipe", [AGENT, CONTROLLER], ids=lambda r: r.name)
+def test_the_dockerfile_copies_exactly_what_the_recipe_hashes(recipe: Any) -> None:
+    """The cache key covers every file the public Dockerfile copies, and its .dockerignore lets
+    each of them through: the image cannot change without its key changing."""
+    import re
+
+    text = re.sub(r"\\\n", " ", (ROOT / recipe.dockerfile).read_text())
+    sources = [src for line in text.splitlines() if line.startswith("COPY ") and "--from" not in line
+               for src in line.split()[1:-1]]
+    assert sources
+    ignore = (ROOT / f"{recipe.dockerfile}.dockerignore").read_text().splitlines()
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), src
+        if path.is_dir():
+            assert f"{src}/" in recipe.packages and f"!{src}/**" in ignore, src
+        else:
+            assert is_context_file(src, recipe) and f"!{src}" in ignore, src
+    from edgekit.rehearsal.agentbuilding import context_files
+
+    files = context_files(ROOT, recipe)
+    assert set(recipe.required) <= set(files) and all(is_context_file(p, recipe) for p in files)
+
+
 def test_the_controller_constraints_pin_everything_its_pyprojects_need() -> None:
     """image-constraints.txt pins, at one exact version each, every dependency of edgekit and
     edgekit-agent (their own names excepted: the image builds those wheels)."""
