@@ -3,6 +3,7 @@ with their exit codes, and the rendering of a rollout."""
 
 from __future__ import annotations
 
+import click
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -84,3 +85,29 @@ def test_push_takes_the_model_source_into_what_it_renders(monkeypatch: pytest.Mo
     monkeypatch.setenv("EDGEKIT_ROLLOUT_MODEL_SOURCE", "floppy")
     with pytest.raises(ConfigError, match="image-volume or init-container"):
         session_settings({})
+
+
+@pytest.mark.parametrize("command", [("push",), ("rollout", "undo"), ("rollout", "resume"), ("controller",)])
+def test_every_command_that_runs_an_engine_takes_what_the_engine_renders(command: tuple[str, ...]) -> None:
+    """The engine renders the DaemonSets at every wave from its own settings: a resume or a
+    controller without --agent-image or --insecure-registry would render other agents than the push."""
+    from edgekit.cli.rollout_session import session_settings
+
+    cmd: click.Command = cli
+    for word in command:
+        assert isinstance(cmd, click.Group)
+        found = cmd.get_command(click.Context(cmd), word)
+        assert found is not None
+        cmd = found
+    cmd = getattr(cmd, "rollout", cmd)   # push: its rollout mode (with --group)
+    params = {p.name for p in cmd.params}
+    for name in ("insecure_registry", "agent_image", "agent_broker", "mqtt_auth", "model_source",
+                 "api_from_namespaces", "mqtt_allow_plaintext_password", "public_key", "allow_unsigned"):
+        assert name in params, f"{' '.join(command)} lacks --{name.replace('_', '-')}"
+    ctx = cmd.make_context("edgekit", [*(["IMAGE", "-g", "g", "-a", "a"] if command == ("push",) else
+                                        ["-a", "a", "-g", "g"] if command == ("rollout", "undo") else []),
+                                      "--agent-image", "reg.example/agent:1", "--insecure-registry"])
+    settings = session_settings({k: v for k, v in ctx.params.items()
+                                 if k in ("agent_image", "insecure_registry")})
+    assert settings.render_options()["agent_image"] == "reg.example/agent:1"
+    assert settings.registry_insecure is True

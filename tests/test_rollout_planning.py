@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgekit.errors import EmptyGroupError, InvalidWavesError
+from edgekit.errors import EmptyGroupError, InvalidWavesError, SelectorError
 from edgekit.rollout.planning import natural_key, order_nodes, plan_waves
 from edgekit.rollout.strategy import build_strategy
 
@@ -74,6 +74,26 @@ def test_spread_by_uneven_zones_and_unlabelled_nodes() -> None:
     plan = plan_waves(nodes, build_strategy(waves="1,10%,100%", spread_by=ZONE))
     second = dict(plan[1].zones)
     assert second == {"": 1, "a": 5, "b": 3}   # with the canary (a): 6:3:1 over the first 10
+
+
+def test_canary_selector_puts_the_matching_nodes_first() -> None:
+    nodes = group(30, zones=3)
+    for name in ("edge-29", "edge-7"):
+        nodes[name]["edgekit.io/canary"] = "true"
+    strategy = build_strategy(waves="2,50%,100%", spread_by=ZONE, canary_selector="edgekit.io/canary=true")
+    plan = plan_waves(nodes, strategy)
+    assert plan[0].nodes == ("edge-7", "edge-29")
+    rest = [n for w in plan[1:] for n in w.nodes]
+    assert rest == order_nodes({n: v for n, v in nodes.items() if n not in ("edge-7", "edge-29")}, ZONE)
+    # the strategy goes through the resource and back unchanged
+    assert type(strategy).from_json(strategy.to_json()) == strategy
+
+
+def test_canary_selector_that_matches_nothing_or_does_not_parse() -> None:
+    with pytest.raises(SelectorError, match="matches no node"):
+        plan_waves(group(5), build_strategy(waves="1,100%", canary_selector="edgekit.io/canary=true"))
+    with pytest.raises(SelectorError, match="does not parse"):
+        build_strategy(waves="1,100%", canary_selector="a in (b")
 
 
 def test_natural_order() -> None:

@@ -9,7 +9,13 @@ import click
 from rich.markup import escape
 
 from edgekit.cli._output import console
-from edgekit.cli.rollout_options import agent_access_options, session_options, telemetry_options, trust_options
+from edgekit.cli.rollout_options import (
+    agent_access_options,
+    agent_render_options,
+    session_options,
+    telemetry_options,
+    trust_options,
+)
 from edgekit.cli.rollout_session import opened, stop_on_sigterm
 
 
@@ -17,6 +23,7 @@ from edgekit.cli.rollout_session import opened, stop_on_sigterm
 @click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Rollouts driven at the same time.")
 @trust_options
+@agent_render_options
 @agent_access_options
 @telemetry_options
 @session_options

@@ -10,6 +10,7 @@ import click
 from edgekit.cli._output import console, emit_json
 from edgekit.cli.rollout_options import (
     agent_access_options,
+    agent_render_options,
     image_options,
     name_args,
     pop_strategy,
@@ -136,6 +137,7 @@ Examples:
 @name_args
 @click.option("--detach", is_flag=True, help="Only lift the pause; leave the work to a running engine/controller.")
 @trust_options
+@agent_render_options
 @agent_access_options
 @telemetry_options
 @session_and_output

@@ -44,7 +44,7 @@ def _gate_option(entry: GateField) -> Callable[[Any], Any]:
 
 
 # Every strategy flag is None when not given (the default applies); auto-promote always has a value.
-_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "baseline_window", *(g.param for g in GATES))
+_VALUED_STRATEGY_FLAGS = ("waves", "bake", "spread_by", "canary_selector", "baseline_window", *(g.param for g in GATES))
 _STRATEGY_FLAGS = (*_VALUED_STRATEGY_FLAGS, "auto_promote")
 
 strategy_options = stacked(
@@ -53,6 +53,9 @@ strategy_options = stacked(
     click.option("--bake", default=None, metavar="DURATION", help="Time each wave runs before its gate [2m]."),
     click.option("--spread-by", default=None, metavar="LABEL",
                  help="Spread every wave over this node label, e.g. topology.kubernetes.io/zone."),
+    click.option("--canary-selector", default=None, metavar="SELECTOR",
+                 help="Move the nodes this label selector matches first, e.g. edgekit.io/canary=true: "
+                      "the canary wave is made of them."),
     *(_gate_option(g) for g in GATES),
     click.option("--auto-promote/--manual-promote", default=True, show_default=True,
                  help="Advance by itself when the gates pass, or wait for `edgekit rollout promote`."),
@@ -69,12 +72,10 @@ trust_options = stacked(
                  help="Without a public key, roll out unsigned images [EDGEKIT_ROLLOUT_ALLOW_UNSIGNED]."),
 )
 
-image_options = stacked(
-    click.option("--target", type=click.Choice(list(TARGETS)), default=None,
-                 help="Platform profile of the group's nodes [k3s]."),
-    trust_options,
-    click.option("--require-digest", is_flag=True, default=None,
-                 help="Refuse a tag instead of resolving it once to its digest."),
+# What the engine renders into the agents' DaemonSets at every wave, from its own settings (not
+# from the EdgeRollout): every command that runs an engine (push, undo, resume, controller) takes
+# these, so a resumed rollout renders what the push rendered.
+agent_render_options = stacked(
     click.option("--insecure-registry", is_flag=True, default=None, help="Allow plain HTTP / unverified TLS."),
     click.option("--agent-image", default=None, help="Container image of edgekit-agent for the DaemonSets."),
     click.option("--agent-broker", default=None, metavar="URL", help="Broker URL the agents publish to."),
@@ -83,6 +84,15 @@ image_options = stacked(
     click.option("--model-source", type=click.Choice(["auto", "image-volume", "init-container"]), default=None,
                  help="How the model reaches the pods: auto picks image volumes where every node of the group "
                       "mounts them, else the init-container fetch [auto]."),
+)
+
+image_options = stacked(
+    click.option("--target", type=click.Choice(list(TARGETS)), default=None,
+                 help="Platform profile of the group's nodes [k3s]."),
+    trust_options,
+    click.option("--require-digest", is_flag=True, default=None,
+                 help="Refuse a tag instead of resolving it once to its digest."),
+    agent_render_options,
 )
 
 # What the rendered agents let through. The engine renders the DaemonSets (and the app's

@@ -74,6 +74,8 @@ def _schema() -> dict[str, Any]:
             "bakeTime": {"type": "string", "pattern": _DURATION, "default": "60s",
                          "description": "How long each wave runs before its gate is judged."},
             "spreadBy": {"type": "string", "description": "Spread waves over this topology label."},
+            "canarySelector": {"type": "string", "maxLength": 1024,
+                               "description": "Label selector of the nodes moved first (the canary)."},
             "paused": {"type": "boolean"},
             "gates": {
                 "type": "object",

@@ -2,7 +2,8 @@
 
 Nodes are ordered once (natural name order; with ``spread_by``, interleaved across the label's
 values so that every prefix of the order — and so every wave — spans the zones in proportion to
-their size), then cut at each wave's cumulative target. The same inputs always give the same plan,
+their size; with ``canary_selector``, the nodes it matches come before all others, each part
+ordered that way), then cut at each wave's cumulative target. The same inputs always give the same plan,
 so ``edgekit rollout plan`` shows exactly what ``edgekit push`` will do.
 """
 
@@ -13,7 +14,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from edgekit.errors import EmptyGroupError, InvalidWavesError
+from edgekit.errors import EmptyGroupError, InvalidWavesError, SelectorError
+from edgekit.kube.selectors import matches, parse_selector
 from edgekit.rollout.strategy import Strategy, WaveStep
 
 NO_ZONE = ""
@@ -38,10 +40,21 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return (*((0, int(p)) if p.isdigit() else (1, p) for p in parts if p), (1, name))
 
 
-def order_nodes(nodes: Mapping[str, Mapping[str, str]], spread_by: str | None = None) -> list[str]:
+def order_nodes(nodes: Mapping[str, Mapping[str, str]], spread_by: str | None = None,
+                canary_selector: str | None = None) -> list[str]:
     """The order in which nodes are moved. With ``spread_by``, node ``i`` of a zone of ``n``
     gets key ``(i + 0.5) / n``: merging the zones on that key spreads each zone evenly along the
-    order (stride scheduling), so any prefix holds every zone in proportion."""
+    order (stride scheduling), so any prefix holds every zone in proportion. With
+    ``canary_selector``, the matching nodes lead (an operator's lab devices, or the nodes a team
+    watches), so a canary wave no larger than their number is made of them alone."""
+    if canary_selector:
+        reqs = parse_selector(canary_selector)
+        first = {n: labels for n, labels in nodes.items() if matches(reqs, labels)}
+        if not first:
+            raise SelectorError(f"--canary-selector {canary_selector!r} matches no node of the group left to move",
+                                hint="check the nodes' labels: kubectl get nodes --show-labels")
+        rest = {n: labels for n, labels in nodes.items() if n not in first}
+        return order_nodes(first, spread_by) + order_nodes(rest, spread_by)
     names = sorted(nodes, key=natural_key)
     if not spread_by:
         return names
@@ -75,7 +88,7 @@ def plan_waves(nodes: Mapping[str, Mapping[str, str]], strategy: Strategy, *,
         raise EmptyGroupError(f"device group {group!r} has no nodes to move" if group else
                               "the device group has no nodes to move",
                               hint="check the group's selector and the nodes' labels")
-    order = order_nodes(nodes, strategy.spread_by)
+    order = order_nodes(nodes, strategy.spread_by, strategy.canary_selector)
     counts = wave_targets(strategy.waves, len(order))
     plan: list[PlannedWave] = []
     start = 0

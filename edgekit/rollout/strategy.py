@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from edgekit.errors import InvalidWavesError, ThresholdRangeError
 from edgekit.gates import BY_FIELD, GATES
+from edgekit.kube.selectors import parse_selector
 from edgekit.units import fmt_duration as fmt_duration
 from edgekit.units import fmt_number
 from edgekit.units import fmt_percent as fmt_percent
@@ -140,6 +141,7 @@ class Strategy:
     gates: GatePolicy = field(default_factory=GatePolicy)
     auto_promote: bool = True
     baseline_s: float = 30.0
+    canary_selector: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The strategy's part of the EdgeRollout spec (``waves``, ``bakeTime``, ``spreadBy``,
@@ -152,6 +154,7 @@ class Strategy:
             "waves": [int(w.amount) if not w.percent else str(w) for w in self.waves],
             "bakeTime": spec_duration(self.bake_s),
             "spreadBy": self.spread_by,
+            "canarySelector": self.canary_selector,
             "gates": gates,
         })
 
@@ -167,6 +170,7 @@ class Strategy:
             gates=GatePolicy.from_json(gates),
             auto_promote=not bool(gates.get("manualPromotion", False)),
             baseline_s=parse_duration(gates.get("baselineWindow", d.baseline_s), flag="baselineWindow"),
+            canary_selector=data.get("canarySelector") or None,
         ))
 
 
@@ -242,6 +246,8 @@ def validate_strategy(strategy: Strategy) -> Strategy:
         raise ThresholdRangeError(f"--baseline {g.baseline!r} must be control or before")
     if strategy.spread_by is not None and not strategy.spread_by.strip():
         raise ThresholdRangeError("--spread-by needs a node label key")
+    if strategy.canary_selector is not None:
+        parse_selector(strategy.canary_selector)   # a clear one-line error before any node is touched
     return strategy
 
 
@@ -250,6 +256,7 @@ def build_strategy(
     waves: str = DEFAULT_WAVES,
     bake: str | float = "2m",
     spread_by: str | None = None,
+    canary_selector: str | None = None,
     auto_promote: bool = True,
     baseline: str | float | None = None,
     baseline_window: str | float | None = None,
@@ -282,7 +289,7 @@ def build_strategy(
     baseline_s = (parse_duration(baseline_window, flag="--baseline-window") if baseline_window is not None
                   else min(max(bake_s, 5.0), 60.0))
     return validate_strategy(Strategy(parse_waves(waves), bake_s, spread_by or None, policy, auto_promote,
-                                      baseline_s))
+                                      baseline_s, canary_selector or None))
 
 
 def with_gates(strategy: Strategy, **changes: Any) -> Strategy:
