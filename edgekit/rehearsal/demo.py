@@ -180,6 +180,10 @@ class Services:
         found = self._reusable("mosquitto", "mosquitto")
         if found:
             return str(found["url"])
+        if (self.state.get("mosquitto") or {}).get("bind", "127.0.0.1") != self.bind:
+            # real nodes came or went: the retained reports of devices that no longer exist would
+            # show up as offline devices in `fleet status`
+            shutil.rmtree(self.work / "mosquitto" / "data", ignore_errors=True)
         broker_cls = type("BoundBroker", (MosquittoBroker,), {"host": self.bind})
         broker = broker_cls(self.work / "mosquitto", port=self._port_hint("mosquitto")).start()
         self.state["mosquitto"] = {"pid": _detach(broker._proc), "port": broker.port, "url": broker.url,
@@ -262,6 +266,9 @@ class Services:
             if entry and _pid_alive(entry.get("pid"), needle):
                 _stop_pid(int(entry["pid"]), needle)
                 say(f"stopped {name}")
+        # the devices go with the cluster: their retained reports would greet the next run's fleet
+        # as offline devices (the registry's blobs stay, a second run reuses them)
+        shutil.rmtree(self.work / "mosquitto" / "data", ignore_errors=True)
         self.state.pop("cluster", None)
         self._save()
         self.run("dev", "cluster", "down")
