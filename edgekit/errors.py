@@ -67,6 +67,13 @@
     ├── AccuracyBudgetError               93  attested accuracy drop over the policy's budget      [P]
     └── LatencyBudgetError                94  attested latency ratio for the platform at or over   [P]
                                                 the policy's limit, or not measured there
+    DeviceBenchError                      95  timing candidates on the devices (``edgekit bench --group``)
+    ├── NoBenchDeviceError                96  no device of the group answers benches for the app    [P]
+    ├── BenchTimeoutError                 97  devices were asked but no result came back in time   [T]
+    ├── CandidateRefusedError             98  the devices refused a candidate (signature, digest,  [P]
+    │                                           inputs) or its run failed there
+    └── BenchInputError                   99  a bad bench request (candidate not pinned by digest,  [P]
+                                                too many, out of the agents' bounds)
 
 [T]: also a ``TemporaryError``, worth retrying (after ``retry_after`` when the server said how
 long). [P]: also a ``PermanentError``, not worth retrying as it is. Errors marked neither depend on
@@ -107,11 +114,15 @@ __all__ = [
     "AccuracyBudgetError",
     "AttestationInvalidError",
     "AttestationMissingError",
+    "BenchInputError",
+    "BenchTimeoutError",
     "BrokerError",
     "BrokerProtocolError",
     "BrokerUnreachableError",
+    "CandidateRefusedError",
     "ConfigError",
     "DataError",
+    "DeviceBenchError",
     "DigestMismatchError",
     "DigestRequiredError",
     "EdgekitError",
@@ -137,6 +148,7 @@ __all__ = [
     "MissingExternalDataError",
     "ModelError",
     "ModelNotFoundError",
+    "NoBenchDeviceError",
     "NoTelemetryError",
     "OutputError",
     "PermanentError",
@@ -332,6 +344,40 @@ class RolledBackError(RolloutError):
     """The rollout finished rolled back; scripts see a failure."""
 
     exit_code = 69
+
+
+# --- device benchmarks (95-99) ----------------------------------------------------------------
+class DeviceBenchError(EdgekitError):
+    """Timing candidate images on devices of a group (``edgekit bench --group``)."""
+
+    exit_code = 95
+
+
+class NoBenchDeviceError(DeviceBenchError, PermanentError):
+    """No online device of the group answers bench requests for the app (none online, or their
+    agents predate device benchmarks or run without an app)."""
+
+    exit_code = 96
+
+
+class BenchTimeoutError(DeviceBenchError, TemporaryError):
+    """The chosen devices were asked but none answered with figures before the deadline."""
+
+    exit_code = 97
+
+
+class CandidateRefusedError(DeviceBenchError, PermanentError):
+    """Every device asked refused a candidate: it did not fetch or verify with the agents' release
+    key (tampered, unsigned, other key), did not take the served model's inputs, or failed to run."""
+
+    exit_code = 98
+
+
+class BenchInputError(DeviceBenchError, PermanentError):
+    """A bench request the agents would not run: a candidate not pinned by digest, too many
+    candidates, runs or time outside the agents' bounds."""
+
+    exit_code = 99
 
 
 # --- release policy and quantization attestations (90-94) ---------------------------------

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from edgekit.rehearsal.agentimage import (
+    AGENT,
+    CONTROLLER,
     PLATFORMS,
     AgentImageError,
     Platform,
@@ -25,6 +27,7 @@ from edgekit.rehearsal.agentimage import (
     is_context_file,
     parse_platform,
     plan,
+    recipe_named,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +65,84 @@ def test_context_is_the_agent_package_its_pins_and_the_dockerfile() -> None:
         assert not is_context_file(outside)
     with pytest.raises(AgentImageError, match=r"lacks agent/image-constraints\.txt"):
         plan({k: v for k, v in FILES.items() if "constraints" not in k}, apt_sources=b"")
+
+
+CONTROLLER_FILES = {"pyproject.toml": b'[project]\nname = "edgekit"\nversion = "0.2.0"\n', "README.md": b"# edgekit\n",
+                    "image-constraints.txt": b"kubernetes==37.0.2\n", "Dockerfile.controller": b"FROM scratch\n",
+                    "edgekit/cli/controller.py": b"print()\n", "agent/pyproject.toml": FILES["agent/pyproject.toml"],
+                    "agent/edgekit_agent/cli.py": b"print()\n"}
+
+
+def test_the_controller_image_is_the_same_builder_with_its_own_recipe() -> None:
+    """One builder, two recipes: the controller's plan starts from the agent's rootfs (one cache),
+    has its own key, folder, Dockerfile and default platform (amd64), and follows its own inputs."""
+    agent = plan(FILES, apt_sources=b"deb mirror bookworm main")
+    ctl = plan(CONTROLLER_FILES, apt_sources=b"deb mirror bookworm main", recipe=CONTROLLER)
+    assert recipe_named("controller") is CONTROLLER and recipe_named("agent") is AGENT
+    assert ctl.version == "0.2.0" and ctl.platforms == (AMD64,)
+    assert ctl.dir_name.startswith("controller-image-") and ctl.key != agent.key
+    assert ctl.rootfs_for(AMD64).dir_name == agent.rootfs_for(AMD64).dir_name  # the same cached rootfs
+    bud = ctl.bud_argv(AMD64, "/ctx", "/ca.crt")
+    assert bud[bud.index("-f") + 1] == "/ctx/Dockerfile.controller"
+    assert ctl.build_ref(AMD64) == "localhost/edgekit:amd64"
+    both = plan(CONTROLLER_FILES, apt_sources=b"deb mirror bookworm main", recipe=CONTROLLER, platforms=PLATFORMS)
+    assert both.platforms == PLATFORMS and both.key != ctl.key
+    for changed in ({"edgekit/cli/controller.py": b"print(2)\n"}, {"agent/edgekit_agent/cli.py": b"print(1)\n"},
+                    {"image-constraints.txt": b"kubernetes==37.0.1\n"}, {"README.md": b"# edgekit!\n"}):
+        assert plan({**CONTROLLER_FILES, **changed}, apt_sources=b"deb mirror bookworm main",
+                    recipe=CONTROLLER).key != ctl.key, changed
+    assert all(is_context_file(p, CONTROLLER) for p in CONTROLLER_FILES)
+    for outside in ("tests/test_cli.py", "edgekit/__pycache__/cli.cpython-311.pyc", "Dockerfile.arm64", "docs/x.md",
+                    "agent/image-constraints.txt"):
+        assert not is_context_file(outside, CONTROLLER)
+    with pytest.raises(AgentImageError, match=r"lacks README\.md"):
+        plan({k: v for k, v in CONTROLLER_FILES.items() if k != "README.md"}, apt_sources=b"", recipe=CONTROLLER)
+    with pytest.raises(AgentImageError, match=r"unknown image 'operator'"):
+        recipe_named("operator")
+
+
+@pytest.mark.parametrize("recipe", [AGENT, CONTROLLER], ids=lambda r: r.name)
+def test_the_dockerfile_copies_exactly_what_the_recipe_hashes(recipe: Any) -> None:
+    """The cache key covers every file the public Dockerfile copies, and its .dockerignore lets
+    each of them through: the image cannot change without its key changing."""
+    import re
+
+    text = re.sub(r"\\\n", " ", (ROOT / recipe.dockerfile).read_text())
+    sources = [src for line in text.splitlines() if line.startswith("COPY ") and "--from" not in line
+               for src in line.split()[1:-1]]
+    assert sources
+    ignore = (ROOT / f"{recipe.dockerfile}.dockerignore").read_text().splitlines()
+    for src in sources:
+        path = ROOT / src
+        assert path.exists(), src
+        if path.is_dir():
+            assert f"{src}/" in recipe.packages and f"!{src}/**" in ignore, src
+        else:
+            assert is_context_file(src, recipe) and f"!{src}" in ignore, src
+    from edgekit.rehearsal.agentbuilding import context_files
+
+    files = context_files(ROOT, recipe)
+    assert set(recipe.required) <= set(files) and all(is_context_file(p, recipe) for p in files)
+
+
+def test_the_controller_constraints_pin_everything_its_pyprojects_need() -> None:
+    """image-constraints.txt pins, at one exact version each, every dependency of edgekit and
+    edgekit-agent (their own names excepted: the image builds those wheels)."""
+    from edgekit.rehearsal.agentbuilding import dependency_roots
+
+    pins = {}
+    for line in (ROOT / CONTROLLER.constraints).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and name not in pins, line
+            pins[name] = version
+    roots = dependency_roots(CONTROLLER)
+    assert "kubernetes" in roots and "onnxruntime" in roots and "edgekit-agent" not in roots
+    assert not [r for r in roots if r.lower().replace("_", "-") not in pins]
+    agent_pins = dict(line.split("==") for line in (ROOT / AGENT.constraints).read_text().splitlines()
+                      if line and not line.startswith("#"))
+    # one venv of both packages: the agent's libraries at the versions its own image has
+    assert {k: pins[k] for k in agent_pins} == agent_pins
 
 
 def test_the_build_commands_fix_timestamps_and_use_only_local_images() -> None:
@@ -243,3 +324,39 @@ def test_push_copies_the_whole_index(built: Any, registry: Any) -> None:
         config = _skopeo_json("--config", "--tls-verify=false",
                               f"docker://{registry.host}/edgekit-agent@{entry['digest']}")
         assert config["architecture"] == entry["platform"]["architecture"]
+
+
+# --- the controller's image, from the same builder ------------------------------------------------------
+@pytest.fixture(scope="module")
+def built_controller() -> Iterator[Any]:
+    from edgekit.rehearsal.agentbuilding import build
+
+    missing = [t for t in ("mmdebstrap", "buildah", "runc", "skopeo") if _which(t) is None]
+    if missing:
+        pytest.fail(f"the controller image cannot be built here, missing {', '.join(missing)} (scripts/setup)")
+    yield build(say=lambda m: None, recipe=CONTROLLER)  # cached after the first time (scripts/setup builds it)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_controller_image_runs_edgekit_as_uid_10001(built_controller: Any) -> None:
+    from edgekit.rehearsal.agentbuilding import run_in_image
+
+    index = _skopeo_json("--raw", built_controller.reference())
+    assert [(m["platform"]["os"], m["platform"]["architecture"]) for m in index["manifests"]] == [("linux", "amd64")]
+    config = _skopeo_json("--config", built_controller.reference(AMD64))
+    assert config["config"]["Entrypoint"] == ["edgekit"] and config["config"]["Cmd"] == ["controller"]
+    assert config["config"]["User"].split(":")[0] == "10001"
+    assert config["created"].startswith("2026-01-01T00:00:00")
+    manifest = _skopeo_json("--raw", built_controller.reference(AMD64))
+    compressed = sum(layer["size"] for layer in manifest["layers"]) + manifest["config"]["size"]
+    assert compressed <= 250 * 1000 * 1000, f"{compressed / 1e6:.0f} MB compressed"
+    assert run_in_image(built_controller, AMD64, ["edgekit", "--version"]).strip().endswith(
+        built_controller.plan.version)
+    pins = dict(ln.split("==") for ln in (ROOT / CONTROLLER.constraints).read_text().splitlines()
+                if "==" in ln and not ln.startswith("#"))
+    out = run_in_image(built_controller, AMD64, [
+        "python", "-c", "import importlib.metadata as md, os, edgekit.rollout.service, edgekit_agent; "
+        "print(md.version('kubernetes'), md.version('onnxruntime'), os.getuid())"])
+    assert out.split() == [pins["kubernetes"], pins["onnxruntime"], "10001"]

@@ -293,3 +293,88 @@ def test_a_good_signed_model_rolls_out_and_real_pods_serve_oip_v2(real_env: Real
         got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(want.shape)
         assert np.allclose(got, want, rtol=1e-5, atol=1e-5), f"{node}: {got} != {want}"
         assert answer["model_name"] == "digits"
+
+
+def _controller_log(env: RealEnv, pod: str) -> str:
+    from edgekit.rehearsal import gobuild
+
+    logs = subprocess.run([str(gobuild.binary("kubectl")), f"--kubeconfig={env.kubeconfig}", "-n",
+                           names.DEFAULT_NAMESPACE, "logs", pod, "-c", "controller", "--tail", "200"],
+                          capture_output=True, text=True, timeout=60)
+    return logs.stdout + logs.stderr
+
+
+def test_the_controller_pod_runs_a_detached_rollout_to_the_end(real_env: RealEnv) -> None:
+    """(f) ``edgekit controller`` from the image built here (``edgekit dev controller-image``), deployed
+    from fleet-manifests/controller on a real node, runs a rollout that ``push --detach`` only created.
+
+    It talks to the API server only as its ServiceAccount ``edgekit-engine`` (a bound token the
+    kubelet mounts; the pod holds no other credential), so the RBAC of ``edgekit install`` and the
+    admission policy are what allow or refuse each of its requests. The dev-cluster differences
+    (host network, the API server's address, the plain test broker) are ``rehearsal.devcontroller``'s.
+    """
+    import yaml
+
+    from edgekit.rehearsal import gobuild
+    from edgekit.rehearsal.devcontroller import TOKEN_DIR, dev_controller
+
+    env, app, node = real_env, "ctl", REAL[0]
+    namespace = names.DEFAULT_NAMESPACE
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    image = json.loads(_ok(_edgekit("dev", "controller-image", "push", "--registry", env.registry.host,
+                                    "--output", "json", timeout=3000), "dev controller-image push"))["pushed"]
+    rendered = _ok(subprocess.run([str(gobuild.binary("kubectl")), "kustomize", str(ROOT / "fleet-manifests" /
+                                                                                 "controller")],
+                                  capture_output=True, text=True, timeout=120, check=False), "kubectl kustomize")
+    product = next(d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment")
+    server = yaml.safe_load(env.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    api_host, _, api_port = server.removeprefix("https://").partition(":")
+    deployment = dev_controller(product, image=image, api_host=api_host, api_port=int(api_port), node=node, env={
+        "EDGEKIT_FLEET_BROKERS": env.broker_url, "EDGEKIT_FLEET_INTERVAL": "1",
+        "EDGEKIT_ROLLOUT_AGENT_IMAGE": env.agent_image, "EDGEKIT_ROLLOUT_AGENT_BROKER": env.broker_url,
+        "EDGEKIT_ROLLOUT_MQTT_AUTH": "none", "EDGEKIT_ROLLOUT_TELEMETRY_INTERVAL": "1",
+        "EDGEKIT_ROLLOUT_REGISTRY_INSECURE": "1", "EDGEKIT_REGISTRY_INSECURE": "1"})
+    pod_spec = deployment["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    # No credential but the ServiceAccount's token: no kubeconfig, no token other than the projected one.
+    assert pod_spec["serviceAccountName"] == "edgekit-engine"
+    assert not any(e["name"] == "KUBECONFIG" for e in container["env"])
+    assert [m["mountPath"] for m in container["volumeMounts"] if "serviceaccount" in m["mountPath"]] == [TOKEN_DIR]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    _prepare_spool(app)
+    name = deployment["metadata"]["name"]
+    try:
+        env.client.request("POST", deployments, body=deployment)
+        started = time.monotonic()
+        argv = ["push", f"{env.registry.host}/models/digits:1.0", "--group", GROUP, "--app", app, "--detach",
+                "--waves", "1,100%", "--bake", "3s", "--wave-timeout", "180s", "--max-error-rate", "10%",
+                "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
+                "--insecure-registry", "--output", "json"]
+        created = EdgeRollout.from_json(json.loads(_ok(_edgekit(*argv, env=env.env()), "push --detach")))
+        assert created.active, created.status  # created, left to the controller
+        path = f"/apis/{names.API_VERSION}/namespaces/{namespace}/edgerollouts/{created.name}"
+        deadline = time.monotonic() + 900
+        ro = created
+        while True:
+            ro = EdgeRollout.from_json(env.client.get(path))
+            if not ro.active or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        pods = env.client.list(f"/api/v1/namespaces/{namespace}/pods",
+                               label_selector=f"app.kubernetes.io/name={name}")
+        logs = "\n".join(_controller_log(env, p["metadata"]["name"]) for p in pods)
+        assert ro.status.phase == "Succeeded", (f"{ro.status}\n--- controller pods: "
+                                                + json.dumps([p["status"] for p in pods])[:4000] + "\n" + logs)
+        print(f"controller image {image}; detached rollout {created.name} Succeeded "
+              f"{time.monotonic() - started:.0f}s after the Deployment was created", file=sys.stderr)
+        # The controller ran it, on the real node, and the real agents it rendered serve the model.
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        assert [p["spec"]["nodeName"] for p in running] == [node], [p["status"] for p in pods]
+        assert running[0]["spec"]["containers"][0]["image"] == image
+        assert created.name in logs, logs
+        env.wait_ready(app, revision_of(env.images["1.0"]), timeout=120)
+    finally:  # the later tests of the module run their own engines
+        if env.client.get_or_none(f"{deployments}/{name}") is not None:
+            env.client.request("DELETE", f"{deployments}/{name}")
+        shutil.rmtree(SPOOL_ROOT / app, ignore_errors=True)

@@ -104,6 +104,8 @@ def test_client_cert_identity_as_username_with_acl(
         assert not res["rc"].is_failure
         assert not _publish_rc(c, res, "edgekit/v1/g/dev-9/status").is_failure
         assert _publish_rc(c, res, "edgekit/v1/g/other/status").is_failure
+        # a device cannot ask another one to run a bench
+        assert _publish_rc(c, res, "edgekit/v1/g/other/bench/app/request").is_failure
     finally:
         c.loop_stop()
         c.disconnect()
@@ -113,3 +115,4 @@ def test_device_acl_text() -> None:
     acl = device_acl("root/v2", readers=("dash",), admins=())
     assert "pattern write root/v2/+/%u/#" in acl
     assert "user dash\ntopic read root/v2/#" in acl
+    assert "user bench\ntopic read root/v2/#\ntopic write root/v2/+/+/bench/+/request" in acl

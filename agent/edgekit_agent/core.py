@@ -34,8 +34,14 @@ from edgekit_agent import __version__
 from edgekit_agent.errors import EdgekitError, InferenceRequestError, ModelNotReadyError
 from edgekit_agent.loading import LoadedModel, describe_folder, load_model
 from edgekit_agent.probing import ProbeResult, run_probe
-from edgekit_agent.protocol.payloads import ModelRef, event_payload, health_payload, status_payload
-from edgekit_agent.protocol.topics import device_topic
+from edgekit_agent.protocol.payloads import (
+    ModelRef,
+    bench_result_payload,
+    event_payload,
+    health_payload,
+    status_payload,
+)
+from edgekit_agent.protocol.topics import bench_request_topic, bench_result_topic, device_topic
 from edgekit_agent.settings import AgentSettings
 from edgekit_agent.shadowing import ShadowRunner
 from edgekit_agent.spool import MemorySpool, Spool, SqliteSpool, open_spool
@@ -143,6 +149,37 @@ class AgentCore:
         self._run: Any = None
         # the candidate run beside the served model (shadowing.py); None: no shadow evaluation
         self.shadow: ShadowRunner | None = None
+        # candidates timed on request beside the served model (benching.py); None: no benches
+        self.bench = self._new_bench()
+
+    def _new_bench(self) -> Any:
+        s = self.settings
+        if not s.bench_enabled or s.app is None:
+            return None
+        from edgekit_agent.benching import DeviceBench
+
+        self._topics["bench_request"] = bench_request_topic(s.topic_root, s.group, s.device, s.app)
+        self._topics["bench_result"] = bench_result_topic(s.topic_root, s.group, s.device, s.app)
+        return DeviceBench(s, served=lambda: self.model, publish=self._publish_bench)
+
+    @property
+    def platform(self) -> str:
+        """The device class: os/arch whose model layers this device takes."""
+        if self.settings.platform:
+            return self.settings.platform
+        from edgekit_agent.oci.fetching import current_platform
+
+        return current_platform()
+
+    def _publish_bench(self, result: dict[str, Any]) -> None:
+        s = self.settings
+        assert s.app is not None
+        payload = bench_result_payload(device=s.device, group=s.group, app=s.app, session=self.session,
+                                       ts=self.clock.time(), model=self.model_ref, platform=self.platform,
+                                       result=result)
+        log.info("bench %s: %s", result.get("id"), result.get("state"))
+        if self.outbox is not None:
+            self.outbox.put(self._topics["bench_result"], _encode(payload), float(payload["ts"]))
 
     # -- telemetry plumbing --------------------------------------------------------------------
     def start_telemetry(self, spool: Spool | None = None) -> Outbox | None:
@@ -158,7 +195,9 @@ class AgentCore:
                                instance=s.spool_instance, device=s.device, lock_timeout=s.spool_lock_timeout_s)
         # Whatever a previous run left behind was not sent when it was made.
         spool.mark_replayed()
-        publisher = MqttPublisher(s, spool, status=self.status_message, on_problem=self._on_publisher_problem)
+        commands = {self._topics["bench_request"]: self.bench.submit} if self.bench is not None else None
+        publisher = MqttPublisher(s, spool, status=self.status_message, on_problem=self._on_publisher_problem,
+                                  commands=commands)
         self.outbox = publisher
         publisher.start()
         if isinstance(spool, SqliteSpool | MemorySpool) and spool.take_dropped().corrupt:
@@ -191,7 +230,9 @@ class AgentCore:
         payload = status_payload(device=self.settings.device, group=self.settings.group, session=self.session,
                                  seq=seq, ts=self.clock.time(), model=self.model_ref,
                                  state=st, agent_version=__version__,
-                                 ready=self.ready if st == "online" else False, signature=self.signature)
+                                 ready=self.ready if st == "online" else False, signature=self.signature,
+                                 platform=self.platform,
+                                 bench=self.settings.app if self.bench is not None else None)
         return self._topics["status"], _encode(payload)
 
     def _send(self, kind: str, payload: Mapping[str, Any]) -> None:

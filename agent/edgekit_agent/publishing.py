@@ -18,6 +18,11 @@ not acknowledged is sent again from there, oldest first.
 Thread model: one thread runs paho's ``loop`` and reconnects. paho calls ``on_publish`` while
 holding its own message lock, so callbacks only record what happened; the loop thread acts on it
 afterwards. ``put`` may be called from any thread.
+
+Commands: ``commands`` maps topics to handlers (the device bench request topic). They are
+subscribed at QoS 1 at every connect (each connection is a clean session), and a message that
+arrives is queued by paho's callback and handed to its handler by the loop thread, which must
+therefore return at once (the bench starts its own worker).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +80,11 @@ class MqttPublisher:
     def __init__(self, settings: AgentSettings, spool: Spool, *,
                  status: Callable[[str], tuple[str, bytes]],
                  on_problem: Callable[[str, str, dict[str, Any]], None] | None = None,
-                 client_id: str | None = None, rng: random.Random | None = None) -> None:
+                 client_id: str | None = None, rng: random.Random | None = None,
+                 commands: Mapping[str, Callable[[bytes], object]] | None = None) -> None:
         self.settings = settings
+        self._commands = dict(commands or {})
+        self._received: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=64)
         self.spool = spool
         self._status = status  # state -> (topic, payload); called for birth, will and offline
         self._on_problem = on_problem
@@ -205,6 +213,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any) -> None:
@@ -216,6 +225,21 @@ class MqttPublisher:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any) -> None:
         # Called under paho's message lock: record only (see the module docstring).
         self._acks.append((mid, rc.value if rc is not None else 0))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # Called from paho's loop: record only; ``_process_commands`` hands it over.
+        self._received.append((message.topic, bytes(message.payload)))
+
+    def _process_commands(self) -> None:
+        while self._received:
+            topic, payload = self._received.popleft()
+            handler = self._commands.get(topic)
+            if handler is None:
+                continue
+            try:
+                handler(payload)
+            except Exception:  # a command must never stop telemetry
+                log.exception("mqtt: handling a message on %s failed", topic)
 
     def _log(self, key: str, level: int, msg: str, *args: Any) -> None:
         """Log at most once per 30 s per key (a broker down for hours must not flood the log)."""
@@ -291,6 +315,7 @@ class MqttPublisher:
                 if self.connected:
                     self._process_acks()
                     self._pump()
+                    self._process_commands()
             return "stopped"
         finally:
             was_connected = self.connected
@@ -320,6 +345,10 @@ class MqttPublisher:
             self.last_error = None
             log.info("mqtt: connected to %s (MQTT %s)", s.broker_url, version_name(self.protocol))
             self._connected.set()
+            client = self._client
+            for topic in self._commands:
+                if client is not None:
+                    client.subscribe(topic, qos=1)
             self.publish_status()
             self._pump()
             return "connected"

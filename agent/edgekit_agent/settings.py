@@ -12,6 +12,7 @@ import math
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -35,6 +36,8 @@ class AgentSettings(MqttSettings):
     # identity
     device: str = ""
     group: str = "default"
+    app: str | None = None        # the app this agent serves (rendered from the DaemonSet); names its bench topic
+    platform: str | None = None   # os/arch whose layers this device takes [this machine's]
     # model
     model_dir: str = "/model"
     model_name: str | None = None
@@ -55,6 +58,17 @@ class AgentSettings(MqttSettings):
     shadow_cpu_budget: float = 0.25  # share of one core the shadow may use; samples over it are skipped
     shadow_metric: str = "top1"      # top1 | cosine | MODULE:FUNCTION (as ``edgekit quantize --metric``)
     shadow_queue: int = 16           # samples waiting for the shadow; more are dropped
+    # device benchmarks (benching.py): candidate images timed beside the served model, never served;
+    # fetched and verified by the same rules as ``image``, one bench at a time, within these bounds
+    bench_enabled: bool = True
+    bench_cpu_budget: float = 0.25   # duty cycle: share of one core the bench's timed runs may use
+    bench_max_candidates: int = 4
+    bench_max_runs: int = 200        # timed runs per model
+    bench_max_seconds: float = 120.0  # wall time of one bench, fetches included
+    bench_max_model_bytes: int = 256 << 20  # per candidate model file
+    # where candidates are fetched while timed (emptied before and after each bench); a relative path
+    # is under the spool path: the pod's /tmp is a small emptyDir, the spool a hostPath of its own
+    bench_dir: str = "bench"
     # telemetry (and the MQTT client fields of MqttSettings)
     broker_url: str | None = None
     topic_root: str = DEFAULT_ROOT
@@ -136,7 +150,18 @@ class AgentSettings(MqttSettings):
         if not (math.isfinite(self.shadow_cpu_budget) and 0 < self.shadow_cpu_budget <= 1):
             raise ConfigError(f"must be a share of one core in (0, 1], got {self.shadow_cpu_budget!r}",
                               field="shadow_cpu_budget")
-        _at_least(self, 1, "shadow_queue")
+        _at_least(self, 1, "shadow_queue", "bench_max_candidates", "bench_max_runs", "bench_max_model_bytes")
+        if not (math.isfinite(self.bench_cpu_budget) and 0 < self.bench_cpu_budget <= 1):
+            raise ConfigError(f"must be a share of one core in (0, 1], got {self.bench_cpu_budget!r}",
+                              field="bench_cpu_budget")
+        _positive(self, "bench_max_seconds")
+        if self.app is not None:
+            try:
+                check_segment("app", self.app)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="app") from exc
+        if self.platform is not None and (self.platform.count("/") != 1 or not all(self.platform.split("/"))):
+            raise ConfigError(f"expected OS/ARCH such as linux/arm64, got {self.platform!r}", field="platform")
         if self.shadow_metric not in BUILTIN_AGREEMENT and ":" not in self.shadow_metric:
             raise ConfigError(f"unknown metric {self.shadow_metric!r}; use top1, cosine or MODULE:FUNCTION",
                               field="shadow_metric")
@@ -188,6 +213,16 @@ class AgentSettings(MqttSettings):
         if os.path.isabs(self.shadow_model_dir) or self.spool_path is None:
             return self.shadow_model_dir
         return os.path.join(self.spool_path, self.shadow_model_dir)
+
+    @property
+    def bench_path(self) -> str:
+        """``bench_dir``; a relative one under the spool path, or the system's temporary directory
+        when the agent has no spool directory (a memory spool: the simulator)."""
+        if os.path.isabs(self.bench_dir):
+            return self.bench_dir
+        if self.spool_path is None:
+            return os.path.join(tempfile.gettempdir(), f"edgekit-bench-{self.device}", self.bench_dir)
+        return os.path.join(self.spool_path, self.bench_dir)
 
     def registry_options(self) -> Any:
         """``RegistryOptions`` for fetching ``image`` (and verifying its signature)."""

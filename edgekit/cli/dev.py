@@ -1,5 +1,5 @@
 """``edgekit dev``: local services for demos and development (``dev cluster up|down|status``,
-``dev agent-image build|push``)."""
+``dev agent-image|controller-image build|push``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from edgekit.cli._output import console, emit_json, output_option
 
 if TYPE_CHECKING:
     from edgekit.rehearsal.agentbuilding import BuiltImage
-    from edgekit.rehearsal.agentimage import Platform
+    from edgekit.rehearsal.agentimage import Platform, Recipe
 
 
 @click.group("dev")
@@ -26,6 +26,7 @@ def dev() -> None:
       edgekit dev cluster status
       edgekit dev cluster down
       edgekit dev agent-image push --registry 127.0.0.1:5000
+      edgekit dev controller-image push --registry 127.0.0.1:5000
     """
 
 
@@ -139,27 +140,25 @@ def cluster_status(state_dir: Path | None, output: str) -> None:
         raise SystemExit(1)
 
 
-@dev.group("agent-image")
-def agent_image() -> None:
-    """The edgekit-agent image (linux/amd64 + linux/arm64 OCI index), built here from a Debian rootfs
-    (mmdebstrap) and Dockerfile.arm64 (buildah), cached in ~/.cache/edgekit/agent-image-<key>/.
-
-    \b
-    Examples:
-      edgekit dev agent-image build
-      edgekit dev agent-image push --registry 127.0.0.1:5000
-    """
-
-
-platform_option = click.option(
-    "--platform", "platforms", multiple=True, metavar="OS/ARCH",
-    help="linux/amd64 or linux/arm64 (repeatable; default both).")
+# One builder, two images: `dev agent-image` and `dev controller-image` take the same subcommands.
+_IMAGES = {
+    "agent": ("The edgekit-agent image (linux/amd64 + linux/arm64 OCI index), built here from a Debian rootfs "
+              "(mmdebstrap) and Dockerfile.arm64 (buildah), cached in ~/.cache/edgekit/agent-image-<key>/.",
+              "edgekit-agent", "both", "edgekit render REF --group cameras --app detector "
+              "--agent-image 127.0.0.1:5000/edgekit-agent@sha256:..."),
+    "controller": ("The edgekit controller's image (`edgekit controller`, the Deployment in "
+                   "fleet-manifests/controller; linux/amd64, linux/arm64 with --platform), built here like the "
+                   "agent image from the same Debian rootfs and Dockerfile.controller, cached in "
+                   "~/.cache/edgekit/controller-image-<key>/.",
+                   "edgekit", "linux/amd64", "kubectl -n edgekit set image deployment/edgekit-rollout-controller "
+                   "controller=127.0.0.1:5000/edgekit@sha256:..."),
+}
 
 
-def _platforms(values: tuple[str, ...]) -> list[Platform]:
-    from edgekit.rehearsal.agentimage import PLATFORMS, parse_platform
+def _platforms(values: tuple[str, ...]) -> list[Platform] | None:
+    from edgekit.rehearsal.agentimage import parse_platform
 
-    return [parse_platform(v) for v in values] if values else list(PLATFORMS)
+    return [parse_platform(v) for v in values] if values else None
 
 
 def _show_built(built: BuiltImage, output: str, pushed: str | None = None) -> None:
@@ -168,7 +167,7 @@ def _show_built(built: BuiltImage, output: str, pushed: str | None = None) -> No
                    "images": built.record["images"], **({"pushed": pushed} if pushed else {})})
         return
     con = console()
-    con.print(f"agent image {built.plan.version}: {built.reference()} {built.index_digest}")
+    con.print(f"{built.plan.recipe.name} image {built.plan.version}: {built.reference()} {built.index_digest}")
     for image in built.record["images"]:
         con.print(f"  {image['platform']:12} {image['manifest_digest']}  "
                   f"{image['compressed_bytes'] / 1e6:.1f} MB compressed, "
@@ -177,47 +176,72 @@ def _show_built(built: BuiltImage, output: str, pushed: str | None = None) -> No
         con.print(f"pushed {pushed}")
 
 
-@agent_image.command("build")
-@platform_option
-@output_option
-def agent_image_build(platforms: tuple[str, ...], output: str) -> None:
-    """Build the agent image index unless the one for the current sources is cached. The first build
-    makes a Debian rootfs per platform and installs the agent under qemu for arm64 (minutes).
+def _image_group(name: str) -> click.Group:
+    about, repository, default_platforms, use = _IMAGES[name]
+    platform_option = click.option(
+        "--platform", "platforms", multiple=True, metavar="OS/ARCH",
+        help=f"linux/amd64 or linux/arm64 (repeatable; default {default_platforms}).")
+
+    def recipe() -> Recipe:
+        from edgekit.rehearsal.agentimage import recipe_named
+
+        return recipe_named(name)
+
+    @click.group(f"{name}-image", help=f"""{about}
 
     \b
     Examples:
-      edgekit dev agent-image build
-      edgekit dev agent-image build --platform linux/amd64
-    """
-    from edgekit.rehearsal.agentbuilding import build
+      edgekit dev {name}-image build
+      edgekit dev {name}-image push --registry 127.0.0.1:5000
+    """)
+    def group() -> None:
+        pass
 
-    con = console(stderr=True)
-    _show_built(build(_platforms(platforms), say=lambda m: con.print(escape(m))), output)
-
-
-@agent_image.command("push")
-@click.option("--registry", required=True, metavar="HOST:PORT", help="The registry to copy the index to.")
-@click.option("--repository", default="edgekit-agent", show_default=True, help="Repository in the registry.")
-@click.option("--tls-verify/--no-tls-verify", default=False, show_default=True,
-              help="Use https and verify the registry's certificate (the local test registry is plain http).")
-@platform_option
-@output_option
-def agent_image_push(registry: str, repository: str, tls_verify: bool, platforms: tuple[str, ...],
-                     output: str) -> None:
-    """Build (or reuse) the agent image index and copy all its platforms to a registry with skopeo;
-    prints the reference by digest to give `edgekit render --agent-image`.
+    @group.command("build", help=f"""Build the {name} image index unless the one for the current sources is
+    cached. The first build makes a Debian rootfs per platform (shared with the other image), and
+    installs the packages under qemu for arm64 (minutes).
 
     \b
     Examples:
-      edgekit dev agent-image push --registry 127.0.0.1:5000
-      edgekit render REF --group cameras --app detector --agent-image 127.0.0.1:5000/edgekit-agent@sha256:...
-    """
-    from edgekit.rehearsal.agentbuilding import build, push
+      edgekit dev {name}-image build
+      edgekit dev {name}-image build --platform linux/amd64 --platform linux/arm64
+    """)
+    @platform_option
+    @output_option
+    def build_cmd(platforms: tuple[str, ...], output: str) -> None:
+        from edgekit.rehearsal.agentbuilding import build
 
-    con = console(stderr=True)
-    built = build(_platforms(platforms), say=lambda m: con.print(escape(m)))
-    pushed = push(built, registry, repository=repository, tls_verify=tls_verify, say=lambda m: con.print(escape(m)))
-    _show_built(built, output, pushed)
+        con = console(stderr=True)
+        _show_built(build(_platforms(platforms), say=lambda m: con.print(escape(m)), recipe=recipe()), output)
+
+    @group.command("push", help=f"""Build (or reuse) the {name} image index and copy all its platforms to a
+    registry with skopeo; prints the reference by digest.
+
+    \b
+    Examples:
+      edgekit dev {name}-image push --registry 127.0.0.1:5000
+      {use}
+    """)
+    @click.option("--registry", required=True, metavar="HOST:PORT", help="The registry to copy the index to.")
+    @click.option("--repository", default=repository, show_default=True, help="Repository in the registry.")
+    @click.option("--tls-verify/--no-tls-verify", default=False, show_default=True,
+                  help="Use https and verify the registry's certificate (the local test registry is plain http).")
+    @platform_option
+    @output_option
+    def push_cmd(registry: str, repository: str, tls_verify: bool, platforms: tuple[str, ...], output: str) -> None:
+        from edgekit.rehearsal.agentbuilding import build, push
+
+        con = console(stderr=True)
+        built = build(_platforms(platforms), say=lambda m: con.print(escape(m)), recipe=recipe())
+        pushed = push(built, registry, repository=repository, tls_verify=tls_verify,
+                      say=lambda m: con.print(escape(m)))
+        _show_built(built, output, pushed)
+
+    return group
+
+
+for _name in _IMAGES:
+    dev.add_command(_image_group(_name))
 
 
 COMMANDS: list[click.Command] = [dev]

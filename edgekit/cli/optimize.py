@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.markup import escape
@@ -26,6 +28,105 @@ input_shape_option = click.option(
     metavar="NAME=D1,D2,...",
     help="Fix an input's shape (symbolic dims such as batch or image size). Repeatable.",
 )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def device_broker_options(func: F) -> F:
+    """The broker flags of ``bench --group`` and ``quantize --timing-group`` (as ``edgekit fleet``'s;
+    also ``EDGEKIT_FLEET_*``)."""
+    options = [
+        click.option("--broker", "brokers", multiple=True, metavar="URL",
+                     help="With a group: mqtt://host[:port] or mqtts://host[:port] of the fleet's broker "
+                          "[default: mqtt://127.0.0.1:1883]."),
+        click.option("--topic-root", default=None, help="With a group: topic root [default: edgekit/v1]."),
+        click.option("--mqtt-username", "username", default=None, help="With a group: MQTT user name."),
+        click.option("--mqtt-password-file", "password_file", type=click.Path(dir_okay=False), default=None,
+                     help="With a group: file holding the MQTT password."),
+        click.option("--mqtt-ca-file", "ca_file", type=click.Path(dir_okay=False), default=None,
+                     help="With a group: CA bundle for mqtts://."),
+        click.option("--mqtt-cert-file", "cert_file", type=click.Path(dir_okay=False), default=None,
+                     help="With a group: MQTT client certificate."),
+        click.option("--mqtt-key-file", "key_file", type=click.Path(dir_okay=False), default=None,
+                     help="With a group: MQTT client certificate key."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _fleet_settings(broker: dict[str, Any]) -> Any:
+    from edgekit.fleet.settings import load_fleet_settings
+
+    overrides = {"brokers": tuple(broker.get("brokers") or ()) or None, "topic_root": broker.get("topic_root"),
+                 "mqtt_username": broker.get("username"), "mqtt_password_file": broker.get("password_file"),
+                 "mqtt_ca_file": broker.get("ca_file"), "mqtt_cert_file": broker.get("cert_file"),
+                 "mqtt_key_file": broker.get("key_file")}
+    return load_fleet_settings(None, overrides=overrides)
+
+
+def _candidate_platforms(images: tuple[str, ...]) -> list[str]:
+    """The platforms the candidates' images have layers for (registry settings: ``EDGEKIT_REGISTRY_*``)."""
+    from edgekit.image.options import load_registry_settings
+    from edgekit.image.showing import show_image
+
+    options = load_registry_settings().to_options()
+    found: set[str] = set()
+    for image in images:
+        found.update(show_image(image, options=options).platforms)
+    return sorted(found)
+
+
+def _bench_devices(images: tuple[str, ...], *, group: str, app: str, per_class: int, runs: int, warmup: int | None,
+                   timeout: float, platforms: str | None, output: str, broker: dict[str, Any]) -> None:
+    from edgekit.fleet.benching import bench_group, check_candidates, raise_for_summary
+    from edgekit.optimize.platforms import parse_target_platforms
+
+    check_candidates(images)
+    expected = list(parse_target_platforms(platforms)) if platforms else _candidate_platforms(images)
+    con = console(stderr=True)
+    result = bench_group(_fleet_settings(broker), group=group, app=app, candidates=images, per_class=per_class,
+                         runs=runs, warmup=5 if warmup is None else warmup, timeout=timeout,
+                         expected_platforms=expected,
+                         on_progress=(lambda text: con.print(f"… {escape(text)}")) if output != "json" else None)
+    if output == "json":
+        emit_json(result.to_dict())
+    else:
+        _print_device_bench(result)
+    raise_for_summary(result)
+
+
+def _print_device_bench(result: Any) -> None:
+    s = result.summary
+    table = Table(title=f"timed on devices of {result.group} (app {result.app}), vs the model they run",
+                  title_justify="left")
+    for col in ("class", "candidate", "median ms", "p90 ms", "ratio", "ratio range", "n", "devices"):
+        table.add_column(col, justify="left" if col in ("class", "candidate", "devices") else "right")
+    for f in s.figures:
+        spread = f"{f.ratio_spread[0]:.2f}-{f.ratio_spread[1]:.2f}" if f.ratio_spread else "-"
+        table.add_row(escape(f.platform), escape(_short_image(f.image)), f"{f.median_ms:.3f}", f"{f.p90_ms:.3f}",
+                      f"{f.ratio:.2f}x" if f.ratio is not None else "-", spread, str(f.n),
+                      escape(", ".join(f.devices)))
+    console().print(table)
+    err = console(stderr=True)
+    for plat in s.without_devices:
+        err.print(f"[bold yellow]no device:[/] no device of {escape(plat)} in group {escape(result.group)} "
+                  "answered: that class was not timed")
+    for r in s.refusals:
+        err.print(f"[bold red]refused:[/] {escape(r.device)} ({escape(r.platform)}) {escape(_short_image(r.image))}: "
+                  f"{escape(r.error)}: {escape(r.detail)}")
+    for device in s.unanswered:
+        err.print(f"[bold yellow]no answer:[/] {escape(device)}")
+    for device in s.busy:
+        err.print(f"[bold yellow]busy:[/] {escape(device)} was running another bench")
+    for device in s.truncated:
+        err.print(f"[bold yellow]cut short:[/] {escape(device)} ran out of time (fewer runs)")
+
+
+def _short_image(image: str) -> str:
+    repo, _, digest = image.rpartition("@")
+    return f"{repo.rsplit('/', 1)[-1]}@{digest[:19]}" if repo else image
 
 
 def _size(n: int | None) -> str:
@@ -92,9 +193,9 @@ def inspect_cmd(model: Path, output: str) -> None:
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--runs", default=200, show_default=True, type=click.IntRange(1), help="Timed runs per model.")
-@click.option("--warmup", default=20, show_default=True, type=click.IntRange(0), help="Untimed runs first.")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--runs", default=None, type=click.IntRange(1), help="Timed runs per model [200; on devices: 50].")
+@click.option("--warmup", default=None, type=click.IntRange(0), help="Untimed runs first [20; on devices: 5].")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="intra-op threads.")
 @click.option(
     "--batch", default=1, show_default=True, type=click.IntRange(1), help="Batch size for a symbolic batch dim."
@@ -102,27 +203,64 @@ def inspect_cmd(model: Path, output: str) -> None:
 @input_shape_option
 @click.option("--data", type=click.Path(path_type=Path), help="Inputs from .npz/.npy/images instead of random.")
 @click.option("--spinning/--no-spinning", default=None, help="onnxruntime thread spinning (default: its own).")
+@click.option("--group", "-g", default=None,
+              help="Time the candidate IMAGES (by digest) on devices of this group instead, beside the model "
+                   "they run.")
+@click.option("--app", default=None, help="With --group: the app whose agents time them.")
+@click.option("--devices", "per_class", default=2, show_default=True, type=click.IntRange(1, 50),
+              help="With --group: devices asked per device class (platform).")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(5, 3600),
+              help="With --group: seconds to wait for the devices' results.")
+@click.option("--platform", "platforms", metavar="OS/ARCH,...",
+              help="With --group: the device classes the result must cover [default: the candidates' platforms, "
+                   "read from the registry].")
+@device_broker_options
 @output_option
 def bench_cmd(
-    models: tuple[Path, ...],
-    runs: int,
-    warmup: int,
+    models: tuple[str, ...],
+    runs: int | None,
+    warmup: int | None,
     threads: int,
     batch: int,
     input_shapes: tuple[str, ...],
     data: Path | None,
     spinning: bool | None,
+    group: str | None,
+    app: str | None,
+    per_class: int,
+    timeout: float,
+    platforms: str | None,
     output: str,
+    **broker: Any,
 ) -> None:
     """Measure latency (p50/p95/p99) and throughput; several models are timed interleaved on the
     same inputs and compared with the first.
+
+    With --group G --app A, the arguments are candidate images pinned by digest, timed on a few
+    devices of each class of the group (--devices per class) beside the model they run, without
+    serving them: the agents fetch and verify each like a model to serve (their release key),
+    time it interleaved with the running model (one thread, a quarter of one core at most) and
+    answer over MQTT. The table gives, per device class and candidate, the median, the ratio to
+    the running model and the runs behind it; a class of the candidates with no device to ask
+    is named.
 
     \b
     Examples:
       edgekit bench model.onnx
       edgekit bench model.onnx model.int8.onnx --threads 2 --runs 500
       edgekit bench det.onnx --input-shape x=1,3,640,640
+      edgekit bench --group cameras --app det --broker mqtt://broker:1883 \\
+          registry:5000/models/det@sha256:3f1c... registry:5000/models/det@sha256:9ab0...
     """
+    if group is not None or app is not None:
+        if group is None or app is None:
+            raise ConfigError("--group and --app go together", field="--app" if group is None else "--group")
+        _bench_devices(models, group=group, app=app, per_class=per_class, runs=runs or 50, warmup=warmup,
+                       timeout=timeout, platforms=platforms, output=output, broker=broker)
+        return
+    runs = runs or 200
+    warmup = 20 if warmup is None else warmup
+    paths = [Path(m) for m in models]
     from edgekit.optimize.benchmarking import bench_models
     from edgekit.optimize.shapes import parse_input_shapes
 
@@ -138,7 +276,7 @@ def bench_cmd(
     ) as bar:
         task = bar.add_task("bench", total=runs)
         stats = bench_models(
-            [str(m) for m in models],
+            [str(m) for m in paths],
             runs=runs,
             warmup=warmup,
             threads=threads,
@@ -149,7 +287,7 @@ def bench_cmd(
             on_progress=lambda done: bar.update(task, completed=done),
         )
     rows = []
-    for path, st in zip(models, stats, strict=True):
+    for path, st in zip(paths, stats, strict=True):
         rows.append(
             {
                 "model": str(path),
@@ -304,6 +442,23 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option("--scale", default=1 / 255, show_default="1/255", type=float, help="Images: pixel multiplier.")
 @click.option("--mean", default="0", show_default=True, help="Images: per-channel mean, after scaling.")
 @click.option("--std", default="1", show_default=True, help="Images: per-channel std, after scaling.")
+@click.option("--timing-group", metavar="GROUP",
+              help="Rank the candidates inside the budget by what devices of this group measure (with --app, "
+                   "--timing-repo, --sign-key and the broker flags).")
+@click.option("--app", help="With --timing-group: the app whose agents time the candidates.")
+@click.option("--timing-repo", metavar="REGISTRY/REPO",
+              help="With --timing-group: where the candidates are pushed, on the registry the agents fetch from.")
+@click.option("--sign-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --timing-group: the release key the agents trust (password: EDGEKIT_KEY_PASSWORD).")
+@click.option("--timing-devices", default=2, show_default=True, type=click.IntRange(1, 50),
+              help="With --timing-group: devices asked per device class.")
+@click.option("--timing-runs", default=30, show_default=True, type=click.IntRange(1, 200),
+              help="With --timing-group: timed runs per model on each device.")
+@click.option("--timing-timeout", default=180.0, show_default=True, type=click.FloatRange(5, 3600),
+              help="With --timing-group: seconds to wait for the devices, per platform.")
+@click.option("--insecure-registry", is_flag=True, default=None,
+              help="With --timing-group: plain HTTP / no TLS verification to --timing-repo (local registries).")
+@device_broker_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @output_option
 def quantize_cmd(
@@ -332,8 +487,17 @@ def quantize_cmd(
     scale: float,
     mean: str,
     std: str,
+    timing_group: str | None,
+    app: str | None,
+    timing_repo: str | None,
+    sign_key: Path | None,
+    timing_devices: int,
+    timing_runs: int,
+    timing_timeout: float,
+    insecure_registry: bool | None,
     quiet: bool,
     output: str,
+    **broker: Any,
 ) -> None:
     """Quantize to INT8: the fastest model inside an accuracy budget, or FP32 with the reason.
 
@@ -361,6 +525,14 @@ def quantize_cmd(
     candidates are checked for fidelity here but not timed, and its build is the first in its
     family's order inside the budget (the report says its latency was not measured there).
     --budget-time applies to each platform.
+
+    \b
+    --timing-group G --app A ranks by the devices instead: each platform's candidates inside
+    the budget (3 at most, with the FP32 build) are packaged, pushed to --timing-repo, signed
+    with --sign-key and timed on --timing-devices devices of that class in G, beside the model
+    they run (as `edgekit bench --group`); the build is the fastest there, if faster than FP32
+    there. A platform with no device in G keeps the build host's figures, and the report says
+    so: `latency_source` records where each figure was measured.
 
     \b
     Examples:
@@ -410,12 +582,21 @@ def quantize_cmd(
         ),
         mixed_precision=not no_mixed_precision,
     )
+    if platforms is not None and (activation_type is not None or reduce_range is not None):
+        raise ConfigError("--platform picks the activation type and reduce-range per CPU family",
+                          field="--activation-type" if activation_type is not None else "--reduce-range",
+                          hint="drop it, or quantize without --platform")
+    timing = _timing_settings(timing_group, app, timing_repo, sign_key, timing_devices, timing_runs,
+                              timing_timeout, insecure_registry, broker)
+    if timing is not None:
+        with tempfile.TemporaryDirectory(prefix="edgekit-candidates-") as kept:
+            from dataclasses import replace
+
+            _quantize_on_devices(model, out, replace(settings, keep_candidates=Path(kept)), platforms, timing,
+                                 quiet=quiet, output=output)
+        return
     if platforms is not None:
         targets = parse_target_platforms(platforms)
-        if activation_type is not None or reduce_range is not None:
-            raise ConfigError("--platform picks the activation type and reduce-range per CPU family",
-                              field="--activation-type" if activation_type is not None else "--reduce-range",
-                              hint="drop it, or quantize without --platform")
         with _CliProgress(enabled=not quiet and output != "json") as progress:
             reports = quantize_for_platforms(model, out, targets, settings, progress)
         if output == "json":
@@ -433,6 +614,59 @@ def quantize_cmd(
         emit_json(report.to_dict())
         return
     _print_report(report)
+
+
+def _timing_settings(group: str | None, app: str | None, repo: str | None, sign_key: Path | None, devices: int,
+                     runs: int, timeout: float, insecure: bool | None, broker: dict[str, Any]) -> Any:
+    if group is None:
+        for flag, value in (("--app", app), ("--timing-repo", repo), ("--sign-key", sign_key)):
+            if value is not None:
+                raise ConfigError("goes with --timing-group", field=flag)
+        return None
+    for flag, value in (("--app", app), ("--timing-repo", repo), ("--sign-key", sign_key)):
+        if value is None:
+            raise ConfigError("--timing-group needs it", field=flag)
+    from edgekit.image.options import load_registry_settings
+    from edgekit.image.signing import load_private_key, password_from_env
+    from edgekit.rollout.devicetiming import DeviceTimingSettings, check_repository
+
+    assert app is not None and repo is not None and sign_key is not None
+    return DeviceTimingSettings(
+        group=group, app=app, repository=check_repository(repo),
+        sign_key=load_private_key(sign_key, password_from_env()), fleet=_fleet_settings(broker),
+        registry=load_registry_settings(insecure=insecure).to_options(), per_class=devices, runs=runs,
+        timeout=timeout)
+
+
+def _quantize_on_devices(model: Path, out: Path, settings: Any, platforms: str | None, timing: Any, *,
+                         quiet: bool, output: str) -> None:
+    from edgekit_agent.oci.fetching import current_platform
+
+    from edgekit.optimize.platforms import parse_target_platforms
+    from edgekit.optimize.quantizing import quantize, quantize_for_platforms
+    from edgekit.rollout.devicetiming import time_on_devices
+
+    with _CliProgress(enabled=not quiet and output != "json") as progress:
+        if platforms is not None:
+            reports = quantize_for_platforms(model, out, parse_target_platforms(platforms), settings, progress)
+        else:
+            report = quantize(model, out, settings, progress)
+            reports = {report.platform or current_platform(): report}
+        reports = time_on_devices(model, reports, timing, progress.stage)
+    if output == "json":
+        emit_json({plat: r.to_dict() for plat, r in reports.items()} if platforms is not None
+                  else next(iter(reports.values())).to_dict())
+        return
+    for plat, report in reports.items():
+        console().print(f"[bold]{escape(plat)}[/]")
+        _print_report(report)
+        source = report.device_timing or {}
+        line = f"latency: {source.get('source')}"
+        if source.get("devices"):
+            line += f" ({', '.join(source['devices'])} of {source.get('group')})"
+        if source.get("source") != "devices":
+            console(stderr=True).print(f"[bold yellow]{escape(plat)}:[/] {escape(str(source.get('why')))}")
+        console().print(escape(line))
 
 
 def _print_report(report: QuantizeReport) -> None:

@@ -366,6 +366,8 @@ def render(s: RenderSettings) -> list[dict[str, Any]]:
     env = [
         {"name": "EDGEKIT_AGENT_DEVICE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "EDGEKIT_AGENT_GROUP", "value": _group_name(s.group)},
+        # names the agent's bench topic ({root}/{group}/{device}/bench/{app}/request)
+        {"name": "EDGEKIT_AGENT_APP", "value": app},
     ]
     init_containers: list[dict[str, Any]] = []
     if source == "image-volume":

@@ -19,6 +19,8 @@ decided in ``planning`` and which candidate wins in ``judging`` (both pure); ``e
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -61,6 +63,8 @@ from edgekit.optimize.shapes import Shapes, shapes_to_fix
 from edgekit.optimize.subgraphs import KeptSubgraph, kept_subgraphs, unvarying_scalars
 from edgekit.optimize.writing import atomic_write, check_output_path
 
+IN_BUDGET = ("chosen", "in budget", "slower")  # verdicts of candidates whose fidelity is inside the budget
+
 
 @dataclass(frozen=True)
 class QuantizeSettings:
@@ -88,6 +92,9 @@ class QuantizeSettings:
     activation_types: tuple[Literal["uint8", "int8"], ...] = ()
     platform: str | None = None  # the platform the build is for (None: this host, unnamed)
     timed: bool = True
+    # Where to keep the candidates inside the budget (``--timing-group`` times them on devices);
+    # None: they go with the work folder
+    keep_candidates: Path | None = None
 
 
 class Progress(Protocol):
@@ -179,6 +186,8 @@ class _Search:
                 chosen, reason = self._choose(ctx)
             self.step = "writing the result"
             self.progress.stage(self.step)
+            if s.keep_candidates is not None:
+                self._keep(s.keep_candidates)
             if chosen is not None and chosen.path is not None:
                 atomic_write(self.out, chosen.path.read_bytes())
             else:
@@ -208,6 +217,15 @@ class _Search:
         )
         atomic_write(report_path(self.out), report_json(report.to_dict()))
         return report
+
+    def _keep(self, folder: Path) -> None:
+        """Copy every candidate inside the budget out of the work folder (its ``path`` follows)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for r in self.results:
+            if r.path is not None and r.verdict in IN_BUDGET:
+                kept = folder / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', r.recipe.name)}.onnx"
+                shutil.copyfile(r.path, kept)
+                r.path = kept
 
     @staticmethod
     def _with_data_values(kept: list[KeptSubgraph], *data: Dataset) -> list[KeptSubgraph]:

@@ -26,6 +26,15 @@ class CandidateResult:
     fidelity: fid.Fidelity | None = None
     seconds: float = 0.0
     path: Path | None = None
+    # timed on devices of a group (``--timing-group``): ratio to FP32 there, median, runs, devices
+    device: dict[str, Any] | None = None
+
+    @property
+    def latency_source(self) -> str:
+        """Where ``latency_ratio`` (or ``device``) was measured: devices, build host, or nowhere."""
+        if self.device is not None:
+            return "devices"
+        return "build host" if self.latency_ratio is not None else "not measured"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +47,8 @@ class CandidateResult:
             "latency_ratio": self.latency_ratio,
             "fidelity": self.fidelity.to_dict() if self.fidelity else None,
             "seconds": round(self.seconds, 2),
+            "latency_source": self.latency_source,
+            "device_latency": self.device,
         }
 
 
@@ -64,6 +75,9 @@ class QuantizeReport:
     fp32_subgraph_lines: list[str] = field(default_factory=list)
     timed_on: str = ""  # the platform (os/arch) the latencies were measured on ("": not timed)
     platform: str = ""  # the platform the build is for ("": this host's, unnamed)
+    # where the latencies that ranked the candidates come from (``--timing-group``): {source:
+    # devices | build host | not measured, group, app, devices, why}; None: quantize alone (the build host)
+    device_timing: dict[str, Any] | None = None
 
     @property
     def chosen_result(self) -> CandidateResult | None:
@@ -87,6 +101,8 @@ class QuantizeReport:
             # latencies are this host's: ``package`` and the attestation credit them to its platform only
             "timed_on": self.timed_on or None,
             "platform": self.platform or None,
+            "latency_source": self.device_timing or {
+                "source": "build host" if self.timed_on else "not measured", "platform": self.timed_on or None},
             "baseline": self.baseline,
             "result": None if chosen is None else chosen.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],

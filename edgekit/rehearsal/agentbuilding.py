@@ -1,12 +1,15 @@
-"""Build the edgekit-agent image index here (mmdebstrap, buildah, skopeo) and push it to a registry.
+"""Build the edgekit-agent image index (or the controller's) here (mmdebstrap, buildah, skopeo) and
+push it to a registry.
 
 The plan comes from ``agentimage``; this module runs it. Each platform's Debian rootfs is cached in
-``~/.cache/edgekit/agent-rootfs-<release>-<arch>-<key>/rootfs.tar`` and the finished OCI layout
-(one index for linux/amd64 + linux/arm64) in ``~/.cache/edgekit/agent-image-<key>/oci``, reused
-while the sources are unchanged, like the Go programs of ``gobuild``.
+``~/.cache/edgekit/agent-rootfs-<release>-<arch>-<key>/rootfs.tar`` (both images start from it) and
+the finished OCI layout (one index for linux/amd64 + linux/arm64) in
+``~/.cache/edgekit/<image>-image-<key>/oci``, reused while the sources are unchanged, like the Go
+programs of ``gobuild``.
 
     python -m edgekit.rehearsal.agentbuilding            # build what is missing (scripts/build-agent-image)
     python -m edgekit.rehearsal.agentbuilding --check    # say whether the image is built, build nothing
+    python -m edgekit.rehearsal.agentbuilding --image controller   # the edgekit controller's image
 """
 
 from __future__ import annotations
@@ -31,17 +34,18 @@ from typing import Any
 
 from edgekit.errors import EdgekitError
 from edgekit.rehearsal.agentimage import (
-    AGENT_FILES_PREFIX,
-    DOCKERFILE,
-    PLATFORMS,
+    AGENT,
+    RECIPES,
     AgentImageError,
     ImagePlan,
     Platform,
+    Recipe,
     RootfsPlan,
     image_index,
     is_context_file,
     parse_platform,
     plan,
+    recipe_named,
 )
 from edgekit.settings import cache_dir
 
@@ -59,7 +63,7 @@ BUILD_PINS = ("setuptools==84.2.1",)
 Say = Callable[[str], None]
 
 
-def require_tools(names: Sequence[str], *, for_arm64: bool = False) -> None:
+def require_tools(names: Sequence[str], *, for_arm64: bool = False, what: str = "agent") -> None:
     """Raise one AgentImageError naming every missing tool (and how to get it)."""
     missing = [n for n in names if shutil.which(n) is None]
     lacking = [f"{n} (apt package {TOOL_PACKAGES.get(n, n)})" for n in missing]
@@ -67,7 +71,7 @@ def require_tools(names: Sequence[str], *, for_arm64: bool = False) -> None:
         lacking.append("arm64 emulation (apt packages qemu-user-static binfmt-support; "
                        "`update-binfmts --enable qemu-aarch64`)")
     if lacking:
-        raise AgentImageError("cannot build the agent image, missing: " + "; ".join(lacking),
+        raise AgentImageError(f"cannot build the {what} image, missing: " + "; ".join(lacking),
                               hint="scripts/setup installs them")
     if not Path(CA_BUNDLE).is_file():
         raise AgentImageError(f"no CA bundle at {CA_BUNDLE} for pip inside the build",
@@ -95,22 +99,24 @@ def _apt_sources() -> tuple[Path, bytes]:
     raise AgentImageError("no Debian apt source found in /etc/apt (the rootfs is made from Debian packages)")
 
 
-def context_files(root: Path = REPO_ROOT) -> dict[str, bytes]:
-    """The build context: the Dockerfile, the agent's pyproject, constraints and package files."""
-    paths = [root / "agent" / "pyproject.toml", root / "agent" / "image-constraints.txt", root / DOCKERFILE]
-    paths += [p for p in (root / AGENT_FILES_PREFIX).rglob("*") if p.is_file()]
+def context_files(root: Path = REPO_ROOT, recipe: Recipe = AGENT) -> dict[str, bytes]:
+    """The build context: the Dockerfile, the pyprojects, constraints and package files it copies."""
+    paths = [root / rel for rel in recipe.required]
+    for prefix in recipe.packages:
+        paths += [p for p in (root / prefix).rglob("*") if p.is_file()]
     files = {}
     for path in paths:
         rel = path.relative_to(root).as_posix()
-        if is_context_file(rel) and path.is_file():
+        if is_context_file(rel, recipe) and path.is_file():
             files[rel] = path.read_bytes()
     return files
 
 
-def build_plan(platforms: Sequence[Platform] = PLATFORMS, *, release: str = "bookworm",
-               root: Path = REPO_ROOT) -> ImagePlan:
+def build_plan(platforms: Sequence[Platform] | None = None, *, release: str = "bookworm",
+               root: Path = REPO_ROOT, recipe: Recipe = AGENT) -> ImagePlan:
     _, sources = _apt_sources()
-    return plan(context_files(root), release=release, apt_sources=sources, platforms=platforms)
+    return plan(context_files(root, recipe), release=release, apt_sources=sources, platforms=platforms,
+                recipe=recipe)
 
 
 @contextlib.contextmanager
@@ -249,15 +255,17 @@ class _Buildah:
             self(["rmi", "--all", "--force"], "buildah rmi")
 
 
-def build(platforms: Sequence[Platform] = PLATFORMS, *, say: Say = print, root: Path = REPO_ROOT) -> BuiltImage:
-    """Build (or find cached) the agent image index for ``platforms``."""
-    files = context_files(root)
+def build(platforms: Sequence[Platform] | None = None, *, say: Say = print, root: Path = REPO_ROOT,
+          recipe: Recipe = AGENT) -> BuiltImage:
+    """Build (or find cached) the recipe's image index for ``platforms`` (default: the recipe's)."""
+    files = context_files(root, recipe)
     _, sources = _apt_sources()
-    image_plan = plan(files, apt_sources=sources, platforms=platforms)
+    image_plan = plan(files, apt_sources=sources, platforms=platforms, recipe=recipe)
+    what = f"{recipe.name} image {image_plan.version}"
     if built := inspect_built(image_plan):
-        say(f"==> agent image {image_plan.version} cached in {built.path} ({built.index_digest})")
+        say(f"==> {what} cached in {built.path} ({built.index_digest})")
         return built
-    require_tools(BUILD_TOOLS, for_arm64=any(p.arch == "arm64" for p in image_plan.platforms))
+    require_tools(BUILD_TOOLS, for_arm64=any(p.arch == "arm64" for p in image_plan.platforms), what=recipe.name)
     with _lock(image_plan.dir_name):
         if built := inspect_built(image_plan):
             return built
@@ -268,8 +276,8 @@ def build(platforms: Sequence[Platform] = PLATFORMS, *, say: Say = print, root: 
             build_rootfs(rootfs, say=say)
             rootfs_seconds[rootfs.platform.arch] = round(time.monotonic() - t0, 1)
         out = cache_dir() / image_plan.dir_name
-        work = Path(tempfile.mkdtemp(prefix=".agent-image-work-", dir=cache_dir()))
-        log = _log(f"agent-image-{image_plan.key}")
+        work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-image-work-", dir=cache_dir()))
+        log = _log(image_plan.dir_name)
         buildah = _Buildah(work, log)
         try:
             record = _build_images(image_plan, files, work, buildah, say=say)
@@ -283,7 +291,7 @@ def build(platforms: Sequence[Platform] = PLATFORMS, *, say: Say = print, root: 
         (tmp / _STAMP).write_text(f"{image_plan.key}\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-        say(f"==> agent image {image_plan.version} built in {record['seconds']:.0f}s: {out} "
+        say(f"==> {what} built in {record['seconds']:.0f}s: {out} "
             f"({record['index_digest']})")
         return BuiltImage(image_plan, out, record)
 
@@ -369,14 +377,16 @@ def _sizes(layout: Path, manifest_digest: str) -> dict[str, Any]:
 
 # --- using the built image ------------------------------------------------------------------------
 
-def push(built: BuiltImage, registry: str, *, repository: str = "edgekit-agent", tls_verify: bool = False,
+def push(built: BuiltImage, registry: str, *, repository: str | None = None, tls_verify: bool = False,
          say: Say = print) -> str:
-    """Copy the whole index (every platform) to ``registry``; returns ``registry/repository@digest``."""
+    """Copy the whole index (every platform) to ``registry``; returns ``registry/repository@digest``
+    (the repository defaults to the recipe's: edgekit-agent, edgekit)."""
     require_tools(("skopeo",))
+    repository = repository or built.plan.recipe.repository
     if not registry or "/" in registry:
         raise AgentImageError(f"registry {registry!r} is not HOST:PORT")
     destination = f"{registry}/{repository}:{built.plan.version}"
-    log = _log("agent-image-push")
+    log = _log(f"{built.plan.recipe.name}-image-push")
     _run(["skopeo", "copy", "--all", "--preserve-digests", f"--dest-tls-verify={'true' if tls_verify else 'false'}",
           built.reference(), f"docker://{destination}"], log, what=f"pushing to {destination}")
     pushed = f"{registry}/{repository}@{built.index_digest}"
@@ -391,12 +401,12 @@ def run_in_image(built: BuiltImage, platform: Platform, argv: Sequence[str], *, 
     """
     require_tools(("buildah", "runc", "skopeo"))
     cache_dir().mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".agent-image-run-", dir=cache_dir()) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f".{built.plan.recipe.name}-image-run-", dir=cache_dir()) as tmp:
         log = Path(tmp) / "run.log"
         buildah = _Buildah(Path(tmp), log)
         # `buildah from oci:DIR:TAG` names the image after DIR, which fails for a folder under
         # ~/.cache (a dot starts a path component); skopeo copies it into the storage by a name.
-        name = f"localhost/edgekit-agent-run:{platform.arch}"
+        name = f"localhost/{built.plan.recipe.repository}-run:{platform.arch}"
         store = f"containers-storage:[overlay@{tmp}/storage+{tmp}/run]{name}"
         try:
             _run(["skopeo", "copy", "--quiet", built.reference(platform), store], log, what="copying the image")
@@ -417,57 +427,82 @@ def run_in_image(built: BuiltImage, platform: Platform, argv: Sequence[str], *, 
 
 # --- scripts/build-agent-image ----------------------------------------------------------------------
 
-def write_constraints(path: Path, roots: Sequence[str] = ("onnxruntime", "numpy", "paho-mqtt", "cryptography"),
-                      build_pins: Sequence[str] = BUILD_PINS) -> list[str]:
-    """Pin the agent's dependencies (and their dependencies) at the versions installed here, and
-    what builds the agent wheel at ``build_pins`` (the development venv may hold an older one)."""
-    import importlib.metadata as md
+def _norm(name: str) -> str:
     import re
 
-    def norm(name: str) -> str:
-        return re.sub(r"[-_.]+", "-", name).lower()
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def dependency_roots(recipe: Recipe, root: Path = REPO_ROOT) -> list[str]:
+    """The dependencies the recipe's pyprojects declare, without the packages the image builds itself."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    projects = [tomllib.loads((root / p).read_text())["project"] for p in recipe.pyprojects]
+    built = {_norm(p["name"]) for p in projects}
+    return sorted({Requirement(d).name for p in projects for d in p.get("dependencies", [])
+                   if _norm(Requirement(d).name) not in built})
+
+
+def write_constraints(path: Path, roots: Sequence[str] = ("onnxruntime", "numpy", "paho-mqtt", "cryptography"),
+                      build_pins: Sequence[str] = BUILD_PINS, *, what: str = "agent") -> list[str]:
+    """Pin the image's dependencies (and their dependencies) at the versions installed here, and
+    what builds the wheels at ``build_pins`` (the development venv may hold an older one)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
 
     pins: dict[str, str] = {}
     todo = list(roots)
     while todo:
         name = todo.pop()
-        if norm(name) in pins:
+        if _norm(name) in pins:
             continue
         dist = md.distribution(name)
-        pins[norm(name)] = dist.version
-        todo += [re.split(r"[<>=!~ ;\[(]", r)[0] for r in dist.requires or [] if "extra ==" not in r]
+        pins[_norm(name)] = dist.version
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            # what this Linux image installs: no extras, no other platform's dependencies
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
     lines = [f"{name}=={version}" for name, version in sorted(pins.items())] + list(build_pins)
-    path.write_text("# Versions the agent image installs (pip constraints), written by\n"
-                    "# `scripts/build-agent-image --write-constraints` from a development environment.\n"
-                    "# setuptools builds the agent wheel. Change a pin, and the image's cache key changes.\n"
+    flag = "" if what == "agent" else f" --image {what}"
+    path.write_text(f"# Versions the {what} image installs (pip constraints), written by\n"
+                    f"# `scripts/build-agent-image{flag} --write-constraints` from a development environment.\n"
+                    "# setuptools builds the wheels. Change a pin, and the image's cache key changes.\n"
                     + "\n".join(sorted(lines)) + "\n")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="build-agent-image", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image", choices=[r.name for r in RECIPES], default=AGENT.name,
+                        help="which image: the agent (Dockerfile.arm64) or the controller (Dockerfile.controller)")
     parser.add_argument("--check", action="store_true",
                         help="only say whether the image of the current sources is built (exit 1 if not)")
     parser.add_argument("--platform", action="append", default=None, metavar="OS/ARCH",
-                        help="linux/amd64 or linux/arm64 (repeatable; default both)")
+                        help="linux/amd64 or linux/arm64 (repeatable; default: both for the agent, "
+                             "linux/amd64 for the controller)")
     parser.add_argument("--push", metavar="HOST:PORT", help="then copy the index to this plain-http registry")
     parser.add_argument("--write-constraints", action="store_true",
-                        help="rewrite agent/image-constraints.txt from the installed packages and stop")
+                        help="rewrite the image's constraints file from the installed packages and stop")
     args = parser.parse_args(argv)
     try:
+        recipe = recipe_named(args.image)
         if args.write_constraints:
-            for line in write_constraints(REPO_ROOT / "agent" / "image-constraints.txt"):
+            for line in write_constraints(REPO_ROOT / recipe.constraints, dependency_roots(recipe), what=recipe.name):
                 print(line)
             return 0
-        platforms = [parse_platform(p) for p in args.platform] if args.platform else list(PLATFORMS)
+        platforms = [parse_platform(p) for p in args.platform] if args.platform else None
         if args.check:
-            image_plan = build_plan(platforms)
+            image_plan = build_plan(platforms, recipe=recipe)
             built = inspect_built(image_plan)
             where = cache_dir() / image_plan.dir_name
-            print(f"agent-image {image_plan.version} {'built' if built else 'missing'} {where}"
+            print(f"{recipe.name}-image {image_plan.version} {'built' if built else 'missing'} {where}"
                   + (f" {built.index_digest}" if built else ""))
             return 0 if built else 1
-        built = build(platforms, say=lambda m: print(m, flush=True))
+        built = build(platforms, say=lambda m: print(m, flush=True), recipe=recipe)
         if args.push:
             push(built, args.push, say=lambda m: print(m, flush=True))
     except EdgekitError as exc:

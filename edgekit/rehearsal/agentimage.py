@@ -1,13 +1,16 @@
-"""The plan of an edgekit-agent image build: what goes in, where it is cached, which commands make it.
+"""The plan of an image build (edgekit-agent, or the edgekit controller): what goes in, where it is
+cached, which commands make it.
 
 Nothing here runs a program or touches the network; ``agentbuilding`` carries the plan out with
 mmdebstrap, buildah and skopeo. The plan is a pure function of its inputs, so the same sources give
 the same cache key, the same commands and (with fixed timestamps) the same image index digest:
 
-- the agent's sources (``agent/pyproject.toml``, ``agent/edgekit_agent/**``) and the pinned
-  dependency versions (``agent/image-constraints.txt``),
-- ``Dockerfile.arm64`` (the public recipe, built here with ``BASE_IMAGE``/``PLATFORM`` arguments),
+- the image's ``Recipe``: its public Dockerfile (``Dockerfile.arm64`` for the agent,
+  ``Dockerfile.controller`` for the controller, built here with ``BASE_IMAGE``/``PLATFORM``
+  arguments), the package sources it copies and the pinned dependency versions,
 - the Debian release, the apt sources the rootfs comes from, and the platforms.
+
+Both images start from the same Debian rootfs, so one cached rootfs per platform serves both.
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ from dataclasses import dataclass
 from edgekit.errors import EdgekitError
 
 __all__ = [
+    "AGENT",
     "AGENT_FILES_PREFIX",
+    "CONTROLLER",
     "DOCKERFILE",
     "PLATFORMS",
+    "RECIPES",
     "AgentImageError",
     "ImagePlan",
     "Platform",
+    "Recipe",
     "RootfsPlan",
     "image_index",
     "is_context_file",
     "parse_platform",
     "plan",
+    "recipe_named",
 ]
 
 # Bumped when the adapters change the way an image is made from the same inputs.
@@ -43,9 +51,7 @@ AGENT_FILES_PREFIX = "agent/edgekit_agent/"
 SOURCE_DATE_EPOCH = 1767225600
 ROOTFS_VARIANT = "minbase"  # `essential` lacks libstdc++, which onnxruntime needs
 ROOTFS_INCLUDE = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
-REPOSITORY = "edgekit-agent"
 BASE_REPOSITORY = "localhost/edgekit-agent-base"
-BUILD_REPOSITORY = "localhost/edgekit-agent"
 
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -69,6 +75,46 @@ class Platform:
 PLATFORMS: tuple[Platform, ...] = (Platform("linux", "amd64"), Platform("linux", "arm64"))
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """One image this builder makes: its public Dockerfile and the repository files it copies."""
+
+    name: str  # the word for it on the command line and in the cache folder's name
+    repository: str  # the repository it is pushed to by default
+    dockerfile: str
+    constraints: str  # pip constraints: every dependency at an exact version
+    pyproject: str  # the package whose version tags the image
+    files: tuple[str, ...]  # single files the Dockerfile copies, besides itself and the constraints
+    packages: tuple[str, ...]  # package folders the Dockerfile copies whole
+    platforms: tuple[Platform, ...]  # what a build without --platform makes
+    pyprojects: tuple[str, ...]  # whose dependencies the constraints pin
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return (*self.files, self.constraints, self.dockerfile)
+
+
+AGENT = Recipe("agent", "edgekit-agent", DOCKERFILE, CONSTRAINTS, "agent/pyproject.toml",
+               files=("agent/pyproject.toml",), packages=(AGENT_FILES_PREFIX,), platforms=PLATFORMS,
+               pyprojects=("agent/pyproject.toml",))
+# The controller runs beside the control plane, usually on amd64 servers: that is what a build makes
+# unless --platform asks for linux/arm64 too. It holds the central package and the agent package (the
+# central one imports the OCI and telemetry code from it), so edgekit's README (the wheel's long
+# description) is an input too.
+CONTROLLER = Recipe("controller", "edgekit", "Dockerfile.controller", "image-constraints.txt", "pyproject.toml",
+                    files=("pyproject.toml", "README.md", "agent/pyproject.toml"),
+                    packages=("edgekit/", AGENT_FILES_PREFIX), platforms=(PLATFORMS[0],),
+                    pyprojects=("pyproject.toml", "agent/pyproject.toml"))
+RECIPES: tuple[Recipe, ...] = (AGENT, CONTROLLER)
+
+
+def recipe_named(name: str) -> Recipe:
+    for recipe in RECIPES:
+        if recipe.name == name:
+            return recipe
+    raise AgentImageError(f"unknown image {name!r}: choose from {', '.join(r.name for r in RECIPES)}")
+
+
 def parse_platform(text: str) -> Platform:
     """``linux/amd64`` or ``linux/arm64`` (the two the agent's dependencies have wheels for)."""
     wanted = text.strip().lower()
@@ -86,11 +132,12 @@ def _digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def is_context_file(path: str) -> bool:
+def is_context_file(path: str, recipe: Recipe = AGENT) -> bool:
     """Whether a repository path belongs in the build context (the Dockerfile's COPY sources)."""
-    if path in ("agent/pyproject.toml", CONSTRAINTS, DOCKERFILE):
+    if path in recipe.required:
         return True
-    return path.startswith(AGENT_FILES_PREFIX) and "__pycache__" not in path and not path.endswith(".pyc")
+    return (any(path.startswith(prefix) for prefix in recipe.packages) and "__pycache__" not in path
+            and not path.endswith(".pyc"))
 
 
 @dataclass(frozen=True)
@@ -123,16 +170,17 @@ class RootfsPlan:
 class ImagePlan:
     """The whole build: a rootfs and an image per platform, assembled into one OCI index."""
 
-    version: str  # the agent's version, the tag of the index
+    version: str  # the package's version, the tag of the index
     release: str
     platforms: tuple[Platform, ...]
     rootfs: tuple[RootfsPlan, ...]
     key: str
     epoch: int = SOURCE_DATE_EPOCH
+    recipe: Recipe = AGENT
 
     @property
     def dir_name(self) -> str:
-        return f"agent-image-{self.key}"
+        return f"{self.recipe.name}-image-{self.key}"
 
     def tag(self, platform: Platform | None = None) -> str:
         """The ref names in the OCI layout: the index is ``<version>``, each image ``<version>-<arch>``."""
@@ -142,7 +190,7 @@ class ImagePlan:
         return f"{BASE_REPOSITORY}:{platform.arch}"
 
     def build_ref(self, platform: Platform) -> str:
-        return f"{BUILD_REPOSITORY}:{platform.arch}"
+        return f"localhost/{self.recipe.repository}:{platform.arch}"
 
     def rootfs_for(self, platform: Platform) -> RootfsPlan:
         return next(r for r in self.rootfs if r.platform == platform)
@@ -167,16 +215,19 @@ class ImagePlan:
                 "--timestamp", str(self.epoch),
                 # pip inside the build verifies the package index with the host's CA bundle
                 "-v", f"{ca_bundle}:/etc/ssl/certs/ca-certificates.crt:ro",
-                "-f", f"{context}/{DOCKERFILE}", "-t", self.build_ref(platform), context]
+                "-f", f"{context}/{self.recipe.dockerfile}", "-t", self.build_ref(platform), context]
 
     def push_argv(self, platform: Platform, layout: str) -> list[str]:
         return ["push", "--format", "oci", self.build_ref(platform), f"oci:{layout}:{self.tag(platform)}"]
 
 
 def plan(files: Mapping[str, bytes], *, release: str = "bookworm", apt_sources: bytes,
-         platforms: Sequence[Platform] = PLATFORMS) -> ImagePlan:
-    """The build for these context files (repository path -> content; see ``is_context_file``)."""
-    missing = [p for p in ("agent/pyproject.toml", CONSTRAINTS, DOCKERFILE) if p not in files]
+         platforms: Sequence[Platform] | None = None, recipe: Recipe = AGENT) -> ImagePlan:
+    """The build for these context files (repository path -> content; see ``is_context_file``).
+
+    The recipe's Dockerfile is among the files, so two recipes never share a key."""
+    platforms = recipe.platforms if platforms is None else platforms
+    missing = [p for p in recipe.required if p not in files]
     if missing:
         raise AgentImageError(f"the build context lacks {', '.join(missing)}")
     chosen = tuple(sorted(set(platforms)))
@@ -186,16 +237,17 @@ def plan(files: Mapping[str, bytes], *, release: str = "bookworm", apt_sources: 
     listing = b"".join(f"{path}\0{hashlib.sha256(files[path]).hexdigest()}\n".encode() for path in sorted(files))
     key = _digest(str(RECIPE_VERSION).encode(), str(SOURCE_DATE_EPOCH).encode(), release.encode(),
                   ",".join(map(str, chosen)).encode(), ",".join(r.key for r in rootfs).encode(), listing)
-    return ImagePlan(version=agent_version(files["agent/pyproject.toml"]), release=release, platforms=chosen,
-                     rootfs=rootfs, key=key)
+    return ImagePlan(version=package_version(files[recipe.pyproject], recipe.pyproject), release=release,
+                     platforms=chosen, rootfs=rootfs, key=key, recipe=recipe)
 
 
-def agent_version(pyproject: bytes) -> str:
+def package_version(pyproject: bytes, where: str = "agent/pyproject.toml") -> str:
     for line in pyproject.decode().splitlines():
         name, _, value = line.partition("=")
         if name.strip() == "version":
             return value.strip().strip('"')
-    raise AgentImageError("agent/pyproject.toml has no version")
+    raise AgentImageError(f"{where} has no version")
+
 
 
 def image_index(manifests: Sequence[tuple[Platform, Mapping[str, object]]]) -> bytes:

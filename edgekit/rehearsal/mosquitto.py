@@ -44,14 +44,19 @@ def mosquitto_available() -> bool:
 
 
 def device_acl(root: str = "edgekit/v1", *, readers: Sequence[str] = ("fleet",),
-               admins: Sequence[str] = ("admin",)) -> str:
-    """The recommended ACL: devices write only their own topics; ``readers`` read all of ``root``."""
+               admins: Sequence[str] = ("admin",), benchers: Sequence[str] = ("bench",)) -> str:
+    """The recommended ACL: devices write only their own topics; ``readers`` read all of ``root``;
+    ``benchers`` (``edgekit bench --group``, ``quantize --timing-group``) read it too and may write
+    bench requests, nothing else."""
     root = root.rstrip("/")
-    lines = ["# edgekit: a device may write only under its own topics; subscribers are read-only."]
+    lines = ["# edgekit: a device may write only under its own topics; subscribers are read-only;",
+             "# bench users may also write device bench requests."]
     for admin in admins:
         lines += [f"user {admin}", "topic readwrite #", ""]
     for reader in readers:
         lines += [f"user {reader}", f"topic read {root}/#", ""]
+    for bencher in benchers:
+        lines += [f"user {bencher}", f"topic read {root}/#", f"topic write {root}/+/+/bench/+/request", ""]
     lines += [f"pattern write {root}/+/%u/#", f"pattern read {root}/+/%u/#", ""]
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 SCHEMA_VERSION: Final = 1
@@ -64,6 +65,8 @@ class Status(_Common):
     agent_version: str
     ready: NotRequired[bool]
     signature: NotRequired[Literal["verified", "unverified"]]
+    platform: NotRequired[str]
+    bench: NotRequired[str]
 
 
 class Health(_Common):
@@ -109,6 +112,8 @@ def status_payload(
     agent_version: str,
     ready: bool | None = None,
     signature: Literal["verified", "unverified"] | None = None,
+    platform: str | None = None,
+    bench: str | None = None,
 ) -> Status:
     payload: dict[str, Any] = _common(device, group, session, seq, ts, model)
     payload.update(state=state, agent_version=agent_version)
@@ -116,6 +121,10 @@ def status_payload(
         payload["ready"] = ready
     if signature is not None:
         payload["signature"] = signature
+    if platform is not None:
+        payload["platform"] = platform
+    if bench is not None:
+        payload["bench"] = bench
     return payload  # type: ignore[return-value]
 
 
@@ -176,3 +185,13 @@ def event_payload(
     if data is not None:
         payload["data"] = data
     return payload  # type: ignore[return-value]
+
+
+def bench_result_payload(*, device: str, group: str, app: str, session: str, ts: float, model: ModelRef | None,
+                         platform: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """A device bench answer (``bench_result.schema.json``): the common fields, the app and the
+    device class, then what ``DeviceBench`` reported (``id``, ``state``, figures)."""
+    payload: dict[str, Any] = {"v": SCHEMA_VERSION, "device": device, "group": group, "app": app,
+                               "session": session, "ts": ts, "model": model, "platform": platform}
+    payload.update(result)
+    return payload

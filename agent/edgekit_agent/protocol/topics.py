@@ -53,3 +53,24 @@ def parse_topic(topic: str, root: str = DEFAULT_ROOT) -> TopicParts | None:
     if len(rest) != 3 or rest[2] not in KINDS or not rest[0] or not rest[1]:
         return None
     return TopicParts(root.rstrip("/"), rest[0], rest[1], rest[2])
+
+
+# Device benchmarks (``edgekit bench --group``): a command topic per device and app, and the
+# agent's answers beside it. Five levels below the root, so the telemetry filters above
+# (``{root}/+/+/+``) never receive them. The root's ``v1`` versions them with the telemetry.
+BENCH_QOS: Final = 1
+
+
+def bench_request_topic(root: str, group: str, device: str, app: str) -> str:
+    return (f"{root.rstrip('/')}/{check_segment('group', group)}/{check_segment('device', device)}"
+            f"/bench/{check_segment('app', app)}/request")
+
+
+def bench_result_topic(root: str, group: str, device: str, app: str) -> str:
+    return (f"{root.rstrip('/')}/{check_segment('group', group)}/{check_segment('device', device)}"
+            f"/bench/{check_segment('app', app)}/result")
+
+
+def bench_result_subscription(root: str, group: str, app: str) -> str:
+    """Every device's answers for one group and app."""
+    return f"{root.rstrip('/')}/{check_segment('group', group)}/+/bench/{check_segment('app', app)}/result"

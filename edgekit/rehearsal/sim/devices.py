@@ -85,7 +85,8 @@ class VirtualDevice:
         self.fault = fault
         self.base_rate = rate
         self.rng = rng
-        settings = AgentSettings(device=placement.node, group=placement.group, model_dir=str(loaded.directory),
+        settings = AgentSettings(device=placement.node, group=placement.group, app=placement.app,
+                                 platform=placement.platform, model_dir=str(loaded.directory),
                                  image=placement.image, broker_url=broker_url, topic_root=topic_root,
                                  interval=interval, probe_interval=max(30.0, interval * 10), spool_dir=None,
                                  reconnect_min=0.5, reconnect_max=5.0, intra_op_threads=1,

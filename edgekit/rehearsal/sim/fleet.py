@@ -293,7 +293,7 @@ class Simulator:
             device = VirtualDevice(want, loaded, fault, broker_url=self.settings.broker_url,
                                    interval=self.settings.interval, topic_root=self.settings.topic_root,
                                    rate=self.settings.rate, rng=random.Random(f"{self.settings.seed}/{node}"),
-                                   shadow=shadow, inputs=self.settings.inputs)
+                                   shadow=shadow, inputs=self.settings.inputs, extra_settings=self._agent_trust)
             device.start()
             self.starts += 1
             with slot.lock:
@@ -306,6 +306,14 @@ class Simulator:
             slot.state, slot.since = "failed", time.monotonic()
         finally:
             self._wake.set()
+
+    @property
+    def _agent_trust(self) -> dict[str, Any]:
+        """What each device's agent verifies with, as the simulator does (the bench fetches with it)."""
+        options = self.settings.registry_options
+        return {"public_key": self.settings.public_key, "allow_unsigned": self.settings.allow_unsigned,
+                "registry_insecure": bool(getattr(options, "insecure", False)),
+                "registry_ca_file": getattr(options, "ca_file", None)}
 
     # --- running: step every device -----------------------------------------------------------
     def _run_loop(self) -> None:

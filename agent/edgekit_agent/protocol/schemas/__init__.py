@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-NAMES = ("status", "health", "event")
+NAMES = ("status", "health", "event", "bench_request", "bench_result")
 
 
 def schema_path(kind: str) -> Path:
