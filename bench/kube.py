@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kube.py                  # warm starts, 500 nodes, 300-node DaemonSet, API calls
     .venv/bin/python bench/kube.py --cold           # also a cold build of all Go programs (10+ min)
+    .venv/bin/python bench/kube.py --real           # only the real-node figures (f)-(j), as root
 
 (a) build: the last recorded build of each Go component (or, with --cold, a fresh build into a
     scratch cache: empty Go build cache, module cache kept) and what a cached "build" costs.
@@ -12,6 +13,11 @@
     every pod is Ready.
 (e) API requests edgekit makes for `groups list`, `groups show` and `render --apply` on a small fleet
     and on the full one: the counts must not grow with the number of nodes.
+
+With --real, instead: the edgekit-agent image as a real container on a real kubelet (bench/kube_real.py):
+(f) relabel to pod Ready with the model image already pulled, image volume and init container;
+(g) cold pull of a 10 MB model; (h) agent container start to Ready; (i) agent container memory vs a
+bare onnxruntime process loading the same model; (j) agent image size per platform. --rounds each.
 """
 
 from __future__ import annotations
@@ -94,7 +100,14 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=20, help="nodes of the small fleet for API counts")
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="also measure a cold build (slow)")
+    parser.add_argument("--real", action="store_true", help="only the real-node figures (needs root)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each real-node figure")
     args = parser.parse_args()
+    if args.real:
+        from bench.kube_real import run
+
+        run(args.rounds, console)
+        return
     if args.ds_nodes > args.nodes - args.small:
         parser.error("--ds-nodes must leave room for --small nodes")
 

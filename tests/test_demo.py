@@ -1,7 +1,13 @@
 """The demo (``scripts/demo`` -> ``python -m edgekit.rehearsal.demo``) end to end with small numbers: real
 mosquitto, docker-registry, control plane with KWOK nodes and the fleet simulator; three rollouts
 (complete, complete, rolled back at the canary); a second run reuses what the first built; ``--down``
-leaves nothing running."""
+leaves nothing running.
+
+Where this machine can run real nodes (``edgekit.rehearsal.demoreal.blocker``), the demo adds 2 real
+kubelets to the group and the test checks their part of the story: a real pod answers an OIP v2
+inference as onnxruntime does here, 3.0 is stopped at a canary that is a real node whose agent
+refused the model for its golden probe, and the node is back on 2.0. Elsewhere it checks that the
+demo said why in one line and told the KWOK-only story."""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from typing import Any
 import pytest
 
 from edgekit.rehearsal.demo import SIM_NEEDLE, _pid_alive, control_comparison, main
+from edgekit.rehearsal.demoreal import SPOOL_ROOT, blocker
 
 SMALL = ["--nodes", "20", "--bake", "4s", "--wave-timeout", "60s", "--error-rate", "0.3", "--budget-time", "2m"]
 
@@ -66,6 +73,9 @@ class DemoRun:
     def services(self) -> dict[str, dict[str, Any]]:
         return dict(json.loads((self.work / "services.json").read_text()))
 
+    def real(self) -> dict[str, Any]:
+        return dict(json.loads((self.work / "real.json").read_text()))
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
@@ -74,6 +84,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
         yield run
     finally:
         run("--down", timeout=120)
+
+
+REAL_NODES = 2
+WHY_NOT_REAL = blocker(REAL_NODES)   # None: this machine runs real nodes, and the demo must use them
 
 
 def _check_three_rollouts(run: DemoRun, result: subprocess.CompletedProcess[str]) -> None:
@@ -85,15 +99,45 @@ def _check_three_rollouts(run: DemoRun, result: subprocess.CompletedProcess[str]
     assert outcomes[0]["waves"] == ["Passed", "Passed"]
     assert outcomes[1]["waves"] == ["Passed"] * 4
     assert outcomes[2]["waves"] == ["Failed", "Pending", "Pending", "Pending"]     # stopped at the canary
-    assert "gate error-rate failed" in str(outcomes[2]["verdict"])
     out = result.stdout
     assert "rolled back automatically (exit 69)" in out
-    # the verdict as the judge wrote it, then the canary beside its control group (19 devices on 2.0)
+    # the verdict as the judge wrote it
     assert str(outcomes[2]["verdict"]).split(": ", 1)[1] in " ".join(out.split())
-    assert "its control group over the same window:" in out and "on 19 devices" in str(outcomes[2]["control"])
     assert "$ edgekit fleet status --group cameras" in out
-    assert re.search(r"^cameras\s+20\s+20\s+0\s+20\s+0\s+20 \(100%\)", out, flags=re.M), out[-3000:]
     assert "what to try next" in out and "scripts/demo --down" in out
+    if WHY_NOT_REAL is None:
+        _check_real_nodes(run, outcomes, out)
+        return
+    assert f"real nodes: none, KWOK nodes only: {WHY_NOT_REAL}" in " ".join(out.split())
+    assert run.real()["real_nodes"] == []
+    assert "gate error-rate failed" in str(outcomes[2]["verdict"])
+    # the canary beside its control group (19 devices on 2.0)
+    assert "its control group over the same window:" in out and "on 19 devices" in str(outcomes[2]["control"])
+    assert re.search(r"^cameras\s+20\s+20\s+0\s+20\s+0\s+20 \(100%\)", out, flags=re.M), out[-3000:]
+
+
+def _check_real_nodes(run: DemoRun, outcomes: list[dict[str, Any]], out: str) -> None:
+    real = run.real()
+    nodes = real["real_nodes"]
+    assert len(nodes) == REAL_NODES and all(n.startswith("cameras-real-") for n in nodes), real
+    assert f"real nodes: {REAL_NODES} real kubelets join group cameras" in out
+    assert "--skip-node" in out                                  # the simulator leaves them to their agents
+    # an OIP v2 inference answered by the agent container on a real node, as onnxruntime answers here
+    served = real["served"]
+    assert served["node"] in nodes and served["model_version"] == "2.0" and served["same_as_local"] is True
+    assert len(served["predicted"]) == 4 and served["predicted"] == served["labels"]
+    assert f"answered by pod {served['pod']} on real node {served['node']}" in out
+    # 3.0 stopped at a canary that is a real node: its agent refused the model for its golden probe
+    canary = nodes[0]
+    assert outcomes[2]["canary"] == [canary]
+    assert "--canary-selector kubernetes.io/hostname=" + canary in out
+    refusal = real["readiness"]["3.0"][canary]
+    assert refusal.startswith("503 ") and "golden probe" in refusal, refusal
+    assert f"stopped on the real node {canary} and rolled back automatically" in out
+    assert real["canary_back_on"] == "2.0"
+    total = 20 + REAL_NODES   # every device reports over MQTT, the real agents too
+    assert re.search(rf"^cameras\s+{total}\s+{total}\s+0\s+{total}\s+0\s+{total} \(100%\)", out,
+                     flags=re.M), out[-3000:]
 
 
 @pytest.mark.slow
@@ -110,7 +154,8 @@ def test_demo_end_to_end_then_again_then_down(demo: DemoRun) -> None:
     env_file = (demo.work / "env.sh").read_text()
     assert "export KUBECONFIG=" in env_file and "EDGEKIT_ROLLOUT_PUBLIC_KEY" in env_file
     services = demo.services()
-    assert set(services) == {"mosquitto", "registry", "simulator"}
+    processes = {"mosquitto", "registry", "simulator"}
+    assert set(services) == processes | {"cluster"} | ({"spool"} if WHY_NOT_REAL is None else set())
     assert all(_pid_alive(int(s["pid"]), needle) for s, needle in
                ((services["mosquitto"], "mosquitto"), (services["registry"], "registry"),
                 (services["simulator"], SIM_NEEDLE)))
@@ -120,18 +165,20 @@ def test_demo_end_to_end_then_again_then_down(demo: DemoRun) -> None:
     _check_three_rollouts(demo, second)
     out = second.stdout
     assert "reusing digits.int8.onnx" in out and "reusing the key pair" in out
-    assert "dev cluster already running" in out + second.stderr
+    assert "dev cluster already running" in out + second.stderr                # real nodes too: not restarted
     assert "0 blob(s) uploaded" in out and "already there" in second.stderr
     assert "resetting digits from an earlier run: 3 rollout(s)" in out
     assert demo.services() == services                                   # same processes
+    processes_of = {name: services[name] for name in processes}
 
     # --down stops every process the demo started, and the dev cluster.
     down = demo("--down", timeout=120)
     assert down.returncode == 0, down.stderr
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_pid_alive(int(s["pid"]), "") for s in services.values()):
+    while time.monotonic() < deadline and any(_pid_alive(int(s["pid"]), "") for s in processes_of.values()):
         time.sleep(0.2)
-    assert not any(_pid_alive(int(s["pid"]), "") for s in services.values())
+    assert not any(_pid_alive(int(s["pid"]), "") for s in processes_of.values())
+    assert not (SPOOL_ROOT / "digits").exists()                          # the real agents' spool is gone too
     status = subprocess.run([sys.executable, "-m", "edgekit", "dev", "cluster", "status"], env=demo.env,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 1 and "no dev cluster" in status.stdout

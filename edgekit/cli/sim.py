@@ -40,12 +40,15 @@ from edgekit.cli.rollout_session import connect, stop_on_sigterm
 @click.option("--inputs", "inputs_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               metavar="NPZ", help="Live inputs: each request is one row of the first array of this .npz "
                                   "(shadow evaluation compares models on them) [the golden probe's inputs].")
+@click.option("--skip-node", "skip_nodes", multiple=True, metavar="NODE",
+              help="Leave this node's pods to the real agent that runs there (a real kubelet in a group of "
+                   "KWOK nodes). Repeatable.")
 @cluster_options
 @output_option
 def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str, interval: float, rate: float,
             fault_specs: tuple[str, ...], faults_file: Path | None, cache_dir: Path | None,
             insecure_registry: bool, public_key: str | None, allow_unsigned: bool, duration: float | None,
-            inputs_file: Path | None, output: str, **kw: Any) -> None:
+            inputs_file: Path | None, skip_nodes: tuple[str, ...], output: str, **kw: Any) -> None:
     """Run the fleet simulator: one virtual device per node that runs an edgekit pod, each the real
     agent core (real onnxruntime session on the model the pod names, fetched once per digest and
     platform: each device takes the layer of its node's kubernetes.io/arch; its own MQTT connection
@@ -57,6 +60,7 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
       edgekit sim --namespace edgekit --broker mqtt://127.0.0.1:1883 --interval 1
       edgekit sim -n edgekit --fault '3f2a9c1b7d0e:error_rate=0.2' --fault '*:latency_ms=5'
       edgekit sim -n edgekit --faults-file faults.txt --duration 300 --output json
+      edgekit sim -n edgekit --skip-node cameras-real-01 --skip-node cameras-real-02
     """
     from edgekit_agent.oci.registry import RegistryOptions
 
@@ -81,7 +85,7 @@ def sim_cmd(namespace: str | None, app: str | None, broker: str, topic_root: str
                            topic_root=topic_root, interval=interval, rate=rate, namespace=namespace, app=app,
                            public_key=public_key, allow_unsigned=allow_unsigned,
                            registry_options=RegistryOptions(insecure=insecure_registry),
-                           inputs=_read_inputs(inputs_file))
+                           inputs=_read_inputs(inputs_file), skip_nodes=frozenset(skip_nodes))
     stop = threading.Event()
     con = console(stderr=output == "json")
     sim = Simulator(client, settings, faults).start()
