@@ -547,8 +547,9 @@ def test_a_killed_agent_is_restarted_by_the_kubelet_and_no_report_is_lost(real_e
 
 def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled_back(real_env: RealEnv) -> None:
     """Follows the good rollout above (the group runs 1.0). The real node is the canary; its pod
-    for 3.0 verifies the signature, fails the golden probe and so never gets Ready; the push rolls
-    back and the node serves 1.0 again from a Ready pod."""
+    for 3.0 verifies the signature, fails the golden probe and so never gets Ready; its probe report
+    rolls the push back (gate ``probe``, well before the wave timeout) and the node serves 1.0 again
+    from a Ready pod."""
     from edgekit.errors import RolledBackError
 
     env = real_env
@@ -557,7 +558,7 @@ def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled
     assert env.client.get(f"/api/v1/nodes/{canary}")["metadata"]["labels"].get(names.rollout_label(app)) == old
     argv = ["push", f"{env.registry.host}/models/digits:{BAD}", "--group", GROUP, "--app", app,
             "--waves", "1,100%", "--canary-selector", f"{names.HOSTNAME_LABEL}={canary}",
-            "--bake", "3s", "--wave-timeout", "45s", "--max-error-rate", "10%",
+            "--bake", "3s", "--wave-timeout", "90s", "--max-error-rate", "10%", "--probe-must-pass",
             "--agent-image", env.agent_image, "--agent-broker", env.broker_url, "--mqtt-auth", "none",
             "--broker", env.broker_url, "--insecure-registry", "--health-interval", "1", "--output", "json"]
     full = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "agent")]), **env.env())
@@ -579,6 +580,9 @@ def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled
     ro = EdgeRollout.from_json(json.loads(stdout))
     assert ro.status.phase == "RolledBack", ro.status
     assert ro.status.waves[0].nodes == [canary], ro.status.waves
+    # stopped by the device's own probe report, not by waiting out the wave timeout
+    verdict = ro.status.waves[0].verdict
+    assert verdict is not None and verdict.gate == "probe", verdict
     assert seen and not any(p["ever_ready"] for p in seen.values()), seen
     assert [e["model"]["version"] for e in failed if e["model"]] and {e["model"]["version"] for e in failed} == {BAD}
     # back on 1.0: the canary and every other node of the group

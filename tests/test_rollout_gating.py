@@ -57,6 +57,20 @@ def test_pods_not_ready_holds_then_rolls_back_at_timeout() -> None:
     assert "only 7/10 pods Ready after 1m01s" in v.reason
 
 
+def test_a_failed_golden_probe_rolls_back_before_the_pods_are_ready() -> None:
+    """Readiness is the golden probe: a device that reports it failed will never be Ready, so the
+    wave is not held to its timeout. Only a failure on the new digest counts (the window's own
+    filter), and without the probe gate the wave waits as before."""
+    silent = TelemetryFigures(expected=10, probe_failures=1)
+    v = verdict(kube=KubeFigures(10, 9), tele=silent, elapsed=Elapsed(5))
+    assert (v.decision, v.gate) == ("rollback", "probe")
+    assert "golden probe failed on 1 devices" in v.reason and "9/10 pods are Ready" in v.reason
+    assert v.figure("probe").ok is False  # type: ignore[union-attr]
+    assert verdict(kube=KubeFigures(10, 9), tele=TelemetryFigures(expected=10), elapsed=Elapsed(5)).decision == "hold"
+    no_probe = replace(POLICY, probe_must_pass=False)
+    assert verdict(no_probe, kube=KubeFigures(10, 9), tele=silent, elapsed=Elapsed(5)).decision == "hold"
+
+
 def test_baking_holds() -> None:
     v = verdict(elapsed=Elapsed(12, 10))
     assert v.decision == "hold" and v.reason.startswith("baking: 10s of 30s")

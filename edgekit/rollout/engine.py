@@ -435,7 +435,7 @@ class Engine:
             return
         verdict = judge(self.ro.spec.strategy.gates, bake_s=self.ro.spec.strategy.bake_s,
                         auto_promote=self.ro.spec.strategy.auto_promote, kube=kube,
-                        tele=TelemetryFigures(expected=len(wave.nodes)), baseline=wave.baseline,
+                        tele=self._telemetry(wave), baseline=wave.baseline,
                         elapsed=Elapsed(now - (wave.moved_at or now), None, wave.promoted))
         self._hold_or_roll_back(wave, verdict, sleep=self._pods().wait)
 

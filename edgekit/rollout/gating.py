@@ -6,7 +6,10 @@ confidence. The engine records the verdict in the EdgeRollout status as it is.
 
 Order of judgement (first match wins):
 
-1. pods not all Ready      -> hold; roll back at the wave timeout            (gate ``pods-ready``)
+1. pods not all Ready      -> hold; roll back at the wave timeout            (gate ``pods-ready``),
+   or at once when a device of the wave reports its golden probe failed on the new digest: its
+   pod never gets Ready (readiness is the probe), and a golden probe is a check, not a sample
+                                                                            (gate ``probe``)
 2. a hard gate fails on evidence -> roll back (during the bake too when fail-fast), once it has
    failed ``policy.consecutive`` judgements of new data in a row, or at the wave timeout
                                                         (``error-rate``, ``probe``, ``p95``,
@@ -385,7 +388,8 @@ def gate_figures(policy: GatePolicy, kube: KubeFigures, tele: TelemetryFigures, 
     if policy.max_error_rate is not None:
         figs.append(error_rate_figure(policy, tele, control))
     if policy.probe_must_pass:
-        probed = tele.on_digest > 0
+        # a failure counts even from a device with no health report yet (its pod is not Ready)
+        probed = tele.on_digest > 0 or tele.probe_failures > 0
         figs.append(GateFigure("probe", float(tele.probe_failures), 0.0,
                                (tele.probe_failures == 0) if probed else None,
                                f"golden probe failed on {tele.probe_failures} devices"))
@@ -436,6 +440,10 @@ def judge(policy: GatePolicy, *, bake_s: float, auto_promote: bool, kube: KubeFi
         return Verdict(decision, reason, gate, figs, skipped_t, *breaches)
 
     if kube.ready < kube.desired:
+        probe = by_gate.get("probe")
+        if probe is not None and probe.ok is False:
+            return verdict(ROLLBACK, f"golden probe failed on {tele.probe_failures} devices of the wave "
+                                     f"while {kube.ready}/{kube.desired} pods are Ready", "probe")
         if timed_out:
             return verdict(ROLLBACK, f"only {kube.ready}/{kube.desired} pods Ready after "
                                      f"{fmt_duration(elapsed.since_move_s)} (wave timeout "
