@@ -54,7 +54,7 @@ from edgekit.optimize.planning import (
 )
 from edgekit.optimize.platforms import build_path, family_for, host_cpu_flags
 from edgekit.optimize.preparing import prepare
-from edgekit.optimize.recipes import Recipe
+from edgekit.optimize.recipes import Recipe, Technique
 from edgekit.optimize.results import CandidateResult, QuantizeReport, report_json, report_path
 from edgekit.optimize.sensitivity import rank_nodes
 from edgekit.optimize.shapes import Shapes, shapes_to_fix
@@ -83,6 +83,9 @@ class QuantizeSettings:
     calibration_samples: int = 128
     eval_samples: int = 1000
     mixed_precision: bool = True
+    # None: auto adds candidates with CLE / bias correction (recipes.auto_recipes); a tuple: these
+    # on every static recipe; (): none.
+    techniques: tuple[Technique, ...] | None = None
     # A build for another platform (``quantize_for_platforms``): its CPU family's activation types
     # (tried in this order, instead of ``activation_type``), and no timing: this CPU's says nothing there.
     activation_types: tuple[Literal["uint8", "int8"], ...] = ()
@@ -169,6 +172,7 @@ class _Search:
                     for recipe in search_recipes(
                         info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
                         activation_type=act, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
+                        techniques=s.techniques,
                     )
                 ))
                 self.step = "trying candidates"
