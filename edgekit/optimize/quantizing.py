@@ -31,6 +31,7 @@ from edgekit_agent.oci.fetching import current_platform
 
 from edgekit.errors import ConfigError, EdgekitError, QuantizationError, UnsupportedModelError, first_line
 from edgekit.optimize import fidelity as fid
+from edgekit.optimize.building import equalized_model
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_search_data
 from edgekit.optimize.evaluating import SearchContext, evaluate_candidate
 from edgekit.optimize.graphs import ensure_node_names, tail_nodes
@@ -315,8 +316,10 @@ class _Search:
         try:
             samples = ranking_samples(activation_bytes(onnx.load(str(ctx.prepared), load_external_data=False)))
             assert best.path is not None
+            # compared with the FP32 model it was quantized from: an equalized one has other tensors
+            source = equalized_model(ctx.prepared, ctx.work) if "cle" in best.recipe.techniques else ctx.prepared
             ranked = run_limited(
-                "per-node error", rank_nodes, ctx.prepared, best.path, ctx.calib, ctx.work, samples,
+                "per-node error", rank_nodes, source, best.path, ctx.calib, ctx.work, samples,
                 timeout=self._timeout(),
             )
         except Exception as exc:
