@@ -103,6 +103,25 @@ def test_folding_a_scale_and_shift_into_the_conv_is_exact() -> None:
     np.testing.assert_allclose(outputs(folded, xs), outputs(m, xs), rtol=1e-5, atol=1e-5)
 
 
+def test_a_tensor_a_control_flow_body_reads_is_neither_folded_nor_rescaled() -> None:
+    n1, i1 = conv("a", "x", "a_out", RNG.standard_normal((4, 3, 3, 3)), RNG.standard_normal(4))
+    mul = helper.make_node("Mul", ["a_out", "s"], ["y"], name="scale")
+    branch = helper.make_graph([helper.make_node("Identity", ["a_out"], ["z"])], "b", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+    cond = helper.make_node("If", ["flag"], ["picked"], name="if", then_branch=branch, else_branch=branch)
+    consts = [numpy_helper.from_array(np.array([1.9], np.float32), "s"),
+              numpy_helper.from_array(np.array(True), "flag")]
+    m = model([n1, mul, cond], i1 + consts, 3, 4)
+    m.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
+    folded, removed = fold_conv_affine(m)
+    assert removed == [] and [n.op_type for n in folded.graph.node] == ["Conv", "Mul", "If"]
+    n2, i2 = conv("b", "a_out", "y2", RNG.standard_normal((4, 4, 1, 1)), RNG.standard_normal(4))
+    m.graph.node.append(n2)
+    m.graph.initializer.extend(i2)
+    m.graph.node.remove(mul)
+    assert equalization_pairs(m) == []
+
+
 def test_weight_shift_per_group_and_corrected_bias() -> None:
     fp32 = np.zeros((4, 2, 1, 1))
     quantized = fp32.copy()

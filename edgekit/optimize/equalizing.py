@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.optimize.graphs import consumers
+from edgekit.optimize.graphs import consumers, subgraph_reads
 
 __all__ = ["equalization_pairs", "equalization_scales", "equalize"]
 
@@ -48,13 +48,14 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
+    hidden = subgraph_reads(graph)  # a control-flow body reads it: it must keep its values
     read_by = consumers(graph)
     pairs = []
     for a in graph.node:
-        if a.op_type != "Conv" or a.input[1] not in inits or a.output[0] in outputs:
+        if a.op_type != "Conv" or a.input[1] not in inits or a.output[0] in outputs or a.output[0] in hidden:
             continue
         nxt = read_by.get(a.output[0], [])
-        if len(nxt) == 1 and nxt[0].op_type in HOMOGENEOUS and nxt[0].output[0] not in outputs:
+        if len(nxt) == 1 and nxt[0].op_type in HOMOGENEOUS and not {nxt[0].output[0]} & (outputs | hidden):
             nxt = read_by.get(nxt[0].output[0], [])
         if len(nxt) != 1 or nxt[0].op_type != "Conv" or nxt[0].input[1] not in inits:
             continue

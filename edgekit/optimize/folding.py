@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.optimize.graphs import consumers
+from edgekit.optimize.graphs import consumers, subgraph_reads
 
 __all__ = ["fold_conv_affine"]
 
@@ -46,6 +46,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
     graph = out.graph
     inits = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
+    hidden = subgraph_reads(graph)  # a control-flow body reads it: keep its name and values
     removed: list[str] = []
     changed = True
     while changed:
@@ -55,7 +56,7 @@ def fold_conv_affine(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]
             if conv.op_type != "Conv" or conv.input[1] not in inits:
                 continue
             after = read_by.get(conv.output[0], [])
-            if len(after) != 1 or conv.output[0] in outputs:
+            if len(after) != 1 or conv.output[0] in outputs or conv.output[0] in hidden:
                 continue
             step = after[0]
             if step.op_type not in ("Mul", "Add") or len(step.input) != 2:
