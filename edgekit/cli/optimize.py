@@ -17,6 +17,7 @@ from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgekit.optimize.quantizing import CandidateResult, QuantizeReport
+    from edgekit.optimize.recipes import Technique
 
 # The optimize modules load onnx and onnxruntime (over half a second); each command imports what
 # it runs, so `edgekit --help` and the other areas' commands do not pay for them.
@@ -399,6 +400,17 @@ def _report_table(report: QuantizeReport) -> Table:
     return table
 
 
+def parse_techniques(given: tuple[str, ...]) -> tuple[Technique, ...] | None:
+    """``--technique`` values: none given is auto's choice (None), ``none`` is no technique."""
+    if not given:
+        return None
+    if "none" in given:
+        if len(set(given)) > 1:
+            raise ConfigError("'none' cannot be combined with a technique", field="--technique")
+        return ()
+    return tuple(dict.fromkeys(given))  # type: ignore[arg-type]
+
+
 @click.command("quantize")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Where to write the model.")
@@ -436,6 +448,14 @@ def _report_table(report: QuantizeReport) -> Table:
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for synthetic data.")
 @click.option("--budget-time", help="Cap on the search, e.g. 10m or 300s.  [default: 8m]")
 @click.option("--no-mixed-precision", is_flag=True, help="Do not retry with sensitive nodes in FP32.")
+@click.option(
+    "--technique",
+    "techniques",
+    multiple=True,
+    type=click.Choice(["cle", "bias-correction", "none"]),
+    help="Apply to every static recipe (repeat for both): cle (fold scale/shift ops, equalize Conv pairs), "
+    "bias-correction (undo the mean shift of int8 weights); none: neither. Default: auto adds candidates with them.",
+)
 @click.option("--image-size", help="Image folders: resize to HxW (default: the model's input size).")
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True)
 @click.option("--color", type=click.Choice(["RGB", "BGR", "GRAY"]), default="RGB", show_default=True)
@@ -481,6 +501,7 @@ def quantize_cmd(
     seed: int,
     budget_time: str | None,
     no_mixed_precision: bool,
+    techniques: tuple[str, ...],
     image_size: str | None,
     layout: str,
     color: str,
@@ -581,6 +602,7 @@ def quantize_cmd(
             std=parse_floats(std, "--std"),
         ),
         mixed_precision=not no_mixed_precision,
+        techniques=parse_techniques(techniques),
     )
     if platforms is not None and (activation_type is not None or reduce_range is not None):
         raise ConfigError("--platform picks the activation type and reduce-range per CPU family",

@@ -2,6 +2,8 @@
 
 Calibration ranges are computed once per calibration method and cached in the work directory,
 so per-tensor, per-channel and mixed-precision variants of a recipe cost no extra calibration.
+A recipe's techniques run around the quantizer: ``cle`` rewrites the FP32 model before it
+(written once per work directory), ``bias-correction`` the quantized one after it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from typing import Any
 import onnx
 
 from edgekit.errors import QuantizationError, first_line
+from edgekit.optimize.bias_correction import correct_biases
 from edgekit.optimize.datasets import Dataset, Feed
+from edgekit.optimize.equalizing import equalize
+from edgekit.optimize.folding import fold_conv_affine
 from edgekit.optimize.graphs import tail_nodes
 from edgekit.optimize.preparing import quiet_onnxruntime_logs
 from edgekit.optimize.recipes import Recipe
@@ -48,7 +53,35 @@ def excluded_nodes(recipe: Recipe, model: onnx.ModelProto) -> list[str]:
     return list(dict.fromkeys(nodes))
 
 
+def equalized_model(prepared: Path, workdir: Path) -> Path:
+    """``prepared`` with constant scale/shift ops folded into its Convs and Conv pairs equalized
+    (exact in FP32), written once to ``workdir``."""
+    out = workdir / "equalized.onnx"
+    if not out.exists():
+        folded, _ = fold_conv_affine(onnx.load(str(prepared)))
+        equalized, _ = equalize(folded)
+        tmp = out.with_suffix(".tmp")
+        onnx.save(equalized, str(tmp))
+        tmp.replace(out)
+    return out
+
+
 def build_candidate(
+    recipe: Recipe, prepared: Path, out: Path, calibration: Dataset, workdir: Path, stride: int | None = None
+) -> Path:
+    """Quantize ``prepared`` by ``recipe`` into ``out``, with the recipe's techniques around it."""
+    source = equalized_model(prepared, workdir) if "cle" in recipe.techniques else prepared
+    _quantize(recipe, source, out, calibration, workdir, stride)
+    if "bias-correction" in recipe.techniques and recipe.method == "static":
+        try:
+            correct_biases(source, out, out, calibration)
+        except Exception as exc:
+            why = f"{type(exc).__name__}: {first_line(exc, 200)}"
+            raise QuantizationError(f"{recipe.name}: bias correction: {why}") from exc
+    return out
+
+
+def _quantize(
     recipe: Recipe, prepared: Path, out: Path, calibration: Dataset, workdir: Path, stride: int | None = None
 ) -> Path:
     from onnxruntime.quantization import (

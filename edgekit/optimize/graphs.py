@@ -21,6 +21,19 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return table
 
 
+def subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    """Names the bodies of control-flow nodes (``If``, ``Loop``, ``Scan``) read, at any depth: a
+    rewrite that renames or rescales such a tensor would change what the body sees."""
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            bodies = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+            for body in bodies:
+                names.update(i for n in body.node for i in n.input)
+                names |= subgraph_reads(body)
+    return names
+
+
 def tail_nodes(graph: onnx.GraphProto, compute_nodes: int = 0) -> list[str]:
     """Node names from the outputs back to the last compute op (Conv/MatMul/Gemm), which stays
     quantized; with ``compute_nodes`` = k, the walk also passes k compute ops (the model's head).

@@ -14,7 +14,7 @@ import onnx
 
 from edgekit.errors import QuantizationError
 from edgekit.optimize.graphs import COMPUTE_OPS
-from edgekit.optimize.recipes import Recipe, auto_recipes
+from edgekit.optimize.recipes import Recipe, Technique, auto_recipes
 from edgekit.optimize.results import CandidateResult
 from edgekit.optimize.subgraphs import KeptSubgraph
 
@@ -49,6 +49,7 @@ def search_recipes(
     activation_type: Literal["uint8", "int8"],
     reduce_range: bool | None,
     exclude_nodes: tuple[str, ...],
+    techniques: tuple[Technique, ...] | None = None,
 ) -> list[Recipe]:
     """The recipes to try on a model with op histogram ``ops``, in order, with the nodes the user
     keeps in FP32; none at all is an error."""
@@ -60,6 +61,7 @@ def search_recipes(
         activation_type=activation_type,
         reduce_range=reduce_range,
         method=method,
+        techniques=techniques,
     )
     if exclude_nodes:
         recipes = [r.with_exclusions(exclude_nodes, "--exclude-nodes") for r in recipes]

@@ -33,6 +33,7 @@ from edgekit_agent.oci.fetching import current_platform
 
 from edgekit.errors import ConfigError, EdgekitError, QuantizationError, UnsupportedModelError, first_line
 from edgekit.optimize import fidelity as fid
+from edgekit.optimize.building import equalized_model
 from edgekit.optimize.datasets import Dataset, ImagePreprocessing, load_search_data
 from edgekit.optimize.evaluating import SearchContext, evaluate_candidate
 from edgekit.optimize.graphs import ensure_node_names, tail_nodes
@@ -56,7 +57,7 @@ from edgekit.optimize.planning import (
 )
 from edgekit.optimize.platforms import build_path, family_for, host_cpu_flags
 from edgekit.optimize.preparing import prepare
-from edgekit.optimize.recipes import Recipe
+from edgekit.optimize.recipes import Recipe, Technique
 from edgekit.optimize.results import CandidateResult, QuantizeReport, report_json, report_path
 from edgekit.optimize.sensitivity import rank_nodes
 from edgekit.optimize.shapes import Shapes, shapes_to_fix
@@ -87,6 +88,9 @@ class QuantizeSettings:
     calibration_samples: int = 128
     eval_samples: int = 1000
     mixed_precision: bool = True
+    # None: auto adds candidates with CLE / bias correction (recipes.auto_recipes); a tuple: these
+    # on every static recipe; (): none.
+    techniques: tuple[Technique, ...] | None = None
     # A build for another platform (``quantize_for_platforms``): its CPU family's activation types
     # (tried in this order, instead of ``activation_type``), and no timing: this CPU's says nothing there.
     activation_types: tuple[Literal["uint8", "int8"], ...] = ()
@@ -176,6 +180,7 @@ class _Search:
                     for recipe in search_recipes(
                         info.op_histogram, method=s.method, fmt=s.format, per_channel=s.per_channel,
                         activation_type=act, reduce_range=s.reduce_range, exclude_nodes=s.exclude_nodes,
+                        techniques=s.techniques,
                     )
                 ))
                 self.step = "trying candidates"
@@ -329,8 +334,10 @@ class _Search:
         try:
             samples = ranking_samples(activation_bytes(onnx.load(str(ctx.prepared), load_external_data=False)))
             assert best.path is not None
+            # compared with the FP32 model it was quantized from: an equalized one has other tensors
+            source = equalized_model(ctx.prepared, ctx.work) if "cle" in best.recipe.techniques else ctx.prepared
             ranked = run_limited(
-                "per-node error", rank_nodes, ctx.prepared, best.path, ctx.calib, ctx.work, samples,
+                "per-node error", rank_nodes, source, best.path, ctx.calib, ctx.work, samples,
                 timeout=self._timeout(),
             )
         except Exception as exc:
