@@ -623,13 +623,18 @@ class Demo:
         stop = threading.Event()
 
         def watch() -> None:
-            while not stop.wait(2.0):
+            # Often: the probe report rolls the wave back within seconds and the pod goes with it; a
+            # terminating pod's agent still answers until it stops, so those are asked too.
+            while not stop.wait(0.3):
                 with contextlib.suppress(Exception):  # a best-effort look; the push's verdict is what counts
-                    for node, pod in self.real_pods().items():
+                    for pod in self.real_pod_list(terminating=True):
+                        node = pod["spec"]["nodeName"]
                         ip = pod["status"].get("podIP")
                         if ip and pod["metadata"].get("labels", {}).get(names.REVISION_LABEL) == revision:
                             code, reason = readiness(ip)
-                            if code != 200:
+                            # the answer that names the golden probe is the one the story tells; a
+                            # later one from the agent stopping for the rollback does not replace it
+                            if code != 200 and "golden probe" not in seen.get(node, ""):
                                 seen[node] = f"{code} {reason}"
 
         thread = threading.Thread(target=watch, name="real-pods", daemon=True)
@@ -642,12 +647,16 @@ class Demo:
 
     def real_pods(self) -> dict[str, dict[str, Any]]:
         """The app's live pods on real nodes, by node."""
+        return {p["spec"]["nodeName"]: p for p in self.real_pod_list()}
+
+    def real_pod_list(self, terminating: bool = False) -> list[dict[str, Any]]:
+        """The app's pods on real nodes; with ``terminating``, those being deleted too."""
         from edgekit.kube.client import KubeClient
 
         with KubeClient.from_kubeconfig(self.kubeconfig) as client:
             pods = client.list(f"/api/v1/namespaces/{NAMESPACE}/pods", label_selector=f"edgekit.io/app={APP}")
-        return {p["spec"]["nodeName"]: p for p in pods
-                if p["spec"].get("nodeName") in self.real_nodes and not p["metadata"].get("deletionTimestamp")}
+        return [p for p in pods if p["spec"].get("nodeName") in self.real_nodes
+                and (terminating or not p["metadata"].get("deletionTimestamp"))]
 
     def ready_real_pods(self, version: str, timeout: float = 180) -> dict[str, dict[str, Any]]:
         """Wait until every real node runs a Ready pod of ``version``; return them by node."""
