@@ -573,7 +573,7 @@ def test_a_model_whose_golden_probe_fails_is_stopped_at_a_real_canary_and_rolled
                 was = seen.get(pod["metadata"]["uid"], {})
                 seen[pod["metadata"]["uid"]] = {"status": pod["status"], "ever_ready": was.get("ever_ready")
                                                 or _ready(pod)}
-            time.sleep(1)
+            time.sleep(0.3)
         stdout, stderr = push.communicate()
         failed = [e.json() for e in rec.snapshot() if e.json().get("kind") == "probe_failed"]
     assert push.returncode == RolledBackError.exit_code, f"push -> exit {push.returncode}: {stderr[-3000:]}"

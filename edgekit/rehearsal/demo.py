@@ -632,9 +632,10 @@ class Demo:
                         ip = pod["status"].get("podIP")
                         if ip and pod["metadata"].get("labels", {}).get(names.REVISION_LABEL) == revision:
                             code, reason = readiness(ip)
-                            # the answer that names the golden probe is the one the story tells; a
-                            # later one from the agent stopping for the rollback does not replace it
-                            if code != 200 and "golden probe" not in seen.get(node, ""):
+                            # only the answer that names the golden probe tells the story: "no model
+                            # loaded" is the pod still starting, and a later answer from the agent
+                            # stopping for the rollback must not replace it
+                            if code != 200 and "golden probe" in reason and node not in seen:
                                 seen[node] = f"{code} {reason}"
 
         thread = threading.Thread(target=watch, name="real-pods", daemon=True)
