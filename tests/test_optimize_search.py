@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from edgekit.optimize.planning import (
 from edgekit.optimize.recipes import Recipe, auto_recipes
 from edgekit.optimize.results import CandidateResult
 from edgekit.optimize.shapes import shapes_to_fix
+from edgekit.optimize.speedup import ratio_interval
 
 COSINE = fid.parse_metric("cosine")
 FLOOR = fid.parse_budget("0.99", COSINE)
@@ -131,8 +133,34 @@ def test_final_choice_needs_a_clear_win() -> None:
     assert fast.verdict == faster.verdict == "in budget"  # verdicts are the caller's to record
     noise = result("in budget", FASTER_MARGIN + 0.01, 0.995)
     assert final_choice([noise], COSINE, FLOOR, 1.0) == (
-        None, "kept FP32: no in-budget candidate was clearly faster than FP32 in the final timing")
+        None, "kept FP32: no in-budget candidate was clearly faster than FP32 in the final timing (best 0.98x)")
     assert final_choice([result("in budget", FASTER_MARGIN, 0.995)], COSINE, FLOOR, 1.0)[0] is not None
+
+
+def _timed(ratios: list[float], score: float = 0.995) -> CandidateResult:
+    r = result("in budget", None, score)
+    r.speed = ratio_interval(ratios)
+    r.latency_ratio = r.speed.ratio
+    return r
+
+
+def test_final_choice_claims_faster_only_when_the_paired_test_shows_it() -> None:
+    rng = random.Random(5)
+    # a median of 0.90x, but rounds spread from 0.5x to 1.3x: 30 rounds do not show it under 1.0
+    wide = _timed([0.9] + [rng.uniform(0.5, 1.3) for _ in range(29)])
+    winner, reason = final_choice([wide], COSINE, FLOOR, 1.0)
+    assert wide.speed is not None and wide.speed.high is not None and wide.speed.high >= 1.0
+    assert winner is None and reason.startswith("kept FP32: no in-budget candidate was shown faster than FP32")
+    assert "95% CI" in reason and "sign test, 30 paired rounds" in reason
+    # the same median with tight rounds is shown, and the reason states the test
+    tight = _timed([rng.uniform(0.85, 0.95) for _ in range(30)])
+    winner, reason = final_choice([tight], COSINE, FLOOR, 1.0)
+    assert winner is tight and tight.speed is not None and tight.speed.faster()
+    assert "x (95% CI 0.8" in reason and "sign test, 30 paired rounds) FP32 latency" in reason
+    # shown faster, but by less than the margin: not worth INT8's risk
+    marginal = _timed([rng.uniform(0.975, 0.985) for _ in range(200)])
+    assert marginal.speed is not None and marginal.speed.faster()
+    assert final_choice([marginal], COSINE, FLOOR, 1.0)[0] is None
 
 
 def test_shapes_to_fix() -> None:

@@ -56,15 +56,20 @@ def kept_fp32_reason(results: Sequence[CandidateResult], metric: fid.Metric, bud
 def final_choice(
     timed: Sequence[CandidateResult], metric: fid.Metric, budget: fid.Budget, fp32_score: float
 ) -> tuple[CandidateResult | None, str]:
-    """The winner of the final timing (``latency_ratio`` from it) and why; None keeps FP32 when
-    even the fastest is not clearly faster (``FASTER_MARGIN``)."""
+    """The winner of the final timing and why; None keeps FP32 unless the fastest is both shown
+    faster (its paired interval, ``speedup``, lies wholly under 1.0) and clearly so (its ratio at most
+    ``FASTER_MARGIN``). A candidate timed without pairing (``speed`` None) has only the margin."""
     winner = sorted(timed, key=_latency)[0]
+    speed = winner.speed
+    told = speed.describe() if speed is not None else f"{_latency(winner):.2f}x"
+    if speed is not None and not speed.faster(1.0):
+        return None, f"kept FP32: no in-budget candidate was shown faster than FP32 in the final timing (best {told})"
     if _latency(winner) > FASTER_MARGIN:
-        return None, "kept FP32: no in-budget candidate was clearly faster than FP32 in the final timing"
+        return None, f"kept FP32: no in-budget candidate was clearly faster than FP32 in the final timing (best {told})"
     assert winner.fidelity is not None
     return winner, (
         f"fastest candidate inside {budget.describe(metric)}: "
-        f"{winner.latency_ratio:.2f}x FP32 latency, {metric.name} {winner.fidelity.score:.4g} "
+        f"{told} FP32 latency, {metric.name} {winner.fidelity.score:.4g} "
         f"(FP32 {fp32_score:.4g})"
     )
 

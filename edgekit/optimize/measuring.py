@@ -16,6 +16,7 @@ import onnx
 from edgekit.optimize.benchmarking import summarize, time_interleaved
 from edgekit.optimize.datasets import Dataset
 from edgekit.optimize.sessions import make_session, run
+from edgekit.optimize.speedup import PairedRatio, paired_ratio
 
 __all__ = ["eval_batch_size", "model_outputs", "time_pair", "time_side_by_side", "timing_feed"]
 
@@ -61,13 +62,16 @@ def time_pair(
 
 def time_side_by_side(
     base: Path, candidates: Sequence[Path], feed: dict[str, np.ndarray], threads: int, seconds: float = 3.0
-) -> tuple[float, list[float]]:
-    """p50 milliseconds of ``base`` and of each candidate, all run interleaved for about ``seconds``."""
+) -> tuple[float, list[float], list[PairedRatio]]:
+    """p50 milliseconds of ``base`` and of each candidate, all run interleaved for about ``seconds``,
+    and each candidate's paired ratio to ``base`` (``speedup``): a run pairs with the base's run at the
+    same place of the same block, a few runs apart."""
     sessions = [make_session(base, threads=threads)]
     sessions += [make_session(path, threads=threads) for path in candidates]
     calls: list[Callable[[], object]] = [functools.partial(run, s, feed) for s in sessions]
     samples = time_interleaved(calls, runs=_runs_for(calls, seconds), warmup=10)
-    return summarize(samples[0], 1).p50_ms, [summarize(smp, 1).p50_ms for smp in samples[1:]]
+    speeds = [paired_ratio(samples[0], smp) for smp in samples[1:]]
+    return summarize(samples[0], 1).p50_ms, [summarize(smp, 1).p50_ms for smp in samples[1:]], speeds
 
 
 def _runs_for(calls: Sequence[Callable[[], object]], seconds: float) -> int:

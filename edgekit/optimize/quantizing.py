@@ -364,14 +364,15 @@ class _Search:
             return None, kept_fp32_reason(self.results, ctx.metric, ctx.budget)
         self.progress.stage("timing the finalists side by side")
         paths = [r.path for r in timed if r.path is not None]  # an in-budget candidate was built
-        base_ms, cand_ms = time_side_by_side(ctx.prepared, paths, ctx.feed, self.s.threads)
-        for r, ms in zip(timed, cand_ms, strict=True):
-            r.latency_ms = ms
-            r.latency_ratio = r.latency_ms / base_ms
+        _base_ms, cand_ms, speeds = time_side_by_side(ctx.prepared, paths, ctx.feed, self.s.threads)
+        for r, ms, speed in zip(timed, cand_ms, speeds, strict=True):
+            # the ratio is the paired one (median of per-run ratios), the p50 stays as measured
+            r.latency_ms, r.speed = ms, speed
+            r.latency_ratio = speed.ratio
         winner, reason = final_choice(timed, ctx.metric, ctx.budget, ctx.fp32.score)
         if winner is None:
             for r in timed:
-                r.verdict, r.reason = "slower", f"{r.latency_ratio:.2f}x FP32 in the final timing"
+                r.verdict, r.reason = "slower", f"{r.speed.describe() if r.speed else '?'} FP32 in the final timing"
         else:
             winner.verdict = "chosen"
         return winner, reason

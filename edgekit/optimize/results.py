@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit.optimize import fidelity as fid
 from edgekit.optimize.recipes import Recipe
+from edgekit.optimize.speedup import PairedRatio
 
 __all__ = ["CandidateResult", "QuantizeReport", "report_json", "report_path"]
 
@@ -28,6 +29,8 @@ class CandidateResult:
     path: Path | None = None
     # timed on devices of a group (``--timing-group``): ratio to FP32 there, median, runs, devices
     device: dict[str, Any] | None = None
+    # the final side-by-side timing on this host: the paired test against FP32 (``speedup``)
+    speed: PairedRatio | None = None
 
     @property
     def latency_source(self) -> str:
@@ -49,6 +52,7 @@ class CandidateResult:
             "seconds": round(self.seconds, 2),
             "latency_source": self.latency_source,
             "device_latency": self.device,
+            "speed": self.speed.to_dict() if self.speed else None,
         }
 
 
