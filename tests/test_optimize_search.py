@@ -107,6 +107,9 @@ def test_judge_candidate() -> None:
         "over budget", "cosine 0.98 vs FP32 1 misses cosine ≥ 0.99")
     assert judge_candidate(COSINE, FLOOR, 0.995, 1.0, 1.0) == ("slower", "1.00x FP32 latency")
     assert judge_candidate(COSINE, FLOOR, 0.995, 1.0, 0.6) == ("in budget", "")
+    slow = ratio_interval([1.1] * 10 + [1.2] * 10)
+    assert judge_candidate(COSINE, FLOOR, 0.995, 1.0, slow.ratio, slow) == (
+        "slower", "1.15x (95% CI 1.10-1.20x, sign test, 20 paired rounds) FP32 latency")
 
 
 def test_finalists_are_the_three_fastest_in_budget() -> None:

@@ -59,11 +59,11 @@ def evaluate_candidate(
         result.fidelity = fid.evaluate(ctx.metric, ctx.reference, outputs, ctx.labels)
         if timed:
             # The first timing only warms up; the second is the one that counts.
-            _, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
-            base_ms, cand_ms = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
-            result.latency_ms, result.latency_ratio = cand_ms, cand_ms / base_ms
+            time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
+            _base_ms, cand_ms, speed = time_pair(ctx.prepared, path, ctx.feed, threads, seconds=1.0)
+            result.latency_ms, result.latency_ratio, result.speed = cand_ms, speed.ratio, speed
         result.verdict, result.reason = judge_candidate(
-            ctx.metric, ctx.budget, result.fidelity.score, ctx.fp32.score, result.latency_ratio
+            ctx.metric, ctx.budget, result.fidelity.score, ctx.fp32.score, result.latency_ratio, result.speed
         )
     except SearchTimeout:
         result.verdict, result.reason = "skipped", "stopped at the time budget"

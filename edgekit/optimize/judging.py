@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from edgekit.optimize import fidelity as fid
 from edgekit.optimize.results import CandidateResult
+from edgekit.optimize.speedup import PairedRatio
 
 __all__ = ["FASTER_MARGIN", "final_choice", "finalists", "judge_candidate", "kept_fp32_reason", "preferred_choice"]
 
@@ -22,16 +23,19 @@ def _latency(result: CandidateResult) -> float:
 
 
 def judge_candidate(
-    metric: fid.Metric, budget: fid.Budget, score: float, fp32_score: float, latency_ratio: float | None
+    metric: fid.Metric, budget: fid.Budget, score: float, fp32_score: float, latency_ratio: float | None,
+    speed: PairedRatio | None = None,
 ) -> tuple[str, str]:
     """(verdict, reason) of one measured candidate: over budget, slower, or in budget
-    (``latency_ratio`` None: not timed, a build for another platform)."""
+    (``latency_ratio`` None: not timed, a build for another platform). "slower" is the search's
+    screen (not faster in a short paired timing, ``speed`` when given); the claim that the chosen
+    build is faster is tested in the final timing (``final_choice``)."""
     if not budget.passes(metric, score, fp32_score):
         return "over budget", f"{metric.name} {score:.4g} vs FP32 {fp32_score:.4g} misses {budget.describe(metric)}"
     if latency_ratio is None:
         return "in budget", "latency not measured here"
     if latency_ratio >= 1.0:
-        return "slower", f"{latency_ratio:.2f}x FP32 latency"
+        return "slower", f"{speed.describe() if speed else f'{latency_ratio:.2f}x'} FP32 latency"
     return "in budget", ""
 
 

@@ -48,8 +48,9 @@ def timing_feed(data: Dataset) -> dict[str, np.ndarray]:
 
 def time_pair(
     base: Path, cand: Path, feed: dict[str, np.ndarray], threads: int, seconds: float = 1.5
-) -> tuple[float, float]:
-    """p50 milliseconds of ``base`` and ``cand``, run interleaved for about ``seconds``."""
+) -> tuple[float, float, PairedRatio]:
+    """p50 milliseconds of ``base`` and ``cand``, run interleaved for about ``seconds``, and the
+    paired ratio of ``cand`` to ``base`` (``speedup``)."""
     s_base, s_cand = make_session(base, threads=threads), make_session(cand, threads=threads)
     t0 = time.perf_counter()
     run(s_base, feed)
@@ -57,7 +58,7 @@ def time_pair(
     once = max((time.perf_counter() - t0) / 2, 1e-6)
     runs = int(min(max(seconds / once, 20), 1000))
     samples = time_interleaved([lambda: run(s_base, feed), lambda: run(s_cand, feed)], runs=runs, warmup=min(10, runs))
-    return summarize(samples[0], 1).p50_ms, summarize(samples[1], 1).p50_ms
+    return summarize(samples[0], 1).p50_ms, summarize(samples[1], 1).p50_ms, paired_ratio(samples[0], samples[1])
 
 
 def time_side_by_side(
