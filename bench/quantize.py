@@ -1,7 +1,8 @@
 """Benchmark ``edgekit quantize --method auto`` on the example digits CNN and the PP-OCR models.
 
 For each model: the metric auto chose itself (no ``--metric``), the recipe it picked (or FP32
-kept), INT8 vs FP32 latency at 1 and 2 threads (ratio, timed interleaved in this run), size
+kept), INT8 vs FP32 latency at 1 and 2 threads (the median of per-run ratios, runs paired as
+timed interleaved in this run, with the sign test's 95% interval), size
 ratio, the task score judged here on the eval data with this file's own code (not the report's
 figure) against the budget and latency target of issue 15's "Done when", and how long the
 search took. The load average before and after is printed: the machine may be shared.
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgekit.cli.optimize import parse_duration  # noqa: E402
-from edgekit.optimize.benchmarking import bench_models  # noqa: E402
+from edgekit.optimize.benchmarking import bench_side_by_side  # noqa: E402
 from edgekit.optimize.quantizing import QuantizeSettings, quantize  # noqa: E402
 from models.ppocr.make_data import make as make_ocr_data  # noqa: E402
 
@@ -159,12 +160,15 @@ def main() -> None:
         report = quantize(model, out, settings)
         took = time.monotonic() - t0
         chosen = report.chosen_result
-        lat = {}
+        lat, intervals = {}, {}
         for threads in (1, 2):
-            stats = bench_models(
+            _stats, speeds = bench_side_by_side(
                 [str(model), str(out)], runs=args.runs, warmup=10, threads=threads, shapes=shapes, data=settings.eval
             )
-            lat[threads] = stats[1].p50_ms / stats[0].p50_ms
+            # the median of the per-run ratios to FP32 (runs paired as interleaved), with its sign-test interval
+            speed = speeds[1]
+            assert speed is not None and speed.ratio is not None
+            lat[threads], intervals[threads] = speed.ratio, speed.to_dict()
         size_ratio = out.stat().st_size / model.stat().st_size
         score, limit, inside = judged(name, model, out, settings)
         goal, max_ratio = TARGETS[name]
@@ -177,8 +181,8 @@ def main() -> None:
             report.metric,
             picked,
             f"{size_ratio:.2f}x",
-            f"{lat[1]:.2f}x",
-            f"{lat[2]:.2f}x",
+            f"{lat[1]:.2f}x ({intervals[1]['ci_low']:.2f}-{intervals[1]['ci_high']:.2f})",
+            f"{lat[2]:.2f}x ({intervals[2]['ci_low']:.2f}-{intervals[2]['ci_high']:.2f})",
             f"{score:.4f} (limit {limit:.4f})",
             f"{goal}, ≤ {max_ratio:.2f}x, < 10 min",
             "yes" if met else "NO",
@@ -193,6 +197,8 @@ def main() -> None:
                 "size_ratio": size_ratio,
                 "latency_ratio_1t": lat[1],
                 "latency_ratio_2t": lat[2],
+                "latency_interval_1t": intervals[1],
+                "latency_interval_2t": intervals[2],
                 "judged": score,
                 "limit": limit,
                 "report_fidelity": chosen.fidelity.to_dict() if chosen and chosen.fidelity else None,

@@ -97,6 +97,13 @@ def test_bench_side_by_side(digits_model: Path, digits_int8: tuple[Path, dict]) 
     data = json.loads(result.stdout)
     first, second = data["results"]
     assert first["ratio_p50"] == 1.0 and second["ratio_p50"] > 0
+    # the second against the first, paired run by run: 30 runs give the sign test's ranks 10 and 21
+    assert first["vs_first"] is None and first["verdict"] == "reference"
+    paired = second["vs_first"]
+    assert paired["rounds"] == 30 and paired["test"] == "sign test on paired per-round ratios"
+    assert paired["ci_low"] <= paired["ratio"] <= paired["ci_high"]
+    assert second["verdict"] == ("faster" if paired["ci_high"] < 1 else "slower" if paired["ci_low"] > 1
+                                 else "no difference shown")
     assert first["runs"] == 30 and first["p50_ms"] <= first["p95_ms"] <= first["p99_ms"] <= first["max_ms"]
 
 

@@ -18,6 +18,7 @@ from edgekit.errors import ConfigError
 if TYPE_CHECKING:
     from edgekit.optimize.quantizing import CandidateResult, QuantizeReport
     from edgekit.optimize.recipes import Technique
+    from edgekit.optimize.speedup import PairedRatio
 
 # The optimize modules load onnx and onnxruntime (over half a second); each command imports what
 # it runs, so `edgekit --help` and the other areas' commands do not pay for them.
@@ -262,7 +263,7 @@ def bench_cmd(
     runs = runs or 200
     warmup = 20 if warmup is None else warmup
     paths = [Path(m) for m in models]
-    from edgekit.optimize.benchmarking import bench_models
+    from edgekit.optimize.benchmarking import bench_side_by_side
     from edgekit.optimize.shapes import parse_input_shapes
 
     shapes = parse_input_shapes(input_shapes)
@@ -276,7 +277,7 @@ def bench_cmd(
         disable=not con.is_terminal,
     ) as bar:
         task = bar.add_task("bench", total=runs)
-        stats = bench_models(
+        stats, speeds = bench_side_by_side(
             [str(m) for m in paths],
             runs=runs,
             warmup=warmup,
@@ -288,22 +289,28 @@ def bench_cmd(
             on_progress=lambda done: bar.update(task, completed=done),
         )
     rows = []
-    for path, st in zip(paths, stats, strict=True):
+    for path, st, speed in zip(paths, stats, speeds, strict=True):
         rows.append(
             {
                 "model": str(path),
                 **st.to_dict(),
                 "ratio_p50": st.p50_ms / stats[0].p50_ms,
+                # paired with the first model's runs: the ratio and its interval, and what they show
+                "vs_first": speed.to_dict() if speed else None,
+                "verdict": _speed_verdict(speed),
                 "size_bytes": path.stat().st_size,
             }
         )
     if output == "json":
         emit_json({"threads": threads, "batch": batch, "results": rows})
         return
-    table = Table(title=f"latency, {threads} thread(s), batch {batch}, {runs} runs", title_justify="left")
-    for col in ("model", "p50 ms", "p95 ms", "p99 ms", "samples/s", "size", "p50 vs first"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
+    table = Table(title=f"latency, {threads} thread(s), batch {batch}, {runs} runs", title_justify="left",
+                  caption="vs first: median of the per-run ratios to the first model (runs paired as "
+                          "interleaved), 95% interval by the sign test; faster/slower only when it "
+                          "excludes 1.0", caption_justify="left")
+    for col in ("model", "p50 ms", "p95 ms", "p99 ms", "samples/s", "size", "vs first", "95% CI", "verdict"):
+        table.add_column(col, justify="left" if col in ("model", "verdict") else "right")
+    for r, speed in zip(rows, speeds, strict=True):
         table.add_row(
             escape(r["model"]),
             f"{r['p50_ms']:.3f}",
@@ -311,9 +318,23 @@ def bench_cmd(
             f"{r['p99_ms']:.3f}",
             f"{r['throughput']:.0f}",
             _size(r["size_bytes"]),
-            f"{r['ratio_p50']:.2f}x",
+            f"{speed.ratio:.2f}x" if speed and speed.ratio is not None else "1.00x" if speed is None else "-",
+            f"{speed.low:.2f}-{speed.high:.2f}x" if speed and speed.low is not None and speed.high is not None
+            else "-",
+            r["verdict"],
         )
     console().print(table)
+
+
+def _speed_verdict(speed: PairedRatio | None) -> str:
+    """What a paired ratio to the first model shows at its confidence."""
+    if speed is None:
+        return "reference"
+    if speed.faster():
+        return "faster"
+    if speed.slower():
+        return "slower"
+    return "no difference shown" if speed.low is not None else "too few runs"
 
 
 class _CliProgress:

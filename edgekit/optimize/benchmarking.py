@@ -16,6 +16,7 @@ from edgekit.optimize.datasets import Dataset, Feed, load_dataset, synthetic
 from edgekit.optimize.inspecting import inspect_model
 from edgekit.optimize.sessions import make_session, run
 from edgekit.optimize.shapes import batch_axes, resolve_shape
+from edgekit.optimize.speedup import PairedRatio, paired_ratio
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,27 @@ def bench_models(
     on_progress: Callable[[int], None] | None = None,
 ) -> list[LatencyStats]:
     """Benchmark models side by side on the same inputs (taken from the first model's inputs)."""
+    return bench_side_by_side(paths, runs=runs, warmup=warmup, threads=threads, batch=batch, shapes=shapes,
+                              data=data, spinning=spinning, on_progress=on_progress)[0]
+
+
+def bench_side_by_side(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    runs: int = 200,
+    warmup: int = 20,
+    threads: int = 1,
+    batch: int = 1,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    data: str | None = None,
+    spinning: bool | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[list[LatencyStats], list[PairedRatio | None]]:
+    """``bench_models``, and each model's paired ratio to the first (``speedup``; None for the first)."""
     shapes = dict(shapes or {})
     feed = bench_feed(paths[0], shapes=shapes, batch=batch, data=data)
     sessions = [make_session(p, threads=threads, spinning=spinning) for p in paths]
     calls = [(lambda s=s: run(s, feed)) for s in sessions]
     samples = time_interleaved(calls, runs=runs, warmup=warmup, on_progress=on_progress)
-    return [summarize(s, batch) for s in samples]
+    speeds: list[PairedRatio | None] = [None, *(paired_ratio(samples[0], s) for s in samples[1:])]
+    return [summarize(s, batch) for s in samples], speeds
