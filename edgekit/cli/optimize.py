@@ -560,9 +560,11 @@ def quantize_cmd(
     --timing-group G --app A ranks by the devices instead: each platform's candidates inside
     the budget (3 at most, with the FP32 build) are packaged, pushed to --timing-repo, signed
     with --sign-key and timed on --timing-devices devices of that class in G, beside the model
-    they run (as `edgekit bench --group`); the build is the fastest there, if faster than FP32
-    there. A platform with no device in G keeps the build host's figures, and the report says
-    so: `latency_source` records where each figure was measured.
+    they run (as `edgekit bench --group`); the build is the fastest there among the candidates
+    shown faster than FP32 there (sign test on the per-round ratios, 95% interval under 1.0),
+    else FP32 is kept and the reason gives the interval. A platform with no device in G keeps
+    the build host's figures, and the report says so: `latency_source` records where each
+    figure was measured.
 
     \b
     Examples:
