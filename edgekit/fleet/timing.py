@@ -31,7 +31,7 @@ __all__ = ["MAX_SAMPLES", "BenchDevice", "BenchSummary", "ClassFigure", "Refusal
 
 UNKNOWN_PLATFORM = "unknown"
 MAX_SAMPLES = 1000  # per-round times taken from one model's answer (the agent sends at most this many)
-NO_SAMPLES = "interval unknown: no device sent paired per-round times (an older agent)"
+NO_SAMPLES = "interval unknown: no device sent per-round times that pair (an older agent, or unusable ones)"
 
 
 def decode_samples(value: Any, limit: int = MAX_SAMPLES) -> list[float] | None:
