@@ -11,7 +11,14 @@ from typing import Any
 
 import jsonschema
 import pytest
-from edgekit_agent.benching import BenchRequestError, idle_after, parse_bench_request, timing_summary
+from edgekit_agent.benching import (
+    MAX_SAMPLES,
+    BenchRequestError,
+    idle_after,
+    paired_samples,
+    parse_bench_request,
+    timing_summary,
+)
 from edgekit_agent.protocol import load_schema
 from edgekit_agent.settings import AgentSettings
 
@@ -81,6 +88,15 @@ def test_the_duty_cycle_keeps_busy_time_within_the_budget() -> None:
     for budget in (0.1, 0.25, 0.5, 1.0):
         busy = 0.004
         assert busy / (busy + idle_after(busy, budget)) == pytest.approx(budget)
+
+
+def test_per_round_times_keep_only_the_rounds_every_model_finished() -> None:
+    # a deadline inside round 3: the running model and candidate a ran in it, b did not
+    cut = paired_samples({"running": [1.0, 1.1, 1.2, 1.3], "a": [0.5, 0.6, 0.7, 0.8], "b": [2.0, 2.1, 2.2]}, 50)
+    assert cut == {"running": [1.0, 1.1, 1.2], "a": [0.5, 0.6, 0.7], "b": [2.0, 2.1, 2.2]}
+    assert paired_samples({"running": [1.23456789] * 10}, 4) == {"running": [1.2346] * 4}
+    assert len(paired_samples({"running": [1.0] * 5000}, 10_000)["running"]) == MAX_SAMPLES
+    assert paired_samples({}, 5) == {}
 
 
 def test_timing_summary_is_nearest_rank() -> None:

@@ -158,6 +158,15 @@ def round_samples(samples_ms: Sequence[float]) -> list[float]:
     return [round(float(x), 4) for x in samples_ms]
 
 
+def paired_samples(samples: Mapping[str, Sequence[float]], limit: int) -> dict[str, list[float]]:
+    """Pure: each model's per-round times cut to the rounds all of them finished (a deadline can
+    fall inside a round, after some models ran in it), at most ``limit`` and ``MAX_SAMPLES``, and
+    rounded: index ``i`` is round ``i`` for every model, so the caller can pair them."""
+    complete = min((len(s) for s in samples.values()), default=0)
+    complete = min(complete, limit, MAX_SAMPLES)
+    return {image: round_samples(s[:complete]) for image, s in samples.items()}
+
+
 def idle_after(busy_s: float, budget: float) -> float:
     """Pure: how long to sleep after ``busy_s`` of work so busy time stays within ``budget`` of a core."""
     return busy_s * (1.0 - budget) / budget
@@ -283,11 +292,10 @@ class DeviceBench:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         by_image = {t.image: t for t in timed}
-        # a deadline can fall inside a round: only rounds every live model finished pair up
-        complete = min((len(t.samples) for t in timed if t.error is None), default=0)
-        complete = min(complete, request.runs, s.bench_max_runs, MAX_SAMPLES)
+        rounds = paired_samples({t.image: t.samples for t in timed if t.error is None},
+                                min(request.runs, s.bench_max_runs))
         running = timing_summary(by_image["running"].samples)
-        running["samples_ms"] = round_samples(by_image["running"].samples[:complete])
+        running["samples_ms"] = rounds.get("running", [])
         for entry in entries:
             t = by_image.get(entry["image"])
             if t is None or entry.get("status") != "ok":
@@ -296,7 +304,7 @@ class DeviceBench:
                 entry.update(status="failed", error="InferenceError", detail=t.error)
                 continue
             entry.update(timing_summary(t.samples))
-            entry["samples_ms"] = round_samples(t.samples[:complete])
+            entry["samples_ms"] = rounds.get(t.image, [])
             entry["ratio"] = (round(entry["median_ms"] / running["median_ms"], 4)
                               if entry["median_ms"] is not None and running["median_ms"] else None)
             entry["ratio_p90"] = (round(entry["p90_ms"] / running["p90_ms"], 4)
@@ -356,5 +364,5 @@ def _request_id(payload: bytes) -> str | None:
     return None
 
 
-__all__ = ["MAX_SAMPLES", "BenchRequest", "BenchRequestError", "DeviceBench", "idle_after", "parse_bench_request",
-           "round_samples", "timing_summary"]
+__all__ = ["MAX_SAMPLES", "BenchRequest", "BenchRequestError", "DeviceBench", "idle_after",
+           "paired_samples", "parse_bench_request", "round_samples", "timing_summary"]
