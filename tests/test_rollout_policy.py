@@ -200,6 +200,12 @@ def test_push_policy_refuses_before_any_cluster_call(attested: dict[str, str], k
     arm = json.loads(shown.stdout)["attestation"]["predicate"]["latency"]["linux/arm64"]
     _, low, high = _sign_test(device_timing(0.9)["ratios"])
     assert arm["measured_on"] == "devices" and arm["devices"] == 2 and arm["rounds"] == 40
+    told = invoke("verify", attested["devices"], "--key", keys["release.pub"])
+    assert "linux/amd64 x0.60 (build host" in told.stdout and "linux/arm64 x0.90 (2 devices of cams, 95% CI" \
+        in told.stdout, told.stdout
+    shown_table = invoke("show", attested["devices"]).stdout
+    assert "linux/arm64: x0.90 FP32 (2 devices of cams" in shown_table and "latency x0.60 on linux/amd64" in \
+        shown_table, shown_table
     refused = push(attested["devices"], "--policy-platform", "linux/arm64", "--max-latency-ratio", "0.8")
     assert_error(refused, 94, "FP32, not under x0.8 (measured on 2 device(s) of group cams, 95% CI ")
     found = re.search(r"linux/arm64 is x([0-9.]+) FP32.*95% CI ([0-9.]+)-([0-9.]+)x, sign test, 40 paired rounds\)",
