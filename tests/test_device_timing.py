@@ -4,18 +4,27 @@ asked, how answers add up, and how quantize --timing-group picks by them."""
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from edgekit_agent.benching import BenchRequestError, idle_after, parse_bench_request, timing_summary
+from edgekit_agent.benching import (
+    MAX_SAMPLES,
+    BenchRequestError,
+    idle_after,
+    paired_samples,
+    parse_bench_request,
+    timing_summary,
+)
 from edgekit_agent.protocol import load_schema
 from edgekit_agent.settings import AgentSettings
 
 from edgekit.errors import BenchInputError
 from edgekit.fleet.benching import check_candidates
-from edgekit.fleet.timing import pick_devices, relative_to, summarize
+from edgekit.fleet.timing import decode_samples, pick_devices, relative_to, summarize
 from edgekit.optimize.recipes import Recipe
 from edgekit.optimize.results import CandidateResult
 from edgekit.rollout.devicetiming import choose_by_devices
@@ -79,6 +88,15 @@ def test_the_duty_cycle_keeps_busy_time_within_the_budget() -> None:
     for budget in (0.1, 0.25, 0.5, 1.0):
         busy = 0.004
         assert busy / (busy + idle_after(busy, budget)) == pytest.approx(budget)
+
+
+def test_per_round_times_keep_only_the_rounds_every_model_finished() -> None:
+    # a deadline inside round 3: the running model and candidate a ran in it, b did not
+    cut = paired_samples({"running": [1.0, 1.1, 1.2, 1.3], "a": [0.5, 0.6, 0.7, 0.8], "b": [2.0, 2.1, 2.2]}, 50)
+    assert cut == {"running": [1.0, 1.1, 1.2], "a": [0.5, 0.6, 0.7], "b": [2.0, 2.1, 2.2]}
+    assert paired_samples({"running": [1.23456789] * 10}, 4) == {"running": [1.2346] * 4}
+    assert len(paired_samples({"running": [1.0] * 5000}, 10_000)["running"]) == MAX_SAMPLES
+    assert paired_samples({}, 5) == {}
 
 
 def test_timing_summary_is_nearest_rank() -> None:
@@ -146,17 +164,120 @@ def _cand(recipe: Recipe, host_ratio: float | None) -> CandidateResult:
     return CandidateResult(recipe, verdict="in budget", latency_ratio=host_ratio, path=Path("/x/c.onnx"))
 
 
-def test_quantize_takes_the_fastest_on_the_devices_not_on_the_host() -> None:
+def _rounds(base: float, factor: float, n: int, wobble: float = 0.0) -> list[float]:
+    """``n`` per-round times: a drifting reference (heat, load) times ``factor``, with a per-round
+    ratio that wobbles by ``wobble`` (alternately over and under)."""
+    return [round(base * (1 + 0.3 * math.sin(i)) * (factor + (wobble if i % 2 else -wobble) * (i % 5) / 4), 4)
+            for i in range(n)]
+
+
+def _with_samples(answer: dict[str, Any], samples: dict[str, list[float]], running: list[float] | None = None
+                  ) -> dict[str, Any]:
+    for e in answer["candidates"]:
+        if e["image"] in samples:
+            e["samples_ms"] = samples[e["image"]]
+    if running is not None:
+        answer["running"]["samples_ms"] = running
+    return answer
+
+
+def _sign_test(ratios: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The test's own reading of the sign-test interval: the largest k with P(Bin(n, 1/2) < k) <=
+    (1 - confidence) / 2, then the k-th smallest and k-th largest ratio, and the median."""
+    r, n = sorted(ratios), len(ratios)
+    k = max(j for j in range(n // 2 + 1) if sum(math.comb(n, i) for i in range(j)) / 2 ** n <= (1 - confidence) / 2)
+    return statistics.median(r), r[k - 1], r[n - k]
+
+
+def test_device_rounds_pair_within_each_device_and_pool_over_the_class() -> None:
+    fp32 = _img(9)
+    ref1, ref2 = _rounds(2.0, 1.0, 12), _rounds(4.0, 1.0, 9)
+    c1, c2 = _rounds(2.0, 0.6, 12, 0.05), _rounds(4.0, 0.7, 9, 0.05)
+    answers = {"r1": _with_samples(_done("linux/arm64", 5.0, {fp32: 2.0, _img(1): 1.2}), {fp32: ref1, _img(1): c1}),
+               "r2": _with_samples(_done("linux/arm64", 9.0, {fp32: 4.0, _img(1): 2.8}), {fp32: ref2, _img(1): c2})}
+    fig = relative_to(answers, fp32)[_img(1)]
+    ratios = [c / r for r, c in zip(ref1, c1, strict=True)] + [c / r for r, c in zip(ref2, c2, strict=True)]
+    median, low, high = _sign_test(ratios)
+    assert fig.speed is not None and fig.speed.rounds == 21 and fig.paired_devices == ["r1", "r2"]
+    assert (fig.speed.ratio, fig.speed.low, fig.speed.high) == pytest.approx((median, low, high), abs=1e-4)
+    assert fig.faster() and high < 1.0
+    d = fig.to_dict()["speed"]
+    assert d["test"].startswith("sign test") and d["rounds"] == 21 and d["ci_high"] == pytest.approx(high, abs=1e-4)
+
+
+def test_the_running_model_is_the_reference_of_a_class_figure() -> None:
+    statuses = {"a1": _status("linux/amd64"), "a2": _status("linux/amd64")}
+    asked = [d for ds in pick_devices(statuses, "det", 2).values() for d in ds]
+    run1, run2 = _rounds(3.0, 1.0, 10), _rounds(5.0, 1.0, 10)
+    c1, c2 = _rounds(3.0, 1.1, 10, 0.2), _rounds(5.0, 0.9, 10, 0.2)
+    answers = {"a1": _with_samples(_done("linux/amd64", 3.0, {_img(1): 3.3}), {_img(1): c1}, run1),
+               "a2": _with_samples(_done("linux/amd64", 5.0, {_img(1): 4.5}), {_img(1): c2}, run2)}
+    fig = summarize(asked, answers, [_img(1)]).figure("linux/amd64", _img(1))
+    ratios = [c / r for r, c in zip(run1 + run2, c1 + c2, strict=True)]
+    median, low, high = _sign_test(ratios)
+    assert fig is not None and fig.speed is not None and fig.speed.rounds == 20
+    assert (fig.speed.low, fig.speed.high) == pytest.approx((low, high), abs=1e-4) and low < 1.0 < high
+    assert fig.speed.ratio == pytest.approx(median, abs=1e-4)
+    assert fig.to_dict()["speed"]["ci_low"] == pytest.approx(low, abs=1e-4)
+
+
+@pytest.mark.parametrize("hostile", [
+    [1.0] * 1001, [1.0, float("nan"), 1.0], [1.0, -2.0], [1.0, 0.0], ["1.0", "2.0"], [[1.0], [2.0]],
+    [1.0, True], [1.0, float("inf")], [], "1,2,3", {"0": 1.0}, None, 7,
+])
+def test_hostile_per_round_times_are_ignored_and_the_medians_still_count(hostile: Any) -> None:
+    assert decode_samples(hostile) is None
+    fp32 = _img(9)
+    answers = {"r1": _with_samples(_done("linux/arm64", 5.0, {fp32: 2.0, _img(1): 1.0}),
+                                   {fp32: _rounds(2.0, 1.0, 10), _img(1): hostile}, hostile)}
+    fig = relative_to(answers, fp32)[_img(1)]
+    assert fig.ratio == pytest.approx(0.5) and fig.speed is None and not fig.faster()
+    assert "interval unknown" in fig.describe_speed() and fig.to_dict()["speed"]["ci_high"] is None
+    asked = [d for ds in pick_devices({"r1": _status("linux/arm64")}, "det", 1).values() for d in ds]
+    cls = summarize(asked, answers, [fp32, _img(1)]).figure("linux/arm64", _img(1))
+    assert cls is not None and cls.ratio == pytest.approx(0.2) and cls.speed is None
+
+
+def test_rounds_of_unequal_length_do_not_pair() -> None:
+    fp32 = _img(9)
+    answers = {"r1": _with_samples(_done("linux/arm64", 5.0, {fp32: 2.0, _img(1): 1.0}),
+                                   {fp32: _rounds(2.0, 1.0, 10), _img(1): _rounds(2.0, 0.5, 9)})}
+    assert relative_to(answers, fp32)[_img(1)].speed is None
+
+
+def _cand(recipe: Recipe, host_ratio: float | None) -> CandidateResult:
+    return CandidateResult(recipe, verdict="in budget", latency_ratio=host_ratio, path=Path("/x/c.onnx"))
+
+
+def test_quantize_takes_the_fastest_shown_faster_on_the_devices_not_on_the_host() -> None:
     a = _cand(Recipe(method="static", calibration="minmax"), 0.6)
     b = _cand(Recipe(method="static", calibration="entropy"), 0.9)
     c = _cand(Recipe(method="dynamic"), None)
     images = {a.recipe.name: _img(1), b.recipe.name: _img(2), c.recipe.name: _img(3)}
-    answers = {"r1": _done("linux/arm64", 5.0, {_img(9): 2.0, _img(1): 2.2, _img(2): 1.2, _img(3): 1.6})}
+    fp32 = _rounds(2.0, 1.0, 20)
+    samples = {_img(9): fp32, _img(1): _rounds(2.0, 1.1, 20, 0.02), _img(2): _rounds(2.0, 0.6, 20, 0.02),
+               _img(3): _rounds(2.0, 0.8, 20, 0.02)}
+    answers = {"r1": _with_samples(_done("linux/arm64", 5.0, {_img(9): 2.0, _img(1): 2.2, _img(2): 1.2,
+                                                              _img(3): 1.6}), samples)}
     winner, reason = choose_by_devices([a, b, c], relative_to(answers, _img(9)), images)
-    assert winner is b and "0.60x FP32 there" in reason
-    slow = {"r1": _done("linux/arm64", 5.0, {_img(9): 2.0, _img(1): 2.2, _img(2): 2.0})}
-    winner, reason = choose_by_devices([a, b], relative_to(slow, _img(9)), images)
-    assert winner is None and "at least as slow as FP32" in reason
+    assert winner is b and "shown faster than FP32" in reason and "sign test, 20 paired rounds" in reason
+    assert "0.60x (95% CI" in reason
+
+    # slower, or not shown faster (the interval straddles 1.0): FP32 is kept, the reason says why
+    slow = {"r1": _with_samples(_done("linux/arm64", 5.0, {_img(9): 2.0, _img(1): 2.2, _img(2): 1.9}),
+                                {_img(9): fp32, _img(1): _rounds(2.0, 1.1, 20, 0.02),
+                                 _img(2): _rounds(2.0, 0.97, 20, 0.2)})}
+    figures = relative_to(slow, _img(9))
+    speed = figures[_img(2)].speed
+    assert speed is not None and speed.low is not None and speed.low < 1.0 <= speed.high  # type: ignore[operator]
+    winner, reason = choose_by_devices([a, b], figures, images)
+    assert winner is None and "no candidate is shown faster" in reason and "20 paired rounds" in reason
+    assert f"{speed.low:.2f}-{speed.high:.2f}x" in reason and "FP32 kept" in reason
+
+    # an older agent: medians only; however low, nothing is shown faster
+    old = {"r1": _done("linux/arm64", 5.0, {_img(9): 2.0, _img(1): 1.0})}
+    winner, reason = choose_by_devices([a], relative_to(old, _img(9)), images)
+    assert winner is None and "can be shown faster" in reason and "interval unknown" in reason and "0.50x" in reason
 
 
 def test_the_cli_side_refuses_unpinned_or_too_many_candidates() -> None:
@@ -196,6 +317,10 @@ def test_the_agent_process_times_a_candidate_under_its_spool(mqtt_broker: Any, a
     (cand,) = answer["candidates"]
     assert answer["state"] == "done" and cand["status"] == "ok" and cand["version"] == "2.0" and cand["n"] == 8
     assert answer["running"]["version"] == "1.0" and answer["running"]["n"] == 8
+    # per-round times, paired by round: as many as timed rounds, for the running model and the candidate
+    assert len(answer["running"]["samples_ms"]) == len(cand["samples_ms"]) == 8
+    assert all(x > 0 for x in answer["running"]["samples_ms"] + cand["samples_ms"])
+    assert decode_samples(cand["samples_ms"]) is not None
     assert (spool / "bench").is_dir() and not any((spool / "bench").iterdir())
 
 

@@ -156,7 +156,7 @@ def test_quantization_report_beside_the_model_is_embedded(digits_model: Path, tm
     assert "quantization" in table.stdout and "static" in table.stdout and "unsigned" in table.stdout
     # Figures as people read them, not as floats print.
     text = " ".join(table.stdout.split())  # rich wraps long cells
-    assert "size x0.29, latency x0.66, fidelity" in text and "score 0.9651" in text
+    assert "size x0.29, latency x0.66 on the build host, fidelity" in text and "score 0.9651" in text
     assert "6582048" not in text and "9651234" not in text and "top5 (k=5, output=0), budget 1%" in text
     # A report written before task metrics has no settings: the summary says so, and packages fine.
     older = {k: v for k, v in report.items() if k not in ("metric_settings", "metric_reason")}

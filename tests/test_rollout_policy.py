@@ -4,6 +4,7 @@ before any call to the cluster (a counting listener stands where the API server 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ import edgekit.errors as errors
 from edgekit.rehearsal.registry import DockerRegistry
 from edgekit.rollout.policy import AttestationEvidence, ReleasePolicy, decide, override, parse_policy, refusal_error
 from tests import test_images_signing
-from tests.test_images_attest import package_attested, write_report
+from tests.test_device_timing import _sign_test
+from tests.test_images_attest import device_timing, package_attested, write_report
 from tests.test_images_build import assert_error, invoke
 from tests.test_images_signing import ENV
 
@@ -54,6 +56,18 @@ def test_each_rule_refuses_its_own_family(policy: ReleasePolicy, evidence: Attes
     verdict = decide(policy, evidence)
     assert not verdict.ok and verdict.refusals[0].family == family
     assert needle in verdict.refusals[0].message
+
+
+def test_a_latency_refusal_names_where_it_was_measured_and_its_interval() -> None:
+    on_devices = {"ratio": 1.03, "measured_on": "devices", "group": "cams", "devices": 2, "test": "sign test",
+                  "ci_low": 0.98, "ci_high": 1.08, "confidence": 0.95, "rounds": 40}
+    verdict = decide(ReleasePolicy(platform="linux/arm64"), verified(latency={"linux/arm64": on_devices}))
+    (refusal,) = verdict.refusals
+    assert refusal.family == "latency" and "linux/arm64 is x1.03 FP32, not under x1" in refusal.message
+    assert "measured on 2 device(s) of group cams, 95% CI 0.98-1.08x, sign test, 40 paired rounds" in refusal.message
+    host = {"ratio": 1.2, "measured_on": "build host", "rounds": 0}
+    (refusal,) = decide(ReleasePolicy(), verified(latency={"linux/amd64": host})).refusals
+    assert "measured on the build host, no interval recorded" in refusal.message
 
 
 def test_exit_codes_follow_the_first_refusal_and_every_reason_is_told() -> None:
@@ -144,11 +158,13 @@ def api_stand_in(tmp_path: Path) -> Iterator[tuple[CountingListener, Path]]:
 @pytest.fixture(scope="module")
 def attested(registry: DockerRegistry, digits_model: Path, keys: dict[str, Path],
              tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Images attested with the release key: in budget, 3 points lost, slower than FP32."""
+    """Images attested with the release key: in budget, 3 points lost, slower than FP32, and one
+    timed on two arm64 devices (about 0.9x FP32 there, 0.6x on the build host)."""
     folder = tmp_path_factory.mktemp("reports")
     return {name: package_attested(registry, digits_model, keys["release"], f"policy-{name}",
                                    write_report(folder / f"{name}.json", **kw))
-            for name, kw in (("good", {}), ("lossy", {"score": 0.97}), ("slow", {"ratio": 1.2}))}
+            for name, kw in (("good", {}), ("lossy", {"score": 0.97}), ("slow", {"ratio": 1.2}),
+                             ("devices", {"devices": device_timing(0.9)}))}
 
 
 @pytest.mark.registry
@@ -178,6 +194,24 @@ def test_push_policy_refuses_before_any_cluster_call(attested: dict[str, str], k
     assert_error(push(attested["good"], "--max-accuracy-drop", "0.5%"), 93, "over the budget 0.005")
     assert_error(push(unattested), 91, "has no https://edgekit.io/attestations/quantization/v1 attestation")
     assert_error(push(attested["good"], EDGEKIT_ROLLOUT_PUBLIC_KEY=str(keys["other.pub"])), 92, "verifies with key")
+    # timed on devices: arm64's attested figure is the devices', and a budget under it refuses
+    # (0.6x on the build host would have passed); the refusal says where it was measured
+    shown = invoke("verify", attested["devices"], "--key", keys["release.pub"], "--output", "json")
+    arm = json.loads(shown.stdout)["attestation"]["predicate"]["latency"]["linux/arm64"]
+    _, low, high = _sign_test(device_timing(0.9)["ratios"])
+    assert arm["measured_on"] == "devices" and arm["devices"] == 2 and arm["rounds"] == 40
+    told = invoke("verify", attested["devices"], "--key", keys["release.pub"])
+    assert "linux/amd64 x0.60 (build host" in told.stdout and "linux/arm64 x0.90 (2 devices of cams, 95% CI" \
+        in told.stdout, told.stdout
+    shown_table = invoke("show", attested["devices"]).stdout
+    assert "linux/arm64: x0.90 FP32 (2 devices of cams" in shown_table and "latency x0.60 on linux/amd64" in \
+        shown_table, shown_table
+    refused = push(attested["devices"], "--policy-platform", "linux/arm64", "--max-latency-ratio", "0.8")
+    assert_error(refused, 94, "FP32, not under x0.8 (measured on 2 device(s) of group cams, 95% CI ")
+    found = re.search(r"linux/arm64 is x([0-9.]+) FP32.*95% CI ([0-9.]+)-([0-9.]+)x, sign test, 40 paired rounds\)",
+                      refused.stderr)  # type: ignore[attr-defined]
+    assert found is not None, refused.stderr  # type: ignore[attr-defined]
+    assert [float(g) for g in found.groups()[1:]] == pytest.approx([low, high], abs=0.006)
     assert listener.connections == 0  # not one connection to where the cluster would be
     # in budget: the policy passes, and only then is the cluster contacted (here: nobody answers)
     result = push(attested["good"])

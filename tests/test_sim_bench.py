@@ -17,12 +17,14 @@ from edgekit_agent.protocol import load_schema
 
 from edgekit.fleet.benching import bench_group
 from edgekit.fleet.settings import load_fleet_settings
-from edgekit.image.building import PackageSettings, package
+from edgekit.image.attestations import quantization_predicate
+from edgekit.image.building import PackageSettings, package, summarize_report
 from edgekit.image.pushing import push_layout
 from edgekit.image.signing import load_private_key, sign_image, write_keypair
 from edgekit.kube import names
 from edgekit.rehearsal.nodes import FleetSpec
 from tests.fixtures.rollout import FIXED_CREATED, RELEASE_PASSWORD, Fleet, ReleaseKey, RolloutEnv
+from tests.test_device_timing import _sign_test
 from tests.test_images_platforms import _quantize
 
 pytestmark = [pytest.mark.kube, pytest.mark.mqtt, pytest.mark.registry, pytest.mark.slow]
@@ -121,12 +123,24 @@ def test_two_candidates_are_timed_on_each_device_class(rollout_env: RolloutEnv, 
         # the same FP32 network as the one served, timed in the same rounds: about as fast
         assert 0.4 < figures[(plat, candidates["fp32"])]["ratio"] < 2.5
     assert data["without_devices"] == [] and data["refusals"] == []
+    # each device sent its per-round times; the interval is the sign test over the rounds paired
+    # within each device, computed here from the answers themselves
+    for answer in data["answers"].values():
+        running = answer["running"]["samples_ms"]
+        assert len(running) == 15
+        for entry in answer["candidates"]:
+            ratios = [c / r for r, c in zip(running, entry["samples_ms"], strict=True)]
+            speed = figures[(answer["platform"], entry["image"])]["speed"]
+            median, low, high = _sign_test(ratios)
+            assert speed["rounds"] == 15 and speed["devices"] == [answer["device"]]
+            assert (speed["ratio"], speed["ci_low"], speed["ci_high"]) == pytest.approx((median, low, high), abs=1e-3)
 
     # a device class the result must cover but the group lacks is named, the others are timed
     table = env.cli("bench", "--group", mixed.group, "--app", mixed.app, "--devices", "1", "--runs", "5",
                     "--timeout", "90", "--platform", "linux/amd64,linux/arm64,linux/riscv64", candidates["fp32"])
     assert table.returncode == 0, table.stderr
     assert "linux/amd64" in table.stdout and "linux/arm64" in table.stdout and "ratio" in table.stdout
+    assert "95% CI" in table.stdout and "rounds" in table.stdout
     assert "no device of linux/riscv64" in table.stderr and "linux/amd64 in group" not in table.stderr
 
 
@@ -202,12 +216,25 @@ def test_quantize_ranks_by_the_devices_and_flags_a_class_without_them(rollout_en
         for c in timed:
             d = c["device_latency"]
             assert d["platform"] == "linux/arm64" and d["n"] == 10 * len(d["devices"]) and d["ratio"] > 0
-        # the build is the timed candidate fastest on the devices (when faster than FP32 there)
-        best = min(timed, key=lambda c: c["device_latency"]["ratio"])
-        if best["device_latency"]["ratio"] < 1:
+            # paired against the FP32 build round by round on each device, pooled over both
+            assert d["speed"]["rounds"] == 10 * len(d["devices"]) and d["speed"]["test"].startswith("sign test")
+        # the build is the timed candidate fastest on the devices among those shown faster than FP32
+        shown = [c for c in timed if c["device_latency"]["speed"]["ci_high"] is not None
+                 and c["device_latency"]["speed"]["ci_high"] < 1]
+        if shown:
+            best = min(shown, key=lambda c: c["device_latency"]["speed"]["ratio"])
             assert arm["chosen"] == best["name"] and "device(s) of the group" in arm["reason"]
+            assert "sign test" in arm["reason"]
+            # package carries the devices' figure into edgekit.json, and the attestation credits arm64 with it
+            meta = {"quantization": summarize_report(arm)}
+            pred = quantization_predicate(meta, platforms=("linux/amd64", "linux/arm64"),
+                                          host_platform="linux/amd64", tools={})
+            att = pred["latency"]["linux/arm64"]
+            assert att["measured_on"] == "devices" and att["group"] == group and att["devices"] == 2
+            assert att["ratio"] == best["device_latency"]["speed"]["ratio"] and att["rounds"] == 20
         else:
-            assert arm["chosen"] == "fp32"
+            assert arm["chosen"] == "fp32" and "no candidate is shown faster" in arm["reason"]
+            assert "paired rounds" in arm["reason"]
         on_disk = json.loads(out.with_name("digits.linux-arm64.onnx.report.json").read_text())
         assert on_disk["chosen"] == arm["chosen"] and on_disk["latency_source"]["source"] == "devices"
 

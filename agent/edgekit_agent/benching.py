@@ -25,7 +25,10 @@ A request comes from whoever may publish on the topic, so it is treated as hosti
 Timing is interleaved: every round runs the served model (in a session of its own, built like the
 candidates') and each candidate once, on the served model's golden-probe inputs, in an order that
 rotates each round, so drift (thermal, other load) falls on all alike and the ratio to the served
-model is honest. Each figure comes with its sample size and spread (median, p90, min, max).
+model is honest. Each figure comes with its sample size and spread (median, p90, min, max), and
+its per-round times in round order (``samples_ms``, the complete rounds only, at most
+``bench_max_runs`` and ``MAX_SAMPLES`` of them), so the caller can pair each candidate with the
+served model (or with another candidate) round by round and test the ratio rather than trust it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _NICE = 10
 _REFUSALS_PER_MINUTE = 10  # answers to refused or busy requests; past it they go unanswered
+MAX_SAMPLES = 1000  # per-round times sent per model: keeps a result bounded whatever bench_max_runs is
 
 Run = Callable[[Sequence[str] | None, Mapping[str, Any]], list[Any]]
 
@@ -146,6 +150,21 @@ def timing_summary(samples_ms: Sequence[float]) -> dict[str, Any]:
     p90 = ordered[min(n - 1, max(0, int(np.ceil(0.9 * n)) - 1))]
     return {"n": n, "median_ms": round(float(np.median(ordered)), 4), "p90_ms": round(p90, 4),
             "min_ms": round(ordered[0], 4), "max_ms": round(ordered[-1], 4)}
+
+
+def round_samples(samples_ms: Sequence[float]) -> list[float]:
+    """Pure: per-round times rounded as the other figures are (a smaller payload, far below the
+    timer's noise)."""
+    return [round(float(x), 4) for x in samples_ms]
+
+
+def paired_samples(samples: Mapping[str, Sequence[float]], limit: int) -> dict[str, list[float]]:
+    """Pure: each model's per-round times cut to the rounds all of them finished (a deadline can
+    fall inside a round, after some models ran in it), at most ``limit`` and ``MAX_SAMPLES``, and
+    rounded: index ``i`` is round ``i`` for every model, so the caller can pair them."""
+    complete = min((len(s) for s in samples.values()), default=0)
+    complete = min(complete, limit, MAX_SAMPLES)
+    return {image: round_samples(s[:complete]) for image, s in samples.items()}
 
 
 def idle_after(busy_s: float, budget: float) -> float:
@@ -273,7 +292,10 @@ class DeviceBench:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         by_image = {t.image: t for t in timed}
+        rounds = paired_samples({t.image: t.samples for t in timed if t.error is None},
+                                min(request.runs, s.bench_max_runs))
         running = timing_summary(by_image["running"].samples)
+        running["samples_ms"] = rounds.get("running", [])
         for entry in entries:
             t = by_image.get(entry["image"])
             if t is None or entry.get("status") != "ok":
@@ -282,6 +304,7 @@ class DeviceBench:
                 entry.update(status="failed", error="InferenceError", detail=t.error)
                 continue
             entry.update(timing_summary(t.samples))
+            entry["samples_ms"] = rounds.get(t.image, [])
             entry["ratio"] = (round(entry["median_ms"] / running["median_ms"], 4)
                               if entry["median_ms"] is not None and running["median_ms"] else None)
             entry["ratio_p90"] = (round(entry["p90_ms"] / running["p90_ms"], 4)
@@ -341,5 +364,5 @@ def _request_id(payload: bytes) -> str | None:
     return None
 
 
-__all__ = ["BenchRequest", "BenchRequestError", "DeviceBench", "idle_after", "parse_bench_request",
-           "timing_summary"]
+__all__ = ["MAX_SAMPLES", "BenchRequest", "BenchRequestError", "DeviceBench", "idle_after",
+           "paired_samples", "parse_bench_request", "round_samples", "timing_summary"]

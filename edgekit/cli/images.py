@@ -434,7 +434,8 @@ def verify_cmd(target: str, key: Path, require_attestation: bool, output: str, *
         return
     pred = attested["predicate"]
     acc = pred.get("accuracy") or {}
-    ratios = ", ".join(f"{p} x{_figure(v.get('ratio'), '.2f')}" for p, v in (pred.get("latency") or {}).items()
+    ratios = ", ".join(f"{p} x{_figure(v.get('ratio'), '.2f')} ({_where(v)})"
+                       for p, v in (pred.get("latency") or {}).items()
                        if isinstance(v, dict) and v.get("ratio") is not None) or "not measured"
     con.print(escape(f"quantization attestation verified: {pred.get('precision')} {pred.get('method') or ''}"
                      f" {acc.get('metric')} drop {_figure(acc.get('drop'))}, latency {ratios}"), highlight=False)
@@ -495,7 +496,14 @@ def show_cmd(target: str, key: Path | None, platform: str | None, output: str, *
             fid = q.get("fidelity") or {}
             table.add_row("quantization", escape(
                 f"{q.get('method') or q.get('chosen')}: size x{_figure(size.get('ratio'), '.2f')}, "
-                f"latency x{_figure(lat.get('ratio'), '.2f')}, fidelity {json_short(fid)}"))
+                f"latency x{_figure(lat.get('ratio'), '.2f')} on {lat.get('measured_on') or 'the build host'}, "
+                f"fidelity {json_short(fid)}"))
+            dev = lat.get("devices")
+            if isinstance(dev, dict) and dev.get("ratio") is not None:
+                where = _where({**dev, "measured_on": "devices"})
+                table.add_row("device latency", escape(
+                    f"{dev.get('platform')}: x{_figure(dev.get('ratio'), '.2f')} FP32 ({where}, "
+                    f"{dev.get('rounds')} paired rounds)"))
             if q.get("metric"):
                 shown = ", ".join(f"{k}={_figure(v)}" for k, v in (q.get("metric_settings") or {}).items())
                 table.add_row("metric", escape(
@@ -504,6 +512,17 @@ def show_cmd(target: str, key: Path | None, platform: str | None, output: str, *
         else:
             table.add_row("quantization", "none")
     con.print(table)
+
+
+def _where(latency: dict[str, Any]) -> str:
+    """``2 devices of cams, 95% CI 0.89-0.91x`` or ``build host``: where a latency was measured."""
+    where = str(latency.get("measured_on") or "?")
+    if where == "devices":
+        where = f"{latency.get('devices')} devices of {latency.get('group')}"
+    low, high = latency.get("ci_low"), latency.get("ci_high")
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        where += f", 95% CI {low:.2f}-{high:.2f}x"
+    return where
 
 
 def _figure(value: Any, spec: str = ".4g") -> str:

@@ -103,14 +103,22 @@ def _print_device_bench(result: Any) -> None:
     s = result.summary
     table = Table(title=f"timed on devices of {result.group} (app {result.app}), vs the model they run",
                   title_justify="left")
-    for col in ("class", "candidate", "median ms", "p90 ms", "ratio", "ratio range", "n", "devices"):
+    for col in ("class", "candidate", "median ms", "p90 ms", "ratio", "95% CI", "rounds", "ratio range", "n",
+                "devices"):
         table.add_column(col, justify="left" if col in ("class", "candidate", "devices") else "right")
     for f in s.figures:
         spread = f"{f.ratio_spread[0]:.2f}-{f.ratio_spread[1]:.2f}" if f.ratio_spread else "-"
+        sp = f.speed
+        ci = (f"{sp.low:.2f}-{sp.high:.2f}x" if sp is not None and sp.low is not None and sp.high is not None
+              else "too few" if sp is not None else "unknown")
         table.add_row(escape(f.platform), escape(_short_image(f.image)), f"{f.median_ms:.3f}", f"{f.p90_ms:.3f}",
-                      f"{f.ratio:.2f}x" if f.ratio is not None else "-", spread, str(f.n),
-                      escape(", ".join(f.devices)))
+                      f"{f.ratio:.2f}x" if f.ratio is not None else "-", ci, str(sp.rounds) if sp else "-", spread,
+                      str(f.n), escape(", ".join(f.devices)))
     console().print(table)
+    if s.figures:
+        console().print("ratio: median over devices of each one's median ratio to the running model; 95% CI: "
+                        "sign test on the per-round ratios, paired within each device and pooled over the "
+                        "class (unknown: the devices sent no per-round times)", style="dim")
     err = console(stderr=True)
     for plat in s.without_devices:
         err.print(f"[bold yellow]no device:[/] no device of {escape(plat)} in group {escape(result.group)} "
@@ -243,8 +251,9 @@ def bench_cmd(
     serving them: the agents fetch and verify each like a model to serve (their release key),
     time it interleaved with the running model (one thread, a quarter of one core at most) and
     answer over MQTT. The table gives, per device class and candidate, the median, the ratio to
-    the running model and the runs behind it; a class of the candidates with no device to ask
-    is named.
+    the running model with its 95% interval (sign test on the per-round ratios, paired within
+    each device) and the rounds and runs behind it; a class of the candidates with no device to
+    ask is named.
 
     \b
     Examples:
@@ -572,9 +581,11 @@ def quantize_cmd(
     --timing-group G --app A ranks by the devices instead: each platform's candidates inside
     the budget (3 at most, with the FP32 build) are packaged, pushed to --timing-repo, signed
     with --sign-key and timed on --timing-devices devices of that class in G, beside the model
-    they run (as `edgekit bench --group`); the build is the fastest there, if faster than FP32
-    there. A platform with no device in G keeps the build host's figures, and the report says
-    so: `latency_source` records where each figure was measured.
+    they run (as `edgekit bench --group`); the build is the fastest there among the candidates
+    shown faster than FP32 there (sign test on the per-round ratios, 95% interval under 1.0),
+    else FP32 is kept and the reason gives the interval. A platform with no device in G keeps
+    the build host's figures, and the report says so: `latency_source` records where each
+    figure was measured.
 
     \b
     Examples:

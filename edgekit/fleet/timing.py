@@ -5,20 +5,75 @@ retained statuses, asks ``pick_devices`` for a few devices per device class (pla
 a request, and folds the answers with ``summarize``: per class and candidate, the median of the
 devices' medians, the median of their ratios to the running model (each device timed both in the
 same interleaved rounds, so its ratio is honest on its own), the runs behind it and the spread.
+
+The verdict is the paired test's (``edgekit.optimize.speedup``): an agent sends each model's
+per-round times (``samples_ms``, index ``i`` is round ``i``), so within a device a candidate pairs
+with its reference round by round; the per-round ratios of every device of the class are pooled
+(each keeps its pairing) and the sign test gives their median and 95 % interval (``speed``). An
+answer is hostile input: ``samples_ms`` that is not a list of at most ``MAX_SAMPLES`` finite
+positive numbers, or whose length differs from its reference's, is ignored and the figure rests on
+the medians alone. Without any (older agents) the interval is unknown, and nothing is shown faster.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BenchDevice", "BenchSummary", "ClassFigure", "Refusal", "RelativeFigure", "classes_without_devices",
-           "pick_devices", "relative_to",
-           "summarize"]
+from edgekit.optimize.speedup import PairedRatio, ratio_interval
+
+__all__ = ["MAX_SAMPLES", "BenchDevice", "BenchSummary", "ClassFigure", "Refusal", "RelativeFigure",
+           "classes_without_devices", "decode_samples", "paired_rounds", "pick_devices", "relative_to",
+           "speed_dict", "summarize"]
 
 UNKNOWN_PLATFORM = "unknown"
+MAX_SAMPLES = 1000  # per-round times taken from one model's answer (the agent sends at most this many)
+NO_SAMPLES = "interval unknown: no device sent per-round times that pair (an older agent, or unusable ones)"
+
+
+def decode_samples(value: Any, limit: int = MAX_SAMPLES) -> list[float] | None:
+    """Pure: ``samples_ms`` from an answer, or None when it is anything but a non-empty list of at
+    most ``limit`` finite positive numbers (strings, NaN, nested lists, ... make it unusable whole:
+    a partly valid list would shift the rounds)."""
+    if not isinstance(value, list) or not value or len(value) > limit:
+        return None
+    out: list[float] = []
+    for x in value:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return None
+        f = float(x)
+        if not math.isfinite(f) or f <= 0.0:
+            return None
+        out.append(f)
+    return out
+
+
+def paired_rounds(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> list[float] | None:
+    """Pure: the per-round ratios candidate/reference of one device's answer, or None when either
+    has no usable ``samples_ms`` or their lengths differ (the rounds would not pair)."""
+    ref, cand = decode_samples(reference.get("samples_ms")), decode_samples(candidate.get("samples_ms"))
+    if ref is None or cand is None or len(ref) != len(cand):
+        return None
+    return [c / r for r, c in zip(ref, cand, strict=True)]
+
+
+def _pooled(per_device: Sequence[tuple[str, list[float] | None]]) -> tuple[PairedRatio | None, list[str]]:
+    """The sign test over the paired rounds of every device that sent them, and those devices."""
+    paired = [(d, rs) for d, rs in per_device if rs]
+    if not paired:
+        return None, []
+    return ratio_interval([r for _, rs in paired for r in rs]), [d for d, _ in paired]
+
+
+def speed_dict(speed: PairedRatio | None, devices: Sequence[str]) -> dict[str, Any]:
+    """The paired test as a report records it; ``why`` says so when there is none."""
+    if speed is None:
+        return {"test": None, "ratio": None, "ci_low": None, "ci_high": None, "rounds": 0, "devices": [],
+                "why": NO_SAMPLES}
+    return {**speed.to_dict(), "devices": list(devices), "describe": speed.describe()}
 
 
 @dataclass(frozen=True)
@@ -70,13 +125,19 @@ class ClassFigure:
     n: int                        # timed runs of the candidate, all devices
     devices: list[str]
     ratio_spread: tuple[float, float] | None = None  # min and max of the devices' ratios
+    speed: PairedRatio | None = None   # the paired test against the running model; None: no per-round times
+    paired_devices: list[str] = field(default_factory=list)  # the devices whose rounds are in ``speed``
+
+    def describe_speed(self) -> str:
+        return self.speed.describe() if self.speed is not None else NO_SAMPLES
 
     def to_dict(self) -> dict[str, Any]:
         return {"platform": self.platform, "image": self.image, "digest": self.digest,
                 "median_ms": self.median_ms, "p90_ms": self.p90_ms, "ratio": self.ratio,
                 "running_median_ms": self.running_median_ms, "n": self.n, "devices": self.devices,
                 "ratio_min": self.ratio_spread[0] if self.ratio_spread else None,
-                "ratio_max": self.ratio_spread[1] if self.ratio_spread else None}
+                "ratio_max": self.ratio_spread[1] if self.ratio_spread else None,
+                "speed": speed_dict(self.speed, self.paired_devices)}
 
 
 @dataclass
@@ -141,6 +202,7 @@ def summarize(asked: Sequence[BenchDevice], answers: Mapping[str, Mapping[str, A
     order = {c: i for i, c in enumerate(candidates)}
     for (platform, image), rows in sorted(per.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         ratios = [float(e["ratio"]) for _, e, _ in rows if e.get("ratio") is not None]
+        speed, paired = _pooled([(d, paired_rounds(r, e)) for d, e, r in rows])
         out.figures.append(ClassFigure(
             platform=platform, image=image, digest=str(rows[0][1].get("digest") or image.rsplit("@", 1)[-1]),
             median_ms=round(statistics.median(float(e["median_ms"]) for _, e, _ in rows), 4),
@@ -149,7 +211,7 @@ def summarize(asked: Sequence[BenchDevice], answers: Mapping[str, Mapping[str, A
             running_median_ms=round(statistics.median(float(r["median_ms"]) for _, _, r in rows), 4),
             n=sum(int(e.get("n") or 0) for _, e, _ in rows),
             devices=[d for d, _, _ in rows],
-            ratio_spread=(min(ratios), max(ratios)) if ratios else None))
+            ratio_spread=(min(ratios), max(ratios)) if ratios else None, speed=speed, paired_devices=paired))
     out.without_devices = classes_without_devices(expected_platforms, answered_classes)
     return out
 
@@ -165,16 +227,27 @@ class RelativeFigure:
     devices: list[str]
     ratio_min: float
     ratio_max: float
+    speed: PairedRatio | None = None   # the paired test against the reference; None: no per-round times
+    paired_devices: list[str] = field(default_factory=list)
+
+    def faster(self) -> bool:
+        """Shown faster than the reference on the devices: the whole interval is under 1.0."""
+        return self.speed is not None and self.speed.faster()
+
+    def describe_speed(self) -> str:
+        return self.speed.describe() if self.speed is not None else NO_SAMPLES
 
     def to_dict(self) -> dict[str, Any]:
         return {"ratio": self.ratio, "median_ms": self.median_ms, "n": self.n, "devices": self.devices,
-                "ratio_min": self.ratio_min, "ratio_max": self.ratio_max}
+                "ratio_min": self.ratio_min, "ratio_max": self.ratio_max,
+                "speed": speed_dict(self.speed, self.paired_devices)}
 
 
 def relative_to(answers: Mapping[str, Mapping[str, Any]], reference: str) -> dict[str, RelativeFigure]:
     """Pure: each candidate's figures against ``reference`` (e.g. the FP32 build sent with them),
     from the ``done`` answers where both were timed."""
     rows: dict[str, list[tuple[str, float, float, int]]] = {}
+    rounds: dict[str, list[tuple[str, list[float] | None]]] = {}
     for device, answer in sorted(answers.items()):
         if answer.get("state") != "done":
             continue
@@ -187,11 +260,13 @@ def relative_to(answers: Mapping[str, Mapping[str, Any]], reference: str) -> dic
                 continue
             rows.setdefault(image, []).append((device, float(e["median_ms"]) / float(ref["median_ms"]),
                                                float(e["median_ms"]), int(e.get("n") or 0)))
+            rounds.setdefault(image, []).append((device, paired_rounds(ref, e)))
     out: dict[str, RelativeFigure] = {}
     for image, found in rows.items():
         ratios = [r for _, r, _, _ in found]
+        speed, paired = _pooled(rounds[image])
         out[image] = RelativeFigure(image, round(statistics.median(ratios), 4),
                                     round(statistics.median(m for _, _, m, _ in found), 4),
                                     sum(n for _, _, _, n in found), [d for d, _, _, _ in found],
-                                    round(min(ratios), 4), round(max(ratios), 4))
+                                    round(min(ratios), 4), round(max(ratios), 4), speed, paired)
     return out

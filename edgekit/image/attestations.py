@@ -163,16 +163,32 @@ def _accuracy(fidelity: Mapping[str, Any], metric: str | None) -> dict[str, Any]
 
 
 def _platform_latency(metadata: Mapping[str, Any], plat: str, host_platform: str) -> dict[str, Any]:
-    """The latency ``metadata`` records, as measured on ``plat``, or "not measured" when its report
-    timed it elsewhere (a report that does not say was timed on ``host_platform``)."""
+    """The latency ``metadata`` records for ``plat``: what devices of a group measured there
+    (``quantize --timing-group``) when they did, else the build host's when it is ``plat`` (a
+    report that does not say was timed on ``host_platform``), else "not measured". Each carries
+    its paired test (interval, rounds) when the report has one."""
     q = metadata.get("quantization") or {}
     latency = q.get("latency") if isinstance(q.get("latency"), Mapping) else {}
     assert isinstance(latency, Mapping)
+    devices = latency.get("devices") if isinstance(latency.get("devices"), Mapping) else None
+    if devices is not None and devices.get("platform") == plat and devices.get("ratio") is not None:
+        return {"ratio": devices.get("ratio"), "measured_on": "devices", "group": devices.get("group"),
+                "devices": devices.get("devices"), "ratio_of_medians": devices.get("ratio_of_medians"),
+                **_interval(devices)}
     timed_on = latency.get("measured_on") or host_platform
     if plat == timed_on and latency.get("ratio") is not None:
+        speed = latency.get("speed") if isinstance(latency.get("speed"), Mapping) else {}
+        assert isinstance(speed, Mapping)
         return {"ratio": latency.get("ratio"), "fp32_p50_ms": latency.get("fp32_p50_ms"),
-                "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"), "measured_on": "build host"}
+                "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"), "measured_on": "build host",
+                **_interval(speed)}
     return {"ratio": None, "measured_on": "not measured"}
+
+
+def _interval(figure: Mapping[str, Any]) -> dict[str, Any]:
+    """The paired test behind a ratio: its name, interval, confidence and rounds (None: no test)."""
+    return {"test": figure.get("test"), "ci_low": figure.get("ci_low"), "ci_high": figure.get("ci_high"),
+            "confidence": figure.get("confidence"), "rounds": figure.get("rounds") or 0}
 
 
 def _claims(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,7 +231,9 @@ def quantization_predicate(metadata: Mapping[str, Any], *,
 
     Latency was measured by ``edgekit quantize`` on the machine that built the model: its report
     records which platform (``measured_on``); one that does not say is attributed to
-    ``host_platform`` (the packaging host). Every other platform is recorded as not measured.
+    ``host_platform`` (the packaging host). A platform whose build was timed on devices of a group
+    (``quantize --timing-group``) gets the devices' figure instead (``measured_on: devices``, the
+    group and device count). Every other platform is recorded as not measured.
 
     ``per_platform`` (platform -> metadata) describes an image with a layer per platform: each
     platform's latency comes from its own model's report, ``platforms`` lists every model's claims,

@@ -218,6 +218,12 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         # where quantize timed it (its host); an older report does not say, and the attestation
         # then attributes the figure to the packaging host
         latency["measured_on"] = report["timed_on"]
+    speed = result.get("speed") if isinstance(result.get("speed"), Mapping) else None
+    if speed is not None:
+        latency["speed"] = _test_fields(speed)  # the build host's paired test against FP32
+    devices = _device_latency(report, result)
+    if devices is not None:
+        latency["devices"] = devices
     return {
         "method": report.get("method"),
         "precision": report.get("precision"),
@@ -232,6 +238,32 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         "latency": latency,
         "fidelity": result.get("fidelity") if result else {"score": baseline.get("score")},
     }
+
+
+def _test_fields(speed: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: speed.get(k) for k in ("test", "ratio", "ci_low", "ci_high", "confidence", "rounds")}
+
+
+def _device_latency(report: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What devices of a group measured for the chosen build (``quantize --timing-group``), or None
+    when the report was not timed there. The ratio is the paired test's median per-round ratio
+    when the devices sent per-round times, else the median over devices of their ratios of medians."""
+    source = report.get("latency_source")
+    figure = result.get("device_latency")
+    if not isinstance(source, Mapping) or source.get("source") != "devices" or not isinstance(figure, Mapping):
+        return None
+    speed = figure.get("speed") if isinstance(figure.get("speed"), Mapping) else {}
+    assert isinstance(speed, Mapping)
+    paired = speed.get("ratio") is not None
+    names = figure.get("devices") if isinstance(figure.get("devices"), list) else []
+    assert isinstance(names, list)
+    return {"platform": figure.get("platform") or source.get("platform"), "group": source.get("group"),
+            "app": source.get("app"), "devices": len(names), "device_names": [str(n) for n in names],
+            "ratio": speed.get("ratio") if paired else figure.get("ratio"),
+            "ratio_of_medians": figure.get("ratio"), "median_ms": figure.get("median_ms"), "n": figure.get("n"),
+            "reference": figure.get("reference"),
+            **({k: v for k, v in _test_fields(speed).items() if k != "ratio"} if paired else
+               {"test": None, "ci_low": None, "ci_high": None, "confidence": None, "rounds": 0})}
 
 
 def _load_report(path: Path) -> dict[str, Any]:

@@ -10,9 +10,12 @@ After the search (``quantizing``), for each platform built:
 2. ``edgekit.fleet.benching`` asks up to ``per_class`` devices of that platform in the group to time
    them all, interleaved, beside the model they run; each candidate's ratio is to the FP32 build
    timed in the same rounds on the same device (median over devices);
-3. the build is the in-budget candidate with the lowest device ratio below 1 (never slower than
-   FP32 on the devices), else FP32 is kept; the report records, for each figure, where it was
-   measured (``latency_source``: devices, build host, not measured).
+3. each candidate pairs with the FP32 build round by round on each device (the agents send their
+   per-round times), the rounds of all devices pooled; the build is the in-budget candidate with the
+   lowest median ratio among those *shown* faster than FP32 by the sign test (95 % interval wholly
+   under 1.0), else FP32 is kept, and the reason names the test, rounds and interval; the report
+   records, for each figure, where it was measured (``latency_source``: devices, build host, not
+   measured) and the test (``device_latency.speed``).
 
 The classes present are read from the agents' retained statuses before anything is pushed. A
 platform with no device of its class in the group gets nothing pushed, keeps the search's choice, and its report
@@ -75,18 +78,32 @@ def check_repository(repository: str) -> str:
 
 def choose_by_devices(results: list[CandidateResult], figures: dict[str, RelativeFigure],
                       images: dict[str, str]) -> tuple[CandidateResult | None, str]:
-    """Pure: the in-budget candidate fastest on the devices, if faster than FP32 there, and why."""
+    """Pure: the in-budget candidate fastest on the devices among those *shown* faster than FP32
+    there (the paired test's interval wholly under 1.0), and why; None keeps FP32, and the reason
+    names the test, its rounds and interval (or that the devices sent no per-round times)."""
     timed = [(figures[images[r.recipe.name]], r) for r in results
              if r.recipe.name in images and images[r.recipe.name] in figures]
     if not timed:
         return None, "no candidate was timed on the devices"
-    fig, best = min(timed, key=lambda fr: fr[0].ratio)
-    if fig.ratio >= 1.0:
-        return None, (f"every candidate is at least as slow as FP32 on the devices (best: {best.recipe.name} "
-                      f"{fig.ratio:.2f}x over {len(fig.devices)} device(s))")
-    return best, (f"fastest inside the budget on {len(fig.devices)} device(s) of the group: {best.recipe.name} "
-                  f"{fig.ratio:.2f}x FP32 there (median of {fig.n} runs; range {fig.ratio_min:.2f}-"
-                  f"{fig.ratio_max:.2f}x)")
+    shown = [(f, r) for f, r in timed if f.faster()]
+    if not shown:
+        tested = [(f, r) for f, r in timed if f.speed is not None and f.speed.ratio is not None]
+        if not tested:
+            fig, best = min(timed, key=lambda fr: fr[0].ratio)
+            return None, (f"no candidate can be shown faster than FP32 on the devices: {fig.describe_speed()} "
+                          f"(best by medians: {best.recipe.name} {fig.ratio:.2f}x over {len(fig.devices)} "
+                          "device(s)); FP32 kept")
+        fig, best = min(tested, key=lambda fr: _paired(fr[0]))
+        return None, (f"no candidate is shown faster than FP32 on the devices (best: {best.recipe.name} "
+                      f"{fig.describe_speed()} over {len(fig.paired_devices)} device(s)); FP32 kept")
+    fig, best = min(shown, key=lambda fr: _paired(fr[0]))
+    return best, (f"fastest inside the budget shown faster than FP32 on {len(fig.paired_devices)} device(s) of "
+                  f"the group: {best.recipe.name} {fig.describe_speed()} (ratio of medians {fig.ratio:.2f}x, "
+                  f"range over devices {fig.ratio_min:.2f}-{fig.ratio_max:.2f}x)")
+
+
+def _paired(fig: RelativeFigure) -> float:
+    return fig.speed.ratio if fig.speed is not None and fig.speed.ratio is not None else float("inf")
 
 
 def time_on_devices(model: Path, reports: dict[str, QuantizeReport], settings: DeviceTimingSettings,

@@ -8,7 +8,9 @@ and refuses, before anything in the cluster changes, an image
 - whose attested accuracy drop against FP32 is over ``max_accuracy_drop``,
 - whose attested latency ratio against FP32 on the group's platform is at or over
   ``max_latency_ratio`` (1.0 by default: a quantized model must be faster than FP32 where it runs),
-  or was never measured there.
+  or was never measured there. The figure is the devices' where ``quantize --timing-group`` timed
+  the build on devices of that class, else the build host's; a refusal names which, with the
+  paired test's interval and rounds when the attestation records them.
 
 An image whose attestation records FP32 kept (nothing quantized) has no drop and nothing to be
 slower than: both budgets pass. ``decide`` is the whole judgement; the adapter that fetches and
@@ -33,7 +35,7 @@ from edgekit.errors import (
 from edgekit.units import parse_fraction
 
 __all__ = ["FIELDS", "AttestationEvidence", "Refusal", "ReleasePolicy", "Verdict", "decide", "override",
-           "parse_policy", "refusal_error"]
+           "parse_policy", "provenance", "refusal_error"]
 
 FIELDS = ("max_accuracy_drop", "require_attestation", "max_latency_ratio", "platform")
 Family = Literal["invalid", "missing", "accuracy", "latency"]
@@ -111,7 +113,8 @@ def decide(policy: ReleasePolicy, evidence: AttestationEvidence) -> Verdict:
     if policy.max_latency_ratio is not None and not fp32_kept:
         latency = pred.get("latency") if isinstance(pred.get("latency"), Mapping) else {}
         assert isinstance(latency, Mapping)
-        ratios = {p: _number(v.get("ratio")) for p, v in latency.items() if isinstance(v, Mapping)}
+        records = {p: v for p, v in latency.items() if isinstance(v, Mapping)}
+        ratios = {p: _number(v.get("ratio")) for p, v in records.items()}
         if policy.platform is not None:
             wanted = {policy.platform: ratios.get(policy.platform)}
         else:
@@ -124,11 +127,32 @@ def decide(policy: ReleasePolicy, evidence: AttestationEvidence) -> Verdict:
                                                    "records none there)"))
             elif ratio >= policy.max_latency_ratio:
                 refusals.append(Refusal("latency", f"attested latency on {plat} is x{_fmt(ratio)} FP32, not "
-                                                   f"under x{_fmt(policy.max_latency_ratio)}"))
+                                                   f"under x{_fmt(policy.max_latency_ratio)} "
+                                                   f"({provenance(records[plat])})"))
             else:
                 checked.append(f"latency on {plat} x{_fmt(ratio)} < x{_fmt(policy.max_latency_ratio)}")
     refusals.sort(key=lambda r: _ORDER.index(r.family))
     return Verdict(tuple(refusals), tuple(checked))
+
+
+def provenance(record: Mapping[str, Any]) -> str:
+    """Where an attested latency was measured and how sure it is, in a few words: ``measured on 2
+    devices of group cams, 95% CI 0.98-1.07x, sign test, 40 paired rounds``."""
+    where = record.get("measured_on")
+    if where == "devices":
+        group = record.get("group")
+        place = f"measured on {record.get('devices') or '?'} device(s)" + (f" of group {group}" if group else "")
+    elif isinstance(where, str) and where:
+        place = f"measured on the {where}" if where == "build host" else f"measured on {where}"
+    else:
+        place = "measured where the attestation does not say"
+    low, high, rounds = _number(record.get("ci_low")), _number(record.get("ci_high")), record.get("rounds")
+    confidence = _number(record.get("confidence")) or 0.95
+    if low is not None and high is not None:
+        return f"{place}, {confidence:.0%} CI {low:.2f}-{high:.2f}x, sign test, {rounds} paired rounds"
+    if isinstance(rounds, int) and rounds > 0:
+        return f"{place}, {rounds} paired rounds: too few for an interval"
+    return f"{place}, no interval recorded"
 
 
 _ERRORS: dict[Family, type[ReleasePolicyError]] = {
