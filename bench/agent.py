@@ -25,6 +25,7 @@
 
     .venv/bin/python bench/agent.py --only f     # just the abuse run
     .venv/bin/python bench/agent.py --only f --normal-rate 200   # the same at a steady 200 req/s
+    .venv/bin/python bench/agent.py --only f --normal-rate 200 --slow 0 --bomb nested   # one kind alone
 """
 
 from __future__ import annotations
@@ -424,8 +425,8 @@ def _slow_headers(port: int, stop: Any, closed: Any) -> None:
                 closed.value += 1
 
 
-def _bomber(port: int, stop: Any, index: int, results: Any, started: float) -> None:
-    bombs = _bombs()
+def _bomber(port: int, stop: Any, index: int, results: Any, started: float, kinds: tuple[str, ...] = ()) -> None:
+    bombs = [b for b in _bombs() if not kinds or b[0] in kinds]
     k = index
     while not stop.wait(max(0.0, k - index - (time.monotonic() - started))):  # one a second
         name, body, headers = bombs[k % len(bombs)]
@@ -446,10 +447,11 @@ def _bomber(port: int, stop: Any, index: int, results: Any, started: float) -> N
             results.put((name, type(exc).__name__))
 
 
-def _abuse(port: int, stop: Any, closed: Any, results: Any, slow: int, bombers: int) -> None:
+def _abuse(port: int, stop: Any, closed: Any, results: Any, slow: int, bombers: int,
+           kinds: tuple[str, ...] = ()) -> None:
     """The abusers, in their own process so that they do not share the normal client's GIL."""
     threads = [threading.Thread(target=_slow_headers, args=(port, stop, closed), daemon=True) for _ in range(slow)]
-    threads += [threading.Thread(target=_bomber, args=(port, stop, i, results, time.monotonic()),
+    threads += [threading.Thread(target=_bomber, args=(port, stop, i, results, time.monotonic(), kinds),
                                  daemon=True) for i in range(bombers)]
     for t in threads:
         t.start()
@@ -516,7 +518,7 @@ def _agent_cpu_s(pid: int) -> float:
 
 
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3,
-                rate: float = 0.0, settings: dict[str, Any] | None = None) -> None:
+                rate: float = 0.0, settings: dict[str, Any] | None = None, kinds: tuple[str, ...] = ()) -> None:
     port = free_port()
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
            "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES,
@@ -543,7 +545,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
             alone += _normal_traffic(conn, seconds / rounds, rate)
             cpu["alone"] += _agent_cpu_s(pid) - c0
             stop = ctx.Event()
-            abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers),
+            abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers, kinds),
                                  daemon=True)
             abuser.start()
             time.sleep(2.0)  # let the slow connections and the first bombs land
@@ -574,7 +576,8 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
     row("f", f"normal JSON inference alone (digits, batch 1{paced})", f"{t_alone:,.0f} req/s",
         f"p99 {p_alone:.2f} ms, median {statistics.median(alone) * 1000:.2f} ms; "
         f"{seconds:.0f} s in {rounds} rounds")
-    row("f", f"... under {slow} slow-header connections + {bombers} bombs/s", f"{t_abused:,.0f} req/s",
+    which = f" ({', '.join(kinds)} only)" if kinds else ""
+    row("f", f"... under {slow} slow-header connections + {bombers} bombs/s{which}", f"{t_abused:,.0f} req/s",
         f"{t_abused / t_alone * 100:.0f} % of alone (target ≥ 90 %); p99 {p_abused:.2f} ms = "
         f"{p_abused / p_alone:.2f}x alone (target ≤ 2x); median {statistics.median(abused) * 1000:.2f} ms")
     row("f", "agent CPU (with its parser process) alone / under abuse", f"{cpu['alone'] / seconds * 100:.0f} % / "
@@ -610,6 +613,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="(f) alternations of alone and under abuse (more: less sensitive to a busy machine)")
     parser.add_argument("--only", default="abcdef", help="which sections to run, e.g. 'f'")
+    parser.add_argument("--bomb", action="append", default=[], choices=[b[0] for b in _bombs()],
+                        help="(f) send only this kind of bomb (repeatable; default: all, rotating)")
     parser.add_argument("--agent-setting", action="append", default=[], metavar="KEY=JSON",
                         help="(f) an agent setting to compare, e.g. intra_op_spinning=true (repeatable)")
     args = parser.parse_args()
@@ -631,7 +636,7 @@ def main() -> None:
                 bench_outage(digits, work, args.outage)
             if "f" in args.only:
                 bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers, args.rounds,
-                            rate=args.normal_rate,
+                            rate=args.normal_rate, kinds=tuple(args.bomb),
                             settings={k: json.loads(v) for k, v in (a.split("=", 1) for a in args.agent_setting)})
         finally:
             broker.stop()
