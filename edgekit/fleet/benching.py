@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from edgekit_agent.mqtt import connect_error
 from edgekit_agent.mqtt.connecting import connect, new_client, protocol_for
@@ -42,6 +43,8 @@ from edgekit.errors import (
     EdgekitError,
     NoBenchDeviceError,
 )
+from edgekit.fleet.bench_answers import decode_answer
+from edgekit.fleet.decoding import DEFAULT_MAX_PAYLOAD
 from edgekit.fleet.settings import FleetSettings
 from edgekit.fleet.timing import BenchDevice, BenchSummary, pick_devices, summarize
 
@@ -113,18 +116,21 @@ class _Listener:
         if not msg.topic.startswith(self.prefix):
             return
         rest = msg.topic[len(self.prefix):].split("/")
-        try:
-            data = json.loads(msg.payload)
-        except ValueError:
-            return
-        if not isinstance(data, dict):
-            return
         if len(rest) == 2 and rest[1] == "status":
-            self.statuses[rest[0]] = data
-            self.last_status = time.monotonic()
+            if len(msg.payload) > DEFAULT_MAX_PAYLOAD:
+                return
+            try:
+                data = orjson.loads(msg.payload)  # bounded depth: a hostile payload cannot raise past here
+            except orjson.JSONDecodeError:
+                return
+            if isinstance(data, dict):
+                self.statuses[rest[0]] = data
+                self.last_status = time.monotonic()
         elif len(rest) == 4 and rest[1] == "bench" and rest[3] == "result":
-            data.setdefault("device", rest[0])
-            self.results.put(data)
+            answer, why = decode_answer(msg.payload)
+            # the topic names the device: a payload cannot answer for another one
+            self.results.put({**answer, "device": rest[0]} if answer is not None
+                             else {"device": rest[0], "ignored": why})
 
 
 def _read_statuses(client: mqtt.Client, listener: _Listener, discover_s: float) -> dict[str, dict[str, Any]]:
@@ -251,6 +257,10 @@ def _collect(listener: _Listener, request_id: str, devices: set[str], deadline: 
         except queue.Empty:
             continue
         device = str(data.get("device"))
+        if "ignored" in data:
+            if device in devices:
+                progress(f"{device}: answer ignored: {data['ignored']}")
+            continue
         if data.get("id") != request_id or device not in devices:
             continue
         if data.get("state") == "running":
