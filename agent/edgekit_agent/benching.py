@@ -34,7 +34,6 @@ served model (or with another candidate) round by round and test the ratio rathe
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -50,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import EdgekitError
 from edgekit_agent.loading import LoadedModel, fetch_model, load_model
 from edgekit_agent.oci.reference import parse_reference
@@ -89,7 +89,7 @@ def parse_bench_request(payload: bytes, settings: AgentSettings) -> BenchRequest
     if len(payload) > 16384:
         raise BenchRequestError(f"request of {len(payload)} bytes (at most 16384)")
     try:
-        data = json.loads(payload)
+        data = safejson.loads(payload)
     except ValueError as exc:
         raise BenchRequestError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -358,7 +358,7 @@ class DeviceBench:
 
 def _request_id(payload: bytes) -> str | None:
     with contextlib.suppress(ValueError, TypeError, AttributeError):
-        rid = json.loads(payload).get("id")
+        rid = safejson.loads(payload).get("id")
         if isinstance(rid, str) and _ID.match(rid):
             return rid
     return None

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ConfigError
 
 T = TypeVar("T")
@@ -50,7 +51,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ConfigError(f"{p} is not valid YAML: {exc}", field="config") from exc
     else:
         try:
-            data = json.loads(text) if text.strip() else {}
+            data = safejson.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}", field="config") from exc
     if not isinstance(data, dict):

@@ -25,12 +25,12 @@ Order of checks (each failure raises an ``EdgekitError`` the agent turns into a
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ModelRejectedError, PublicKeyRequiredError
 from edgekit_agent.modelmeta import ModelMetadata, load_metadata, verify_model_dir
 from edgekit_agent.probing import Probe, check_probe_fits, load_probe
@@ -157,7 +157,7 @@ def verify_folder_signature(root: Path, meta: ModelMetadata, image: str, public_
         raise ModelRejectedError(f"{image} resolved to {resolved.digest}, not the pinned digest")
     labels = (resolved.config.get("config") or {}).get("Labels") or {}
     try:
-        recorded = json.loads(labels[LABEL_METADATA])
+        recorded = safejson.loads(labels[LABEL_METADATA])
         want_model, want_probe = recorded["model"]["sha256"], recorded["probe"]["sha256"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelRejectedError(f"{image} does not record its model metadata ({LABEL_METADATA})") from exc

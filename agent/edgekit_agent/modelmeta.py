@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ModelIntegrityError, ModelMetadataError
 
 __all__ = [
@@ -286,7 +287,7 @@ def load_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     except OSError as exc:
         raise ModelMetadataError(f"cannot read {p}: {exc.strerror}") from exc
     try:
-        data = json.loads(raw)
+        data = safejson.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelMetadataError(f"{p} is not valid JSON: {exc}") from exc
     return parse_metadata(data)

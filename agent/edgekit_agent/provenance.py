@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import EdgekitError, ProvenanceError, SignatureInvalidError
 from edgekit_agent.modelmeta import ModelMetadata, parse_metadata
 
@@ -121,7 +122,7 @@ def check_chain(root: Path, chain: ImageChain, meta: ModelMetadata, *, public_ke
     if not isinstance(diff_ids, list) or len(diff_ids) != 1:
         raise _fail(root, "its config does not name the model layer's diff_id")
     try:
-        signed_meta = parse_metadata(json.loads(config["config"]["Labels"][LABEL_METADATA]))
+        signed_meta = parse_metadata(safejson.loads(config["config"]["Labels"][LABEL_METADATA]))
     except (EdgekitError, KeyError, TypeError, ValueError) as exc:
         raise _fail(root, f"its config does not record the model metadata ({LABEL_METADATA})") from exc
     if signed_meta != meta:

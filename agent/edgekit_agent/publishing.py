@@ -44,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import TelemetryError
 from edgekit_agent.mqtt import AUTH_CODES, Backoff
 from edgekit_agent.mqtt.connecting import connect, falls_back, new_client, protocol_for, version_name
@@ -69,7 +70,7 @@ class PublisherCounters:
 
 
 def mark_replayed(payload: bytes) -> bytes:
-    data = json.loads(payload)
+    data = safejson.loads(payload)
     data["replayed"] = True
     return json.dumps(data, separators=(",", ":")).encode()
 

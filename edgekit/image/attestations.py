@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from edgekit_agent import safejson
 from edgekit_agent.oci.mediatypes import check_digest
 
 __all__ = [
@@ -125,7 +126,7 @@ class AttestedClaim:
 def open_envelope(data: bytes, pub: ec.EllipticCurvePublicKey) -> AttestedClaim:
     """Parse a DSSE envelope and check its signatures with ``pub`` (never raises on bad input)."""
     try:
-        env = json.loads(data)
+        env = safejson.loads(data)
         payload_type = env["payloadType"]
         body = base64.b64decode(env["payload"], validate=True)
         sigs = [base64.b64decode(s["sig"], validate=True) for s in env["signatures"]]
@@ -142,7 +143,7 @@ def open_envelope(data: bytes, pub: ec.EllipticCurvePublicKey) -> AttestedClaim:
         except InvalidSignature:
             continue
     try:
-        statement = json.loads(body)
+        statement = safejson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return AttestedClaim(signed, None, "payload is not JSON")
     if not isinstance(statement, dict) or statement.get("_type") not in (STATEMENT_V01, STATEMENT_V1):

@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 import onnx
+from edgekit_agent import safejson
 from edgekit_agent.modelmeta import (
     METADATA_FILE,
     MODEL_FILE,
@@ -268,7 +269,7 @@ def _device_latency(report: Mapping[str, Any], result: Mapping[str, Any]) -> dic
 
 def _load_report(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = safejson.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"quantization report {path} does not exist", field="--report") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:

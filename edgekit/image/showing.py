@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import EdgekitError, SignatureInvalidError, SignatureMissingError
 from edgekit_agent.oci.fetching import resolve_image
 from edgekit_agent.oci.mediatypes import LABEL_METADATA, parse_json_object
@@ -55,7 +56,7 @@ def show_image(target: str, *, options: RegistryOptions | None = None, public_ke
         metadata = None
         if isinstance(labels, dict) and isinstance(labels.get(LABEL_METADATA), str):
             try:
-                metadata = json.loads(labels[LABEL_METADATA])
+                metadata = safejson.loads(labels[LABEL_METADATA])
             except json.JSONDecodeError:
                 metadata = None
         signature: dict[str, Any]

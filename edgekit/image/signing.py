@@ -32,6 +32,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from edgekit_agent import safejson
 from edgekit_agent.errors import ImageNotFoundError
 from edgekit_agent.oci.mediatypes import (
     COSIGN_SIGNATURE_ANNOTATION,
@@ -121,7 +122,7 @@ def decrypt_cosign_key(envelope: bytes, password: bytes, where: str) -> bytes:
     from nacl.secret import SecretBox
 
     try:
-        doc = json.loads(envelope)
+        doc = safejson.loads(envelope)
         kdf, cipher = doc["kdf"], doc["cipher"]
         if kdf["name"] != "scrypt" or cipher["name"] != "nacl/secretbox":
             raise SigningKeyError(f"{where}: unsupported key encryption {kdf['name']}/{cipher['name']}")

@@ -9,10 +9,11 @@ per object, whatever the group's size.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from edgekit_agent import safejson
 
 from edgekit.errors import ConfigError, GroupNotFoundError, KubeForbiddenError
 from edgekit.kube import names
@@ -54,7 +55,7 @@ def cluster_defaults(client: KubeClient, settings: RenderSettings) -> RenderSett
     except KubeForbiddenError:
         return settings
     try:
-        defaults = json.loads(((cm or {}).get("data") or {}).get("config.json") or "{}")
+        defaults = safejson.loads(((cm or {}).get("data") or {}).get("config.json") or "{}")
     except ValueError as exc:
         raise ConfigError(f"ConfigMap {settings.namespace}/{AGENT_DEFAULTS}: config.json is not JSON",
                           field="broker_url") from exc

@@ -12,6 +12,7 @@ import socket
 import urllib.parse
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ImageError, ImageNotFoundError, RegistryAuthError, RegistryUnavailableError
 from edgekit_agent.oci.credentials import Credentials
 
@@ -30,7 +31,7 @@ def registry_message(body: Any) -> str:
 
 def safe_json(data: bytes) -> Any:
     try:
-        return json.loads(data) if data else {}
+        return safejson.loads(data) if data else {}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
 

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ConfigError
 
 
@@ -69,7 +70,7 @@ def load_docker_credentials(registry: str, config_path: str | os.PathLike[str] |
     paths = [Path(config_path)] if config_path else default_config_paths()
     for path in paths:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = safejson.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             if config_path:
                 raise ConfigError(f"docker config {path} does not exist", field="docker-config") from None

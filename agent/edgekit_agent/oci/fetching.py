@@ -12,7 +12,6 @@ failure ``dest`` is left as it was and the temporary files are gone.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform as _platform
 import shutil
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ConfigError, EdgekitError, ImageLayoutError, ImageNotFoundError
 from edgekit_agent.modelmeta import METADATA_FILE, ModelMetadata, parse_metadata, verify_model_dir
 from edgekit_agent.oci.mediatypes import GZIP_LAYER_TYPES, LABEL_METADATA, check_descriptor, parse_json_object
@@ -60,7 +60,7 @@ class ResolvedImage:
     def recorded_metadata(self) -> ModelMetadata | None:
         """The config's copy of ``edgekit.json`` (``io.edgekit.metadata``), if it has a valid one."""
         try:
-            return parse_metadata(json.loads(self.config["config"]["Labels"][LABEL_METADATA]))
+            return parse_metadata(safejson.loads(self.config["config"]["Labels"][LABEL_METADATA]))
         except (EdgekitError, KeyError, TypeError, ValueError):
             return None
 

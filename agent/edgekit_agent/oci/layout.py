@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import DigestMismatchError, ImageLayoutError, ImageNotFoundError
 from edgekit_agent.oci.mediatypes import (
     ANN_REF_NAME,
@@ -39,7 +40,7 @@ class OciLayout:
         if not self.path.is_dir():
             raise ImageLayoutError(f"{self.path} is not a folder")
         try:
-            marker = json.loads((self.path / LAYOUT_FILE).read_text(encoding="utf-8"))
+            marker = safejson.loads((self.path / LAYOUT_FILE).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ImageLayoutError(f"{self.path} is not an OCI image layout (no {LAYOUT_FILE} file)") from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:

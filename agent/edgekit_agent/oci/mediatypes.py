@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import DigestMismatchError, ImageLayoutError
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -77,7 +78,7 @@ def canonical_json(obj: Any) -> bytes:
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data)
+        obj = safejson.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ImageLayoutError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit_agent import __version__
+from edgekit_agent import __version__, safejson
 from edgekit_agent.errors import ImageError, RegistryAuthError, RegistryUnavailableError, retry_after_seconds
 from edgekit_agent.oci import downloading
 from edgekit_agent.oci.answers import answer_error, registry_message, safe_json, unreachable_error
@@ -406,7 +406,7 @@ class RegistryClient:
             verify_bytes(data, reference, f"manifest {what}")
         media_type = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
         with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            media_type = json.loads(data).get("mediaType") or media_type
+            media_type = safejson.loads(data).get("mediaType") or media_type
         return Manifest(data=data, media_type=media_type, digest=digest)
 
     def manifest_exists(self, repository: str, reference: str) -> str | None:

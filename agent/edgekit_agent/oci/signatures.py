@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import (
     EdgekitError,
     SignatureInvalidError,
@@ -130,7 +131,7 @@ class SignatureReport:
 
 def _claimed_digest(payload: bytes) -> str | None:
     try:
-        doc = json.loads(payload)
+        doc = safejson.loads(payload)
         critical = doc["critical"]
         if critical["type"] != COSIGN_SIGNATURE_TYPE:
             return None
@@ -177,7 +178,7 @@ def verify_image_signatures(source: Any, digest: str, key: Any) -> SignatureRepo
         if _claimed_digest(payload) != digest:
             other_image += 1
             continue
-        verified.append(json.loads(payload))
+        verified.append(safejson.loads(payload))
         if not evidence[0]:
             evidence = (payload, layer["annotations"][COSIGN_SIGNATURE_ANNOTATION])
     if not verified:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from edgekit_agent import safejson
 from edgekit_agent.errors import ImageError, ImageLayoutError
 
 __all__ = ["BLOCK", "MAX_ANSWER", "RETRY_STATUS", "TRANSIENT", "AnswerTooLargeError", "BodySource", "FileSlice",
@@ -94,7 +95,7 @@ class Response:
         except AnswerTooLargeError:
             return {}
         try:
-            return json.loads(data) if data else {}
+            return safejson.loads(data) if data else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {}
 
