@@ -112,23 +112,6 @@ def bench_feed(
     return next(ds.batches(batch))
 
 
-def bench_models(
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    runs: int = 200,
-    warmup: int = 20,
-    threads: int = 1,
-    batch: int = 1,
-    shapes: Mapping[str, tuple[int, ...]] | None = None,
-    data: str | None = None,
-    spinning: bool | None = None,
-    on_progress: Callable[[int], None] | None = None,
-) -> list[LatencyStats]:
-    """Benchmark models side by side on the same inputs (taken from the first model's inputs)."""
-    return bench_side_by_side(paths, runs=runs, warmup=warmup, threads=threads, batch=batch, shapes=shapes,
-                              data=data, spinning=spinning, on_progress=on_progress)[0]
-
-
 def bench_side_by_side(
     paths: Sequence[str | os.PathLike[str]],
     *,
@@ -141,7 +124,8 @@ def bench_side_by_side(
     spinning: bool | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[list[LatencyStats], list[PairedRatio | None]]:
-    """``bench_models``, and each model's paired ratio to the first (``speedup``; None for the first)."""
+    """Benchmark models side by side on the same inputs (taken from the first model's inputs): each
+    one's latency, and its paired ratio to the first (``speedup``; None for the first)."""
     shapes = dict(shapes or {})
     feed = bench_feed(paths[0], shapes=shapes, batch=batch, data=data)
     sessions = [make_session(p, threads=threads, spinning=spinning) for p in paths]
