@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 
 from edgekit_agent.core import AgentCore
 from edgekit_agent.errors import AgentError, EdgekitError
@@ -29,8 +31,33 @@ from edgekit_agent.modelmeta import METADATA_FILE
 from edgekit_agent.publishing import MqttPublisher
 from edgekit_agent.serving import InferenceServer
 from edgekit_agent.settings import AgentSettings
+from edgekit_agent.signalling import relayed_signals
 
 log = logging.getLogger("edgekit_agent")
+
+# After SIGTERM: the drain, then at most this long for the final report, the offline status, the
+# DISCONNECT and the exit. The DaemonSet's grace period leaves a little more before its SIGKILL.
+STOP_GRACE_S = 8.0
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float) -> Iterator[Callable[[], None]]:
+    """Yield ``arm``: once called, a stop that takes longer than ``seconds`` writes every thread's
+    stack to stderr and exits 1, so a hang says where it hung (a SIGKILL would say nothing).
+    Only for the process's own daemon (main thread); in a thread ``arm`` does nothing."""
+    armed = False
+
+    def arm() -> None:
+        nonlocal armed
+        if threading.current_thread() is threading.main_thread():
+            faulthandler.dump_traceback_later(seconds, exit=True)
+            armed = True
+
+    try:
+        yield arm
+    finally:
+        if armed:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def configure_logging(level: str) -> None:
@@ -85,41 +112,43 @@ def serve(settings: AgentSettings, *, stop: threading.Event | None = None) -> in
     log.info("listening on %s (session %s, device %s, group %s)", server.url, core.session, settings.device,
              settings.group)
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_stop(signum: int) -> None:
         log.info("received %s; stopping", signal.Signals(signum).name)
         stop.set()
 
-    def on_hup(signum: int, frame: FrameType | None) -> None:
+    def on_hup(signum: int) -> None:
         if isinstance(core.outbox, MqttPublisher):
             log.info("SIGHUP: retrying the broker connection")
             core.outbox.retry()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, on_hup)
-    try:
-        core.start_telemetry()
-        folder = Path(settings.model_dir)
-        if settings.image and not (folder / METADATA_FILE).exists():
-            try:
-                log.info("fetching %s into %s", settings.image, folder)
-                fetch_model(settings.image, folder, public_key=settings.public_key,
-                            allow_unsigned=settings.allow_unsigned,
-                            options=settings.registry_options(), max_model_bytes=settings.max_model_bytes)
-            except EdgekitError as exc:
-                core.reject(folder, exc)
-        if core.rejected is None:
-            core.load(folder)
-        if settings.shadow_image:
-            start_shadow(core, settings)
-        period = min(0.25, settings.interval / 4)
-        while not stop.wait(period):
-            core.tick()
-    finally:
-        log.info("shutting down")
+    signals: dict[int, Callable[[int], object]] = {signal.SIGTERM: on_stop, signal.SIGINT: on_stop,
+                                                  signal.SIGHUP: on_hup}
+    with relayed_signals(signals), watchdog(settings.drain_timeout_s + STOP_GRACE_S) as arm:
         try:
-            core.shutdown(settings.drain_timeout_s)
+            core.start_telemetry()
+            folder = Path(settings.model_dir)
+            if settings.image and not (folder / METADATA_FILE).exists():
+                try:
+                    log.info("fetching %s into %s", settings.image, folder)
+                    fetch_model(settings.image, folder, public_key=settings.public_key,
+                                allow_unsigned=settings.allow_unsigned,
+                                options=settings.registry_options(), max_model_bytes=settings.max_model_bytes)
+                except EdgekitError as exc:
+                    core.reject(folder, exc)
+            if core.rejected is None:
+                core.load(folder)
+            if settings.shadow_image:
+                start_shadow(core, settings)
+            period = min(0.25, settings.interval / 4)
+            while not stop.wait(period):
+                core.tick()
         finally:
-            server.stop()
+            arm()
+            log.info("shutting down")
+            started = time.monotonic()
+            try:
+                core.shutdown(settings.drain_timeout_s)
+            finally:
+                server.stop()
+            log.info("stopped in %.1fs", time.monotonic() - started)
     return 0

@@ -117,6 +117,9 @@ class MqttPublisher:
         self._lost = False
         self._stopping = False
         self._status_mids: set[int] = set()
+        # Held while a status is published and its mid recorded, and while acks are matched: else
+        # a PUBACK handled in between leaves the mid waiting forever (and ``flush`` with it).
+        self._status_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._password = settings.read_password()
         self._last_logged: dict[str, float] = {}
@@ -141,9 +144,14 @@ class MqttPublisher:
         """Publish the current status now (retained); only when connected, never spooled."""
         client = self._client
         if client is not None and self.connected:
-            topic, payload = self._status("online")
+            self._publish_status(client, "online")
+
+    def _publish_status(self, client: paho.Client, state: str) -> int:
+        topic, payload = self._status(state)
+        with self._status_lock:
             info = client.publish(topic, payload, qos=1, retain=True, properties=self._props(False))
             self._status_mids.add(info.mid)
+        return int(info.mid)
 
     def pending(self) -> int:
         return self.spool.stats()[0]
@@ -166,28 +174,27 @@ class MqttPublisher:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Graceful: drain the spool, publish the retained offline status, DISCONNECT cleanly."""
+        """Graceful: drain the spool (up to ``timeout``), publish the retained offline status,
+        DISCONNECT cleanly. Takes at most ``timeout`` + 6 s."""
         client = self._client
         if client is not None and self.connected:
             self.flush(timeout)
-            topic, payload = self._status("offline")
             with contextlib.suppress(Exception):
-                info = client.publish(topic, payload, qos=1, retain=True, properties=self._props(False))
-                self._status_mids.add(info.mid)
-                deadline = time.monotonic() + min(timeout, 3.0)
-                while info.mid in self._status_mids and self.connected and time.monotonic() < deadline:
+                mid = self._publish_status(client, "offline")
+                deadline = time.monotonic() + 2.0
+                while mid in self._status_mids and self.connected and time.monotonic() < deadline:
                     time.sleep(0.01)
             # The loop thread must still be running to write the DISCONNECT packet.
             self._stopping = True
             with contextlib.suppress(Exception):
                 client.disconnect()
-            deadline = time.monotonic() + 2.0
+            deadline = time.monotonic() + 1.0
             while self.connected and time.monotonic() < deadline:
                 time.sleep(0.01)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout + 2)
+            self._thread.join(3.0)  # one ``loop(timeout=0.5)`` pass notices ``_stop``
         self.state = "stopped"
 
     def abort(self) -> None:
@@ -335,7 +342,8 @@ class MqttPublisher:
                 self._inflight.clear()
                 self._cursor = 0
                 self.spool.sent_through = 0
-            self._status_mids.clear()
+            with self._status_lock:
+                self._status_mids.clear()
             if was_connected:
                 # Whatever is still spooled was not sent when it was made: it is replayed now.
                 self.spool.mark_replayed()
@@ -390,8 +398,10 @@ class MqttPublisher:
         done: list[int] = []
         while self._acks:
             mid, code = self._acks.popleft()
-            if mid in self._status_mids:
+            with self._status_lock:
+                was_status = mid in self._status_mids
                 self._status_mids.discard(mid)
+            if was_status:
                 continue
             with self._pump_lock:
                 entry = self._inflight.pop(mid, None)

@@ -10,11 +10,12 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from edgekit_agent.signalling import setting_on
 
 from edgekit.cli._output import console
 from edgekit.cli.rollout_view import Follower, answer, show
@@ -109,17 +110,9 @@ def opened(kw: dict[str, Any], *, images: bool = False, telemetry: bool = False,
         session.close()
 
 
-@contextmanager
-def stop_on_sigterm(stop: threading.Event) -> Iterator[None]:
+def stop_on_sigterm(stop: threading.Event) -> AbstractContextManager[None]:
     """SIGTERM stops the engine between steps (it hands its lease back); restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return setting_on(stop, signal.SIGTERM)
 
 
 def drive(session: Session, name: str, output: str) -> None:

@@ -42,6 +42,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from edgekit_agent.signalling import setting_on
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -266,13 +267,9 @@ def run_exporter(settings: FleetSettings, host: str, port: int, *, per_device: b
                  max_device_series: int = 10_000, ready: Any = None) -> None:
     """Serve until SIGINT/SIGTERM."""
     done = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
-    try:
-        with start_exporter(settings, host, port, per_device=per_device,
-                            max_device_series=max_device_series) as exporter:
-            if ready is not None:
-                ready(exporter)
-            while not done.wait(0.5):
-                pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with setting_on(done, signal.SIGTERM), start_exporter(
+            settings, host, port, per_device=per_device, max_device_series=max_device_series) as exporter:
+        if ready is not None:
+            ready(exporter)
+        while not done.wait(0.5):
+            pass
