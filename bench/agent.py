@@ -26,6 +26,7 @@
     .venv/bin/python bench/agent.py --only f     # just the abuse run
     .venv/bin/python bench/agent.py --only f --normal-rate 200   # the same at a steady 200 req/s
     .venv/bin/python bench/agent.py --only f --normal-rate 200 --slow 0 --bomb nested   # one kind alone
+    .venv/bin/python bench/agent.py --only f --normal-rate 200 --pin   # the abusers on another CPU
 """
 
 from __future__ import annotations
@@ -448,8 +449,10 @@ def _bomber(port: int, stop: Any, index: int, results: Any, started: float, kind
 
 
 def _abuse(port: int, stop: Any, closed: Any, results: Any, slow: int, bombers: int,
-           kinds: tuple[str, ...] = ()) -> None:
+           kinds: tuple[str, ...] = (), cpus: set[int] | None = None) -> None:
     """The abusers, in their own process so that they do not share the normal client's GIL."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     threads = [threading.Thread(target=_slow_headers, args=(port, stop, closed), daemon=True) for _ in range(slow)]
     threads += [threading.Thread(target=_bomber, args=(port, stop, i, results, time.monotonic(), kinds),
                                  daemon=True) for i in range(bombers)]
@@ -518,14 +521,25 @@ def _agent_cpu_s(pid: int) -> float:
 
 
 def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bombers: int = 20, rounds: int = 3,
-                rate: float = 0.0, settings: dict[str, Any] | None = None, kinds: tuple[str, ...] = ()) -> None:
+                rate: float = 0.0, settings: dict[str, Any] | None = None, kinds: tuple[str, ...] = (),
+                pin: bool = False) -> None:
+    """``pin``: the agent and the normal client on the first CPU, the abusers on the others, as if
+    the abusers were elsewhere on the network. On loopback the kernel's TCP work for a packet runs
+    on the sender's CPU, so this leaves the agent's CPU less of it than a real NIC would."""
     port = free_port()
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin and len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    own, theirs = ({cpus[0]}, set(cpus[1:])) if pin else (None, None)
+    before = os.sched_getaffinity(0)
+    if own:
+        os.sched_setaffinity(0, own)
     cfg = {"device": "abuse", "group": "bench", "model_dir": str(folder), "listen_port": port,
            "spool_dir": str(work / "spool-f"), "log_level": "warning", "max_request_bytes": ABUSE_MAX_BYTES,
            "max_json_bytes": ABUSE_JSON_BYTES, "allow_unsigned": True, **(settings or {})}
     (work / "abuse.json").write_text(json.dumps(cfg))
     agent = ManagedProcess("abuse", [sys.executable, "-m", "edgekit_agent", "serve", "--config",
-                                     str(work / "abuse.json")], work / "abuse.log").start()
+                                     str(work / "abuse.json")], work / "abuse.log").start()  # inherits ``own``
     try:
         agent.wait_ready(lambda: _api_ready(port), timeout=120)
         assert agent.proc is not None
@@ -545,7 +559,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
             alone += _normal_traffic(conn, seconds / rounds, rate)
             cpu["alone"] += _agent_cpu_s(pid) - c0
             stop = ctx.Event()
-            abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers, kinds),
+            abuser = ctx.Process(target=_abuse, args=(port, stop, closed, results, slow, bombers, kinds, theirs),
                                  daemon=True)
             abuser.start()
             time.sleep(2.0)  # let the slow connections and the first bombs land
@@ -570,6 +584,7 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         c.close()
     finally:
         agent.stop()
+        os.sched_setaffinity(0, before)
     t_alone, t_abused = len(alone) / seconds, len(abused) / seconds
     p_alone, p_abused = _p99(alone) * 1000, _p99(abused) * 1000
     paced = f", paced at {rate:g} req/s" if rate else ", back to back"
@@ -577,6 +592,8 @@ def bench_abuse(folder: Path, work: Path, seconds: float, slow: int = 50, bomber
         f"p99 {p_alone:.2f} ms, median {statistics.median(alone) * 1000:.2f} ms; "
         f"{seconds:.0f} s in {rounds} rounds")
     which = f" ({', '.join(kinds)} only)" if kinds else ""
+    if pin:
+        which += f"; agent + client on CPU {sorted(own or ())}, abusers on {sorted(theirs or ())}"
     row("f", f"... under {slow} slow-header connections + {bombers} bombs/s{which}", f"{t_abused:,.0f} req/s",
         f"{t_abused / t_alone * 100:.0f} % of alone (target ≥ 90 %); p99 {p_abused:.2f} ms = "
         f"{p_abused / p_alone:.2f}x alone (target ≤ 2x); median {statistics.median(abused) * 1000:.2f} ms")
@@ -615,6 +632,8 @@ def main() -> None:
     parser.add_argument("--only", default="abcdef", help="which sections to run, e.g. 'f'")
     parser.add_argument("--bomb", action="append", default=[], choices=[b[0] for b in _bombs()],
                         help="(f) send only this kind of bomb (repeatable; default: all, rotating)")
+    parser.add_argument("--pin", action="store_true",
+                        help="(f) the agent and the normal client on the first CPU, the abusers on the others")
     parser.add_argument("--agent-setting", action="append", default=[], metavar="KEY=JSON",
                         help="(f) an agent setting to compare, e.g. intra_op_spinning=true (repeatable)")
     args = parser.parse_args()
@@ -636,7 +655,7 @@ def main() -> None:
                 bench_outage(digits, work, args.outage)
             if "f" in args.only:
                 bench_abuse(digits, work, args.abuse_seconds, args.slow, args.bombers, args.rounds,
-                            rate=args.normal_rate, kinds=tuple(args.bomb),
+                            rate=args.normal_rate, kinds=tuple(args.bomb), pin=args.pin,
                             settings={k: json.loads(v) for k, v in (a.split("=", 1) for a in args.agent_setting)})
         finally:
             broker.stop()

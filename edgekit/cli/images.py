@@ -519,9 +519,10 @@ def _where(latency: dict[str, Any]) -> str:
     where = str(latency.get("measured_on") or "?")
     if where == "devices":
         where = f"{latency.get('devices')} devices of {latency.get('group')}"
-    low, high = latency.get("ci_low"), latency.get("ci_high")
+    low, high, level = latency.get("ci_low"), latency.get("ci_high"), latency.get("confidence")
     if isinstance(low, int | float) and isinstance(high, int | float):
-        where += f", 95% CI {low:.2f}-{high:.2f}x"
+        level_text = f"{level:.0%}" if isinstance(level, int | float) else "?%"
+        where += f", {level_text} CI {low:.2f}-{high:.2f}x"
     return where
 
 

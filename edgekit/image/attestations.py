@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgekit_agent import safejson
 from edgekit_agent.oci.mediatypes import check_digest
 
+from edgekit.optimize.speedup import recorded_test
+
 __all__ = [
     "DSSE_ENVELOPE",
     "INTOTO_PAYLOAD",
@@ -175,21 +177,15 @@ def _platform_latency(metadata: Mapping[str, Any], plat: str, host_platform: str
     if devices is not None and devices.get("platform") == plat and devices.get("ratio") is not None:
         return {"ratio": devices.get("ratio"), "measured_on": "devices", "group": devices.get("group"),
                 "devices": devices.get("devices"), "ratio_of_medians": devices.get("ratio_of_medians"),
-                **_interval(devices)}
+                **recorded_test(devices, ratio=False)}
     timed_on = latency.get("measured_on") or host_platform
     if plat == timed_on and latency.get("ratio") is not None:
         speed = latency.get("speed") if isinstance(latency.get("speed"), Mapping) else {}
         assert isinstance(speed, Mapping)
         return {"ratio": latency.get("ratio"), "fp32_p50_ms": latency.get("fp32_p50_ms"),
                 "p50_ms": latency.get("p50_ms"), "threads": latency.get("threads"), "measured_on": "build host",
-                **_interval(speed)}
+                **recorded_test(speed, ratio=False)}
     return {"ratio": None, "measured_on": "not measured"}
-
-
-def _interval(figure: Mapping[str, Any]) -> dict[str, Any]:
-    """The paired test behind a ratio: its name, interval, confidence and rounds (None: no test)."""
-    return {"test": figure.get("test"), "ci_low": figure.get("ci_low"), "ci_high": figure.get("ci_high"),
-            "confidence": figure.get("confidence"), "rounds": figure.get("rounds") or 0}
 
 
 def _claims(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ from edgekit.optimize.inspecting import graph_inputs, inspect_model, tensor_info
 from edgekit.optimize.loading import check_path, external_data_files, load_model
 from edgekit.optimize.sessions import make_session, run
 from edgekit.optimize.shapes import resolve_shape
+from edgekit.optimize.speedup import recorded_test
 
 __all__ = ["BuiltImage", "PackageSettings", "build_image", "model_files", "package", "parse_platforms", "report_beside",
            "summarize_report"]
@@ -221,7 +222,7 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         latency["measured_on"] = report["timed_on"]
     speed = result.get("speed") if isinstance(result.get("speed"), Mapping) else None
     if speed is not None:
-        latency["speed"] = _test_fields(speed)  # the build host's paired test against FP32
+        latency["speed"] = recorded_test(speed)  # the build host's paired test against FP32
     devices = _device_latency(report, result)
     if devices is not None:
         latency["devices"] = devices
@@ -239,10 +240,6 @@ def summarize_report(report: Mapping[str, Any]) -> dict[str, Any]:
         "latency": latency,
         "fidelity": result.get("fidelity") if result else {"score": baseline.get("score")},
     }
-
-
-def _test_fields(speed: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: speed.get(k) for k in ("test", "ratio", "ci_low", "ci_high", "confidence", "rounds")}
 
 
 def _device_latency(report: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -263,8 +260,7 @@ def _device_latency(report: Mapping[str, Any], result: Mapping[str, Any]) -> dic
             "ratio": speed.get("ratio") if paired else figure.get("ratio"),
             "ratio_of_medians": figure.get("ratio"), "median_ms": figure.get("median_ms"), "n": figure.get("n"),
             "reference": figure.get("reference"),
-            **({k: v for k, v in _test_fields(speed).items() if k != "ratio"} if paired else
-               {"test": None, "ci_low": None, "ci_high": None, "confidence": None, "rounds": 0})}
+            **recorded_test(speed if paired else {}, ratio=False)}
 
 
 def _load_report(path: Path) -> dict[str, Any]:

@@ -16,14 +16,24 @@ the same test applies to them.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_CONFIDENCE", "TEST_NAME", "PairedRatio", "paired_ratio", "ratio_interval", "sign_test_rank"]
+__all__ = [
+    "DEFAULT_CONFIDENCE",
+    "RECORD_FIELDS",
+    "TEST_NAME",
+    "PairedRatio",
+    "paired_ratio",
+    "ratio_interval",
+    "recorded_test",
+    "sign_test_rank",
+]
 
 DEFAULT_CONFIDENCE = 0.95
 TEST_NAME = "sign test on paired per-round ratios"
+RECORD_FIELDS = ("test", "ratio", "ci_low", "ci_high", "confidence", "rounds")  # as reports record a test
 _EXACT_UP_TO = 5000  # rounds; above, the normal approximation of the binomial is exact to a rank
 
 
@@ -90,8 +100,16 @@ class PairedRatio:
                 f"{self.rounds} paired rounds)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"test": TEST_NAME, "ratio": self.ratio, "ci_low": self.low, "ci_high": self.high,
-                "confidence": self.confidence, "rounds": self.rounds}
+        return dict(zip(RECORD_FIELDS, (TEST_NAME, self.ratio, self.low, self.high, self.confidence, self.rounds),
+                        strict=True))
+
+
+def recorded_test(figure: Mapping[str, Any], *, ratio: bool = True) -> dict[str, Any]:
+    """The paired test's fields out of a figure a report recorded (``to_dict``'s), whichever way it
+    travelled: None where absent, ``rounds`` 0. ``ratio=False`` leaves the ratio to the caller."""
+    record = {k: figure.get(k) for k in RECORD_FIELDS if ratio or k != "ratio"}
+    record["rounds"] = figure.get("rounds") or 0
+    return record
 
 
 def ratio_interval(ratios: Sequence[float], confidence: float = DEFAULT_CONFIDENCE) -> PairedRatio:
