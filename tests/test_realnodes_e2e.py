@@ -450,6 +450,17 @@ def _received(rec: MqttRecorder, node: str) -> str:
     return f"what {node} sent: health {health}; events {events}"
 
 
+def _serving_and_reporting(env: RealEnv, rec: MqttRecorder, app: str, node: str) -> tuple[dict[str, Any], str]:
+    """Revision 1.0 of ``app`` on ``node``, reporting to the outage broker: its pod once Ready and
+    the session of its first health report."""
+    revision = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
+    env.label((node,), app, revision)
+    pod = env.wait_ready(app, revision, nodes=(node,))[node]
+    _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
+    (session,) = _reports(rec, node, "health")
+    return pod, session
+
+
 def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced(real_env: RealEnv) -> None:
     """The old pod serves and reports into its hostPath spool while the broker is down; the next
     revision replaces it, adopts what it left and sends it once the broker is back."""
@@ -458,11 +469,7 @@ def test_reports_made_while_the_broker_is_down_arrive_after_the_pod_was_replaced
     follow: subprocess.Popen[bytes] | None = None
     with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
         try:
-            old = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
-            env.label((node,), app, old)
-            pod = env.wait_ready(app, old, nodes=(node,))[node]
-            _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
-            (session,) = _reports(rec, node, "health")
+            pod, session = _serving_and_reporting(env, rec, app, node)
 
             follow, log_path = env.follow_logs(pod)
             env.outage_broker.stop()
@@ -505,11 +512,7 @@ def test_a_killed_agent_is_restarted_by_the_kubelet_and_no_report_is_lost(real_e
     node, app = REAL[0], APPS["crash"]
     with MqttRecorder(env.outage_broker, "#", persistent=True) as rec:
         try:
-            revision = env.apply_revision(app, env.images["1.0"], broker_url=env.outage_url)
-            env.label((node,), app, revision)
-            pod = env.wait_ready(app, revision, nodes=(node,))[node]
-            _wait(lambda: bool(_reports(rec, node, "health")), 120, lambda: _received(rec, node))
-            (session,) = _reports(rec, node, "health")
+            pod, session = _serving_and_reporting(env, rec, app, node)
             agent = _agent_status(pod)
 
             env.outage_broker.stop()
