@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,28 @@ def test_a_latency_refusal_names_where_it_was_measured_and_its_interval() -> Non
     assert "measured on the build host, no interval recorded" in refusal.message
 
 
+def test_interval_evidence_passes_only_what_the_whole_interval_shows_faster() -> None:
+    def record(ratio: float, high: float | None, rounds: int = 40) -> AttestationEvidence:
+        return verified(latency={"linux/arm64": {"ratio": ratio, "measured_on": "devices", "devices": 2,
+                                                 "ci_low": None if high is None else 0.8, "ci_high": high,
+                                                 "confidence": 0.95, "rounds": rounds}})
+
+    strict = ReleasePolicy(latency_evidence="interval")
+    # a median under 1 whose interval reaches past it: the median rule passes it, the interval rule not
+    assert decide(ReleasePolicy(), record(0.95, 1.02)).ok
+    (refusal,) = decide(strict, record(0.95, 1.02)).refusals
+    assert refusal.family == "latency" and "not shown under x1 FP32: its interval reaches x1.02" in refusal.message
+    assert "95% CI 0.80-1.02x, sign test, 40 paired rounds" in refusal.message
+    # the whole interval under the bound passes, and says so
+    verdict = decide(strict, record(0.9, 0.97))
+    assert verdict.ok and "latency on linux/arm64 x0.9, interval up to x0.97 < x1" in verdict.checked
+    # too few rounds for an interval: nothing is shown, so nothing passes
+    (refusal,) = decide(strict, record(0.7, None, rounds=4)).refusals
+    assert "has no interval to show it under x1" in refusal.message and "4 paired rounds: too few" in refusal.message
+    # the bound is the policy's, not 1.0
+    assert not decide(replace(strict, max_latency_ratio=0.95), record(0.9, 0.97)).ok
+
+
 def test_exit_codes_follow_the_first_refusal_and_every_reason_is_told() -> None:
     verdict = decide(ReleasePolicy(max_accuracy_drop=0.001, max_latency_ratio=0.5), verified())
     assert [r.family for r in verdict.refusals] == ["accuracy", "latency"]
@@ -99,12 +122,14 @@ def test_reading_policies() -> None:
     assert parse_policy({"max_accuracy_drop": "1%", "platform": "linux/arm64"}) == ReleasePolicy(
         max_accuracy_drop=0.01, platform="linux/arm64")
     assert parse_policy(None) == ReleasePolicy()
+    assert parse_policy({"latency_evidence": "interval"}).latency_evidence == "interval"
     assert override(ReleasePolicy(max_accuracy_drop=0.01), max_accuracy_drop=0.02, platform=None) == \
         ReleasePolicy(max_accuracy_drop=0.02)
     for data, code, needle in [({"max_drop": 1}, 2, "unknown key(s) max_drop"), ([1], 2, "must be a mapping"),
                                ({"max_latency_ratio": 0}, 2, "above 0"),
                                ({"require_attestation": "yes"}, 2, "true or false"),
-                               ({"platform": "arm64"}, 2, "os/arch"), ({"max_accuracy_drop": "lots"}, 67, "lots")]:
+                               ({"platform": "arm64"}, 2, "os/arch"), ({"max_accuracy_drop": "lots"}, 67, "lots"),
+                               ({"latency_evidence": "mean"}, 2, "one of median, interval")]:
         with pytest.raises(errors.EdgekitError) as info:
             parse_policy(data)
         assert info.value.exit_code == code and needle in info.value.one_line(), info.value.one_line()
@@ -212,6 +237,14 @@ def test_push_policy_refuses_before_any_cluster_call(attested: dict[str, str], k
                       refused.stderr)  # type: ignore[attr-defined]
     assert found is not None, refused.stderr  # type: ignore[attr-defined]
     assert [float(g) for g in found.groups()[1:]] == pytest.approx([low, high], abs=0.006)
+    # a budget between the devices' median and the top of its interval: the median would pass,
+    # the interval does not show it
+    median = float(found.group(1))
+    between = f"{(median + high) / 2:.4f}" if high - median > 0.002 else f"{median + 0.001:.4f}"
+    strict = push(attested["devices"], "--policy-platform", "linux/arm64", "--max-latency-ratio", between,
+                  "--latency-evidence", "interval")
+    assert_error(strict, 94, "not shown under x")
+    assert "its interval reaches x" in strict.stderr  # type: ignore[attr-defined]
     assert listener.connections == 0  # not one connection to where the cluster would be
     # in budget: the policy passes, and only then is the cluster contacted (here: nobody answers)
     result = push(attested["good"])

@@ -35,12 +35,15 @@ from edgekit.kube.targets import GROUP_FORMS
               help="Longest the shadow wave may take; undecided by then, it fails [10m].")
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Release policy (YAML or JSON: max_accuracy_drop, require_attestation, max_latency_ratio, "
-                   "platform): refuse, before any cluster call, an image whose signed quantization attestation "
-                   "breaks it (exit 91-94).")
+                   "platform, latency_evidence): refuse, before any cluster call, an image whose signed "
+                   "quantization attestation breaks it (exit 91-94).")
 @click.option("--max-accuracy-drop", default=None, metavar="DROP",
               help="Policy: largest attested accuracy drop vs FP32 (1% or 0.01: one point) [policy file].")
 @click.option("--max-latency-ratio", type=float, default=None, metavar="RATIO",
               help="Policy: refuse an attested latency ratio vs FP32 at or over this [1.0: must be faster].")
+@click.option("--latency-evidence", type=click.Choice(["median", "interval"]), default=None,
+              help="Policy: compare the attested median ratio, or the upper bound of its interval (the image "
+                   "must be shown faster at the recorded confidence) [median].")
 @click.option("--require-attestation/--no-require-attestation", default=None,
               help="Policy: refuse an image without a quantization attestation by --public-key [required].")
 @click.option("--policy-platform", default=None, metavar="OS/ARCH",
@@ -136,7 +139,8 @@ def _pop_policy(kw: dict[str, Any]) -> Any:
 
     path = kw.pop("policy_file")
     flags = {"max_accuracy_drop": kw.pop("max_accuracy_drop"), "max_latency_ratio": kw.pop("max_latency_ratio"),
-             "require_attestation": kw.pop("require_attestation"), "platform": kw.pop("policy_platform")}
+             "require_attestation": kw.pop("require_attestation"), "platform": kw.pop("policy_platform"),
+             "latency_evidence": kw.pop("latency_evidence")}
     if path is None and all(v is None for v in flags.values()):
         return None
     base = read_policy_file(path) if path is not None else ReleasePolicy()

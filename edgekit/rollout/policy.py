@@ -10,7 +10,10 @@ and refuses, before anything in the cluster changes, an image
   ``max_latency_ratio`` (1.0 by default: a quantized model must be faster than FP32 where it runs),
   or was never measured there. The figure is the devices' where ``quantize --timing-group`` timed
   the build on devices of that class, else the build host's; a refusal names which, with the
-  paired test's interval and rounds when the attestation records them.
+  paired test's interval and rounds when the attestation records them. With ``latency_evidence:
+  interval`` the figure that counts is the upper bound of that interval, so an image passes only
+  when it is shown faster at the recorded confidence; an attestation without an interval (too few
+  rounds, or an older one) is then refused.
 
 An image whose attestation records FP32 kept (nothing quantized) has no drop and nothing to be
 slower than: both budgets pass. ``decide`` is the whole judgement; the adapter that fetches and
@@ -34,10 +37,11 @@ from edgekit.errors import (
 )
 from edgekit.units import parse_fraction
 
-__all__ = ["FIELDS", "AttestationEvidence", "Refusal", "ReleasePolicy", "Verdict", "decide", "override",
+__all__ = ["EVIDENCE", "FIELDS", "AttestationEvidence", "Refusal", "ReleasePolicy", "Verdict", "decide", "override",
            "parse_policy", "provenance", "refusal_error"]
 
-FIELDS = ("max_accuracy_drop", "require_attestation", "max_latency_ratio", "platform")
+FIELDS = ("max_accuracy_drop", "require_attestation", "max_latency_ratio", "platform", "latency_evidence")
+EVIDENCE = ("median", "interval")  # which attested figure the latency rule compares
 Family = Literal["invalid", "missing", "accuracy", "latency"]
 # the order refusals are reported in: the error of the first one gives the exit code
 _ORDER: tuple[Family, ...] = ("invalid", "missing", "accuracy", "latency")
@@ -49,6 +53,7 @@ class ReleasePolicy:
     require_attestation: bool = True
     max_latency_ratio: float | None = 1.0  # refuse a ratio at or over this; None: no latency rule
     platform: str | None = None  # the group's platform (os/arch); None: every platform measured
+    latency_evidence: Literal["median", "interval"] = "median"  # interval: its upper bound must pass
 
 
 @dataclass(frozen=True)
@@ -125,14 +130,33 @@ def decide(policy: ReleasePolicy, evidence: AttestationEvidence) -> Verdict:
             if ratio is None:
                 refusals.append(Refusal("latency", f"latency on {plat} was never measured (the attestation "
                                                    "records none there)"))
-            elif ratio >= policy.max_latency_ratio:
-                refusals.append(Refusal("latency", f"attested latency on {plat} is x{_fmt(ratio)} FP32, not "
-                                                   f"under x{_fmt(policy.max_latency_ratio)} "
-                                                   f"({provenance(records[plat])})"))
+                continue
+            refusal, passed = _latency_rule(policy, plat, ratio, records[plat])
+            if refusal is not None:
+                refusals.append(Refusal("latency", refusal))
             else:
-                checked.append(f"latency on {plat} x{_fmt(ratio)} < x{_fmt(policy.max_latency_ratio)}")
+                checked.append(passed)
     refusals.sort(key=lambda r: _ORDER.index(r.family))
     return Verdict(tuple(refusals), tuple(checked))
+
+
+def _latency_rule(policy: ReleasePolicy, plat: str, ratio: float, record: Mapping[str, Any]) -> tuple[str | None, str]:
+    """(why it is refused or None, what passed) for one platform's attested latency."""
+    bound = policy.max_latency_ratio
+    assert bound is not None
+    if policy.latency_evidence == "interval":
+        high = _number(record.get("ci_high"))
+        if high is None:
+            return (f"attested latency on {plat} (x{_fmt(ratio)} FP32) has no interval to show it under "
+                    f"x{_fmt(bound)} ({provenance(record)})"), ""
+        if high >= bound:
+            return (f"attested latency on {plat} is not shown under x{_fmt(bound)} FP32: its interval reaches "
+                    f"x{_fmt(high)} ({provenance(record)})"), ""
+        return None, f"latency on {plat} x{_fmt(ratio)}, interval up to x{_fmt(high)} < x{_fmt(bound)}"
+    if ratio >= bound:
+        return (f"attested latency on {plat} is x{_fmt(ratio)} FP32, not under x{_fmt(bound)} "
+                f"({provenance(record)})"), ""
+    return None, f"latency on {plat} x{_fmt(ratio)} < x{_fmt(bound)}"
 
 
 def provenance(record: Mapping[str, Any]) -> str:
@@ -207,4 +231,8 @@ def override(policy: ReleasePolicy, *, where: str = "policy", **values: Any) -> 
         if not isinstance(v, str) or v.count("/") != 1 or not all(v.split("/")):
             raise ConfigError(f"must be os/arch (e.g. linux/arm64), got {v!r}", field=f"{where}.platform")
         changes["platform"] = v
+    if (v := values.get("latency_evidence")) is not None:
+        if v not in EVIDENCE:
+            raise ConfigError(f"must be one of {', '.join(EVIDENCE)}, got {v!r}", field=f"{where}.latency_evidence")
+        changes["latency_evidence"] = v
     return replace(policy, **changes)
